@@ -1,0 +1,173 @@
+"""The one entry point, `sensegate`: each subcommand imports only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway import __version__
+
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    """Register a subcommand handler."""
+
+    def deco(fn: Command) -> Command:
+        COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    p = argparse.ArgumentParser(prog="sensegate", description="Sensing-layer gateway agent.")
+    p.add_argument("--version", action="version", version=f"sensegate {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", default=None, help="config file (default /etc/sensegate/sensegate.yaml)")
+
+    check = sub.add_parser("check", help="validate a config file")
+    check.add_argument("file", nargs="?", help="config file to check")
+    check.add_argument("--schema", action="store_true", help="print the config's JSON Schema instead")
+
+    sub.add_parser("drivers", help="list installed drivers").add_argument(
+        "--json", action="store_true", help="machine-readable output"
+    )
+
+    keys = sub.add_parser("keys", help="device and ops keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    keys_sub.required = True
+    init = keys_sub.add_parser("init", help="make a signing key")
+    init.add_argument("--dir", default="/var/lib/sensegate/keys", help="where to write the key")
+    init.add_argument("--alg", choices=("ed25519", "es256"), default="ed25519")
+    init.add_argument("--name", default="device", help="file name stem (device.key, device.pub.pem)")
+    init.add_argument("--force", action="store_true", help="replace an existing key")
+
+    recv = sub.add_parser("receive", help="reference receiver: verify batches and check completeness")
+    recv.add_argument("--url", required=True, help="mqtt://HOST:PORT[/TOPIC-PREFIX] or mqtts://...")
+    recv.add_argument("--trust", action="append", required=True, help="gateway public key (PEM); repeatable")
+    recv.add_argument("--count", type=int, default=0, help="stop after N readings (0: run until interrupted)")
+    recv.add_argument("--batches", type=int, default=0, help="stop after N batches")
+    recv.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
+    recv.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    recv.add_argument("--out", default="-", help="where to write readings as JSON lines ('-' stdout, '' none)")
+    recv.add_argument("--ca", default="", help="CA file for mqtts://")
+    recv.add_argument("--cert", default="", help="client certificate for mutual TLS")
+    recv.add_argument("--key", default="", help="client key for mutual TLS")
+    recv.add_argument("--username", default="")
+    recv.add_argument("--password", default="")
+
+    demo = sub.add_parser("demo", help="simulated devices + local broker + daemon + receiver")
+    demo.add_argument("--seconds", type=float, default=15.0, help="how long to run (0: until Ctrl-C)")
+    demo.add_argument("--dir", default="", help="work directory (default: a temporary one)")
+    return p
+
+
+@command("run")
+def _run(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigInvalid
+    from gateway.daemon import DEFAULT_CONFIG, Daemon
+    from gateway.logs import setup_logging
+
+    setup_logging("info")
+    path = args.config or DEFAULT_CONFIG
+    try:
+        return asyncio.run(Daemon(path).run())
+    except ConfigInvalid as e:
+        print(e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+@command("check")
+def _check(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigInvalid, load_config
+    from gateway.registry import Registry
+
+    registry = Registry.discover()
+    if args.schema:
+        from gateway.config.jsonschema import config_json_schema
+
+        print(json.dumps(config_json_schema(registry), indent=2))
+        return 0
+    if not args.file:
+        print("sensegate check: give a config FILE (or --schema)", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.file, registry)
+    except ConfigInvalid as e:
+        print(e)
+        return 1
+    print(f"{args.file}: ok (gateway {cfg.config.gateway.id}, {len(cfg.instances)} driver instance(s), "
+          f"{len(cfg.config.uplinks)} uplink(s))")
+    return 0
+
+
+@command("drivers")
+def _drivers(args: argparse.Namespace) -> int:
+    from gateway.driver_api import API_VERSION
+    from gateway.registry import Registry
+
+    reg = Registry.discover()
+    rows = [
+        {"name": m.name, "version": m.version, "api_version": m.api_version, "kind": m.kind,
+         "extra": m.extra or "", "description": m.description}
+        for m in reg.manifests.values()
+    ]
+    broken = [{"name": b.name, "target": b.target, "reason": b.reason} for b in reg.broken]
+    if args.json:
+        print(json.dumps({"host_api_version": API_VERSION, "drivers": rows, "broken": broken}, indent=2))
+        return 0
+    print(f"driver API version {API_VERSION}")
+    print(f"{'NAME':<12} {'VERSION':<9} {'API':<4} {'KIND':<7} DESCRIPTION")
+    for r in rows:
+        print(f"{r['name']:<12} {r['version']:<9} {r['api_version']!s:<4} {r['kind']:<7} {r['description']}")
+    for b in broken:
+        print(f"{b['name']:<12} BROKEN: {b['reason']} ({b['target']})")
+    return 0
+
+
+@command("keys")
+def _keys(args: argparse.Namespace) -> int:
+    from gateway.keys import KeyError_, init_key
+
+    try:
+        info = init_key(Path(args.dir), alg=args.alg, name=args.name, force=args.force)
+    except KeyError_ as e:
+        print(f"sensegate keys: {e}", file=sys.stderr)
+        return 1
+    print(f"private key: {info.private_path} (mode 0600)")
+    print(f"public key:  {info.public_path}")
+    print(f"algorithm:   {info.alg}")
+    print(f"fingerprint: {info.fingerprint}")
+    return 0
+
+
+@command("receive")
+def _receive(args: argparse.Namespace) -> int:
+    from gateway.receiver.cli import main as receive_main
+
+    return receive_main(args)
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run one subcommand."""
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)

@@ -1,0 +1,151 @@
+"""The config schema, declared in code: every option has a type, a default and a description.
+
+Driver sections are validated against each driver's own schema (a ``DriverConfig`` subclass
+named in its manifest); see ``gateway.config.validate``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.units import ByteSize, Duration
+
+CONFIG_VERSION = 1
+"""The config format this build writes and reads; older versions are migrated on load."""
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(Section):
+    """Who this gateway is and where it keeps its state."""
+
+    id: str = Field(pattern=_ID, description="Gateway identity; names the device key and the MQTT topics.")
+    site: str = Field(default="", description="Free text: where the gateway is (street cabinet, pole number).")
+    state_dir: str = Field(
+        default="/var/lib/sensegate", description="Directory for the buffer, blobs and batch counters."
+    )
+    key_file: str = Field(
+        default="",
+        description="Device signing key (PEM, mode 0600); default <state_dir>/keys/device.key.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe log level written."
+    )
+
+
+class BufferSection(Section):
+    """The durable local buffer between drivers and uplinks (SQLite, WAL)."""
+
+    path: str = Field(default="", description="Database file; default <state_dir>/buffer.db.")
+    max_bytes: ByteSize = Field(
+        default=256 * 1024**2, ge=1024 * 1024, description="Bound on buffered readings on disk."
+    )
+    max_age: Duration = Field(
+        default=30 * 86400.0, gt=0, description="Readings older than this are dropped (and reported)."
+    )
+    policy: Literal["drop_oldest", "refuse_new"] = Field(
+        default="drop_oldest",
+        description="When full: drop the oldest buffered readings, or refuse new ones. Either way the "
+        "next batch reports the dropped count and sequence range.",
+    )
+    commit_interval: Duration = Field(
+        default=0.2,
+        gt=0,
+        le=60,
+        description="Readings are committed together at least this often; a power cut loses at most "
+        "the readings of one interval (the documented power-cut window).",
+    )
+    commit_readings: int = Field(
+        default=10_000, ge=1, description="Commit early once this many readings are waiting."
+    )
+
+
+class BatchSection(Section):
+    """How readings are grouped into signed batches."""
+
+    max_readings: int = Field(default=5000, ge=1, le=100_000, description="Close a batch at this many readings.")
+    max_bytes: ByteSize = Field(
+        default=256 * 1024, ge=1024, description="Close a batch near this encoded size."
+    )
+    max_age: Duration = Field(
+        default=0.5,
+        ge=0,
+        description="Longest a reading waits for its batch to fill while an earlier batch is in "
+        "flight; an idle uplink takes a batch at once.",
+    )
+    alg: Literal["ed25519", "es256"] = Field(default="ed25519", description="Signature algorithm.")
+
+
+class JsonlUplink(Section):
+    """Readings as JSON lines to stdout or a file: for debugging and for the demo."""
+
+    type: Literal["jsonl"]
+    name: str = Field(default="jsonl", description="Uplink name, unique in the config.")
+    path: str = Field(default="-", description="File to append to; '-' is standard output.")
+
+
+class TlsOptions(Section):
+    """TLS for an uplink; a client certificate makes it mutual TLS."""
+
+    ca_file: str = Field(default="", description="CA bundle that signs the broker's certificate; empty = system CAs.")
+    cert_file: str = Field(default="", description="Client certificate (PEM) for mutual TLS.")
+    key_file: str = Field(default="", description="Client private key (PEM) for mutual TLS.")
+    insecure: bool = Field(default=False, description="Skip hostname verification (lab use only).")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsOptions:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        return self
+
+
+class MqttUplink(Section):
+    """MQTT 3.1.1 or 5 with QoS 1; topic layout in docs/topics.md."""
+
+    type: Literal["mqtt"]
+    name: str = Field(default="mqtt", description="Uplink name, unique in the config.")
+    url: str = Field(
+        pattern=r"^mqtts?://[^/\s]+(:\d+)?/?$",
+        description="Broker, as mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).",
+    )
+    protocol: Literal["3.1.1", "5"] = Field(default="5", description="MQTT protocol version.")
+    client_id: str = Field(default="", description="MQTT client id; default sensegate-<gateway id>.")
+    username: str = Field(default="", description="User name for the broker.")
+    password: str = Field(default="", description="Password; prefer password_file.")
+    password_file: str = Field(default="", description="File holding the password.")
+    topic_prefix: str = Field(
+        default="sensegate", pattern=r"^[^#+\s]+$", description="First level of every topic."
+    )
+    tls: TlsOptions | None = Field(default=None, description="TLS settings (needed for mqtts://).")
+    keepalive: Duration = Field(default=30.0, ge=5, le=3600, description="MQTT keepalive.")
+    inflight: int = Field(default=8, ge=1, le=1000, description="Batches published but not yet acknowledged.")
+    reconnect_max: Duration = Field(default=60.0, ge=1, description="Longest wait between reconnects.")
+
+
+Uplink = Annotated[JsonlUplink | MqttUplink, Field(discriminator="type")]
+
+
+class Config(Section):
+    """A whole gateway config; driver sections are validated separately per driver."""
+
+    config_version: int = Field(
+        default=CONFIG_VERSION, ge=1, description="Format version of this file (for migration)."
+    )
+    gateway: GatewaySection = Field(description="Gateway identity and state directory.")
+    buffer: BufferSection = Field(default_factory=BufferSection, description="Durable local buffer.")
+    batch: BatchSection = Field(default_factory=BatchSection, description="Signed batches.")
+    uplinks: list[Uplink] = Field(
+        default_factory=lambda: [JsonlUplink(type="jsonl")],
+        description="Where batches go; default: JSON lines on standard output.",
+    )
+    drivers: list[Any] = Field(
+        default_factory=list, description="Driver instances: `driver: <name>` plus that driver's options."
+    )

@@ -1,0 +1,154 @@
+"""The daemon: load the config, run the pipeline and the drivers, handle signals.
+
+SIGTERM/SIGINT stop cleanly (drivers closed, pending readings flushed). SIGHUP re-reads the
+config file: an invalid file is reported and the running config kept; a valid one restarts
+only the driver instances whose sections changed (see gateway.config.apply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Protocol
+
+from gateway.config import ConfigInvalid, GatewayConfig, load_config
+from gateway.config.apply import plan
+from gateway.driver_api import Reading
+from gateway.logs import set_level
+from gateway.registry import Registry
+from gateway.scheduler import NodeTracker, Supervisor
+from gateway.sinks import JsonlSink
+
+log = logging.getLogger("sensegate.daemon")
+DEFAULT_CONFIG = "/etc/sensegate/sensegate.yaml"
+
+
+class Pipeline(Protocol):
+    """Everything between the drivers' emit and the network: takes readings, never blocks."""
+
+    async def start(self) -> None: ...
+
+    def put(self, reading: Reading) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class DirectPipeline:
+    """Readings straight to JSON-lines uplinks, with no buffer (used when no uplink needs one)."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.sinks = [JsonlSink(u.path) for u in cfg.config.uplinks if u.type == "jsonl"]
+
+    async def start(self) -> None:
+        for s in self.sinks:
+            s.open()
+
+    def put(self, reading: Reading) -> None:
+        for s in self.sinks:
+            s.put(reading)
+
+    async def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+
+
+def build_pipeline(cfg: GatewayConfig, nodes: NodeTracker) -> Pipeline:
+    """The pipeline a config asks for."""
+    if all(u.type == "jsonl" for u in cfg.config.uplinks):
+        return DirectPipeline(cfg)
+    from gateway.pipeline import BufferedPipeline  # the durable path; imported when used
+
+    return BufferedPipeline(cfg, nodes)
+
+
+class Daemon:
+    """One running gateway."""
+
+    def __init__(self, config_path: str | Path, registry: Registry | None = None) -> None:
+        self.config_path = Path(config_path)
+        self.registry = registry or Registry.discover()
+        self.cfg: GatewayConfig | None = None
+        self.nodes = NodeTracker()
+        self.pipeline: Pipeline | None = None
+        self.supervisor: Supervisor | None = None
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (signal-safe: called from the loop)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Ask the daemon to re-read its config file."""
+        self._reload.set()
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit status."""
+        cfg = load_config(self.config_path, self.registry)  # ConfigInvalid propagates to the CLI
+        set_level(cfg.config.gateway.log_level)
+        loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                             (signal.SIGHUP, self.request_reload)):
+            loop.add_signal_handler(sig, handler)
+        try:
+            await self._start(cfg)
+            log.info("sensegate started: gateway %s, %d driver instance(s)", cfg.config.gateway.id, len(cfg.instances))
+            self.ready.set()
+            while not self._stop.is_set():
+                stop = asyncio.ensure_future(self._stop.wait())
+                reload = asyncio.ensure_future(self._reload.wait())
+                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                reload.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self.reload()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self._shutdown()
+        log.info("sensegate stopped")
+        return 0
+
+    async def _start(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.pipeline = build_pipeline(cfg, self.nodes)
+        await self.pipeline.start()
+        self.supervisor = Supervisor(cfg.config.gateway.id, self.pipeline, self.nodes)
+        for inst in cfg.instances:
+            self.supervisor.start(inst)
+
+    async def _shutdown(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop_all()
+        if self.pipeline is not None:
+            await self.pipeline.close()
+        self.supervisor = None
+        self.pipeline = None
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply what changed; keep running on a bad file."""
+        try:
+            new = load_config(self.config_path, self.registry)
+        except ConfigInvalid as e:
+            log.error("reload refused, keeping the running config:\n%s", e)
+            return False
+        assert self.cfg is not None and self.supervisor is not None
+        p = plan(self.cfg, new)
+        set_level(new.config.gateway.log_level)
+        if p.restart_pipeline:
+            log.info("reload: gateway, buffer or uplinks changed; restarting the pipeline")
+            await self._shutdown()
+            await self._start(new)
+            return True
+        for name in p.stop:
+            await self.supervisor.stop(name)
+        for name in p.start:
+            self.supervisor.start(new.instance(name))
+        self.cfg = new
+        log.info("reload: %d instance(s) restarted, %d stopped, %d unchanged",
+                 len([n for n in p.start if n in p.stop]), len([n for n in p.stop if n not in p.start]), len(p.keep))
+        return True

@@ -1,0 +1,349 @@
+"""Run driver instances: schedule polls, apply timeouts, back off, log transitions once.
+
+One ``InstanceRunner`` task per driver instance. A hung poll is cut off by its timeout, a
+crashing driver is closed, backed off and set up again, and nothing one instance does can
+hold up another: they share only the event loop and the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from tenacity import RetryCallState, wait_exponential, wait_random
+
+from gateway.config.validate import Instance
+from gateway.driver_api import (
+    ConfigError,
+    Driver,
+    Location,
+    Path,
+    Quality,
+    Reading,
+    Value,
+)
+from gateway.registry import load_driver_class
+
+T = TypeVar("T")
+_VALUE_TYPES = (float, int, bool, str, bytes, Location)
+CLOSE_TIMEOUT = 5.0
+
+
+class Sink(Protocol):
+    """Where readings go: the durable buffer, or a JSON-lines writer. Must not block."""
+
+    def put(self, reading: Reading) -> None: ...
+
+
+class NodeTracker:
+    """Online/offline state per node, with each transition logged once and observable."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, bool] = {}
+        self.reason: dict[str, str] = {}
+        self.listeners: list[Callable[[str, bool, str], None]] = []
+        self._log = logging.getLogger("sensegate.nodes")
+
+    def set(self, node: str, online: bool, reason: str = "") -> None:
+        """Record a node's state; log and notify only when it changes."""
+        if self.state.get(node) == online:
+            return
+        first = node not in self.state
+        self.state[node] = online
+        self.reason[node] = reason
+        if online and not first:
+            self._log.info("node %s is back online", node)
+        elif not online:
+            self._log.warning("node %s is offline%s", node, f": {reason}" if reason else "")
+        for listener in self.listeners:
+            listener(node, online, reason)
+
+
+@dataclass
+class Stats:
+    """Per-instance counters, read by metrics and status reports."""
+
+    state: str = "starting"  # starting | running | unavailable | failed | stopped
+    readings: int = 0
+    polls: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    restarts: int = 0
+    last_error: str = ""
+    latency_sum: float = 0.0
+    latency_max: float = 0.0
+    latency_last: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backoff:
+    """Exponential backoff with jitter (tenacity's strategy), reset after a success."""
+
+    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
+        self._wait = wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial)
+        self._state = RetryCallState(None, None, (), {})
+        self.attempt = 0
+
+    def next(self) -> float:
+        """Seconds to wait before the next attempt."""
+        self.attempt += 1
+        self._state.attempt_number = self.attempt
+        return float(self._wait(self._state))
+
+    def reset(self) -> None:
+        """Start again from the shortest wait."""
+        self.attempt = 0
+
+
+class _Context:
+    """The DriverContext the host hands each instance."""
+
+    def __init__(self, instance: str, nodes: NodeTracker) -> None:
+        self.instance = instance
+        self.log = logging.getLogger(f"sensegate.driver.{instance}")
+        self._nodes = nodes
+
+    def node_status(self, node: str, online: bool, reason: str = "") -> None:
+        self._nodes.set(node, online, reason)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class InstanceRunner:
+    """Supervises one driver instance from setup to close."""
+
+    FAILURES_BEFORE_REOPEN = 3
+
+    def __init__(
+        self,
+        inst: Instance,
+        gateway_id: str,
+        sink: Sink,
+        nodes: NodeTracker,
+        backoff: tuple[float, float] = (1.0, 60.0),
+    ) -> None:
+        self.inst = inst
+        self.name = inst.name
+        self.stats = Stats()
+        self.nodes = nodes
+        self._sink = sink
+        self._log = logging.getLogger(f"sensegate.driver.{inst.name}")
+        self._ctx = _Context(inst.name, nodes)
+        self._backoff = Backoff(*backoff)
+        self._lock = asyncio.Lock()  # one call at a time into the driver
+        self._driver: Driver | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._available: bool | None = None
+        self._wake = asyncio.Event()
+        cfg = inst.config
+        self._node = cfg.node or gateway_id
+        self._path = Path.IP3 if cfg.path == "ip3" else Path.IP2
+        self.emit = self._make_emit()
+
+    def _make_emit(self) -> Callable[..., None]:
+        sink_put = self._sink.put
+        stats = self.stats
+        default_node = self._node
+        path = self._path
+        instance = self.name
+        time_ns = time.time_ns
+        isfinite = math.isfinite
+
+        def emit(
+            point: str,
+            value: Value,
+            *,
+            unit: str | None = None,
+            node: str | None = None,
+            ts_ns: int | None = None,
+            quality: Quality = Quality.GOOD,
+        ) -> None:
+            if not isinstance(value, _VALUE_TYPES):
+                raise TypeError(f"reading {point!r}: unsupported value type {type(value).__name__}")
+            if type(value) is float and not isfinite(value):
+                raise ValueError(f"reading {point!r}: value {value} is not finite; emit quality=BAD instead")
+            if node is None:
+                sink_put(Reading(default_node, point, ts_ns or time_ns(), value, unit, quality, path, instance))
+            else:  # a driver that names a node relays it over a capillary network
+                sink_put(Reading(node, point, ts_ns or time_ns(), value, unit, quality, Path.IP3, instance))
+            stats.readings += 1
+
+        return emit
+
+    def start(self) -> None:
+        """Start the supervising task."""
+        self._task = asyncio.create_task(self._main(), name=f"driver:{self.name}")
+
+    async def stop(self) -> None:
+        """Cancel the task and close the driver; safe to call twice."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.stats.state = "stopped"
+
+    def poll_now(self) -> None:
+        """Ask for an extra poll as soon as the current one (if any) finishes."""
+        self._wake.set()
+
+    async def write(self, point: str, value: Value) -> None:
+        """Pass an actuation to the driver, in turn with polls."""
+        if self._driver is None or self.stats.state not in ("running", "unavailable"):
+            raise ConfigError(f"driver instance {self.name!r} is not running ({self.stats.state})")
+        async with self._lock, asyncio.timeout(self.inst.config.timeout):
+            await self._driver.write(point, value)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _set_available(self, ok: bool, why: str = "") -> None:
+        if ok:
+            self.stats.state = "running"
+            if self._available is False:
+                self._log.info("%s recovered", self.name)
+            self._backoff.reset()
+        else:
+            self.stats.state = "unavailable"
+            self.stats.last_error = why
+            if self._available is not False:
+                self._log.warning("%s unavailable: %s", self.name, why)
+        self._available = ok
+
+    async def _close(self) -> None:
+        driver, self._driver = self._driver, None
+        if driver is None:
+            return
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await driver.close()
+        except Exception as e:  # close must not take the host down either
+            self._log.debug("%s close failed: %r", self.name, e)
+
+    async def _main(self) -> None:
+        try:
+            cls = load_driver_class(self.inst.manifest)
+        except ConfigError as e:
+            self._fatal(str(e))
+            return
+        except Exception as e:
+            self._fatal(f"cannot load driver: {type(e).__name__}: {e}")
+            return
+        try:
+            while True:
+                try:
+                    self._driver = cls(self.inst.config, self._ctx)
+                    async with self._lock, asyncio.timeout(self.inst.config.timeout):
+                        await self._driver.setup()
+                    if self.inst.manifest.kind == "stream":
+                        self._set_available(True)
+                        await self._driver.run(self.emit)
+                        raise ConnectionError("stream ended")
+                    await self._poll_loop()
+                except ConfigError as e:
+                    self._fatal(str(e))
+                    return
+                except TimeoutError:
+                    self.stats.errors += 1
+                    self.stats.timeouts += 1
+                    self._set_available(False, f"timed out after {self.inst.config.timeout:g}s")
+                except Exception as e:
+                    self.stats.errors += 1
+                    self._set_available(False, _describe(e))
+                await self._close()
+                self.stats.restarts += 1
+                await asyncio.sleep(self._backoff.next())
+        finally:
+            await self._close()
+
+    def _fatal(self, why: str) -> None:
+        self.stats.state = "failed"
+        self.stats.last_error = why
+        self._log.error("%s stopped: %s", self.name, why)
+
+    async def _poll_loop(self) -> None:
+        """Poll on schedule until too many polls in a row fail (then the caller reopens)."""
+        loop = asyncio.get_running_loop()
+        cfg = self.inst.config
+        driver = self._driver
+        assert driver is not None
+        failures = 0
+        next_at = loop.time()
+        while True:
+            start = loop.time()
+            try:
+                async with self._lock, asyncio.timeout(cfg.timeout):
+                    await driver.poll(self.emit)
+            except ConfigError:
+                raise
+            except Exception as e:
+                failures += 1
+                self.stats.errors += 1
+                if isinstance(e, TimeoutError):
+                    self.stats.timeouts += 1
+                    why = f"poll timed out after {cfg.timeout:g}s"
+                else:
+                    why = _describe(e)
+                self._set_available(False, why)
+                if failures >= self.FAILURES_BEFORE_REOPEN:
+                    raise
+            else:
+                if failures or self._available is not True:
+                    self._set_available(True)
+                failures = 0
+            took = loop.time() - start
+            s = self.stats
+            s.polls += 1
+            s.latency_last = took
+            s.latency_sum += took
+            s.latency_max = max(s.latency_max, took)
+            spread = cfg.jitter * cfg.interval
+            next_at += cfg.interval + (random.uniform(-spread / 2, spread / 2) if spread else 0.0)
+            now = loop.time()
+            if next_at < now:  # overran: skip missed ticks rather than burst
+                next_at = now
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(next_at - now):
+                    await self._wake.wait()
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class Supervisor:
+    """All instance runners of one config."""
+
+    def __init__(self, gateway_id: str, sink: Sink, nodes: NodeTracker | None = None) -> None:
+        self.gateway_id = gateway_id
+        self.sink = sink
+        self.nodes = nodes or NodeTracker()
+        self.runners: dict[str, InstanceRunner] = {}
+
+    def start(self, inst: Instance) -> InstanceRunner:
+        """Start one instance."""
+        runner = InstanceRunner(inst, self.gateway_id, self.sink, self.nodes)
+        self.runners[inst.name] = runner
+        runner.start()
+        return runner
+
+    async def stop(self, name: str) -> None:
+        """Stop one instance."""
+        runner = self.runners.pop(name, None)
+        if runner is not None:
+            await runner.stop()
+
+    async def stop_all(self) -> None:
+        """Stop every instance, concurrently."""
+        runners = list(self.runners.values())
+        self.runners.clear()
+        await asyncio.gather(*(r.stop() for r in runners))

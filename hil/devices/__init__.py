@@ -1,0 +1,1 @@
+"""Simulated devices: real servers on loopback or real pseudo-terminals, never patched methods."""

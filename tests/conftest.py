@@ -1,0 +1,74 @@
+"""Suite-wide guards: async tests run in a fresh loop; leaked tasks, threads or child
+processes fail the test that left them; warnings are errors (pyproject.toml)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from gateway.testing.procs import children
+
+settings.register_profile("ci", deadline=None, max_examples=200,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, max_examples=100)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+async def _run_guarded(coro: Any) -> None:
+    await coro
+    me = asyncio.current_task()
+    leftover = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    if leftover:
+        names = ", ".join(t.get_name() + ":" + repr(t.get_coro()) for t in leftover)
+        for t in leftover:
+            t.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
+        pytest.fail(f"test left asyncio tasks running: {names}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run `async def` tests in their own event loop (debug mode on)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    with asyncio.Runner(debug=False) as runner:
+        runner.run(_run_guarded(pyfuncitem.obj(**kwargs)))
+    return True
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Any:
+    """Fail a test that leaves threads or child processes behind."""
+    threads_before = set(threading.enumerate())
+    kids_before = set(children())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        kids = {p: c for p, c in children().items() if p not in kids_before}
+        if not threads and not kids:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in kids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    problems = []
+    if threads:
+        problems.append("threads: " + ", ".join(t.name for t in threads))
+    if kids:
+        problems.append("child processes: " + "; ".join(f"{p} {c}" for p, c in kids.items()))
+    pytest.fail("test leaked " + " and ".join(problems))

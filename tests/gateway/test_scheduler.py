@@ -1,0 +1,164 @@
+"""The scheduler keeps healthy drivers running whatever their neighbours do."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.driver_api import ConfigError, Manifest
+from gateway.scheduler import InstanceRunner, NodeTracker
+from gateway.sinks import RecordingSink
+from gateway.testing import make_instance, run_driver
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "sgtestdrivers"
+
+
+@pytest.fixture
+def td(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    import sgtestdrivers
+
+    sgtestdrivers.Flaky.attempts.clear()
+    return sgtestdrivers
+
+
+@contextlib.asynccontextmanager
+async def running(*specs: tuple[Manifest, dict[str, object]]) -> AsyncIterator[tuple[RecordingSink, list[InstanceRunner]]]:
+    sink = RecordingSink()
+    nodes = NodeTracker()
+    runners = []
+    for manifest, opts in specs:
+        runner = InstanceRunner(make_instance(manifest, **opts), "gw-t", sink, nodes, backoff=(0.05, 0.2))
+        runner.start()
+        runners.append(runner)
+    try:
+        yield sink, runners
+    finally:
+        await asyncio.gather(*(r.stop() for r in runners))
+
+
+FAST = {"interval": 0.05, "timeout": 0.2, "jitter": 0}
+
+
+async def test_hanging_driver_does_not_stall_others(td, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    async with running((td.HANG, {"name": "hang", **FAST}), (td.TICK, {"name": "tick", **FAST})) as (sink, (hang, tick)):
+        await sink.wait_for(15, point="n")
+        await asyncio.sleep(0.5)
+    assert hang.stats.timeouts >= 2
+    assert hang.stats.readings == 0
+    assert tick.stats.errors == 0
+    assert [r.value for r in sink.points("n")][:15] == list(range(1, 16))
+    unavailable = [r for r in caplog.records if "hang unavailable" in r.getMessage()]
+    assert len(unavailable) == 1, "an unavailable driver is logged once, not per failed poll"
+
+
+async def test_raising_driver_counted_and_others_run(td, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    async with running((td.BOOM, {"name": "boom", **FAST}), (td.TICK, {"name": "tick", **FAST})) as (sink, (boom, _)):
+        await sink.wait_for(10, point="n")
+        await asyncio.sleep(0.4)
+    assert boom.stats.errors >= 3
+    assert boom.stats.restarts >= 1, "after repeated failures the driver is closed and set up again"
+    assert "division by zero" in boom.stats.last_error
+    assert sum("boom unavailable" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_setup_crash_retried_with_backoff(td) -> None:  # type: ignore[no-untyped-def]
+    async with running((td.BADSETUP, {"name": "bad", **FAST}), (td.TICK, {"name": "tick", **FAST})) as (sink, (bad, _)):
+        await sink.wait_for(10, point="n")
+        await asyncio.sleep(0.5)
+    assert bad.stats.restarts >= 2
+    assert bad.stats.state == "stopped"
+    assert "/dev/ttyNOPE" in bad.stats.last_error
+
+
+async def test_config_error_in_setup_is_fatal_not_retried(td, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    async with running((td.FATAL, {"name": "fatal", **FAST}), (td.TICK, {"name": "tick", **FAST})) as (sink, (fatal, _)):
+        await sink.wait_for(5, point="n")
+        assert fatal.stats.state == "failed"
+        assert fatal.stats.restarts == 0
+    assert any("fatal stopped: register map" in r.getMessage() for r in caplog.records)
+
+
+async def test_flaky_device_logs_one_outage_and_one_recovery(td, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO)
+    opts = {"name": "fl", "setup_failures": 2, "fail_polls": 2, **FAST}
+    async with running((td.FLAKY, opts)) as (sink, (fl,)):
+        got = await sink.wait_for(3, point="ok")
+    assert [r.value for r in got[:3]] == [3, 4, 5]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "sensegate.driver.fl"]
+    assert sum("unavailable" in m for m in msgs) == 1
+    assert sum("recovered" in m for m in msgs) == 1
+    assert fl.stats.errors == 4
+
+
+async def test_missing_hardware_library_names_the_extra(td) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    needs = replace(td.TICK, requires=("surely_not_installed_lib",), extra="widgets")
+    async with running((needs, {"name": "w", **FAST})) as (_, (w,)):
+        for _ in range(50):
+            if w.stats.state == "failed":
+                break
+            await asyncio.sleep(0.01)
+    assert w.stats.state == "stopped"
+    assert "pip install 'sensegate[widgets]'" in w.stats.last_error
+
+
+async def test_bad_values_are_refused_at_emit(td) -> None:  # type: ignore[no-untyped-def]
+    async with run_driver(td.TICK, name="t", **FAST) as h:
+        with pytest.raises(ValueError, match="not finite"):
+            h.runner.emit("x", float("nan"))
+        with pytest.raises(TypeError, match="unsupported value type"):
+            h.runner.emit("x", [1, 2])  # type: ignore[arg-type]
+        h.runner.emit("relayed", 1.5, node="rtu-7")
+        await h.sink.wait_for(1, point="relayed")
+        ownlist = await h.sink.wait_for(1, point="n")
+    r = h.sink.points("relayed")[0]
+    assert (r.node, int(r.path), r.instance) == ("rtu-7", 3, "t")
+    own = ownlist[0]
+    assert (own.node, int(own.path)) == ("gw-test", 2)
+
+
+async def test_write_goes_through_the_driver_in_turn_with_polls() -> None:
+    from drivers.example import MANIFEST
+    from hil.devices.example_device import ExampleDevice
+
+    dev = ExampleDevice(temperature=19.25)
+    port = await dev.start()
+    try:
+        async with run_driver(MANIFEST, name="boiler", port=port, interval=0.05, timeout=1) as h:
+            got = await h.sink.wait_for(2, point="temperature")
+            assert got[0].value == 19.25 and got[0].unit == "Cel"
+            await h.runner.write("setpoint", 22)
+            assert dev.setpoint == 22.0
+            with pytest.raises(ConfigError, match="outside"):
+                await h.runner.write("setpoint", 99)
+            with pytest.raises(ConfigError, match="unknown writable point"):
+                await h.runner.write("valve", 1)
+    finally:
+        await dev.stop()
+
+
+async def test_poll_now_triggers_an_extra_poll(td) -> None:  # type: ignore[no-untyped-def]
+    async with run_driver(td.TICK, name="slow", interval=3600, timeout=1) as h:
+        await h.sink.wait_for(1, point="n")
+        h.runner.poll_now()
+        got = await h.sink.wait_for(2, point="n", timeout=2)
+    assert [r.value for r in got] == [1, 2]
+
+
+def test_node_tracker_logs_transitions_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    nodes = NodeTracker()
+    seen: list[tuple[str, bool]] = []
+    nodes.listeners.append(lambda n, ok, why: seen.append((n, ok)))
+    for ok in (True, True, False, False, False, True, True):
+        nodes.set("rtu-1", ok, "timeout")
+    assert seen == [("rtu-1", True), ("rtu-1", False), ("rtu-1", True)]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["node rtu-1 is offline: timeout", "node rtu-1 is back online"]
