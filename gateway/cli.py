@@ -108,8 +108,10 @@ def _check(args: argparse.Namespace) -> int:
     except ConfigInvalid as e:
         print(e)
         return 1
-    print(f"{args.file}: ok (gateway {cfg.config.gateway.id}, {len(cfg.instances)} driver instance(s), "
-          f"{len(cfg.config.uplinks)} uplink(s))")
+    print(
+        f"{args.file}: ok (gateway {cfg.config.gateway.id}, {len(cfg.instances)} driver instance(s), "
+        f"{len(cfg.config.uplinks)} uplink(s))"
+    )
     return 0
 
 
@@ -120,8 +122,14 @@ def _drivers(args: argparse.Namespace) -> int:
 
     reg = Registry.discover()
     rows = [
-        {"name": m.name, "version": m.version, "api_version": m.api_version, "kind": m.kind,
-         "extra": m.extra or "", "description": m.description}
+        {
+            "name": m.name,
+            "version": m.version,
+            "api_version": m.api_version,
+            "kind": m.kind,
+            "extra": m.extra or "",
+            "description": m.description,
+        }
         for m in reg.manifests.values()
     ]
     broken = [{"name": b.name, "target": b.target, "reason": b.reason} for b in reg.broken]

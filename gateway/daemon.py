@@ -90,8 +90,11 @@ class Daemon:
         cfg = load_config(self.config_path, self.registry)  # ConfigInvalid propagates to the CLI
         set_level(cfg.config.gateway.log_level)
         loop = asyncio.get_running_loop()
-        for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
-                             (signal.SIGHUP, self.request_reload)):
+        for sig, handler in (
+            (signal.SIGTERM, self.request_stop),
+            (signal.SIGINT, self.request_stop),
+            (signal.SIGHUP, self.request_reload),
+        ):
             loop.add_signal_handler(sig, handler)
         try:
             await self._start(cfg)
@@ -149,6 +152,10 @@ class Daemon:
         for name in p.start:
             self.supervisor.start(new.instance(name))
         self.cfg = new
-        log.info("reload: %d instance(s) restarted, %d stopped, %d unchanged",
-                 len([n for n in p.start if n in p.stop]), len([n for n in p.stop if n not in p.start]), len(p.keep))
+        log.info(
+            "reload: %d instance(s) restarted, %d stopped, %d unchanged",
+            len([n for n in p.start if n in p.stop]),
+            len([n for n in p.stop if n not in p.start]),
+            len(p.keep),
+        )
         return True

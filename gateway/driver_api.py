@@ -60,8 +60,7 @@ class MissingExtra(ConfigError):
 
     def __init__(self, driver: str, module: str, extra: str) -> None:
         super().__init__(
-            f"driver {driver!r} needs the Python package {module!r}: "
-            f"install it with: pip install 'sensegate[{extra}]'"
+            f"driver {driver!r} needs the Python package {module!r}: install it with: pip install 'sensegate[{extra}]'"
         )
         self.extra = extra
 
@@ -95,7 +94,16 @@ class Location:
     hdop: float | None = None
 
 
-Value = float | int | bool | str | bytes | Location
+@dataclass(slots=True, frozen=True)
+class Blob:
+    """A large binary observation (a camera image). The host stores it content-addressed and
+    uploads it separately; the signed batch carries its SHA-256, size and content type."""
+
+    data: bytes
+    content_type: str  # e.g. "image/jpeg"
+
+
+Value = float | int | bool | str | bytes | Location | Blob
 
 
 @dataclass(slots=True)
@@ -160,15 +168,11 @@ class DriverConfig(BaseModel):
         description="Instance name, unique in the config; defaults to the driver name.",
     )
     enabled: bool = Field(default=True, description="Set false to keep the section but not run it.")
-    interval: Duration = Field(
-        default=10.0, gt=0, description="Poll period for polled drivers (e.g. 500ms, 10s, 5m)."
-    )
+    interval: Duration = Field(default=10.0, gt=0, description="Poll period for polled drivers (e.g. 500ms, 10s, 5m).")
     jitter: float = Field(
         default=0.1, ge=0, le=1, description="Random spread of each poll period, as a fraction of it."
     )
-    timeout: Duration = Field(
-        default=5.0, gt=0, description="Longest a setup or poll may take before it is abandoned."
-    )
+    timeout: Duration = Field(default=5.0, gt=0, description="Longest a setup or poll may take before it is abandoned.")
     node: str = Field(
         default="",
         pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",

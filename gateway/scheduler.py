@@ -21,6 +21,7 @@ from tenacity import RetryCallState, wait_exponential, wait_random
 
 from gateway.config.validate import Instance
 from gateway.driver_api import (
+    Blob,
     ConfigError,
     Driver,
     Location,
@@ -32,7 +33,7 @@ from gateway.driver_api import (
 from gateway.registry import load_driver_class
 
 T = TypeVar("T")
-_VALUE_TYPES = (float, int, bool, str, bytes, Location)
+_VALUE_TYPES = (float, int, bool, str, bytes, Location, Blob)
 CLOSE_TIMEOUT = 5.0
 
 
@@ -88,7 +89,7 @@ class Backoff:
 
     def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
         self._wait = wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial)
-        self._state = RetryCallState(None, None, (), {})
+        self._state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         self.attempt = 0
 
     def next(self) -> float:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import sys
 from dataclasses import asdict
 from typing import IO, Any
 
-from gateway.driver_api import Location, Quality, Reading
+from gateway.driver_api import Blob, Location, Quality, Reading
 
 
 def reading_to_json(r: Reading) -> dict[str, Any]:
@@ -29,6 +30,8 @@ def reading_to_json(r: Reading) -> dict[str, Any]:
         out["vs"] = v
     elif isinstance(v, bytes):
         out["vd"] = base64.urlsafe_b64encode(v).rstrip(b"=").decode()
+    elif isinstance(v, Blob):
+        out["blob"] = {"sha256": hashlib.sha256(v.data).hexdigest(), "size": len(v.data), "type": v.content_type}
     elif isinstance(v, Location):
         out["loc"] = {k: x for k, x in asdict(v).items() if x is not None}
     if r.unit:
@@ -98,9 +101,9 @@ class RecordingSink:
         """Readings filtered by point and/or node."""
         return [r for r in self.readings if (point is None or r.point == point) and (node is None or r.node == node)]
 
-    async def wait_for(self, count: int, timeout: float = 10.0, **filters: str) -> list[Reading]:
+    async def wait_for(self, count: int, within: float = 10.0, **filters: str) -> list[Reading]:
         """Wait until at least ``count`` readings (matching filters) have arrived."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 got = self.points(**filters)
                 if len(got) >= count:

@@ -16,8 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from gateway.testing.procs import children
 
-settings.register_profile("ci", deadline=None, max_examples=200,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", deadline=None, max_examples=100)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 

@@ -47,9 +47,12 @@ class SimConfig(DriverConfig):
 
     points: list[SimPoint] = Field(min_length=1, description="The simulated points.")
     nodes: int = Field(
-        default=0, ge=0, le=10_000,
+        default=0,
+        ge=0,
+        le=10_000,
         description="0: one node (the instance's); N: N capillary nodes <node_prefix>-1..N (path ip3).",
     )
-    node_prefix: str = Field(default="sim", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",
-                             description="Name stem of simulated nodes.")
+    node_prefix: str = Field(
+        default="sim", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$", description="Name stem of simulated nodes."
+    )
     repeat: int = Field(default=1, ge=1, le=100_000, description="Readings per point per node per poll (load).")

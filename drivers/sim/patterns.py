@@ -52,7 +52,9 @@ class Sine(Pattern):
 class RandomWalk(Pattern):
     """Bounded random walk: each reading moves at most ``step`` and stays in [low, high]."""
 
-    def __init__(self, low: float, high: float, step: float, start: float | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, low: float, high: float, step: float, start: float | None = None, seed: int | None = None
+    ) -> None:
         self._low, self._high, self._step = low, high, step
         self._v = (low + high) / 2 if start is None else start
         self._rng = random.Random(seed)

@@ -26,8 +26,11 @@ def plan(old: GatewayConfig, new: GatewayConfig) -> Plan:
     """Compare two validated configs; an instance restarts only if its own section changed."""
     old_by = {i.name: i for i in old.instances}
     new_by = {i.name: i for i in new.instances}
-    stop = [n for n, i in old_by.items() if n not in new_by or new_by[n].config != i.config
-            or new_by[n].manifest is not i.manifest]
+    stop = [
+        n
+        for n, i in old_by.items()
+        if n not in new_by or new_by[n].config != i.config or new_by[n].manifest is not i.manifest
+    ]
     start = [n for n in new_by if n not in old_by or n in stop]
     keep = [n for n in new_by if n in old_by and n not in stop]
     a, b = old.config, new.config

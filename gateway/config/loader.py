@@ -72,8 +72,12 @@ def _check_and_map(root: Node) -> dict[Loc, tuple[int, int]]:
         budget -= 1
         if budget < 0:
             raise LoadError(
-                [Problem(*_mark(root), f"document expands to more than {MAX_NODES} nodes "
-                         "(aliases nested too deep?); refused")]
+                [
+                    Problem(
+                        *_mark(root),
+                        f"document expands to more than {MAX_NODES} nodes (aliases nested too deep?); refused",
+                    )
+                ]
             )
         if depth > MAX_DEPTH:
             raise LoadError([Problem(*_mark(node), f"nesting deeper than {MAX_DEPTH} levels; refused")])
@@ -89,9 +93,7 @@ def _check_and_map(root: Node) -> dict[Loc, tuple[int, int]]:
                     continue
                 if key in seen:
                     line, _ = _mark(seen[key])
-                    raise LoadError(
-                        [Problem(*_mark(key_node), f"duplicate key {key!r} (first given on line {line})")]
-                    )
+                    raise LoadError([Problem(*_mark(key_node), f"duplicate key {key!r} (first given on line {line})")])
                 seen[key] = key_node
                 positions[(*loc, key)] = _mark(key_node)
                 stack.append((value_node, (*loc, key), depth + 1))
@@ -112,7 +114,9 @@ def load_yaml(raw: bytes | str) -> Document:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise LoadError([Problem(line, col, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8")]) from None
+        raise LoadError(
+            [Problem(line, col, f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8")]
+        ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     try:

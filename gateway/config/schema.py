@@ -63,18 +63,14 @@ class BufferSection(Section):
         description="Readings are committed together at least this often; a power cut loses at most "
         "the readings of one interval (the documented power-cut window).",
     )
-    commit_readings: int = Field(
-        default=10_000, ge=1, description="Commit early once this many readings are waiting."
-    )
+    commit_readings: int = Field(default=10_000, ge=1, description="Commit early once this many readings are waiting.")
 
 
 class BatchSection(Section):
     """How readings are grouped into signed batches."""
 
     max_readings: int = Field(default=5000, ge=1, le=100_000, description="Close a batch at this many readings.")
-    max_bytes: ByteSize = Field(
-        default=256 * 1024, ge=1024, description="Close a batch near this encoded size."
-    )
+    max_bytes: ByteSize = Field(default=256 * 1024, ge=1024, description="Close a batch near this encoded size.")
     max_age: Duration = Field(
         default=0.5,
         ge=0,
@@ -121,9 +117,7 @@ class MqttUplink(Section):
     username: str = Field(default="", description="User name for the broker.")
     password: str = Field(default="", description="Password; prefer password_file.")
     password_file: str = Field(default="", description="File holding the password.")
-    topic_prefix: str = Field(
-        default="sensegate", pattern=r"^[^#+\s]+$", description="First level of every topic."
-    )
+    topic_prefix: str = Field(default="sensegate", pattern=r"^[^#+\s]+$", description="First level of every topic.")
     tls: TlsOptions | None = Field(default=None, description="TLS settings (needed for mqtts://).")
     keepalive: Duration = Field(default=30.0, ge=5, le=3600, description="MQTT keepalive.")
     inflight: int = Field(default=8, ge=1, le=1000, description="Batches published but not yet acknowledged.")
@@ -143,7 +137,7 @@ class Config(Section):
     buffer: BufferSection = Field(default_factory=BufferSection, description="Durable local buffer.")
     batch: BatchSection = Field(default_factory=BatchSection, description="Signed batches.")
     uplinks: list[Uplink] = Field(
-        default_factory=lambda: [JsonlUplink(type="jsonl")],
+        default_factory=lambda: [JsonlUplink(type="jsonl")],  # type: ignore[arg-type]
         description="Where batches go; default: JSON lines on standard output.",
     )
     drivers: list[Any] = Field(

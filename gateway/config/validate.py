@@ -65,18 +65,14 @@ def _data_loc(data: Any, loc: tuple[Any, ...]) -> Loc:
     out: list[str | int] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
             out.append(part)
             node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, dict | list):
-            if isinstance(part, str) and not isinstance(node, list) and part not in node:
-                # a missing key or a union tag; keep missing keys named in the message
-                continue
-        else:
+        elif not isinstance(node, dict | list):
             break
+        # else: a missing key or a union tag, not in the data; skip it
     return tuple(out)
 
 
@@ -141,9 +137,13 @@ def validate_document(doc: Document, registry: Registry, source: str = "") -> Ga
     """Check a parsed document against the schema and every driver's schema."""
     data = doc.data
     if data is None:
-        raise ConfigInvalid([Problem(1, 1, "the config is empty; it needs at least a 'gateway: {id: ...}' section")], source)
+        raise ConfigInvalid(
+            [Problem(1, 1, "the config is empty; it needs at least a 'gateway: {id: ...}' section")], source
+        )
     if not isinstance(data, dict):
-        raise ConfigInvalid([Problem(1, 1, f"the top level must be a mapping of sections, not a {type(data).__name__}")], source)
+        raise ConfigInvalid(
+            [Problem(1, 1, f"the top level must be a mapping of sections, not a {type(data).__name__}")], source
+        )
     try:
         data = migrate(data)
     except MigrationError as e:
@@ -162,11 +162,15 @@ def validate_document(doc: Document, registry: Registry, source: str = "") -> Ga
         for i, section in enumerate(raw_drivers):
             loc: Loc = ("drivers", i)
             if not isinstance(section, dict):
-                problems.append(Problem(*doc.where(loc), f"{_dotted(loc)}: a driver section must be a mapping with a 'driver:' key"))
+                problems.append(
+                    Problem(*doc.where(loc), f"{_dotted(loc)}: a driver section must be a mapping with a 'driver:' key")
+                )
                 continue
             driver = section.get("driver")
             if not isinstance(driver, str) or not driver:
-                problems.append(Problem(*doc.where(loc), f"{_dotted(loc)}: missing required key 'driver' (the driver's name)"))
+                problems.append(
+                    Problem(*doc.where(loc), f"{_dotted(loc)}: missing required key 'driver' (the driver's name)")
+                )
                 continue
             try:
                 manifest = registry.get(driver)
@@ -181,9 +185,13 @@ def validate_document(doc: Document, registry: Registry, source: str = "") -> Ga
             name = dc.name or dc.driver
             if name in names:
                 first = doc.where(names[name])[0]
-                problems.append(Problem(*doc.where((*loc, "name") if "name" in section else loc),
-                                        f"{_dotted(loc)}: instance name {name!r} is already used on line {first}; "
-                                        "give each instance a unique 'name:'"))
+                problems.append(
+                    Problem(
+                        *doc.where((*loc, "name") if "name" in section else loc),
+                        f"{_dotted(loc)}: instance name {name!r} is already used on line {first}; "
+                        "give each instance a unique 'name:'",
+                    )
+                )
                 continue
             names[name] = loc
             if dc.enabled:
@@ -192,7 +200,12 @@ def validate_document(doc: Document, registry: Registry, source: str = "") -> Ga
         seen: dict[str, int] = {}
         for i, up in enumerate(config.uplinks):
             if up.name in seen:
-                problems.append(Problem(*doc.where(("uplinks", i)), f"uplinks[{i}]: uplink name {up.name!r} is already used by uplinks[{seen[up.name]}]"))
+                problems.append(
+                    Problem(
+                        *doc.where(("uplinks", i)),
+                        f"uplinks[{i}]: uplink name {up.name!r} is already used by uplinks[{seen[up.name]}]",
+                    )
+                )
             seen[up.name] = i
     if problems or config is None:
         raise ConfigInvalid(problems, source)
@@ -216,4 +229,3 @@ def load_config_bytes(raw: bytes, registry: Registry, source: str = "<config>") 
     except LoadError as e:
         raise ConfigInvalid(e.problems, source) from None
     return validate_document(doc, registry, source)
-

@@ -28,7 +28,9 @@ def td(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
 
 
 @contextlib.asynccontextmanager
-async def running(*specs: tuple[Manifest, dict[str, object]]) -> AsyncIterator[tuple[RecordingSink, list[InstanceRunner]]]:
+async def running(
+    *specs: tuple[Manifest, dict[str, object]],
+) -> AsyncIterator[tuple[RecordingSink, list[InstanceRunner]]]:
     sink = RecordingSink()
     nodes = NodeTracker()
     runners = []
@@ -46,7 +48,10 @@ FAST = {"interval": 0.05, "timeout": 0.2, "jitter": 0}
 
 
 async def test_hanging_driver_does_not_stall_others(td, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    async with running((td.HANG, {"name": "hang", **FAST}), (td.TICK, {"name": "tick", **FAST})) as (sink, (hang, tick)):
+    async with running((td.HANG, {"name": "hang", **FAST}), (td.TICK, {"name": "tick", **FAST})) as (
+        sink,
+        (hang, tick),
+    ):
         await sink.wait_for(15, point="n")
         await asyncio.sleep(0.5)
     assert hang.stats.timeouts >= 2
@@ -77,7 +82,10 @@ async def test_setup_crash_retried_with_backoff(td) -> None:  # type: ignore[no-
 
 
 async def test_config_error_in_setup_is_fatal_not_retried(td, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
-    async with running((td.FATAL, {"name": "fatal", **FAST}), (td.TICK, {"name": "tick", **FAST})) as (sink, (fatal, _)):
+    async with running((td.FATAL, {"name": "fatal", **FAST}), (td.TICK, {"name": "tick", **FAST})) as (
+        sink,
+        (fatal, _),
+    ):
         await sink.wait_for(5, point="n")
         assert fatal.stats.state == "failed"
         assert fatal.stats.restarts == 0
@@ -148,7 +156,7 @@ async def test_poll_now_triggers_an_extra_poll(td) -> None:  # type: ignore[no-u
     async with run_driver(td.TICK, name="slow", interval=3600, timeout=1) as h:
         await h.sink.wait_for(1, point="n")
         h.runner.poll_now()
-        got = await h.sink.wait_for(2, point="n", timeout=2)
+        got = await h.sink.wait_for(2, point="n", within=2)
     assert [r.value for r in got] == [1, 2]
 
 

@@ -76,9 +76,13 @@ def test_random_bytes_never_escape(raw: bytes) -> None:
         assert e.problems and all(p.line >= 1 and p.col >= 1 for p in e.problems)
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                    lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=10), c, max_size=5),
-                    max_leaves=30))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=5) | st.dictionaries(st.text(max_size=10), c, max_size=5),
+        max_leaves=30,
+    )
+)
 def test_random_structures_give_placed_problems(data: object) -> None:
     import yaml
 

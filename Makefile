@@ -1,0 +1,47 @@
+# One command per job; each installs what it needs. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help demo test lint typecheck pytest bench deps venv clean
+
+help:
+	@echo "make demo   - simulated devices + local mosquitto + daemon + receiver, verified batches"
+	@echo "make test   - the full suite: lint, type check, tests against real services"
+	@echo "make lint   - ruff (with ASYNC rules) and mypy on gateway/"
+	@echo "make bench  - the end-to-end benchmark (figures in bench/results/)"
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sensegate needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[all,test]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+deps:
+	@hil/system-deps.sh test
+
+demo: venv
+	@hil/system-deps.sh demo
+	$(BIN)/sensegate demo
+
+lint: venv
+	$(BIN)/ruff check gateway drivers hil tests bench
+	$(BIN)/mypy
+
+typecheck: lint
+
+pytest: venv deps
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint pytest
+
+bench: venv
+	@hil/system-deps.sh demo
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info bench/results

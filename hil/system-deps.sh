@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Debian packages the tests and the demo run for real: installed with apt-get when we are root,
+# otherwise we say exactly which ones to install. Usage: hil/system-deps.sh [demo|test]
+set -euo pipefail
+what=${1:-test}
+
+# command-or-file to look for -> Debian package that provides it
+declare -A need=(
+  [mosquitto]=mosquitto
+)
+if [ "$what" = test ]; then
+  need+=(
+    [coap-client-notls]=libcoap3-bin
+    [gpsd]=gpsd
+    [gpsfake]=gpsd-clients
+    [dbus-daemon]=dbus
+    [/usr/include/dbus-1.0/dbus/dbus.h]=libdbus-1-dev
+    [/usr/include/glib-2.0/glib.h]=libglib2.0-dev
+    [pkg-config]=pkg-config
+    [ffmpeg]=ffmpeg
+    [systemd-analyze]=systemd
+  )
+fi
+
+missing=()
+for probe in "${!need[@]}"; do
+  if [[ $probe == /* ]]; then
+    [ -e "$probe" ] || missing+=("${need[$probe]}")
+  else
+    command -v "$probe" >/dev/null 2>&1 || [ -x "/usr/sbin/$probe" ] || missing+=("${need[$probe]}")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  # the packaged mosquitto/gpsd services are not wanted: tests start their own on free ports
+  for svc in mosquitto gpsd gpsd.socket; do
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  done
+else
+  echo "sensegate: these Debian packages are needed for 'make $what' and are missing:" >&2
+  echo "    sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi
