@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     recv.add_argument("--key", default="", help="client key for mutual TLS")
     recv.add_argument("--username", default="")
     recv.add_argument("--password", default="")
+    recv.add_argument("--client-id", default="", help="keep a persistent session under this client id")
 
     demo = sub.add_parser("demo", help="simulated devices + local broker + daemon + receiver")
     demo.add_argument("--seconds", type=float, default=15.0, help="how long to run (0: until Ctrl-C)")

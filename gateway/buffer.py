@@ -1,0 +1,500 @@
+"""The durable local buffer: SQLite in WAL mode, written in amortized group commits.
+
+Readings wait in memory for at most ``buffer.commit_interval`` (less when the uplink is idle),
+then are committed together as one *segment* row: their SenML records, already CBOR-encoded,
+with a contiguous range of reading sequence numbers. Committing assigns the sequence numbers;
+a reading is "accepted" once committed. Batches are built from whole segments, signed, and
+recorded in the ``batches`` table (the outbox) in a transaction that is fsynced before the
+batch may leave the gateway, so nothing that was sent can be renumbered after a power cut.
+An acknowledged batch deletes its row and its segments.
+
+Bounds: ``max_bytes`` of segment data and ``max_age``. Past them, the policy drops the oldest
+unbatched segments or refuses new readings; either way the dropped sequence range is recorded
+and reported in the next batch's header. All SQLite work runs on one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway import cose, senml
+from gateway.config.schema import BatchSection, BufferSection
+from gateway.driver_api import Blob, Reading
+from gateway.keys import PrivateKey, key_id
+
+FORMAT_VERSION = 1
+GENESIS_HASH = bytes(32)
+SENML_CBOR = 112  # CoAP content-format of application/senml+cbor
+log = logging.getLogger("sensegate.buffer")
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segments (
+    first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL, nbytes INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS drops (
+    first_seq INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    bseq INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    protected BLOB NOT NULL, signature BLOB NOT NULL, hash BLOB NOT NULL, created_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256 BLOB PRIMARY KEY, content_type TEXT NOT NULL, created_ns INTEGER NOT NULL, data BLOB NOT NULL)
+    WITHOUT ROWID;
+"""
+
+
+class BufferError_(Exception):
+    """The buffer cannot be used (newer format, another gateway's buffer, unwritable)."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A range of reading sequence numbers that will never be delivered, and why."""
+
+    first_seq: int
+    last_seq: int
+    reason: str  # "buffer_full", "expired", "overflow"
+
+    @property
+    def count(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A signed batch: the COSE_Sign1 bytes and what they hold."""
+
+    bseq: int
+    first_seq: int
+    last_seq: int
+    data: bytes
+    hash: bytes
+    created_ns: int
+
+    @property
+    def count(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+@dataclass
+class BufferStats:
+    """Counters for metrics and status."""
+
+    committed: int = 0
+    commits: int = 0
+    dropped: int = 0
+    batches_created: int = 0
+    acked_batches: int = 0
+    acked_readings: int = 0
+    readings: int = 0  # committed, not yet acknowledged
+    bytes: int = 0
+    oldest_ns: int = 0
+    last_batch_readings: int = 0
+    last_batch_bytes: int = 0
+
+
+class Buffer:
+    """One gateway's buffer file; every public coroutine is safe to call from the loop."""
+
+    def __init__(self, path: Path, gateway_id: str, cfg: BufferSection, batch: BatchSection) -> None:
+        self.path = path
+        self.gateway_id = gateway_id
+        self.cfg = cfg
+        self.batch_cfg = batch
+        self.stats = BufferStats()
+        self.eager = True  # set by the pipeline: commit at once when the uplink is idle
+        self.on_commit: Callable[[], None] = lambda: None
+        self._pending: list[Reading] = []
+        self._overflow = 0
+        self._max_pending = max(cfg.commit_readings * 10, 100_000)
+        self._wake = asyncio.Event()
+        self._db: sqlite3.Connection | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sensegate-db")
+        self._meta: dict[str, Any] = {}
+        self._dropping = False
+        self._episode: list[int] = [0, 0, 0]  # count, first, last of the current drop episode
+        self._committer: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (or create, or set aside a corrupt) database and start the committer."""
+        await self._run(self._open_sync)
+        self._committer = asyncio.create_task(self._commit_loop(), name="buffer-committer")
+
+    async def close(self) -> None:
+        """Commit what is pending, then close the database and its thread."""
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+            self._committer = None
+        try:
+            if self._db is not None and (self._pending or self._overflow):
+                await self.commit()
+            if self._db is not None:
+                await self._run(self._close_sync)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint=1000")
+        db.executescript(SCHEMA)
+        return db
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = self._connect()
+            self._db = db
+            self._load_meta()
+            db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as e:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    os.replace(src, Path(str(aside) + suffix))
+            log.error("buffer %s is corrupt (%s); set aside as %s, starting a new one", self.path, e, aside)
+            self._db = self._connect()
+            self._load_meta()
+        self._refresh_stats()
+
+    def _load_meta(self) -> None:
+        db = self._db
+        assert db is not None
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if not meta:
+            meta = {
+                "format": FORMAT_VERSION,
+                "gateway_id": self.gateway_id,
+                "stream": secrets.randbits(63),
+                "next_seq": 1,
+                "next_bseq": 1,
+                "batched_upto": 0,
+                "last_hash": GENESIS_HASH,
+                "boot": 0,
+            }
+        fmt = meta.get("format")
+        if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+            raise BufferError_(
+                f"buffer {self.path} has format {fmt!r}, newer than this sensegate reads ({FORMAT_VERSION}); "
+                "upgrade sensegate or move the file aside"
+            )
+        if meta["gateway_id"] != self.gateway_id:
+            raise BufferError_(
+                f"buffer {self.path} belongs to gateway {meta['gateway_id']!r}, not {self.gateway_id!r}; "
+                "deliver or move it aside before changing the gateway id"
+            )
+        meta["boot"] = int(meta["boot"]) + 1
+        self._meta = meta
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+        db.execute("COMMIT")
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._db.close()
+            self._db = None
+
+    def _refresh_stats(self) -> None:
+        assert self._db is not None
+        n, nbytes, oldest = self._db.execute(
+            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), COALESCE(SUM(nbytes), 0), MIN(created_ns) FROM segments"
+        ).fetchone()
+        self.stats.readings, self.stats.bytes, self.stats.oldest_ns = n, nbytes, oldest or 0
+
+    @property
+    def boot(self) -> int:
+        return int(self._meta.get("boot", 0))
+
+    @property
+    def stream(self) -> int:
+        return int(self._meta.get("stream", 0))
+
+    # -- the reading side ------------------------------------------------------------------
+
+    def put(self, reading: Reading) -> None:
+        """Take a reading from a driver (never blocks; committed within commit_interval)."""
+        pending = self._pending
+        if len(pending) >= self._max_pending:  # the disk cannot keep up: count, number, report
+            self._overflow += 1
+            return
+        pending.append(reading)
+        if len(pending) == 1 or len(pending) >= self.cfg.commit_readings:
+            self._wake.set()
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending and not self._overflow:
+                continue
+            # gather a burst: a tick when the uplink is idle, up to commit_interval otherwise
+            wait = 0.002 if self.eager else self.cfg.commit_interval
+            if len(self._pending) < self.cfg.commit_readings:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                self._wake.clear()
+            try:
+                await self.commit()
+            except sqlite3.Error as e:  # disk full, I/O error: keep readings, retry later
+                log.error("buffer commit failed (%s); %d readings kept in memory, retrying", e, len(self._pending))
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    async def commit(self) -> None:
+        """Commit pending readings now (one transaction)."""
+        readings, self._pending = self._pending, []
+        overflow, self._overflow = self._overflow, 0
+        try:
+            await self._run(self._commit_sync, readings, overflow)
+        except BaseException:
+            self._pending[:0] = readings  # put them back, in order
+            self._overflow += overflow
+            raise
+        self.on_commit()
+
+    def _commit_sync(self, readings: list[Reading], overflow: int) -> None:
+        db = self._db
+        assert db is not None
+        meta = self._meta
+        now = time.time_ns()
+        seq = int(meta["next_seq"])
+        drops: list[Drop] = []
+        blobs: list[tuple[bytes, str, int, bytes]] = []
+        if overflow:
+            drops.append(Drop(seq, seq + overflow - 1, "overflow"))
+            seq += overflow
+        rows = []
+        per = self.batch_cfg.max_readings
+        full = self.cfg.policy == "refuse_new" and self.stats.bytes >= self.cfg.max_bytes
+        for i in range(0, len(readings), per):
+            chunk = readings[i : i + per]
+            if full:
+                drops.append(Drop(seq, seq + len(chunk) - 1, "buffer_full"))
+                seq += len(chunk)
+                continue
+            data, n = senml.encode_records(chunk)
+            for r in chunk:
+                if isinstance(r.value, Blob):
+                    blobs.append((hashlib.sha256(r.value.data).digest(), r.value.content_type, now, r.value.data))
+            rows.append((seq, seq + n - 1, len(data), now, data))
+            seq += n
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", rows)
+            if blobs:
+                db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", blobs)
+            added = sum(r[2] for r in rows)
+            drops += self._enforce_bounds_sync(db, self.stats.bytes + added, now)
+            db.executemany("INSERT INTO drops VALUES (?, ?, ?)", [(d.first_seq, d.last_seq, d.reason) for d in drops])
+            db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        meta["next_seq"] = seq
+        self.stats.commits += 1
+        self.stats.committed += sum(r[1] - r[0] + 1 for r in rows)
+        self._refresh_stats()
+        self._note_drops(drops)
+
+    def _enforce_bounds_sync(self, db: sqlite3.Connection, total: int, now: int) -> list[Drop]:
+        """Drop the oldest unbatched segments past max_bytes (drop_oldest) or max_age."""
+        drops: list[Drop] = []
+        upto = int(self._meta["batched_upto"])
+        cutoff = now - int(self.cfg.max_age * 1e9)
+        doomed = []
+        for first, last, nbytes, created in db.execute(
+            "SELECT first_seq, last_seq, nbytes, created_ns FROM segments WHERE first_seq > ? ORDER BY first_seq",
+            (upto,),
+        ):
+            if created < cutoff:
+                reason = "expired"
+            elif self.cfg.policy == "drop_oldest" and total > self.cfg.max_bytes:
+                reason = "buffer_full"
+            else:
+                break
+            doomed.append(first)
+            total -= nbytes
+            if drops and drops[-1].reason == reason and drops[-1].last_seq + 1 == first:
+                drops[-1] = Drop(drops[-1].first_seq, last, reason)
+            else:
+                drops.append(Drop(first, last, reason))
+        if doomed:
+            db.executemany("DELETE FROM segments WHERE first_seq = ?", [(f,) for f in doomed])
+        return drops
+
+    def _note_drops(self, drops: list[Drop]) -> None:
+        """Count drops, and log an episode once when it starts and once when it ends."""
+        if drops:
+            n = sum(d.count for d in drops)
+            self.stats.dropped += n
+            ep = self._episode
+            if not self._dropping:
+                self._dropping = True
+                self._episode = ep = [0, drops[0].first_seq, 0]
+                log.warning("buffer: dropping readings (%s, policy %s); the next batch reports them",
+                            drops[0].reason, self.cfg.policy)
+            ep[0] += n
+            ep[2] = drops[-1].last_seq
+        elif self._dropping:
+            self._dropping = False
+            count, first, last = self._episode
+            log.warning("buffer: drop episode over: %d readings dropped (seq %d-%d)", count, first, last)
+
+    # -- the batch side ---------------------------------------------------------------------
+
+    def unbatched(self) -> int:
+        """Committed readings not yet in a batch (approximate; for the batching policy)."""
+        return int(self._meta.get("next_seq", 1)) - 1 - int(self._meta.get("batched_upto", 0))
+
+    async def make_batch(self, key: PrivateKey) -> Batch | None:
+        """Sign the next batch from unbatched segments (or pending drop reports), or None."""
+        return await self._run(self._make_batch_sync, key)
+
+    def _make_batch_sync(self, key: PrivateKey) -> Batch | None:
+        db = self._db
+        assert db is not None
+        meta = self._meta
+        upto = int(meta["batched_upto"])
+        limit_n, limit_b = self.batch_cfg.max_readings, self.batch_cfg.max_bytes
+        parts: list[bytes] = []
+        first = last = 0
+        nbytes = 0
+        for f, last_, data in db.execute(
+            "SELECT first_seq, last_seq, data FROM segments WHERE first_seq > ? ORDER BY first_seq", (upto,)
+        ):
+            if parts and (f != last + 1 or last_ - first + 1 > limit_n or nbytes + len(data) > limit_b):
+                break
+            if not parts:
+                first = f
+            parts.append(data)
+            last = last_
+            nbytes += len(data)
+        drop_rows = db.execute(
+            "SELECT first_seq, last_seq, reason FROM drops WHERE first_seq < ? ORDER BY first_seq",
+            (first if parts else int(meta["next_seq"]),),
+        ).fetchall()
+        if not parts and not drop_rows:
+            return None
+        if not parts:  # a report of drops only: an empty pack just after the dropped range
+            first = int(meta["next_seq"])
+            last = first - 1
+        count = last - first + 1
+        payload = senml.array_header(count) + b"".join(parts)
+        bseq = int(meta["next_bseq"])
+        header: dict[Any, Any] = {
+            cose.CONTENT_TYPE: SENML_CBOR,
+            "sg": FORMAT_VERSION,
+            "gw": self.gateway_id,
+            "st": int(meta["stream"]),
+            "bo": int(meta["boot"]),
+            "bs": bseq,
+            "pv": meta["last_hash"],
+            "sq": [first, last],
+        }
+        if drop_rows:
+            header["dr"] = [[a, b, reason] for a, b, reason in drop_rows]
+        protected = cose.protected_header(key, key_id(key.public_key()), header)
+        signature = cose.sign(key, protected, payload)
+        data = cose.encode_sign1(protected, payload, signature)
+        digest = hashlib.sha256(data).digest()
+        now = time.time_ns()
+        db.execute("PRAGMA synchronous=FULL")  # a batch may leave only once it is on disk
+        db.execute("BEGIN")
+        try:
+            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (bseq, first, last, protected, signature, digest, now))
+            if drop_rows:
+                db.execute("DELETE FROM drops WHERE first_seq < ?", (first if parts else int(meta["next_seq"]),))
+            new_upto = max(upto, last, max((r[1] for r in drop_rows), default=0))
+            db.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                           [(bseq + 1, "next_bseq"), (digest, "last_hash"), (new_upto, "batched_upto")])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
+        meta.update(next_bseq=bseq + 1, last_hash=digest, batched_upto=new_upto)
+        self.stats.batches_created += 1
+        self.stats.last_batch_readings = count
+        self.stats.last_batch_bytes = len(data)
+        return Batch(bseq, first, last, data, digest, now)
+
+    async def outbox(self) -> list[Batch]:
+        """Batches signed but not yet acknowledged (after a restart: to be sent again first)."""
+        return await self._run(self._outbox_sync)
+
+    def _outbox_sync(self) -> list[Batch]:
+        db = self._db
+        assert db is not None
+        out = []
+        for bseq, first, last, protected, signature, digest, created in db.execute(
+            "SELECT * FROM batches ORDER BY bseq"
+        ).fetchall():
+            parts = [row[0] for row in db.execute(
+                "SELECT data FROM segments WHERE first_seq BETWEEN ? AND ? ORDER BY first_seq", (first, last))]
+            payload = senml.array_header(last - first + 1) + b"".join(parts)
+            data = cose.encode_sign1(protected, payload, signature)
+            if hashlib.sha256(data).digest() != digest:
+                log.error("batch %d in the outbox no longer matches its hash; dropping it", bseq)
+                db.execute("DELETE FROM batches WHERE bseq = ?", (bseq,))
+                continue
+            out.append(Batch(bseq, first, last, data, digest, created))
+        return out
+
+    async def ack(self, batch: Batch) -> None:
+        """The batch reached every uplink: forget it and its readings."""
+        await self._run(self._ack_sync, batch)
+
+    def _ack_sync(self, batch: Batch) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN")
+        db.execute("DELETE FROM batches WHERE bseq = ?", (batch.bseq,))
+        db.execute("DELETE FROM segments WHERE first_seq BETWEEN ? AND ?", (batch.first_seq, batch.last_seq))
+        db.execute("COMMIT")
+        self.stats.acked_batches += 1
+        self.stats.acked_readings += max(batch.count, 0)
+        self._refresh_stats()
+
+
+def backlog(path: str | Path) -> tuple[int, float | None]:
+    """Readings waiting in a buffer file and the age (s) of the oldest, read-only (for doctor)."""
+    uri = f"file:{Path(path)}?mode=ro"
+    db = sqlite3.connect(uri, uri=True)
+    try:
+        n, oldest = db.execute(
+            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), MIN(created_ns) FROM segments"
+        ).fetchone()
+    finally:
+        db.close()
+    return int(n), (time.time_ns() - oldest) / 1e9 if oldest else None

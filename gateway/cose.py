@@ -1,0 +1,135 @@
+"""COSE_Sign1 (RFC 9052/9053) with cbor2 + cryptography: EdDSA (Ed25519) and ES256 (P-256).
+
+Small on purpose (pycose 1.1 breaks with cbor2 6.x). Batches put their metadata in the
+protected header, so it is signed with the payload; see docs/wire-format.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from gateway.keys import PrivateKey, PublicKey, alg_of
+
+COSE_SIGN1_TAG = 18
+ALG, CRIT, CONTENT_TYPE, KID = 1, 2, 3, 4
+EDDSA, ES256 = -8, -7
+ALG_IDS = {"ed25519": EDDSA, "es256": ES256}
+
+
+class CoseError(ValueError):
+    """Not a well-formed COSE_Sign1, or its signature does not verify."""
+
+
+def sign(key: PrivateKey, protected: bytes, payload: bytes) -> bytes:
+    """The signature over Sig_structure ["Signature1", protected, h'', payload]."""
+    tbs = cbor2.dumps(["Signature1", protected, b"", payload])
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(tbs)
+    der = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def protected_header(key: PrivateKey, kid: bytes, extra: dict[Any, Any]) -> bytes:
+    """Encode the protected header map: alg, kid, content type and our batch labels."""
+    header: dict[Any, Any] = {ALG: ALG_IDS[alg_of(key)], KID: kid}
+    header.update(extra)
+    return cbor2.dumps(header, canonical=True)
+
+
+def encode_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:
+    """Tagged COSE_Sign1 bytes, with the payload spliced in without re-encoding it."""
+    head = b"\xd2\x84"  # tag 18, array of 4
+    return head + _bstr(protected) + b"\xa0" + _bstr(payload) + _bstr(signature)
+
+
+def _bstr(b: bytes) -> bytes:
+    n = len(b)
+    if n < 24:
+        hdr = bytes([0x40 | n])
+    elif n < 2**8:
+        hdr = bytes([0x58, n])
+    elif n < 2**16:
+        hdr = b"\x59" + n.to_bytes(2, "big")
+    elif n < 2**32:
+        hdr = b"\x5a" + n.to_bytes(4, "big")
+    else:
+        hdr = b"\x5b" + n.to_bytes(8, "big")
+    return hdr + b
+
+
+@dataclass(frozen=True)
+class Sign1:
+    """A parsed COSE_Sign1: decoded protected header plus the raw parts."""
+
+    protected_raw: bytes
+    protected: dict[Any, Any]
+    unprotected: dict[Any, Any]
+    payload: bytes
+    signature: bytes
+
+    @property
+    def kid(self) -> bytes | None:
+        kid = self.protected.get(KID, self.unprotected.get(KID))
+        return kid if isinstance(kid, bytes) else None
+
+
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+def parse_sign1(data: bytes) -> Sign1:
+    """Parse (not verify) a COSE_Sign1 message, tagged or untagged."""
+    if len(data) > MAX_MESSAGE:
+        raise CoseError(f"message of {len(data)} bytes is over the {MAX_MESSAGE} limit")
+    try:
+        obj = cbor2.loads(data)
+    except Exception as e:  # cbor2 raises several types on garbage
+        raise CoseError(f"not CBOR: {e}") from None
+    if isinstance(obj, cbor2.CBORTag):
+        if obj.tag != COSE_SIGN1_TAG:
+            raise CoseError(f"CBOR tag {obj.tag} is not COSE_Sign1 (18)")
+        obj = obj.value
+    if not (isinstance(obj, list | tuple) and len(obj) == 4):
+        raise CoseError("COSE_Sign1 is an array of four items")
+    protected_raw, unprotected, payload, signature = obj
+    if not (isinstance(protected_raw, bytes) and isinstance(unprotected, Mapping)
+            and isinstance(payload, bytes) and isinstance(signature, bytes)):
+        raise CoseError("COSE_Sign1 items have the wrong types")
+    try:
+        protected = cbor2.loads(protected_raw) if protected_raw else {}
+    except Exception as e:
+        raise CoseError(f"protected header is not CBOR: {e}") from None
+    if not isinstance(protected, Mapping):
+        raise CoseError("protected header is not a map")
+    if CRIT in protected:
+        raise CoseError("critical header parameters are not supported")
+    return Sign1(protected_raw, dict(protected), dict(unprotected), payload, signature)
+
+
+def verify(msg: Sign1, key: PublicKey) -> None:
+    """Check the signature with ``key``; raise CoseError if it does not verify."""
+    alg = msg.protected.get(ALG)
+    tbs = cbor2.dumps(["Signature1", msg.protected_raw, b"", msg.payload])
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            if alg != EDDSA:
+                raise CoseError(f"alg {alg} does not match an Ed25519 key")
+            key.verify(msg.signature, tbs)
+        else:
+            if alg != ES256:
+                raise CoseError(f"alg {alg} does not match a P-256 key")
+            if len(msg.signature) != 64:
+                raise CoseError("ES256 signature must be 64 bytes")
+            der = encode_dss_signature(int.from_bytes(msg.signature[:32], "big"),
+                                       int.from_bytes(msg.signature[32:], "big"))
+            key.verify(der, tbs, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise CoseError("signature does not verify") from None

@@ -1,0 +1,240 @@
+"""paho-mqtt driven from the asyncio loop (no paho thread), shared by the uplink and receiver.
+
+The blocking part of a connection (DNS, TCP connect, TLS handshake, sending CONNECT) runs in
+the default executor; from then on the socket is watched with ``loop.add_reader`` /
+``add_writer`` and paho's ``loop_misc`` runs once a second for keepalive. One paho client is
+used per connection, so nothing from a dead connection is re-sent behind our back.
+
+Topic layout (also in docs/topics.md): ``<prefix>/<gateway>/batch``, ``.../status``,
+``.../nodes/<node>/status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger("sensegate.mqtt")
+
+
+class MqttError(Exception):
+    """A connection could not be made or was refused; the message says why in plain words."""
+
+
+def batch_topic(prefix: str, gateway: str) -> str:
+    return f"{prefix}/{gateway}/batch"
+
+
+def status_topic(prefix: str, gateway: str) -> str:
+    return f"{prefix}/{gateway}/status"
+
+
+def node_topic(prefix: str, gateway: str, node: str) -> str:
+    return f"{prefix}/{gateway}/nodes/{node}/status"
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Where and how to connect."""
+
+    host: str
+    port: int
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    insecure: bool = False
+    username: str = ""
+    password: str = ""
+    client_id: str = ""
+    protocol: str = "5"
+    keepalive: int = 30
+    persistent: bool = False  # keep the session (and queued QoS 1 messages) across reconnects
+
+    @classmethod
+    def from_url(cls, url: str, **kw: Any) -> MqttSettings:
+        """Parse mqtt://host:port or mqtts://host:port."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise MqttError(f"{url!r} is not an mqtt:// or mqtts:// URL")
+        tls = parts.scheme == "mqtts"
+        return cls(host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls, **kw)
+
+
+def _describe_connect_error(e: BaseException, s: MqttSettings) -> str:
+    where = f"{s.host}:{s.port}"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate at {where} is not trusted ({e.verify_message}); check ca_file"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS handshake with {where} failed ({e.reason or e}); check certificates and that the port speaks TLS"
+    if isinstance(e, ConnectionRefusedError):
+        return f"connection refused by {where} (is the broker running on that port?)"
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve {s.host!r} ({e.strerror})"
+    if isinstance(e, TimeoutError | socket.timeout):
+        return f"timed out connecting to {where}"
+    if isinstance(e, OSError):
+        return f"cannot connect to {where}: {e.strerror or e}"
+    return f"{type(e).__name__}: {e}"
+
+
+class MqttSession:
+    """One live connection. Create, ``await connect()``, use ``client``, ``await close()``."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        will: tuple[str, bytes] | None = None,
+        on_message: Callable[[paho.MQTTMessage], None] | None = None,
+        on_publish: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        proto = paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=proto,
+            clean_session=None if proto == paho.MQTTv5 else not settings.persistent,
+        )
+        if settings.username:
+            self.client.username_pw_set(settings.username, settings.password or None)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        if on_message is not None:
+            self.client.on_message = lambda c, u, msg: on_message(msg)
+        if on_publish is not None:
+            self.client.on_publish = lambda c, u, mid, rc, props: on_publish(mid)
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self._connack: asyncio.Future[ReasonCode] | None = None
+        self._sock: Any = None
+        self._misc: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def _tls(self) -> None:
+        s = self.settings
+        ctx = ssl.create_default_context(cafile=s.ca_file or None)
+        if s.cert_file:
+            ctx.load_cert_chain(s.cert_file, s.key_file or None)
+        if s.insecure:
+            ctx.check_hostname = False
+        self.client.tls_set_context(ctx)
+
+    def _blocking_connect(self) -> None:
+        if self.settings.tls:
+            self._tls()
+        s = self.settings
+        if s.protocol == "5":
+            props = None
+            if s.persistent:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = 3600
+            self.client.connect(s.host, s.port, keepalive=s.keepalive, clean_start=not s.persistent,
+                                properties=props)
+        else:
+            self.client.connect(s.host, s.port, keepalive=s.keepalive)
+
+    async def connect(self, within: float = 10.0) -> None:
+        """Connect and wait for CONNACK; raise MqttError with a plain-words reason."""
+        self._connack = self._loop.create_future()
+        try:
+            async with asyncio.timeout(within):
+                await self._loop.run_in_executor(None, self._blocking_connect)
+        except (OSError, ssl.SSLError, ValueError, TimeoutError) as e:
+            self._detach()
+            raise MqttError(_describe_connect_error(e, self.settings)) from None
+        self._attach()
+        try:
+            async with asyncio.timeout(within):
+                rc = await self._connack
+        except TimeoutError:
+            await self.close()
+            raise MqttError(f"no CONNACK from {self.settings.host}:{self.settings.port} within {within:g}s") from None
+        except MqttError:
+            await self.close()
+            raise
+        if rc.is_failure:
+            await self.close()
+            raise MqttError(f"broker refused the connection: {rc}")
+
+    def _attach(self) -> None:
+        c = self.client
+        self._sock = c.socket()
+        if self._sock is None:
+            raise MqttError("connection closed during connect")
+        c.on_socket_close = lambda cl, u, sock: self._detach()
+        c.on_socket_register_write = lambda cl, u, sock: self._loop.add_writer(sock, self._write)
+        c.on_socket_unregister_write = self._unregister_write
+        self._loop.add_reader(self._sock, self._read)
+        if c.want_write():
+            self._loop.add_writer(self._sock, self._write)
+        self._misc = asyncio.create_task(self._misc_loop(), name="mqtt-misc")
+
+    def _unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        self._loop.remove_writer(sock)
+
+    def _read(self) -> None:
+        self.client.loop_read()
+
+    def _write(self) -> None:
+        self.client.loop_write()
+
+    def _detach(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(self._sock)
+                self._loop.remove_writer(self._sock)
+            self._sock = None
+        if self._misc is not None and self._misc is not asyncio.current_task():
+            self._misc.cancel()
+        self._misc = None
+        if not self.closed.is_set():
+            self.closed.set()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(MqttError(self.close_reason or "connection closed before CONNACK"))
+
+    async def _misc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self.client.loop_misc() != paho.MQTT_ERR_SUCCESS:
+                self._detach()
+                return
+
+    def _on_connect(self, c: Any, u: Any, flags: Any, rc: ReasonCode, props: Properties | None) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(rc)
+
+    def _on_disconnect(self, c: Any, u: Any, flags: Any, rc: ReasonCode, props: Properties | None) -> None:
+        self.close_reason = str(rc)
+        self._detach()
+
+    async def close(self, graceful: bool = True) -> None:
+        """Disconnect (sending DISCONNECT when graceful, so no last will is published)."""
+        misc = self._misc
+        if graceful and self._sock is not None:
+            with contextlib.suppress(Exception):
+                self.client.disconnect()
+                self.client.loop_write()
+        if self._sock is not None:
+            with contextlib.suppress(Exception):
+                self._sock.close()
+        self._detach()
+        if misc is not None:
+            misc.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await misc

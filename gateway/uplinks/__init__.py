@@ -1,0 +1,27 @@
+"""Uplinks carry signed batches off the gateway and report acknowledgements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from gateway.buffer import Batch
+
+
+class Uplink(Protocol):
+    """What the pipeline needs from an uplink."""
+
+    name: str
+    window: int  # batches it may have in flight
+    on_ack: Callable[[Batch], None]  # set by the pipeline
+    on_state: Callable[[bool], None]  # connected / disconnected
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    def send(self, batch: Batch) -> None:
+        """Start sending; ``on_ack(batch)`` follows on success. Never blocks."""
+
+    async def close(self) -> None: ...

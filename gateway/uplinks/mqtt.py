@@ -1,0 +1,160 @@
+"""MQTT uplink: QoS 1 batches, a batch is acknowledged only by its PUBACK; retained
+birth/death status with a last will; per-node retained status; reconnect with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.buffer import Batch
+from gateway.config.schema import MqttUplink as MqttUplinkConfig
+from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, node_topic, status_topic
+from gateway.scheduler import Backoff, NodeTracker
+
+log = logging.getLogger("sensegate.uplink.mqtt")
+
+
+def _noop_ack(batch: Batch) -> None:
+    pass
+
+
+def _noop_state(up: bool) -> None:
+    pass
+
+
+class MqttUplink:
+    """One broker connection at a time, re-made with backoff and jitter after any loss."""
+
+    def __init__(self, cfg: MqttUplinkConfig, gateway_id: str, nodes: NodeTracker) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.window = cfg.inflight
+        self.gateway_id = gateway_id
+        self.nodes = nodes
+        self.on_ack: Callable[[Batch], None] = _noop_ack
+        self.on_state: Callable[[bool], None] = _noop_state
+        self.errors = 0
+        self.acked = 0
+        self.latency_s = 0.0
+        password = cfg.password
+        if cfg.password_file:
+            password = Path(cfg.password_file).read_text().strip()
+        tls = cfg.tls
+        self.settings = MqttSettings.from_url(
+            cfg.url,
+            ca_file=tls.ca_file if tls else "",
+            cert_file=tls.cert_file if tls else "",
+            key_file=tls.key_file if tls else "",
+            insecure=tls.insecure if tls else False,
+            username=cfg.username,
+            password=password,
+            client_id=cfg.client_id or f"sensegate-{gateway_id}",
+            protocol=cfg.protocol,
+            keepalive=int(cfg.keepalive),
+        )
+        self.topic = batch_topic(cfg.topic_prefix, gateway_id)
+        self.status = status_topic(cfg.topic_prefix, gateway_id)
+        self._session: MqttSession | None = None
+        self._inflight: dict[int, tuple[Batch, float]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.boot = 0
+        nodes.listeners.append(self._node_changed)
+
+    @property
+    def connected(self) -> bool:
+        return self._session is not None
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"uplink:{self.name}")
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps({"state": state, "gateway": self.gateway_id, "boot": self.boot,
+                           "ts": round(time.time(), 3)}).encode()
+
+    async def _run(self) -> None:
+        backoff = Backoff(1.0, self.cfg.reconnect_max)
+        outage_logged = False
+        while True:
+            session = MqttSession(self.settings, will=(self.status, self._status("offline")),
+                                  on_publish=self._on_publish)
+            try:
+                await session.connect()
+            except MqttError as e:
+                self.errors += 1
+                if not outage_logged:
+                    log.warning("%s: %s; retrying with backoff", self.name, e)
+                    outage_logged = True
+                else:
+                    log.debug("%s: %s", self.name, e)
+                await asyncio.sleep(backoff.next())
+                continue
+            log.info("%s: connected to %s:%d", self.name, self.settings.host, self.settings.port)
+            outage_logged = False
+            backoff.reset()
+            self._session = session
+            session.client.publish(self.status, self._status("online"), qos=1, retain=True)
+            for node, online in self.nodes.state.items():
+                self._publish_node(node, online, self.nodes.reason.get(node, ""))
+            self.on_state(True)
+            try:
+                await session.closed.wait()
+            finally:
+                self._session = None
+                self._inflight.clear()
+                self.on_state(False)
+            self.errors += 1
+            log.warning("%s: connection lost (%s); reconnecting", self.name, session.close_reason or "socket closed")
+            await session.close(graceful=False)
+            await asyncio.sleep(backoff.next())
+
+    def send(self, batch: Batch) -> None:
+        session = self._session
+        if session is None:
+            raise ConnectionError("not connected")
+        info = session.client.publish(self.topic, batch.data, qos=1)
+        self._inflight[info.mid] = (batch, time.monotonic())
+
+    def _on_publish(self, mid: int) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is None:  # our own status messages
+            return
+        batch, sent = entry
+        self.acked += 1
+        self.latency_s = time.monotonic() - sent
+        self.on_ack(batch)
+
+    def _publish_node(self, node: str, online: bool, reason: str) -> None:
+        if self._session is None:
+            return
+        body = json.dumps({"state": "online" if online else "offline", "reason": reason,
+                           "ts": round(time.time(), 3)}).encode()
+        self._session.client.publish(node_topic(self.cfg.topic_prefix, self.gateway_id, node), body,
+                                     qos=1, retain=True)
+
+    def _node_changed(self, node: str, online: bool, reason: str) -> None:
+        self._publish_node(node, online, reason)
+
+    async def close(self) -> None:
+        """Publish offline status, disconnect cleanly, stop reconnecting."""
+        with contextlib.suppress(ValueError):
+            self.nodes.listeners.remove(self._node_changed)
+        session = self._session
+        if session is not None:
+            with contextlib.suppress(Exception):  # sent ahead of DISCONNECT, so the broker keeps it
+                session.client.publish(self.status, self._status("offline"), qos=1, retain=True)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if session is not None:
+            await session.close()
