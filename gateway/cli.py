@@ -81,10 +81,16 @@ def _run(args: argparse.Namespace) -> int:
 
     setup_logging("info")
     path = args.config or DEFAULT_CONFIG
+    from gateway.buffer import BufferError_
+    from gateway.pipeline import PipelineError
+
     try:
         return asyncio.run(Daemon(path).run())
     except ConfigInvalid as e:
         print(e, file=sys.stderr)
+        return 1
+    except (PipelineError, BufferError_) as e:
+        print(f"sensegate: cannot start: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -91,6 +91,17 @@ def _describe_connect_error(e: BaseException, s: MqttSettings) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _close_sockets_in(e: BaseException) -> None:
+    """Close sockets a failed connect left in its frames (paho drops a failed TLS socket unclosed)."""
+    tb = e.__traceback__
+    while tb is not None:
+        for value in list(tb.tb_frame.f_locals.values()):
+            if isinstance(value, socket.socket):
+                with contextlib.suppress(OSError):
+                    value.close()
+        tb = tb.tb_next
+
+
 class MqttSession:
     """One live connection. Create, ``await connect()``, use ``client``, ``await close()``."""
 
@@ -156,6 +167,8 @@ class MqttSession:
             async with asyncio.timeout(within):
                 await self._loop.run_in_executor(None, self._blocking_connect)
         except (OSError, ssl.SSLError, ValueError, TimeoutError) as e:
+            _close_sockets_in(e)
+            self._connack.cancel()
             self._detach()
             raise MqttError(_describe_connect_error(e, self.settings)) from None
         self._attach()

@@ -71,3 +71,14 @@ def _no_leaks() -> Any:
     if kids:
         problems.append("child processes: " + "; ".join(f"{p} {c}" for p, c in kids.items()))
     pytest.fail("test leaked " + " and ".join(problems))
+
+
+@pytest.fixture
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A private mosquitto on a free loopback port (persistence on), stopped after the test."""
+    from hil.mosquitto import Mosquitto
+
+    m = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    m.start()
+    yield m
+    m.stop()

@@ -1,0 +1,80 @@
+"""Shared helpers for the gateway tests: configs, keys, an in-process receiver over MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config import GatewayConfig, load_config_bytes
+from gateway.keys import init_key, load_public_key
+from gateway.mqtt import MqttSession, MqttSettings
+from gateway.receiver import Receiver
+from gateway.registry import Registry
+
+REGISTRY = Registry.discover()
+
+
+def make_config(state: Path, url: str = "", **sections: Any) -> GatewayConfig:
+    """A validated config with a device key made under ``state``."""
+    if not (state / "keys" / "device.key").exists():
+        init_key(state / "keys", alg=sections.get("batch", {}).get("alg", "ed25519"))
+    doc: dict[str, Any] = {"gateway": {"id": "gw-test", "state_dir": str(state)}}
+    if url:
+        doc["uplinks"] = [{"type": "mqtt", "url": url, "reconnect_max": 1}]
+    doc.update(sections)
+    return load_config_bytes(yaml.safe_dump(doc).encode(), REGISTRY, "test.yaml")
+
+
+class MqttReceiver:
+    """The library receiver subscribed over a real broker, in the test's loop."""
+
+    def __init__(self, url: str, pub: Path, client_id: str = "test-receiver") -> None:
+        self.rx = Receiver([load_public_key(pub)])
+        self.readings: list[Any] = []
+        self.statuses: list[str] = []
+        self.settings = MqttSettings.from_url(url, client_id=client_id, protocol="3.1.1", persistent=True)
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _on(self, msg: Any) -> None:
+        if msg.topic.endswith("/batch"):
+            res = self.rx.feed(bytes(msg.payload))
+            self.statuses.append(res.status)
+            self.readings.extend(res.readings)
+        self.changed.set()
+
+    async def _run(self) -> None:
+        while True:
+            s = MqttSession(self.settings, on_message=self._on)
+            try:
+                await s.connect(within=5)
+            except Exception:
+                await asyncio.sleep(0.2)
+                continue
+            s.client.subscribe("sensegate/+/batch", qos=1)
+            try:
+                await s.closed.wait()
+            finally:
+                await s.close()
+
+    async def wait_readings(self, n: int, within: float = 20.0) -> list[Any]:
+        async with asyncio.timeout(within):
+            while len(self.readings) < n:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.readings
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[MqttReceiver]:
+        self._task = asyncio.create_task(self._run())
+        try:
+            yield self
+        finally:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

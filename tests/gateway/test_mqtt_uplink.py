@@ -1,0 +1,124 @@
+"""Store-and-forward over a real mosquitto: exact delivery, outages, TLS, bad credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import pytest
+
+from gateway.driver_api import Reading
+from gateway.pipeline import BufferedPipeline
+from gateway.scheduler import NodeTracker
+from hil.mosquitto import Mosquitto
+from tests.gateway.helpers import MqttReceiver, make_config
+from tests.gateway.test_batches import READINGS
+from tests.gateway.tlsutil import make_pki
+
+
+@contextlib.asynccontextmanager
+async def pipeline(cfg):  # type: ignore[no-untyped-def]
+    p = BufferedPipeline(cfg, NodeTracker())
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def test_every_reading_arrives_exactly_as_produced(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = make_config(tmp_path / "s", broker.url)
+    rx = MqttReceiver(broker.url, tmp_path / "s/keys/device.pub.pem")
+    async with rx.running():
+        await asyncio.sleep(0.3)
+        async with pipeline(cfg) as p:
+            for r in READINGS:
+                p.put(r)
+            got = await rx.wait_readings(len(READINGS))
+    assert [(r.node, r.point, r.ts_ns, r.unit) for r in got] == [(r.node, r.point, r.ts_ns, r.unit) for r in READINGS]
+    assert got[0].value == 21.5 and got[5].value == b"\x00\xff\x10"
+    s = rx.rx.summary()
+    assert s.ok and s.gaps == 0 and s.bad_signatures == 0
+
+
+async def _produce(p: BufferedPipeline, n: int, every: float) -> None:
+    for i in range(n):
+        p.put(Reading("gw-test", "n", 1_795_000_000_000_000_000 + i, i))
+        await asyncio.sleep(every)
+
+
+async def test_broker_outage_loses_nothing_and_keeps_order(tmp_path: Path, broker: Mosquitto) -> None:
+    cfg = make_config(tmp_path / "s", broker.url, batch={"max_readings": 50})
+    rx = MqttReceiver(broker.url, tmp_path / "s/keys/device.pub.pem")
+    async with rx.running():
+        await asyncio.sleep(0.3)
+        async with pipeline(cfg) as p:
+            producer = asyncio.create_task(_produce(p, 600, 0.005))
+            await rx.wait_readings(50)
+            await asyncio.to_thread(broker.stop)
+            await asyncio.sleep(1.5)
+            assert not p.uplink.connected
+            await asyncio.to_thread(broker.start)
+            await producer
+            got = await rx.wait_readings(600, within=30)
+    assert [r.value for r in got] == list(range(600)), "nothing lost, order kept"
+    assert [r.seq for r in got] == list(range(1, 601))
+    s = rx.rx.summary()
+    assert s.gaps == 0 and s.chain_breaks == 0 and s.bad_signatures == 0
+
+
+async def test_tls_and_mutual_tls(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    tls = {"cafile": pki["ca"], "certfile": pki["server_cert"], "keyfile": pki["server_key"],
+           "require_certificate": "true"}
+    with Mosquitto(tmp_path / "m", tls=tls) as m:
+        cfg = make_config(tmp_path / "s", uplinks=[{
+            "type": "mqtt", "url": m.url, "reconnect_max": 1,
+            "tls": {"ca_file": pki["ca"], "cert_file": pki["client_cert"], "key_file": pki["client_key"]}}])
+        rx = MqttReceiver(m.url, tmp_path / "s/keys/device.pub.pem")
+        rx.settings = rx.settings.__class__(**{**rx.settings.__dict__, "ca_file": pki["ca"],
+                                              "cert_file": pki["client_cert"], "key_file": pki["client_key"]})
+        async with rx.running(), pipeline(cfg) as p:
+            p.put(READINGS[0])
+            got = await rx.wait_readings(1)
+    assert got[0].value == 21.5
+
+
+async def test_untrusted_broker_certificate_is_a_clear_error_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = make_pki(tmp_path / "other", name="otherca")
+    tls = {"cafile": pki["ca"], "certfile": pki["server_cert"], "keyfile": pki["server_key"]}
+    with Mosquitto(tmp_path / "m", tls=tls) as m:
+        cfg = make_config(tmp_path / "s", uplinks=[{"type": "mqtt", "url": m.url, "reconnect_max": 1,
+                                                    "tls": {"ca_file": other["ca"]}}])
+        async with pipeline(cfg) as p:
+            p.put(READINGS[0])
+            async with asyncio.timeout(10):
+                while p.uplink.errors < 2:  # type: ignore[attr-defined]
+                    await asyncio.sleep(0.05)
+            assert not p.uplink.connected
+    msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("certificate" in m and "not trusted" in m for m in msgs), msgs
+    assert sum("not trusted" in m for m in msgs) == 1, "an outage is logged once, not per retry"
+
+
+async def test_wrong_password_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Mosquitto(tmp_path / "m", passwords={"gw": "right"}) as m:
+        cfg = make_config(tmp_path / "s", uplinks=[{"type": "mqtt", "url": m.url, "reconnect_max": 1,
+                                                    "username": "gw", "password": "wrong"}])
+        async with pipeline(cfg) as p:
+            async with asyncio.timeout(10):
+                while p.uplink.errors < 2:  # type: ignore[attr-defined]
+                    await asyncio.sleep(0.05)
+        msgs = [r.getMessage() for r in caplog.records]
+        assert any("refused" in m for m in msgs), msgs
+        cfg2 = make_config(tmp_path / "s", uplinks=[{"type": "mqtt", "url": m.url, "reconnect_max": 1,
+                                                     "username": "gw", "password": "right"}])
+        async with pipeline(cfg2) as p:
+            async with asyncio.timeout(10):
+                while not p.uplink.connected:
+                    await asyncio.sleep(0.05)
