@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import pathlib
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +26,7 @@ def port() -> Iterator[PtyPort]:
 
 async def _wait(cond: object, within: float = 5.0) -> None:
     async with asyncio.timeout(within):
-        while not cond():  # type: ignore[operator]
+        while not cond():  # type: ignore[operator]  # noqa: ASYNC110 (polls plain attributes)
             await asyncio.sleep(0.01)
 
 
@@ -75,10 +76,15 @@ def test_permission_denied_names_the_dialout_group() -> None:
     assert "/dev/ttyS0" in why and "dialout" in why
 
 
-async def test_a_regular_file_is_not_a_serial_port(tmp_path: object) -> None:
-    path = os.path.join(str(tmp_path), "notatty")
-    with open(path, "wb"):
-        pass
+@pytest.fixture
+def regular_file(tmp_path: pathlib.Path) -> str:
+    path = tmp_path / "notatty"
+    path.touch()
+    return str(path)
+
+
+async def test_a_regular_file_is_not_a_serial_port(regular_file: str) -> None:
+    path = regular_file
     stream = SerialStream(path, 9600, lambda b: None)
     with pytest.raises(NotReady, match="notatty"):
         await stream.open()
