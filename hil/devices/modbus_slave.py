@@ -2,8 +2,8 @@
 
 ``ModbusSim`` serves several slave ids, each a ``Slave`` with the four Modbus tables as plain
 Python lists that tests read and write directly (``slave.holding[10] = 0x4060``). Registers
-change while it runs when a slave has an ``update`` hook (``energy_meter()`` is a realistic
-one, matching drivers/modbus/sample.yaml).
+change while it runs when a slave has an ``update`` hook: ``energy_meter()`` matches
+drivers/modbus/sample.yaml and ``air_quality()`` the sensor of configs/street-cabinet.yaml.
 
 Transports:
 
@@ -109,6 +109,31 @@ def energy_meter(slave_id: int, *, phase_voltage: float = 230.0) -> Slave:
     serial = f"SG-EM{slave_id:04d}-0001"[:16].ljust(16, "\0").encode()
     s.set_words("holding", 10, list(struct.unpack(">8H", serial)))
     s.holding[20] = 100
+    update(s, start)
+    return s
+
+
+def air_quality(slave_id: int) -> Slave:
+    """An RS-485 air-quality sensor (layout: the cab-0042-air node of configs/street-cabinet.yaml).
+
+    Holding registers, u16 unless noted: 0 PM2.5 (ug/m3), 1 PM10 (ug/m3), 2 CO2 (ppm),
+    3 i16 temperature (0.1 Cel), 4 humidity (0.1 %RH), 5 noise (0.1 dB), 8 fault bits.
+    """
+    start = time.monotonic()
+
+    def update(s: Slave, now: float) -> None:
+        t = now - start
+        pm25 = 12 + 6 * math.sin(t / 5)
+        s.holding[0:6] = [
+            round(pm25),
+            round(pm25 * 1.6),
+            round(420 + 40 * math.sin(t / 7)),
+            round(285 + 20 * math.sin(t / 11)) & 0xFFFF,
+            round(650 + 50 * math.sin(t / 13)),
+            round(550 + 80 * abs(math.sin(t))),
+        ]
+
+    s = Slave(slave_id, update=update)
     update(s, start)
     return s
 
@@ -284,3 +309,22 @@ def _open_pty() -> tuple[int, int]:
 def crc16(frame: bytes) -> int:
     """Modbus RTU CRC of a frame (for tests that build raw frames)."""
     return int(FramerRTU.compute_CRC(frame))
+
+
+async def _serve(transport: Literal["tcp", "rtu"], port: int) -> None:
+    """Run the street-cabinet bus (two meters, one air-quality sensor) until interrupted."""
+    sim = ModbusSim([energy_meter(1), energy_meter(2), air_quality(21)], transport=transport)
+    where = await sim.start(port)
+    print(f"modbus {transport} simulator: slaves 1, 2 (energy meters), 21 (air quality) on {where}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
+
+
+if __name__ == "__main__":  # python -m hil.devices.modbus_slave [tcp|rtu] [port]
+    import sys
+
+    mode = "rtu" if sys.argv[1:2] == ["rtu"] else "tcp"
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(mode, int(sys.argv[2]) if len(sys.argv) > 2 else 5020))

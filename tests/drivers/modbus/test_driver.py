@@ -4,17 +4,19 @@ over TCP and over RTU on pseudo-terminals: exact values, node status under fault
 from __future__ import annotations
 
 import asyncio
+import pathlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from drivers.modbus import MANIFEST
 from gateway.driver_api import ConfigError, Path
 from gateway.testing import DriverHarness, free_port, make_instance, run_driver
-from hil.devices.modbus_slave import ModbusSim, Slave, energy_meter
+from hil.devices.modbus_slave import ModbusSim, Slave, air_quality, energy_meter
 
 # Every register type and byte/word order, against literal words put in the simulator below.
 KNOWN_MAP: list[dict[str, Any]] = [
@@ -123,7 +125,7 @@ async def bus(
 async def until(cond: Callable[[], bool], within: float = 10.0) -> None:
     """Wait for a condition, polling; fail after a generous overall time."""
     async with asyncio.timeout(within):
-        while not cond():
+        while not cond():  # noqa: ASYNC110 (conditions span sink, node tracker and device)
             await asyncio.sleep(0.02)
 
 
@@ -135,7 +137,7 @@ def latest(h: DriverHarness, node: str, point: str) -> Any:
 @pytest.mark.parametrize("transport", ["tcp", "rtu"])
 async def test_every_type_and_order_decodes_exactly(transport: str) -> None:
     nodes = [{"id": "known-1", "slave": 7, "points": KNOWN_MAP}]
-    async with bus([known_slave(7)], transport, nodes, max_gap=2) as (sim, h):
+    async with bus([known_slave(7)], transport, nodes, max_gap=2) as (_sim, h):
         await until(lambda: all(h.sink.points(p, "known-1") for p in KNOWN_VALUES))
         for point, (value, unit) in KNOWN_VALUES.items():
             r = h.sink.points(point, "known-1")[0]
@@ -153,7 +155,7 @@ async def test_slaves_polled_in_turn_and_values_follow_the_device() -> None:
         {"name": "energy", "address": 0, "type": "u32", "unit": "Wh"},
     ]
     nodes = [{"id": "m1", "slave": 1, "points": points}, {"id": "m2", "slave": 2, "points": points}]
-    async with bus(meters, "tcp", nodes) as (sim, h):
+    async with bus(meters, "tcp", nodes) as (_sim, h):
         await until(lambda: latest(h, "m1", "energy") is not None and latest(h, "m2", "energy") is not None)
         assert 226 < latest(h, "m1", "voltage_l1") < 234
         meters[1].update = None  # freeze the second meter and set a value we know
@@ -166,7 +168,7 @@ async def test_slaves_polled_in_turn_and_values_follow_the_device() -> None:
 async def test_silent_node_goes_offline_others_keep_delivering_then_it_returns(transport: str) -> None:
     slaves = [known_slave(1), known_slave(2), known_slave(3)]
     nodes = [{"id": f"n{i}", "slave": i, "points": KNOWN_MAP[:2]} for i in (1, 2, 3)]
-    async with bus(slaves, transport, nodes, diagnostics=True) as (sim, h):
+    async with bus(slaves, transport, nodes, diagnostics=True) as (_sim, h):
         await until(lambda: h.nodes.state == {"n1": True, "n2": True, "n3": True})
         slaves[1].silent = True
         await until(lambda: h.nodes.state["n2"] is False)
@@ -185,7 +187,7 @@ async def test_silent_node_goes_offline_others_keep_delivering_then_it_returns(t
 async def test_garbled_rtu_replies_are_crc_errors_of_that_node() -> None:
     slaves = [known_slave(1), known_slave(2)]
     nodes = [{"id": f"n{i}", "slave": i, "points": KNOWN_MAP[:2]} for i in (1, 2)]
-    async with bus(slaves, "rtu", nodes, diagnostics=True) as (sim, h):
+    async with bus(slaves, "rtu", nodes, diagnostics=True) as (_sim, h):
         await until(lambda: h.nodes.state == {"n1": True, "n2": True})
         slaves[0].garbage = True
         await until(lambda: h.nodes.state["n1"] is False)
@@ -201,7 +203,7 @@ async def test_garbled_rtu_replies_are_crc_errors_of_that_node() -> None:
 async def test_exception_response_is_counted_and_marks_the_node_offline() -> None:
     slaves = [known_slave(1), known_slave(2)]
     nodes = [{"id": f"n{i}", "slave": i, "points": KNOWN_MAP[:2]} for i in (1, 2)]
-    async with bus(slaves, "tcp", nodes, diagnostics=True) as (sim, h):
+    async with bus(slaves, "tcp", nodes, diagnostics=True) as (_sim, h):
         await until(lambda: h.nodes.state == {"n1": True, "n2": True})
         slaves[1].exception = 2
         await until(lambda: h.nodes.state["n2"] is False)
@@ -214,7 +216,7 @@ async def test_exception_response_is_counted_and_marks_the_node_offline() -> Non
 
 async def test_no_node_answering_makes_the_instance_unavailable() -> None:
     slaves = [known_slave(1)]
-    async with bus(slaves, "tcp", [{"id": "n1", "slave": 1, "points": KNOWN_MAP[:1]}]) as (sim, h):
+    async with bus(slaves, "tcp", [{"id": "n1", "slave": 1, "points": KNOWN_MAP[:1]}]) as (_sim, h):
         await h.sink.wait_for(1)
         slaves[0].silent = True
         await until(lambda: h.runner.stats.state == "unavailable")
@@ -264,7 +266,7 @@ async def test_port_absent_at_start_is_retried() -> None:
 async def test_writes_reach_the_device_scaled_and_refusals_do_not(transport: str) -> None:
     slaves = [Slave(1), Slave(2)]
     nodes = [{"id": "a", "slave": 1, "points": WRITE_MAP}, {"id": "b", "slave": 2, "points": WRITE_MAP}]
-    async with bus(slaves, transport, nodes) as (sim, h):
+    async with bus(slaves, transport, nodes) as (_sim, h):
         await until(lambda: h.nodes.state == {"a": True, "b": True})
         await h.runner.write("b/setpoint", 21.5)
         assert slaves[1].holding[40] == 215 and slaves[0].holding[40] == 0
@@ -298,7 +300,7 @@ async def test_write_to_a_silent_node_fails_and_marks_it_offline() -> None:
     from gateway.driver_api import PollError
 
     slaves = [Slave(1)]
-    async with bus(slaves, "tcp", [{"id": "a", "slave": 1, "points": WRITE_MAP}], interval=60) as (sim, h):
+    async with bus(slaves, "tcp", [{"id": "a", "slave": 1, "points": WRITE_MAP}], interval=60) as (_sim, h):
         await until(lambda: h.nodes.state == {"a": True})
         slaves[0].silent = True
         with pytest.raises(PollError, match="no reply to write setpoint"):
@@ -348,3 +350,45 @@ def test_config_refuses_maps_that_cannot_work(change: dict[str, Any], message: s
     }
     with pytest.raises(ValidationError, match=message):
         make_instance(MANIFEST, **{**options, **change})
+
+
+ROOT = pathlib.Path(__file__).parents[3]
+
+
+def _section(path: pathlib.Path) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text())
+    sections = doc if isinstance(doc, list) else doc["drivers"]
+    [section] = [s for s in sections if s["driver"] == "modbus"]
+    return {
+        k: v
+        for k, v in section.items()
+        if k not in ("driver", "name", "transport", "interval", "device", "baudrate", "parity")
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "devices"),
+    [
+        ("drivers/modbus/sample.yaml", lambda: [energy_meter(1), energy_meter(2)]),
+        ("configs/street-cabinet.yaml", lambda: [energy_meter(1), air_quality(21)]),
+    ],
+)
+async def test_documented_maps_read_the_simulated_devices(path: str, devices: Callable[[], list[Slave]]) -> None:
+    """sample.yaml and the street-cabinet config, as written, read every point of the simulators."""
+    section = _section(ROOT / path)
+    expected = {
+        (n["id"], name, p.get("unit"))
+        for n in section["nodes"]
+        for p in (section["maps"][n["map"]] if "map" in n else n["points"])
+        for name in ([f"{p['name']}.{b}" for b in p["bits"].values()] if "bits" in p else [p["name"]])
+    }
+    async with bus(devices(), "rtu", section.pop("nodes"), **section) as (_sim, h):
+
+        def seen() -> set[tuple[str, str, str | None]]:
+            return {(r.node, r.point, r.unit) for r in h.sink.readings if not r.point.startswith("modbus.")}
+
+        await until(lambda: seen() >= expected)
+        assert seen() == expected
+        assert all(h.nodes.state.values())
+        volts = h.sink.points("voltage_l1")[0].value
+        assert isinstance(volts, float) and 220 < volts < 240
