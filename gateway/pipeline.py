@@ -62,6 +62,7 @@ class BufferedPipeline:
         self._inflight: dict[int, Batch] = {}
         self._acks: deque[Batch] = deque()
         self._changed = asyncio.Event()
+        self._pumped = asyncio.Event()
         self._since = 0.0  # monotonic time of the first commit not yet in a batch
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -159,6 +160,7 @@ class BufferedPipeline:
             up.send(batch)
             self.batches_sent += 1
         self.buffer.eager = not self._inflight
+        self._pumped.set()
 
     def stats(self) -> dict[str, Any]:
         """Numbers for metrics and the status topic."""
@@ -175,8 +177,20 @@ class BufferedPipeline:
                                   "latency_s": getattr(up, "latency_s", 0.0)}},
         }
 
-    async def close(self) -> None:
-        """Stop sending, commit what is pending, close the uplink and the buffer."""
+    async def drain(self, within: float) -> None:
+        """Commit what is pending and let the uplink take what it can, for up to ``within`` s."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.buffer.commit()
+                self._changed.set()
+                while self.uplink.connected and (self._inflight or self._queue or self.buffer.unbatched() > 0):
+                    self._pumped.clear()
+                    await self._pumped.wait()
+
+    async def close(self, grace: float = 3.0) -> None:
+        """Flush for up to ``grace`` seconds, then stop: nothing unsent is lost, it stays buffered."""
+        if grace and self._task is not None:
+            await self.drain(grace)
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
