@@ -16,7 +16,7 @@ from typing import Any
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from drivers.modbus import registers
 from drivers.modbus.config import ModbusConfig
@@ -28,7 +28,6 @@ from gateway.driver_api import (
     MissingExtra,
     NotReady,
     PollError,
-    Quality,
     Value,
 )
 
@@ -178,7 +177,7 @@ class ModbusDriver(Driver):
             self.ctx.node_status(node.id, True)
         if self.config.diagnostics:
             for name, count in node.counters.items():
-                emit(f"modbus.{name}", count, node=node.id, quality=Quality.GOOD)
+                emit(f"modbus.{name}", count, node=node.id)
         return problems[0] if problems else None
 
     async def _call(self, node: _Node, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -197,9 +196,9 @@ class ModbusDriver(Driver):
                 raise _NodeFault("crc_errors", f"garbled reply (CRC/framing error) to {what}") from e
             node.counters["timeouts"] += 1
             raise _NodeFault("timeouts", f"no reply to {what}") from e
-        except ModbusException as e:
+        except Exception as e:  # anything else pymodbus raises on a hostile reply is that node's fault
             node.counters["crc_errors"] += 1
-            raise _NodeFault("crc_errors", f"bad reply to {what}: {e}") from e
+            raise _NodeFault("crc_errors", f"bad reply to {what}: {type(e).__name__}: {e}") from e
         if reply.isError():
             code = int(getattr(reply, "exception_code", 0))
             node.counters["exceptions"] += 1
@@ -217,7 +216,7 @@ class ModbusDriver(Driver):
         }[req.table]
         what = f"read {req.table.value} {req.address}+{req.count}"
         reply = await self._call(node, what, fn, req.address, count=req.count)
-        return list(reply.bits if req.table.bits else reply.registers)
+        return list(getattr(reply, "bits" if req.table.bits else "registers", None) or [])
 
     async def write(self, point: str, value: Value) -> None:
         """Write ``"<node>/<point>"`` (or a bare point name when the bus has one node).

@@ -17,7 +17,8 @@ Transports:
 
 Faults, per slave: ``silent`` (no reply, the client times out; requests to unknown ids are
 silent too, as on a real bus), ``garbage`` (the reply's CRC is corrupted on RTU, its bytes
-scrambled on TCP), ``exception`` (an exception code to answer every request with). Per bus:
+scrambled on TCP), ``exception`` (an exception code to answer every request with),
+``raw_reply`` (a well-framed reply carrying any PDU, for malformed replies). Per bus:
 ``disconnect()`` / ``reconnect()``.
 
 Usable from a demo::
@@ -65,6 +66,7 @@ class Slave:
     silent: bool = False
     garbage: bool = False
     exception: int = 0  # a Modbus exception code to answer with, 0 for none
+    raw_reply: bytes | None = None  # a PDU (function code + data) sent instead of the real reply
     requests: int = 0
     writes: list[tuple[str, int, list[int] | list[bool]]] = field(default_factory=list)
 
@@ -290,6 +292,11 @@ class ModbusSim:
         slave = self.slaves.get(dev_id)
         if slave is None or slave.silent:
             return b""
+        if slave.raw_reply is not None:  # a well-framed reply with whatever PDU the test wants
+            if self.transport == "rtu":
+                frame = bytes([dev_id]) + slave.raw_reply
+                return frame + crc16(frame).to_bytes(2, "big")
+            return data[:4] + (1 + len(slave.raw_reply)).to_bytes(2, "big") + data[6:7] + slave.raw_reply
         if slave.garbage:
             if self.transport == "rtu":
                 return data[:-2] + bytes([data[-2] ^ 0x5A, data[-1] ^ 0xA5])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -392,3 +393,34 @@ async def test_documented_maps_read_the_simulated_devices(path: str, devices: Ca
         assert all(h.nodes.state.values())
         volts = h.sink.points("voltage_l1")[0].value
         assert isinstance(volts, float) and 220 < volts < 240
+
+
+async def test_malformed_reply_is_a_fault_of_that_node() -> None:
+    slaves = [known_slave(1), known_slave(2)]
+    nodes = [{"id": f"n{i}", "slave": i, "points": KNOWN_MAP[2:3]} for i in (1, 2)]  # one u32
+    async with bus(slaves, "rtu", nodes, diagnostics=True) as (_sim, h):
+        await until(lambda: h.nodes.state == {"n1": True, "n2": True})
+        slaves[0].raw_reply = bytes([3, 2, 0, 1])  # a valid frame with one register, two asked
+        await until(lambda: h.nodes.state["n1"] is False)
+        assert "malformed reply" in h.nodes.reason["n1"]
+        assert h.nodes.state["n2"] and h.runner.stats.errors == 0
+
+
+async def test_hostile_replies_never_take_down_the_bus() -> None:
+    """Random well-framed PDUs from one slave (fixed seed): only that node suffers."""
+    rng = random.Random(4711)
+    pdus = [bytes([3, 4, 0, 1, 0, 2]), bytes([3, 0]), bytes([3]), bytes([0x83, 0x99]), bytes([1, 1, 0xFF])]
+    for _ in range(25):
+        fc = rng.choice([1, 2, 3, 4, 5, 6, 0x83, 0x90, rng.randrange(256)])
+        pdus.append(bytes([fc, rng.randrange(256)]) + rng.randbytes(rng.randrange(0, 12)))
+    slaves = [known_slave(1), known_slave(2)]
+    nodes = [{"id": f"n{i}", "slave": i, "points": KNOWN_MAP[:4]} for i in (1, 2)]
+    async with bus(slaves, "rtu", nodes, request_timeout=0.1) as (_sim, h):
+        await until(lambda: h.nodes.state == {"n1": True, "n2": True})
+        for pdu in pdus:
+            slaves[0].raw_reply = pdu
+            mark = len(h.sink.points("u16", "n2"))
+            await until(lambda m=mark: len(h.sink.points("u16", "n2")) > m)  # type: ignore[misc]
+            assert h.runner.stats.errors == 0, (pdu.hex(), h.runner.stats.last_error)
+        slaves[0].raw_reply = None
+        await until(lambda: h.nodes.state["n1"] is True)
