@@ -17,8 +17,10 @@ from gateway.config import ConfigInvalid, GatewayConfig, load_config
 from gateway.config.apply import plan
 from gateway.driver_api import Reading
 from gateway.logs import set_level
+from gateway.metrics import MetricsServer, status_line
 from gateway.registry import Registry
 from gateway.scheduler import NodeTracker, Supervisor
+from gateway.service import Notifier
 from gateway.sinks import JsonlSink
 
 log = logging.getLogger("sensegate.daemon")
@@ -76,6 +78,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self.ready = asyncio.Event()
+        self.notifier = Notifier()  # sd_notify; a no-op outside systemd
+        self.metrics = MetricsServer(self)
 
     def request_stop(self) -> None:
         """Ask the daemon to stop (signal-safe: called from the loop)."""
@@ -96,10 +100,14 @@ class Daemon:
             (signal.SIGHUP, self.request_reload),
         ):
             loop.add_signal_handler(sig, handler)
+        watchdog: asyncio.Task[None] | None = None
         try:
             await self._start(cfg)
             log.info("sensegate started: gateway %s, %d driver instance(s)", cfg.config.gateway.id, len(cfg.instances))
+            await self.metrics.apply(cfg.config.metrics.enabled, cfg.config.metrics.listen)
             self.ready.set()
+            self.notifier.ready(status_line(self))
+            watchdog = asyncio.create_task(self.notifier.watchdog_loop(lambda: status_line(self)), name="watchdog")
             while not self._stop.is_set():
                 stop = asyncio.ensure_future(self._stop.wait())
                 reload = asyncio.ensure_future(self._reload.wait())
@@ -108,11 +116,20 @@ class Daemon:
                 reload.cancel()
                 if self._reload.is_set() and not self._stop.is_set():
                     self._reload.clear()
+                    self.notifier.reloading()
                     await self.reload()
+                    if self.cfg is not None:
+                        await self.metrics.apply(self.cfg.config.metrics.enabled, self.cfg.config.metrics.listen)
+                    self.notifier.ready(status_line(self))
         finally:
+            self.notifier.stopping()
+            if watchdog is not None:
+                watchdog.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            await self.metrics.close()
             await self._shutdown()
+            self.notifier.close()
         log.info("sensegate stopped")
         return 0
 

@@ -127,6 +127,17 @@ class MqttUplink(Section):
 Uplink = Annotated[JsonlUplink | MqttUplink, Field(discriminator="type")]
 
 
+class MetricsSection(Section):
+    """The Prometheus text endpoint (GET /metrics) for the local node exporter or an ops agent."""
+
+    enabled: bool = Field(default=False, description="Serve metrics; the packaged config turns this on.")
+    listen: str = Field(
+        default="127.0.0.1:9108",
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$",
+        description="HOST:PORT to listen on; keep it on loopback (127.0.0.1 or [::1]), it has no authentication.",
+    )
+
+
 class Config(Section):
     """A whole gateway config; driver sections are validated separately per driver."""
 
@@ -140,6 +151,7 @@ class Config(Section):
         default_factory=lambda: [JsonlUplink(type="jsonl")],  # type: ignore[arg-type]
         description="Where batches go; default: JSON lines on standard output.",
     )
+    metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus metrics endpoint.")
     drivers: list[Any] = Field(
         default_factory=list, description="Driver instances: `driver: <name>` plus that driver's options."
     )

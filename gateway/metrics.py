@@ -1,0 +1,297 @@
+"""Health numbers: one summary dict (status topic, STATUS= line) and its Prometheus text form.
+
+``summary(daemon)`` is the single source: the status topic publishes it as JSON, the
+``/metrics`` endpoint renders it in the Prometheus text exposition format (version 0.0.4),
+and ``status_line`` condenses it for `systemctl status`. The endpoint is a few lines of
+HTTP/1.0 on the daemon's own event loop: no thread, no extra dependency, loopback by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway import __version__
+
+log = logging.getLogger("sensegate.metrics")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class _Daemon(Protocol):
+    """What summary() reads from a running daemon (gateway.daemon.Daemon)."""
+
+    cfg: Any
+    nodes: Any
+    pipeline: Any
+    supervisor: Any
+
+
+# -- the summary --------------------------------------------------------------------------------
+
+
+def process_stats() -> dict[str, float]:
+    """RSS, CPU seconds, open files and start time of this process, from /proc."""
+    out: dict[str, float] = {}
+    cpu = os.times()
+    out["cpu_seconds"] = cpu.user + cpu.system
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        out["rss_bytes"] = float(int(Path("/proc/self/statm").read_text().split()[1]) * _PAGE)
+    with contextlib.suppress(OSError):
+        out["open_fds"] = float(len(os.listdir("/proc/self/fd")))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        # only /proc/self is needed (the unit hides the rest of /proc with ProcSubset=pid)
+        stat = Path("/proc/self/stat").read_text()
+        start_ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+        booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+        out["start_time"] = booted + start_ticks / _TICKS
+    return out
+
+
+def summary(daemon: _Daemon) -> dict[str, Any]:
+    """The gateway's health as one JSON-able dict: drivers, nodes, buffer, batches, uplinks, process."""
+    cfg = getattr(daemon, "cfg", None)
+    out: dict[str, Any] = {
+        "version": __version__,
+        "gateway": cfg.config.gateway.id if cfg is not None else None,
+        "time": time.time(),
+    }
+    drivers: dict[str, Any] = {}
+    supervisor = getattr(daemon, "supervisor", None)
+    for name, runner in sorted((getattr(supervisor, "runners", None) or {}).items()):
+        s = runner.stats
+        drivers[name] = {
+            "driver": runner.inst.manifest.name,
+            "state": s.state,
+            "readings": s.readings,
+            "polls": s.polls,
+            "errors": s.errors,
+            "timeouts": s.timeouts,
+            "restarts": s.restarts,
+            "latency_sum_s": s.latency_sum,
+            "latency_max_s": s.latency_max,
+            "last_error": s.last_error,
+        }
+    out["drivers"] = drivers
+    nodes = getattr(daemon, "nodes", None)
+    out["nodes"] = dict(sorted((getattr(nodes, "state", None) or {}).items()))
+    stats_fn = getattr(getattr(daemon, "pipeline", None), "stats", None)
+    pipe: dict[str, Any] = {}
+    if callable(stats_fn):
+        try:
+            pipe = dict(stats_fn())
+        except Exception as e:  # a metrics read must never hurt the daemon
+            log.debug("pipeline stats failed: %r", e)
+    out["buffer"] = pipe.get("buffer")
+    out["batches"] = pipe.get("batches")
+    out["uplinks"] = pipe.get("uplinks") or {}
+    proc = process_stats()
+    if "start_time" in proc:
+        proc["uptime_seconds"] = max(0.0, out["time"] - proc["start_time"])
+    out["process"] = proc
+    return out
+
+
+def status_line(daemon: _Daemon) -> str:
+    """A one-line STATUS= for `systemctl status`: drivers, nodes, buffer, uplinks."""
+    s = summary(daemon)
+    drivers = s["drivers"].values()
+    running = sum(1 for d in drivers if d["state"] == "running")
+    parts = [f"{running}/{len(s['drivers'])} drivers running"]
+    if s["nodes"]:
+        parts.append(f"{sum(s['nodes'].values())}/{len(s['nodes'])} nodes online")
+    if s["buffer"]:
+        parts.append(f"buffer {s['buffer'].get('readings', 0)} readings")
+    for name, up in s["uplinks"].items():
+        parts.append(f"{name} {'connected' if up.get('connected') else 'DISCONNECTED'}")
+    return ", ".join(parts)
+
+
+# -- Prometheus text format -------------------------------------------------------------------
+
+
+def _esc(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if value == value and value not in (float("inf"), float("-inf")) else "NaN"
+    return "NaN"
+
+
+class _Family:
+    def __init__(self, name: str, kind: str, help_: str) -> None:
+        self.name, self.kind, self.help = name, kind, help_
+        self.samples: list[tuple[dict[str, object], object]] = []
+
+    def add(self, value: object, **labels: object) -> None:
+        if value is not None:
+            self.samples.append((labels, value))
+
+    def lines(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        for labels, value in self.samples:
+            lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+            yield f"{self.name}{{{lab}}} {_num(value)}" if lab else f"{self.name} {_num(value)}"
+
+
+def render(s: dict[str, Any]) -> str:
+    """A summary() in the Prometheus text exposition format."""
+    fams: dict[str, _Family] = {}
+
+    def fam(name: str, kind: str, help_: str) -> _Family:
+        return fams.setdefault(name, _Family(name, kind, help_))
+
+    fam("sensegate_build_info", "gauge", "Version of the running agent.").add(
+        1, version=s.get("version", ""), gateway=s.get("gateway") or ""
+    )
+    per_driver = [
+        ("readings", "sensegate_driver_readings_total", "counter", "Readings emitted per driver instance."),
+        ("polls", "sensegate_driver_polls_total", "counter", "Polls completed per driver instance."),
+        ("errors", "sensegate_driver_errors_total", "counter", "Failed setups and polls per driver instance."),
+        ("timeouts", "sensegate_driver_timeouts_total", "counter", "Setups and polls cut off by their timeout."),
+        ("restarts", "sensegate_driver_restarts_total", "counter", "Times a driver instance was reopened."),
+        ("latency_sum_s", "sensegate_driver_poll_seconds_sum", "counter", "Total time spent in polls."),
+        ("latency_max_s", "sensegate_driver_poll_seconds_max", "gauge", "Longest poll so far."),
+    ]
+    for inst, d in s.get("drivers", {}).items():
+        labels = {"instance": inst, "driver": d.get("driver", "")}
+        for key, name, kind, help_ in per_driver:
+            fam(name, kind, help_).add(d.get(key), **labels)
+        fam("sensegate_driver_up", "gauge", "1 while the driver instance is running normally.").add(
+            d.get("state") == "running", **labels
+        )
+    for node, online in s.get("nodes", {}).items():
+        fam("sensegate_node_online", "gauge", "1 if the node is online, 0 if offline.").add(bool(online), node=node)
+    buf = s.get("buffer") or {}
+    for key, name, kind, help_ in [
+        ("readings", "sensegate_buffer_readings", "gauge", "Readings buffered and not yet acknowledged upstream."),
+        ("bytes", "sensegate_buffer_bytes", "gauge", "Bytes of buffered readings."),
+        ("oldest_age_s", "sensegate_buffer_oldest_age_seconds", "gauge", "Age of the oldest buffered reading."),
+        ("dropped", "sensegate_buffer_dropped_total", "counter", "Readings dropped by the buffer policy."),
+        ("committed", "sensegate_buffer_committed_total", "counter", "Readings committed to the buffer."),
+    ]:
+        fam(name, kind, help_).add(buf.get(key))
+    bat = s.get("batches") or {}
+    for key, name, kind, help_ in [
+        ("sent", "sensegate_batches_sent_total", "counter", "Signed batches sent (including re-sends)."),
+        ("acked", "sensegate_batches_acked_total", "counter", "Batches acknowledged by an uplink."),
+        ("last_readings", "sensegate_batch_last_readings", "gauge", "Readings in the last batch."),
+        ("last_bytes", "sensegate_batch_last_bytes", "gauge", "Encoded size of the last batch."),
+    ]:
+        fam(name, kind, help_).add(bat.get(key))
+    for up_name, up in (s.get("uplinks") or {}).items():
+        for key, name, kind, help_ in [
+            ("connected", "sensegate_uplink_connected", "gauge", "1 while the uplink is connected."),
+            ("inflight", "sensegate_uplink_inflight", "gauge", "Batches sent and not yet acknowledged."),
+            ("acked", "sensegate_uplink_acked_total", "counter", "Batches acknowledged by this uplink."),
+            ("errors", "sensegate_uplink_errors_total", "counter", "Connection and publish errors."),
+            ("latency_s", "sensegate_uplink_latency_seconds", "gauge", "Last send-to-acknowledgement time."),
+        ]:
+            fam(name, kind, help_).add(up.get(key), uplink=up_name)
+    proc = s.get("process") or {}
+    for key, name, kind, help_ in [
+        ("rss_bytes", "process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+        ("cpu_seconds", "process_cpu_seconds_total", "counter", "Total user and system CPU time in seconds."),
+        ("open_fds", "process_open_fds", "gauge", "Number of open file descriptors."),
+        ("start_time", "process_start_time_seconds", "gauge", "Start time of the process since the epoch."),
+    ]:
+        fam(name, kind, help_).add(proc.get(key))
+    return "\n".join(line for f in fams.values() if f.samples for line in f.lines()) + "\n"
+
+
+# -- the endpoint -------------------------------------------------------------------------------
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9108' or '[::1]:9108' -> (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MetricsServer:
+    """GET /metrics on a loopback port, served from the daemon's loop."""
+
+    REQUEST_TIMEOUT = 5.0
+
+    def __init__(self, daemon: _Daemon) -> None:
+        self.daemon = daemon
+        self.listen = ""
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The bound port (useful when listening on port 0)."""
+        if self._server is None or not self._server.sockets:
+            return None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def apply(self, enabled: bool, listen: str) -> None:
+        """Start, stop or move the endpoint to match the config; a bind failure is logged, not fatal."""
+        want = listen if enabled else ""
+        if want == self.listen and (self._server is not None or not want):
+            return
+        await self.close()
+        if not want:
+            return
+        host, port = parse_listen(want)
+        try:
+            self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        except OSError as e:
+            log.error("metrics endpoint not started: cannot listen on %s: %s", want, e.strerror or e)
+            return
+        self.listen = want
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("metrics endpoint listens on %s, beyond loopback; it has no authentication", want)
+        log.info("metrics on http://%s/metrics", want)
+
+    async def close(self) -> None:
+        """Stop listening and wait for open requests to finish."""
+        server, self._server = self._server, None
+        self.listen = ""
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(self.REQUEST_TIMEOUT):
+                request = await reader.readline()
+                while await reader.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+            method, target, *_ = request.decode("latin-1").split() or ["", ""]
+            path = target.split("?", 1)[0] if target else ""
+            if method not in ("GET", "HEAD"):
+                status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
+            elif path == "/metrics":
+                status, body, ctype = "200 OK", render(summary(self.daemon)), CONTENT_TYPE
+            elif path == "/":
+                status, body, ctype = "200 OK", "sensegate: metrics at /metrics\n", "text/plain"
+            else:
+                status, body, ctype = "404 Not Found", "not found; try /metrics\n", "text/plain"
+            data = body.encode()
+            head = (
+                f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+            writer.write(head if method == "HEAD" else head + data)
+            await writer.drain()
+        except (TimeoutError, ValueError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # a slow or broken client: just hang up
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()

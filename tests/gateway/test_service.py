@@ -1,0 +1,294 @@
+"""systemd integration: the sd_notify protocol against a socket the test listens on, the real
+daemon's READY/RELOADING/STOPPING/WATCHDOG messages, a wedged loop caught by the watchdog, and
+`systemd-analyze verify` / `security` on the shipped unit.
+
+No service manager runs in this container (PID 1 is not systemd, `systemd-run --user` has no
+user manager), so the test plays systemd's part: it owns NOTIFY_SOCKET and enforces
+WATCHDOG_USEC the way systemd does (no ping within the interval -> SIGABRT).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.service import Notifier
+
+ROOT = Path(__file__).parents[2]
+UNIT = ROOT / "systemd" / "sensegate.service"
+SENSEGATE = Path(sys.executable).parent / "sensegate"
+WEDGE = ROOT / "tests" / "fixtures" / "sgwedge"
+
+
+class Listener:
+    """The service manager's end of NOTIFY_SOCKET: a datagram socket, path or abstract."""
+
+    def __init__(self, tmp: Path, abstract: bool = False) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if abstract:
+            name = f"sensegate-test-{os.getpid()}-{time.monotonic_ns()}"
+            self.sock.bind("\0" + name)
+            self.env = "@" + name
+        else:
+            path = tmp / "notify.sock"
+            self.sock.bind(str(path))
+            self.env = str(path)
+
+    def recv(self, timeout: float) -> dict[str, str] | None:
+        """One datagram as a dict of its KEY=VALUE lines, or None on timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            return None
+        return dict(line.split("=", 1) for line in data.decode().splitlines())
+
+    def wait_for(self, key: str, timeout: float = 30.0) -> dict[str, str]:
+        """Skip messages until one carries ``key``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.recv(max(0.01, deadline - time.monotonic()))
+            if msg is not None and key in msg:
+                return msg
+        raise AssertionError(f"no {key} notification within {timeout}s")
+
+    def drain(self) -> None:
+        while self.recv(0.001) is not None:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[Listener]:
+    ln = Listener(tmp_path)
+    yield ln
+    ln.close()
+
+
+# -- the protocol, in process -----------------------------------------------------------------
+
+
+def test_no_op_outside_systemd() -> None:
+    n = Notifier({})
+    assert not n.enabled
+    assert n.watchdog_interval is None
+    assert n.ready("x") is False and n.watchdog() is False and n.stopping() is False
+
+
+def test_messages_on_a_path_socket(listener: Listener) -> None:
+    n = Notifier({"NOTIFY_SOCKET": listener.env, "WATCHDOG_USEC": "3000000"})
+    assert n.enabled and n.watchdog_interval == 1.5
+    assert n.ready("3/3 drivers running")
+    assert listener.recv(5) == {"READY": "1", "STATUS": "3/3 drivers running"}
+    assert n.watchdog()
+    assert listener.recv(5) == {"WATCHDOG": "1"}
+    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert n.reloading()
+    msg = listener.recv(5)
+    assert msg is not None and msg["RELOADING"] == "1"
+    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    assert before <= int(msg["MONOTONIC_USEC"]) <= after
+    assert n.stopping()
+    assert listener.recv(5) == {"STOPPING": "1"}
+    n.status("a")
+    n.status("a")  # unchanged: not resent
+    n.status("b")
+    assert listener.recv(5) == {"STATUS": "a"}
+    assert listener.recv(5) == {"STATUS": "b"}
+    n.close()
+
+
+def test_abstract_socket(tmp_path: Path) -> None:
+    ln = Listener(tmp_path, abstract=True)
+    try:
+        n = Notifier({"NOTIFY_SOCKET": ln.env})
+        assert n.ready()
+        assert ln.recv(5) == {"READY": "1"}
+        n.close()
+    finally:
+        ln.close()
+
+
+def test_watchdog_for_another_pid_or_garbage_is_ignored(listener: Listener) -> None:
+    other = Notifier({"NOTIFY_SOCKET": listener.env, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval is None
+    mine = Notifier({"NOTIFY_SOCKET": listener.env, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())})
+    assert mine.watchdog_interval == 0.5
+    assert Notifier({"NOTIFY_SOCKET": listener.env, "WATCHDOG_USEC": "soon"}).watchdog_interval is None
+    assert not Notifier({"NOTIFY_SOCKET": "vsock:2:1234"}).enabled
+
+
+def test_manager_gone_is_not_fatal(tmp_path: Path) -> None:
+    n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")})
+    assert n.enabled
+    assert n.ready() is False  # logged at debug, never raised
+    n.close()
+
+
+async def test_watchdog_loop_pings_until_cancelled(listener: Listener) -> None:
+    import asyncio
+
+    n = Notifier({"NOTIFY_SOCKET": listener.env, "WATCHDOG_USEC": "20000"})
+    task = asyncio.create_task(n.watchdog_loop(lambda: "fine"))
+    got: list[dict[str, str]] = []
+    while sum(1 for m in got if "WATCHDOG" in m) < 3:
+        await asyncio.sleep(0.01)
+        while (m := listener.recv(0.001)) is not None:
+            got.append(m)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert {"STATUS": "fine"} in got
+    n.close()
+
+
+# -- the real daemon under a pretend service manager ------------------------------------------
+
+
+def _install_wedge(tmp: Path) -> str:
+    """Register tests/fixtures/sgwedge as an installed distribution (entry point `wedge`)."""
+    site = tmp / "site"
+    info = site / "sgwedge-0.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sgwedge\nVersion: 0.0.1\n")
+    (info / "entry_points.txt").write_text("[sensegate.drivers]\nwedge = sgwedge:WEDGE\n")
+    return os.pathsep.join([str(site), str(WEDGE), str(ROOT)])
+
+
+def _start(tmp: Path, listener: Listener, drivers: str, watchdog_usec: int) -> subprocess.Popen[bytes]:
+    cfg = tmp / "gw.yaml"
+    cfg.write_text(
+        f"gateway: {{id: gw-wd, state_dir: {tmp}}}\n"
+        f"uplinks: [{{type: jsonl, path: {tmp / 'out.jsonl'}}}]\n"
+        f"drivers:\n{drivers}"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    env.update(
+        NOTIFY_SOCKET=listener.env,
+        WATCHDOG_USEC=str(watchdog_usec),
+        PYTHONPATH=_install_wedge(tmp),
+    )
+    return subprocess.Popen(
+        [str(SENSEGATE), "run", "-c", str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> bytes:
+    if proc.poll() is None:
+        proc.kill()
+    _, err = proc.communicate(timeout=30)
+    return err
+
+
+def test_daemon_ready_reload_stop(tmp_path: Path, listener: Listener) -> None:
+    sim = "  - {driver: sim, interval: 50ms, points: [{name: t, pattern: counter}]}\n"
+    proc = _start(tmp_path, listener, sim, watchdog_usec=400_000)
+    try:
+        ready = listener.wait_for("READY")
+        assert ready["STATUS"].startswith("1/1 drivers running") or "drivers running" in ready["STATUS"]
+        for _ in range(3):
+            listener.wait_for("WATCHDOG", timeout=10)
+        proc.send_signal(signal.SIGHUP)
+        msg = listener.wait_for("RELOADING")
+        assert int(msg["MONOTONIC_USEC"]) > 0
+        listener.wait_for("READY")
+        proc.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        _stop(proc)
+
+
+def test_wedged_loop_stops_pinging_and_is_caught(tmp_path: Path, listener: Listener) -> None:
+    flag = tmp_path / "wedge.flag"
+    wedge = f"  - {{driver: wedge, interval: 50ms, wedge_file: {flag}}}\n"
+    usec = 400_000  # systemd would kill after 0.4 s of silence; the daemon pings every 0.2 s
+    proc = _start(tmp_path, listener, wedge, watchdog_usec=usec)
+    try:
+        listener.wait_for("READY")
+        for _ in range(3):
+            listener.wait_for("WATCHDOG", timeout=10)
+        flag.touch()
+        taken = flag.with_suffix(".taken")
+        deadline = time.monotonic() + 30
+        while not taken.exists():
+            assert time.monotonic() < deadline, "the wedge driver never ran"
+            time.sleep(0.02)
+        listener.drain()  # pings sent before the loop blocked
+        # What systemd does: wait WATCHDOG_USEC for a ping; none comes (3x the interval here).
+        late = listener.recv(3 * usec / 1e6)
+        assert late is None, f"a blocked loop cannot ping, yet got {late}"
+        assert proc.poll() is None  # still alive, only wedged: exactly what the watchdog is for
+        proc.send_signal(signal.SIGABRT)  # systemd's WatchdogSignal=
+        assert proc.wait(timeout=30) == -signal.SIGABRT
+        err = _stop(proc).decode(errors="replace")
+    finally:
+        _stop(proc)
+    # faulthandler (enabled with the watchdog) shows where the loop was stuck
+    assert "Fatal Python error: Aborted" in err
+    assert re.search(r'sgwedge\.py", line \d+ in poll', err), err
+
+
+# -- the unit file -----------------------------------------------------------------------------
+
+
+def _unit_for_this_host(tmp: Path) -> Path:
+    """The shipped unit with ExecStart pointing at this checkout's sensegate (verify wants it to exist)."""
+    text = UNIT.read_text().replace("/usr/bin/sensegate", str(SENSEGATE))
+    out = tmp / "sensegate.service"
+    out.write_text(text)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing (hil/system-deps.sh)")
+def test_unit_verifies(tmp_path: Path) -> None:
+    unit = _unit_for_this_host(tmp_path)
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip() == "", res.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing (hil/system-deps.sh)")
+def test_unit_is_hardened(tmp_path: Path) -> None:
+    unit = _unit_for_this_host(tmp_path)
+    res = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    m = re.search(r"Overall exposure level for sensegate\.service: ([\d.]+)", res.stdout)
+    assert m, res.stdout + res.stderr
+    assert float(m.group(1)) <= 2.5, res.stdout  # "OK" band; 1.9 when written
+
+
+def test_unit_has_what_the_issue_asks() -> None:
+    keys: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, v = line.split("=", 1)
+            keys.setdefault(k.strip(), []).append(v.strip())
+    assert keys["Type"] == ["notify"]
+    assert keys["WatchdogSec"] and keys["Restart"] == ["on-failure"]
+    assert keys["StartLimitBurst"] and keys["StartLimitIntervalSec"]
+    assert keys["User"] == ["sensegate"]
+    for k in ("StateDirectory", "ConfigurationDirectory", "LogsDirectory", "ExecReload"):
+        assert keys[k], k
+    for k in ("ProtectSystem", "NoNewPrivileges", "PrivateTmp", "DevicePolicy"):
+        assert keys[k], k
+    assert keys["ProtectSystem"] == ["strict"] and keys["DevicePolicy"] == ["closed"]
+    allowed = " ".join(keys["DeviceAllow"])
+    for dev in ("ttyUSB", "ttyAMA", "i2c", "video4linux"):
+        assert dev in allowed
