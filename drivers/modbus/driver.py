@@ -4,7 +4,8 @@
 One instance is one bus. Each poll reads every node in turn, one request at a time; a node
 that times out, garbles its reply or answers with an exception response is counted and marked
 offline (``ctx.node_status``) while the other nodes keep being read. Only when no node answers
-at all, or the bus itself is gone, does the poll fail (the host then backs off and reopens).
+at all (silence or garbage; an exception response is an answer), or the bus itself is gone,
+does the poll fail (the host then backs off and reopens).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class ModbusDriver(Driver):
                 answered += 1
             else:
                 faults.append(f"{node.id}: {why}")
-        if not answered and faults:
+        if not answered:
             raise PollError(f"no node answered on {self._bus} ({'; '.join(faults)})")
 
     async def _ensure_connected(self) -> None:
@@ -150,16 +151,20 @@ class ModbusDriver(Driver):
             raise PollError(f"Modbus bus {self._bus} is down")
 
     async def _poll_node(self, node: _Node, emit: Emit) -> str | None:
-        """Read one node; report its status; return why it failed (None when all went well)."""
+        """Read one node and report its status; return why it did not answer at all, or None
+        when it did (even with an exception response: then the bus and the node work)."""
         problems: list[str] = []
+        replied = not node.requests
         for req in node.requests:
             try:
                 data = await self._read(node, req)
+                replied = True
                 samples = registers.decode_block(req, data)
             except _NodeFault as e:
                 problems.append(str(e))
                 if e.kind != "exceptions":
                     break  # a silent or garbling node: do not spend more bus time on it now
+                replied = True
                 continue
             except registers.DecodeError as e:
                 node.counters["crc_errors"] += 1
@@ -178,7 +183,7 @@ class ModbusDriver(Driver):
         if self.config.diagnostics:
             for name, count in node.counters.items():
                 emit(f"modbus.{name}", count, node=node.id)
-        return problems[0] if problems else None
+        return None if replied else problems[0]
 
     async def _call(self, node: _Node, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One request to one node, its failure classified and counted."""

@@ -211,8 +211,11 @@ async def test_exception_response_is_counted_and_marks_the_node_offline() -> Non
         assert "exception response 2 (illegal data address)" in h.nodes.reason["n2"]
         await until(lambda: (latest(h, "n2", "modbus.exceptions") or 0) >= 2)
         assert latest(h, "n1", "modbus.exceptions") == 0 and h.nodes.state["n1"]
-        slaves[1].exception = 0
-        await until(lambda: h.nodes.state["n2"] is True)
+        slaves[0].exception = 4  # every node refuses: they still answer, so the bus is fine
+        await until(lambda: h.nodes.state["n1"] is False and (latest(h, "n1", "modbus.exceptions") or 0) >= 2)
+        assert h.runner.stats.errors == 0 and h.runner.stats.state == "running"
+        slaves[0].exception = slaves[1].exception = 0
+        await until(lambda: h.nodes.state == {"n1": True, "n2": True})
 
 
 async def test_no_node_answering_makes_the_instance_unavailable() -> None:
