@@ -1,0 +1,194 @@
+"""The metrics endpoint of a real daemon, parsed by the reference Prometheus parser, and the
+summary the status topic publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway import __version__
+from gateway.daemon import Daemon
+from gateway.keys import init_key
+from gateway.metrics import render, status_line, summary
+
+
+async def http(port: int, request: bytes) -> tuple[str, dict[str, str], str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = raw.decode().partition("\r\n\r\n")
+    status, *lines = head.split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+    return status, headers, body
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@contextlib.asynccontextmanager
+async def running(tmp: Path, doc: dict[str, Any]) -> AsyncIterator[Daemon]:
+    path = tmp / "gw.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    d = Daemon(path)
+    task = asyncio.create_task(d.run())
+    ready = asyncio.create_task(d.ready.wait())
+    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        ready.cancel()
+        await asyncio.gather(ready, return_exceptions=True)
+        await task  # raises what stopped it
+        raise AssertionError("daemon did not become ready")
+    try:
+        yield d
+    finally:
+        d.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def wait_until(cond: Any, within: float = 20.0) -> None:
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110 -- polling a condition with an overall timeout
+            await asyncio.sleep(0.02)
+
+
+def sim_doc(tmp: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "gateway": {"id": "gw-m", "state_dir": str(tmp / "state")},
+        "uplinks": [{"type": "jsonl", "path": str(tmp / "out.jsonl")}],
+        "metrics": {"enabled": True, "listen": "127.0.0.1:0"},
+        "drivers": [
+            {"driver": "sim", "name": "air", "interval": "20ms", "points": [{"name": "t", "pattern": "counter"}]},
+            {"driver": "sim", "name": "bus", "interval": "20ms", "nodes": 2, "points": [{"name": "v"}]},
+        ],
+        **extra,
+    }
+
+
+async def test_endpoint_serves_driver_node_and_process_metrics(tmp_path: Path) -> None:
+    async with running(tmp_path, sim_doc(tmp_path)) as d:
+        port = d.metrics.port
+        assert port
+        await wait_until(lambda: d.supervisor is not None and d.supervisor.runners["air"].stats.readings >= 3)
+        d.nodes.set("meter-7", False, "no reply")  # what a driver's ctx.node_status does
+        d.nodes.set("meter-8", True)
+        status, headers, body = await http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == "HTTP/1.0 200 OK"
+        assert headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert int(headers["content-length"]) == len(body.encode())
+        s = samples(body)
+        assert s[("sensegate_driver_readings_total", (("driver", "sim"), ("instance", "air")))] >= 3
+        assert s[("sensegate_driver_up", (("driver", "sim"), ("instance", "bus")))] == 1
+        assert s[("sensegate_driver_errors_total", (("driver", "sim"), ("instance", "air")))] == 0
+        assert s[("sensegate_node_online", (("node", "meter-7"),))] == 0
+        assert s[("sensegate_node_online", (("node", "meter-8"),))] == 1
+        assert s[("sensegate_build_info", (("gateway", "gw-m"), ("version", __version__)))] == 1
+        assert s[("process_resident_memory_bytes", ())] > 1e6
+        assert s[("process_cpu_seconds_total", ())] > 0
+        assert s[("process_open_fds", ())] > 0
+        # no buffer in a jsonl-only config: those families are absent, not zero
+        assert not any(name.startswith("sensegate_buffer") for name, _ in s)
+
+        status, _, body = await http(port, b"HEAD /metrics HTTP/1.0\r\n\r\n")
+        assert status.endswith("200 OK") and body == ""
+        assert (await http(port, b"GET /nope HTTP/1.0\r\n\r\n"))[0].endswith("404 Not Found")
+        assert (await http(port, b"POST /metrics HTTP/1.0\r\n\r\n"))[0].endswith("405 Method Not Allowed")
+        # garbage and a silent client are hung up on; the endpoint keeps serving
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x00\xff" * 10 + b"\r\n\r\n")
+        await writer.drain()
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        assert (await http(port, b"GET /metrics HTTP/1.0\r\n\r\n"))[0].endswith("200 OK")
+
+
+async def test_reload_moves_or_stops_the_endpoint(tmp_path: Path) -> None:
+    from gateway.testing import free_port
+
+    async with running(tmp_path, sim_doc(tmp_path)) as d:
+        first = d.metrics.port
+        new_port = free_port()
+        (tmp_path / "gw.yaml").write_text(
+            yaml.safe_dump(sim_doc(tmp_path, metrics={"enabled": True, "listen": f"127.0.0.1:{new_port}"}))
+        )
+        d.request_reload()
+        await wait_until(lambda: d.metrics.port == new_port)
+        assert (await http(new_port, b"GET /metrics HTTP/1.0\r\n\r\n"))[0].endswith("200 OK")
+        with pytest.raises(OSError):
+            await http(first or 0, b"GET /metrics HTTP/1.0\r\n\r\n")
+        (tmp_path / "gw.yaml").write_text(yaml.safe_dump(sim_doc(tmp_path, metrics={"enabled": False})))
+        d.request_reload()
+        await wait_until(lambda: d.metrics.port is None)
+
+
+async def test_port_in_use_is_logged_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        doc = sim_doc(tmp_path, metrics={"enabled": True, "listen": f"127.0.0.1:{port}"})
+        async with running(tmp_path, doc) as d:
+            assert d.metrics.port is None
+            await wait_until(lambda: d.supervisor is not None and d.supervisor.runners["air"].stats.readings > 0)
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
+    assert "metrics endpoint not started" in caplog.text
+
+
+async def test_summary_with_the_durable_pipeline(tmp_path: Path, broker: Any) -> None:
+    """Buffer, batch and uplink numbers come from the real BufferedPipeline over a real broker."""
+    init_key(tmp_path / "state" / "keys")
+    doc = sim_doc(tmp_path)
+    doc["uplinks"] = [{"type": "mqtt", "url": broker.url, "reconnect_max": 1}]
+    async with running(tmp_path, doc) as d:
+        await wait_until(lambda: (summary(d)["batches"] or {}).get("acked", 0) >= 2)
+        s = summary(d)
+        json.dumps(s)  # the status topic publishes it as is
+        assert s["gateway"] == "gw-m" and set(s["drivers"]) == {"air", "bus"}
+        assert s["uplinks"]["mqtt"]["connected"] is True
+        assert s["batches"]["last_readings"] > 0
+        assert s["process"]["rss_bytes"] > 1e6 and s["process"]["uptime_seconds"] >= 0
+        text = (await http(d.metrics.port or 0, b"GET /metrics HTTP/1.0\r\n\r\n"))[2]
+        m = samples(text)
+        assert m[("sensegate_uplink_connected", (("uplink", "mqtt"),))] == 1
+        assert m[("sensegate_batches_acked_total", ())] >= 2
+        assert ("sensegate_buffer_readings", ()) in m and ("sensegate_buffer_oldest_age_seconds", ()) in m
+        assert "drivers running" in status_line(d) and "mqtt connected" in status_line(d)
+
+
+def test_render_escapes_labels_and_skips_missing() -> None:
+    s = {
+        "version": "1",
+        "gateway": 'g"w\\1\n',
+        "drivers": {"a": {"driver": "sim", "state": "unavailable", "readings": 1}},
+        "nodes": {},
+        "buffer": None,
+        "uplinks": {"u": {"connected": False, "latency_s": float("nan")}},
+        "process": {},
+    }
+    text = render(s)
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    info = fams["sensegate_build_info"].samples[0]
+    assert info.labels["gateway"] == 'g"w\\1\n'
+    m = samples(text)
+    assert m[("sensegate_driver_up", (("driver", "sim"), ("instance", "a")))] == 0
+    assert ("sensegate_driver_polls_total", (("driver", "sim"), ("instance", "a"))) not in m
+    assert m[("sensegate_uplink_connected", (("uplink", "u"),))] == 0
+    nan = m[("sensegate_uplink_latency_seconds", (("uplink", "u"),))]
+    assert nan != nan
