@@ -153,7 +153,7 @@ class MqttSession:
         if s.protocol == "5":
             props = None
             if s.persistent:
-                props = Properties(PacketTypes.CONNECT)
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = 3600
             self.client.connect(s.host, s.port, keepalive=s.keepalive, clean_start=not s.persistent,
                                 properties=props)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from gateway import cose, senml
 from gateway.buffer import Buffer
-from gateway.driver_api import Blob, Location, Path as IPath, Quality, Reading
+from gateway.driver_api import Blob, Location, Quality, Reading
+from gateway.driver_api import Path as IPath
 from gateway.keys import init_key, key_id, load_private_key, load_public_key
 from gateway.receiver import Receiver
 from tests.gateway.helpers import make_config
@@ -82,7 +83,7 @@ async def test_an_independent_cose_library_verifies_our_batches(tmp_path: Path) 
     assert len(cbor2.loads(payload)) == len(READINGS)
     tampered = bytearray(data)
     tampered[len(tampered) // 2] ^= 0x01
-    with pytest.raises(Exception, match="(?i)verify|fail"):
+    with pytest.raises(Exception, match=r"(?i)verify|fail"):
         COSE.new().decode(bytes(tampered), COSEKey.from_pem(pub.read_bytes(), kid=kid))
 
 

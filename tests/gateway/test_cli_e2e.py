@@ -93,7 +93,7 @@ def test_sighup_reloads_and_sigterm_stops_cleanly(tmp_path: Path) -> None:
             raise AssertionError("reload did not take effect")
     finally:
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=20)
+        _, err = p.communicate(timeout=20)
     assert p.returncode == 0
     assert "reload refused, keeping the running config" in err
     assert "YAML syntax error" in err

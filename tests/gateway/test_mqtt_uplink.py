@@ -18,6 +18,13 @@ from tests.gateway.test_batches import READINGS
 from tests.gateway.tlsutil import make_pki
 
 
+async def until(cond, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll a condition that no event signals (uplink counters), with an overall limit."""
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 @contextlib.asynccontextmanager
 async def pipeline(cfg):  # type: ignore[no-untyped-def]
     p = BufferedPipeline(cfg, NodeTracker())
@@ -97,9 +104,7 @@ async def test_untrusted_broker_certificate_is_a_clear_error_and_retried(
                                                     "tls": {"ca_file": other["ca"]}}])
         async with pipeline(cfg) as p:
             p.put(READINGS[0])
-            async with asyncio.timeout(10):
-                while p.uplink.errors < 2:  # type: ignore[attr-defined]
-                    await asyncio.sleep(0.05)
+            await until(lambda: p.uplink.errors >= 2)  # type: ignore[attr-defined]
             assert not p.uplink.connected
     msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("certificate" in m and "not trusted" in m for m in msgs), msgs
@@ -111,14 +116,10 @@ async def test_wrong_password_is_a_clear_error(tmp_path: Path, caplog: pytest.Lo
         cfg = make_config(tmp_path / "s", uplinks=[{"type": "mqtt", "url": m.url, "reconnect_max": 1,
                                                     "username": "gw", "password": "wrong"}])
         async with pipeline(cfg) as p:
-            async with asyncio.timeout(10):
-                while p.uplink.errors < 2:  # type: ignore[attr-defined]
-                    await asyncio.sleep(0.05)
+            await until(lambda: p.uplink.errors >= 2)  # type: ignore[attr-defined]
         msgs = [r.getMessage() for r in caplog.records]
         assert any("refused" in m for m in msgs), msgs
         cfg2 = make_config(tmp_path / "s", uplinks=[{"type": "mqtt", "url": m.url, "reconnect_max": 1,
                                                      "username": "gw", "password": "right"}])
         async with pipeline(cfg2) as p:
-            async with asyncio.timeout(10):
-                while not p.uplink.connected:
-                    await asyncio.sleep(0.05)
+            await until(lambda: p.uplink.connected)
