@@ -18,6 +18,7 @@ if [ "$what" = test ]; then
     [/usr/include/glib-2.0/glib.h]=libglib2.0-dev
     [pkg-config]=pkg-config
     [ffmpeg]=ffmpeg
+    [curl]=curl
     [systemd-analyze]=systemd
   )
 fi
