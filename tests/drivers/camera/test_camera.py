@@ -239,8 +239,6 @@ async def test_rtsp_errors_and_a_hung_stream_is_killed_without_zombies() -> None
         assert "ffmpeg exited with status" in h.runner.stats.last_error
     # a "camera" that accepts the connection and never answers: ffmpeg hangs, the host's timeout
     # cancels the poll, and the capture kills and reaps the child
-    cam = CameraServer()
-    cam.fault = "slow"
     hung: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
