@@ -1,0 +1,1 @@
+"""End-to-end benchmarks: `make bench` (python -m bench)."""

@@ -1,0 +1,20 @@
+"""The benchmark runs end to end on a tiny load (figures are not asserted: see bench/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_bench_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(out.read_text())["results"]["tiny"]
+    assert data["readings_received"] > 0 and data["verified_ok"] and data["gaps"] == 0
+    assert "readings_per_s" in r.stdout
