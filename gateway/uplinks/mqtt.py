@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway.buffer import Batch
 from gateway.config.schema import MqttUplink as MqttUplinkConfig
@@ -63,6 +64,10 @@ class MqttUplink:
         self._inflight: dict[int, tuple[Batch, float]] = {}
         self._task: asyncio.Task[None] | None = None
         self.boot = 0
+        # downlink (remote config, commands): topic filters to subscribe on every connect, and the
+        # handler that receives (topic, payload) for them; set by whoever owns that feature
+        self.subscriptions: list[str] = []
+        self.on_downlink: Callable[[str, bytes], None] | None = None
         nodes.listeners.append(self._node_changed)
 
     @property
@@ -85,7 +90,7 @@ class MqttUplink:
         outage_logged = False
         while True:
             session = MqttSession(self.settings, will=(self.status, self._status("offline")),
-                                  on_publish=self._on_publish)
+                                  on_publish=self._on_publish, on_message=self._on_message)
             try:
                 await session.connect()
             except MqttError as e:
@@ -102,6 +107,8 @@ class MqttUplink:
             backoff.reset()
             self._session = session
             session.client.publish(self.status, self._status("online"), qos=1, retain=True)
+            for topic_filter in self.subscriptions:
+                session.client.subscribe(topic_filter, qos=1)
             for node, online in self.nodes.state.items():
                 self._publish_node(node, online, self.nodes.reason.get(node, ""))
             self.on_state(True)
@@ -131,6 +138,17 @@ class MqttUplink:
         self.acked += 1
         self.latency_s = time.monotonic() - sent
         self.on_ack(batch)
+
+    def _on_message(self, msg: Any) -> None:
+        if self.on_downlink is not None:
+            self.on_downlink(msg.topic, bytes(msg.payload))
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        """Publish a message other than a batch (status, command results); False when offline."""
+        if self._session is None:
+            return False
+        self._session.client.publish(topic, payload, qos=1, retain=retain)
+        return True
 
     def _publish_node(self, node: str, online: bool, reason: str) -> None:
         if self._session is None:
