@@ -70,6 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulated devices + local broker + daemon + receiver")
     demo.add_argument("--seconds", type=float, default=15.0, help="how long to run (0: until Ctrl-C)")
     demo.add_argument("--dir", default="", help="work directory (default: a temporary one)")
+
+    doctor = sub.add_parser("doctor", help="say what stops this gateway from working, with a fix for each")
+    doctor.add_argument("-c", "--config", default=None, help="config file (default /etc/sensegate/sensegate.yaml)")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--user", default="sensegate", help="the service's user (for permission checks)")
+    doctor.add_argument("--bluetooth-sysfs", default="/sys/class/bluetooth", help=argparse.SUPPRESS)
+
+    prov = sub.add_parser("provision", help="identity, device key, broker CA, ops keys; then doctor")
+    prov.add_argument("-c", "--config", default=None, help="config file (default /etc/sensegate/sensegate.yaml)")
+    prov.add_argument("--id", default="", help="the gateway's identity (names its key and topics)")
+    prov.add_argument("--site", default=None, help="where the gateway is (street cabinet, pole number)")
+    prov.add_argument("--broker", default="", help="MQTT broker URL, mqtts://HOST:8883")
+    prov.add_argument("--ca", default=None, help="the broker's CA certificate (PEM) to install")
+    prov.add_argument("--ops-key", action="append", default=[], help="an ops public key (PEM) to trust; repeatable")
+    prov.add_argument("--csr", action="store_true", help="make a TLS client key and a CSR for the broker's CA")
+    prov.add_argument("--user", default="sensegate", help="the service's user (owns the keys)")
+    prov.add_argument("--no-doctor", action="store_true", help="do not run doctor afterwards")
     return p
 
 
@@ -180,6 +197,51 @@ def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import main as demo_main
 
     return demo_main(args)
+
+
+@command("doctor")
+def _doctor(args: argparse.Namespace) -> int:
+    from gateway.daemon import DEFAULT_CONFIG
+    from gateway.doctor import EXIT, Environment, as_json, report, run_checks, worst
+
+    path = args.config or DEFAULT_CONFIG
+    findings = run_checks(path, Environment(service_user=args.user, bluetooth_sysfs=Path(args.bluetooth_sysfs)))
+    print(as_json(findings) if args.json else report(findings, path))
+    return EXIT[worst(findings)]
+
+
+@command("provision")
+def _provision(args: argparse.Namespace) -> int:
+    from gateway.daemon import DEFAULT_CONFIG
+    from gateway.doctor import EXIT, Environment, report, run_checks, worst
+    from gateway.keys import KeyError_
+    from gateway.provision import Plan, ProvisionError, provision
+
+    plan = Plan(
+        config=Path(args.config or DEFAULT_CONFIG),
+        gateway_id=args.id,
+        site=args.site,
+        broker=args.broker,
+        ca=Path(args.ca) if args.ca else None,
+        ops_keys=[Path(k) for k in args.ops_key],
+        csr=args.csr,
+        service_user=args.user,
+    )
+    try:
+        result, _ = provision(plan)
+    except (ProvisionError, KeyError_, OSError) as e:
+        print(f"sensegate provision: {e}", file=sys.stderr)
+        return 2
+    for line in result.done:
+        print(f"done: {line}")
+    for line in result.next_steps:
+        print(f"next: {line}")
+    if args.no_doctor:
+        return 0
+    print()
+    findings = run_checks(plan.config, Environment(service_user=args.user))
+    print(report(findings, str(plan.config)))
+    return EXIT[worst(findings)]
 
 
 def main(argv: list[str] | None = None) -> int:

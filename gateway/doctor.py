@@ -1,0 +1,753 @@
+"""`sensegate doctor`: find what stops this gateway from working, in plain words, with a fix each.
+
+Every check returns a ``Finding`` (ok / warn / fail, what is wrong, how to fix it). Checks read
+the validated config generically (each instance's ``model_dump()``), so a new driver gets its
+serial ports, devices and network cameras checked without doctor knowing it:
+
+- an option named ``port`` or ``device`` whose value is a /dev path must exist and be
+  readable and writable by the service user;
+- an instance with a ``url`` (http, https, rtsp) must accept a TCP connection;
+- ``driver: ble`` needs a Bluetooth adapter in sysfs that rfkill does not block.
+
+The exit status is the worst finding: 0 ok, 1 warnings, 2 failures (the Nagios convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import datetime as dt
+import grp
+import json
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import stat
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from gateway.config import ConfigInvalid, GatewayConfig, load_config
+
+Status = Literal["ok", "warn", "fail"]
+EXIT = {"ok": 0, "warn": 1, "fail": 2}
+SERVICE_USER = "sensegate"
+PLACEHOLDER_IDS = {"CHANGE-ME", "change-me", "changeme"}
+CLOCK_FLOOR = dt.datetime(2025, 1, 1, tzinfo=dt.UTC).timestamp()
+"""No real clock reads earlier than this; a Pi without RTC boots at its last saved time (or 1970)."""
+MIN_FREE_BYTES = 64 * 1024 * 1024
+BACKLOG_WARN_AGE = 600.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's result, for humans (message, fix) and machines (status)."""
+
+    check: str
+    status: Status
+    message: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class ClockState:
+    """What the kernel says about the system clock (adjtimex(2), as timedatectl reads it)."""
+
+    synchronised: bool
+    max_error_s: float | None = None
+    source: str = "adjtimex"
+
+
+def kernel_clock() -> ClockState:
+    """Read the kernel's NTP state without changing it (adjtimex with modes=0)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    c_long, c_int = ctypes.c_long, ctypes.c_int
+
+    class Timex(ctypes.Structure):
+        _fields_ = [
+            ("modes", c_int),
+            ("offset", c_long),
+            ("freq", c_long),
+            ("maxerror", c_long),
+            ("esterror", c_long),
+            ("status", c_int),
+            ("constant", c_long),
+            ("precision", c_long),
+            ("tolerance", c_long),
+            ("tv_sec", c_long),
+            ("tv_usec", c_long),
+            ("tick", c_long),
+            ("ppsfreq", c_long),
+            ("jitter", c_long),
+            ("shift", c_int),
+            ("stabil", c_long),
+            ("jitcnt", c_long),
+            ("calcnt", c_long),
+            ("errcnt", c_long),
+            ("stbcnt", c_long),
+            ("tai", c_int),
+            ("_pad", c_int * 16),
+        ]
+
+    tx = Timex()
+    state = libc.adjtimex(ctypes.byref(tx))
+    if state < 0:
+        raise OSError(ctypes.get_errno(), "adjtimex failed")
+    sta_unsync, time_error = 0x0040, 5
+    return ClockState(state != time_error and not (tx.status & sta_unsync), tx.maxerror / 1e6)
+
+
+@dataclass
+class Environment:
+    """Where doctor looks; tests point it at fakes (a sysfs tree, a clock state)."""
+
+    service_user: str = SERVICE_USER
+    bluetooth_sysfs: Path = Path("/sys/class/bluetooth")
+    clock: Callable[[], ClockState] = kernel_clock
+    now: Callable[[], float] = time.time
+    connect_timeout: float = 3.0
+    expiry_warn_days: float = 30.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _User:
+    name: str
+    uid: int
+    gids: frozenset[int]
+    exists: bool
+
+
+def _user(name: str) -> _User:
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:  # no service user here (a developer machine): judge for whoever runs doctor
+        me = pwd.getpwuid(os.geteuid())
+        return _User(me.pw_name, me.pw_uid, frozenset(os.getgroups()) | {os.getegid()}, False)
+    return _User(pw.pw_name, pw.pw_uid, frozenset(os.getgrouplist(pw.pw_name, pw.pw_gid)), True)
+
+
+def _access(st: os.stat_result, user: _User, want: int) -> bool:
+    """Would ``user`` get ``want`` (bits of 0o7) on a file with this stat (owner, group, other)?"""
+    if user.uid == 0:
+        return True
+    mode = st.st_mode
+    if st.st_uid == user.uid:
+        bits = (mode >> 6) & 7
+    elif st.st_gid in user.gids:
+        bits = (mode >> 3) & 7
+    else:
+        bits = mode & 7
+    return bits & want == want
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for every leaf of a model_dump()."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def format_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _days(seconds: float) -> str:
+    d = seconds / 86400
+    return f"{d:.0f} days" if abs(d) >= 2 else f"{seconds / 3600:.0f} hours"
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+def check_config(path: Path) -> tuple[Finding, GatewayConfig | None]:
+    """The config file parses and validates."""
+    from gateway.registry import Registry
+
+    try:
+        cfg = load_config(path, Registry.discover())
+    except ConfigInvalid as e:
+        lines = str(e).splitlines()
+        more = f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""
+        msg = "invalid:\n" + "\n".join(lines[:3]) + more
+        if not path.exists():
+            return Finding(
+                "config", "fail", f"{path} does not exist", "sudo sensegate provision --id <GATEWAY-ID>"
+            ), None
+        return Finding("config", "fail", msg, f"edit {path}; `sensegate check {path}` lists every problem"), None
+    c = cfg.config
+    text = f"valid: gateway {c.gateway.id}, {len(cfg.instances)} driver instance(s), {len(c.uplinks)} uplink(s)"
+    return Finding("config", "ok", text), cfg
+
+
+def check_identity(cfg: GatewayConfig) -> Finding:
+    """The gateway id is not the packaged placeholder."""
+    gid = cfg.config.gateway.id
+    if gid in PLACEHOLDER_IDS:
+        return Finding(
+            "identity",
+            "fail",
+            f"gateway id is still the placeholder {gid!r}: batches and topics would carry it",
+            "sudo sensegate provision --id <GATEWAY-ID>",
+        )
+    return Finding("identity", "ok", f"gateway {gid}")
+
+
+def check_key(cfg: GatewayConfig, env: Environment) -> Finding:
+    """The device key exists, is private (0600), belongs to the service user and fits batch.alg."""
+    from gateway.keys import KeyError_, alg_of, fingerprint, load_private_key
+    from gateway.pipeline import key_path
+
+    path = key_path(cfg)
+    try:
+        key = load_private_key(path)
+    except KeyError_ as e:
+        if not path.exists():
+            fix = f"sudo sensegate provision --id <GATEWAY-ID> (or: sudo sensegate keys init --dir {path.parent})"
+        elif os.stat(path).st_mode & 0o077:
+            fix = f"sudo chmod 600 {path}"
+        else:
+            fix = f"check {path}; make a new one with: sudo sensegate keys init --force --dir {path.parent}"
+        return Finding("signing key", "fail", str(e), fix)
+    want = cfg.config.batch.alg
+    if alg_of(key) != want:
+        return Finding(
+            "signing key",
+            "fail",
+            f"{path} is an {alg_of(key)} key but batch.alg is {want}",
+            f"set batch.alg: {alg_of(key)} in the config, or make an {want} key with "
+            f"sudo sensegate keys init --alg {want} --force --dir {path.parent}",
+        )
+    user = _user(env.service_user)
+    st = path.stat()
+    if user.exists and st.st_uid != user.uid:
+        owner = pwd.getpwuid(st.st_uid).pw_name if st.st_uid in {p.pw_uid for p in pwd.getpwall()} else st.st_uid
+        return Finding(
+            "signing key",
+            "fail",
+            f"{path} belongs to {owner}; the service runs as {user.name} and cannot read it",
+            f"sudo chown -R {user.name}: {path.parent}",
+        )
+    return Finding(
+        "signing key", "ok", f"{path} ({alg_of(key)}, mode 0600), fingerprint {fingerprint(key.public_key())}"
+    )
+
+
+def check_devices(cfg: GatewayConfig, env: Environment) -> list[Finding]:
+    """Every /dev path named by a `port` or `device` option exists and the service user may use it."""
+    user = _user(env.service_user)
+    who = user.name if user.exists else f"{user.name} (no {env.service_user!r} user here)"
+    out: list[Finding] = []
+    for inst in cfg.instances:
+        dump = inst.config.model_dump()
+        if dump.get("url"):  # a network source: its device/port defaults are not used
+            continue
+        for key, value in _walk(dump):
+            leaf = key.rsplit(".", 1)[-1]
+            if leaf not in ("port", "device") or not isinstance(value, str) or not value.startswith("/dev/"):
+                continue
+            what = f"{inst.name}: {key} {value}"
+            try:
+                st = os.stat(value)
+            except FileNotFoundError:
+                out.append(
+                    Finding(
+                        "devices",
+                        "fail",
+                        f"{what} does not exist",
+                        "check the cable/adapter is plugged in and powered; `ls -l /dev/serial/by-id/` lists USB "
+                        "serial adapters by a name that survives reboots (use it in the config)",
+                    )
+                )
+                continue
+            except OSError as e:
+                out.append(Finding("devices", "fail", f"{what}: {e.strerror}", f"ls -l {value}"))
+                continue
+            if not stat.S_ISCHR(st.st_mode):
+                out.append(Finding("devices", "warn", f"{what} is not a character device", f"ls -l {value}"))
+                continue
+            if not _access(st, user, 6):
+                group = _group_name(st.st_gid)
+                out.append(
+                    Finding(
+                        "devices",
+                        "fail",
+                        f"{what}: {who} may not read and write it (owner {st.st_uid}, group {group}, "
+                        f"mode {stat.S_IMODE(st.st_mode):04o})",
+                        f"sudo usermod -aG {group} {user.name} && sudo systemctl restart sensegate",
+                    )
+                )
+                continue
+            out.append(Finding("devices", "ok", f"{what} present, {who} may use it"))
+    return out
+
+
+def check_bluetooth(cfg: GatewayConfig, env: Environment) -> Finding | None:
+    """`driver: ble` needs an adapter that rfkill does not block."""
+    users = [i.name for i in cfg.instances if i.manifest.name == "ble"]
+    if not users:
+        return None
+    adapters = sorted(env.bluetooth_sysfs.glob("hci*"))
+    if not adapters:
+        return Finding(
+            "bluetooth",
+            "fail",
+            f"no Bluetooth adapter in {env.bluetooth_sysfs} (needed by {', '.join(users)})",
+            "on a Pi: remove dtoverlay=disable-bt from /boot/firmware/config.txt and reboot, then "
+            "`sudo systemctl enable --now hciuart bluetooth`; for a USB dongle: plug it in, check `lsusb`",
+        )
+    usable = []
+    for hci in adapters:
+        blocked = ""
+        for rf in hci.glob("rfkill*"):
+            with contextlib.suppress(OSError):
+                if (rf / "hard").read_text().strip() == "1":
+                    blocked = "hard"
+                elif (rf / "soft").read_text().strip() == "1":
+                    blocked = blocked or "soft"
+        if not blocked:
+            usable.append(hci.name)
+        elif blocked == "hard":
+            return Finding(
+                "bluetooth",
+                "fail",
+                f"{hci.name} is switched off in hardware (rfkill hard block)",
+                "check the device's radio switch / firmware settings",
+            )
+        else:
+            return Finding("bluetooth", "fail", f"{hci.name} is blocked by rfkill", "sudo rfkill unblock bluetooth")
+    return Finding("bluetooth", "ok", f"adapter {', '.join(usable)} present")
+
+
+def _tcp(host: str, port: int, timeout: float) -> tuple[socket.socket | None, str, float]:
+    t0 = time.monotonic()
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror as e:
+        return None, f"cannot resolve {host}: {e.strerror}", 0.0
+    except TimeoutError:
+        return None, f"no answer from {host}:{port} within {timeout:g}s", 0.0
+    except OSError as e:
+        return None, f"cannot connect to {host}:{port}: {e.strerror or e}", 0.0
+    return sock, "", time.monotonic() - t0
+
+
+def check_network_sources(cfg: GatewayConfig, env: Environment) -> list[Finding]:
+    """Every instance with a url (cameras and other network devices) accepts a TCP connection."""
+    defaults = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322}
+    out = []
+    for inst in cfg.instances:
+        url = inst.config.model_dump().get("url")
+        if not isinstance(url, str) or not url:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in defaults or not parts.hostname:
+            continue
+        check = "camera" if inst.manifest.name == "camera" else "network device"
+        host, port = parts.hostname, parts.port or defaults[parts.scheme]
+        sock, why, took = _tcp(host, port, env.connect_timeout)
+        if sock is None:
+            out.append(
+                Finding(
+                    check,
+                    "fail",
+                    f"{inst.name}: {why}",
+                    f"check the {check}'s power, cable and address; from the gateway: "
+                    f"`curl -v {parts.scheme}://{host}:{port}/` (http) or `ffprobe {url}` (rtsp)",
+                )
+            )
+            continue
+        sock.close()
+        out.append(Finding(check, "ok", f"{inst.name}: {host}:{port} reachable in {took * 1000:.0f} ms"))
+    return out
+
+
+def check_clock(env: Environment) -> Finding:
+    """The clock is synchronised: without it every timestamp (and TLS) is wrong."""
+    now = env.now()
+    if now < CLOCK_FLOOR:
+        return Finding(
+            "clock",
+            "fail",
+            f"the clock says {dt.datetime.fromtimestamp(now, dt.UTC):%Y-%m-%d %H:%M} UTC, which cannot be right; "
+            "readings would carry worthless timestamps and TLS certificates look invalid",
+            "connect the gateway to a network with NTP (UDP 123), then `timedatectl timesync-status`; "
+            "a Pi has no battery clock and needs NTP (or an RTC) after every power cut",
+        )
+    try:
+        state = env.clock()
+    except OSError as e:
+        return Finding("clock", "warn", f"cannot read the clock's sync state: {e}", "timedatectl status")
+    if not state.synchronised:
+        return Finding(
+            "clock",
+            "fail",
+            "the clock is not synchronised (NTP): timestamps are worthless without it",
+            "sudo timedatectl set-ntp true; set NTP= in /etc/systemd/timesyncd.conf if the site has its own NTP "
+            "server; check UDP 123 is allowed; then `timedatectl timesync-status`",
+        )
+    err = f", max error {state.max_error_s * 1000:.0f} ms" if state.max_error_s is not None else ""
+    return Finding("clock", "ok", f"synchronised{err}")
+
+
+def check_disk(cfg: GatewayConfig, env: Environment) -> Finding:
+    """The state directory exists, the service user may write it, and the buffer's bound fits on the disk."""
+    from gateway.pipeline import buffer_path
+
+    c = cfg.config
+    state = Path(c.gateway.state_dir)
+    user = _user(env.service_user)
+    if not state.is_dir():
+        return Finding(
+            "disk",
+            "fail",
+            f"state directory {state} does not exist",
+            f"sudo install -d -o {user.name} -g {user.name} -m 0750 {state}",
+        )
+    if user.exists and not _access(state.stat(), user, 3):
+        return Finding("disk", "fail", f"{user.name} may not write {state}", f"sudo chown -R {user.name}: {state}")
+    db = buffer_path(cfg)
+    used = sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file()) if db.parent.is_dir() else 0
+    usage = shutil.disk_usage(db.parent if db.parent.is_dir() else state)
+    need = max(0, c.buffer.max_bytes - used)
+    free = usage.free
+    if free < MIN_FREE_BYTES:
+        return Finding(
+            "disk",
+            "fail",
+            f"only {format_bytes(free)} free for the buffer in {db.parent}",
+            "free space (`sudo journalctl --vacuum-size=50M`, old logs, images), or use a larger SD card",
+        )
+    if free < need:
+        return Finding(
+            "disk",
+            "warn",
+            f"the buffer may grow to {format_bytes(c.buffer.max_bytes)} but only {format_bytes(free)} are free in "
+            f"{db.parent}: a long outage would fill the disk before the buffer's bound",
+            f"lower buffer.max_bytes to at most {format_bytes(int(free * 0.8))}, or free space",
+        )
+    return Finding(
+        "disk", "ok", f"{format_bytes(free)} free in {db.parent}, buffer bound {format_bytes(c.buffer.max_bytes)}"
+    )
+
+
+def _mqtt_connect(sock: socket.socket, client_id: str, username: str, password: str) -> int:
+    """Send an MQTT 3.1.1 CONNECT, return the CONNACK code (0 accepted), then DISCONNECT."""
+
+    def s(text: str) -> bytes:
+        b = text.encode()
+        return struct.pack("!H", len(b)) + b
+
+    flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
+    body = s("MQTT") + bytes([4, flags]) + struct.pack("!H", 10) + s(client_id)
+    body += (s(username) if username else b"") + (s(password) if password else b"")
+    n, length = len(body), b""
+    while True:
+        n, digit = divmod(n, 128)
+        length += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            break
+    sock.sendall(b"\x10" + length + body)
+    ack = b""
+    while len(ack) < 4:
+        chunk = sock.recv(4 - len(ack))
+        if not chunk:
+            raise ConnectionError("the broker closed the connection instead of answering CONNECT")
+        ack += chunk
+    if ack[0] != 0x20:
+        raise ConnectionError(f"unexpected reply to CONNECT (0x{ack[0]:02x}); is this an MQTT broker?")
+    if ack[3] == 0:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"\xe0\x00")
+    return ack[3]
+
+
+_CONNACK = {
+    1: "refused the protocol version",
+    2: "rejected the client id",
+    3: "is unavailable",
+    4: "rejected the user name or password",
+    5: "says this client is not authorised",
+}
+
+
+def _peer_cert_unverified(host: str, port: int, timeout: float) -> Any:
+    """The broker's certificate without verifying it, to say why verification failed."""
+    from cryptography import x509
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
+    """Each MQTT uplink's broker: reachable, TLS verified, certificates not expiring, CONNECT accepted."""
+    from cryptography import x509
+
+    out: list[Finding] = []
+    gid = cfg.config.gateway.id
+    for up in cfg.config.uplinks:
+        if up.type != "mqtt":
+            continue
+        parts = urlsplit(up.url)
+        tls_on = parts.scheme == "mqtts"
+        host, port = parts.hostname or "", parts.port or (8883 if tls_on else 1883)
+        name = f"broker {up.name}"
+        tls = up.tls
+        # the client certificate first: it can be checked with no network at all
+        if tls is not None and tls.cert_file:
+            try:
+                cert = x509.load_pem_x509_certificate(Path(tls.cert_file).read_bytes())
+            except (OSError, ValueError) as e:
+                out.append(
+                    Finding(
+                        name,
+                        "fail",
+                        f"client certificate {tls.cert_file}: {e}",
+                        "get the certificate signed from the CSR (sensegate provision --csr) and put it there",
+                    )
+                )
+                continue
+            left = cert.not_valid_after_utc.timestamp() - env.now()
+            if left <= 0:
+                out.append(
+                    Finding(
+                        name,
+                        "fail",
+                        f"client certificate {tls.cert_file} expired {_days(-left)} ago",
+                        "renew it: sudo sensegate provision --csr, and have the CA sign the new CSR",
+                    )
+                )
+                continue
+            if left < env.expiry_warn_days * 86400:
+                out.append(
+                    Finding(
+                        name,
+                        "warn",
+                        f"client certificate {tls.cert_file} expires in {_days(left)}",
+                        "renew it soon: sudo sensegate provision --csr, and have the CA sign the new CSR",
+                    )
+                )
+        sock, why, took = _tcp(host, port, env.connect_timeout)
+        if sock is None:
+            out.append(
+                Finding(
+                    name,
+                    "fail",
+                    why,
+                    f"check the network (`ping {host}`), the firewall (TCP {port} outbound) and uplinks[].url",
+                )
+            )
+            continue
+        conn: socket.socket = sock
+        expiry = ""
+        try:
+            if tls_on:
+                ctx = ssl.create_default_context(cafile=(tls.ca_file if tls and tls.ca_file else None))
+                if tls is not None and tls.insecure:
+                    ctx.check_hostname = False
+                if tls is not None and tls.cert_file:
+                    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+                try:
+                    conn = ctx.wrap_socket(sock, server_hostname=host)
+                except ssl.SSLCertVerificationError as e:
+                    sock.close()
+                    out.append(_verify_failure(name, host, port, e, tls.ca_file if tls else "", env))
+                    continue
+                peer = conn.getpeercert() or {}
+                not_after = peer.get("notAfter")
+                if isinstance(not_after, str):
+                    left = ssl.cert_time_to_seconds(not_after) - env.now()
+                    expiry = f", certificate valid {_days(left)} more"
+                    if left < env.expiry_warn_days * 86400:
+                        out.append(
+                            Finding(
+                                name,
+                                "warn",
+                                f"the broker's certificate expires in {_days(left)}",
+                                "tell the broker's operators; gateways cannot connect once it expires",
+                            )
+                        )
+            password = up.password
+            if up.password_file:
+                password = Path(up.password_file).read_text().strip()
+            code = _mqtt_connect(conn, f"sensegate-doctor-{gid}"[:23], up.username, password)
+        except ssl.SSLError as e:
+            out.append(
+                Finding(
+                    name,
+                    "fail",
+                    f"TLS with {host}:{port} failed: {e.reason or e}",
+                    "if the broker wants a client certificate (mutual TLS): sensegate provision --csr, have it "
+                    "signed, and set tls.cert_file / tls.key_file",
+                )
+            )
+            continue
+        except (OSError, ConnectionError) as e:
+            out.append(
+                Finding(name, "fail", f"{host}:{port}: {e}", "is this the broker's MQTT port? check uplinks[].url")
+            )
+            continue
+        finally:
+            conn.close()
+        if code:
+            out.append(
+                Finding(
+                    name,
+                    "fail",
+                    f"{host}:{port} {_CONNACK.get(code, f'refused (code {code})')}",
+                    "check username / password_file in the uplink, and the broker's ACL for this gateway",
+                )
+            )
+            continue
+        if not tls_on:
+            out.append(
+                Finding(
+                    name,
+                    "warn",
+                    f"{host}:{port} reachable in {took * 1000:.0f} ms but without TLS: batches are "
+                    "signed but readable on the way",
+                    "use mqtts:// with the broker's CA (sensegate provision --ca)",
+                )
+            )
+            continue
+        out.append(Finding(name, "ok", f"{host}:{port} reachable over verified TLS in {took * 1000:.0f} ms{expiry}"))
+    return out
+
+
+def _verify_failure(
+    name: str, host: str, port: int, e: ssl.SSLCertVerificationError, ca: str, env: Environment
+) -> Finding:
+    reason = e.verify_message or str(e)
+    detail = ""
+    with contextlib.suppress(Exception):
+        cert = _peer_cert_unverified(host, port, env.connect_timeout)
+        if cert is not None:
+            left = cert.not_valid_after_utc.timestamp() - env.now()
+            detail = f" (certificate of {cert.subject.rfc4514_string()}, issued by {cert.issuer.rfc4514_string()}"
+            detail += f", {'expired ' + _days(-left) + ' ago' if left < 0 else 'valid ' + _days(left) + ' more'})"
+    if "expired" in reason:
+        fix = "the broker's certificate must be renewed by its operators (or the gateway's clock is wrong)"
+    elif "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
+        fix = "use the host name the certificate was made for in uplinks[].url"
+    else:
+        fix = "install the CA that signed the broker's certificate: sudo sensegate provision --ca BROKER-CA.pem"
+        if ca:
+            fix += f" (now using {ca})"
+    return Finding(name, "fail", f"TLS verification of {host}:{port} failed: {reason}{detail}", fix)
+
+
+def check_backlog(cfg: GatewayConfig) -> Finding:
+    """Readings waiting in the buffer, and how old the oldest is."""
+    from gateway.pipeline import buffer_path
+
+    if all(u.type == "jsonl" for u in cfg.config.uplinks):
+        return Finding("buffer", "ok", "no durable buffer in this config (jsonl uplinks only)")
+    db = buffer_path(cfg)
+    if not db.exists():
+        return Finding("buffer", "ok", f"{db} not created yet (the daemon has not run)")
+    try:
+        from gateway.buffer import backlog
+
+        waiting, age = backlog(db)
+    except ImportError as e:
+        return Finding("buffer", "warn", f"cannot inspect ({e})", "update sensegate")
+    except Exception as e:  # sqlite3.Error and friends: never let doctor crash on a bad file
+        return Finding("buffer", "warn", f"cannot inspect {db}: {e}", f"ls -l {db}*; journalctl -u sensegate")
+    if not waiting:
+        return Finding("buffer", "ok", "empty: everything was delivered")
+    a = age or 0.0
+    text = f"{waiting} reading(s) waiting, the oldest {_days(a) if a > 7200 else f'{a:.0f} s'} old"
+    if age is not None and age > BACKLOG_WARN_AGE:
+        return Finding(
+            "buffer",
+            "warn",
+            text + ": the uplink is not delivering",
+            "see the broker check above; `journalctl -u sensegate` says why batches are not acknowledged",
+        )
+    return Finding("buffer", "ok", text)
+
+
+# -- running them -------------------------------------------------------------------------------
+
+
+def run_checks(config_path: str | Path, env: Environment | None = None) -> list[Finding]:
+    """Every check, in the order a technician would fix things."""
+    env = env or Environment()
+    first, cfg = check_config(Path(config_path))
+    findings = [first]
+    if cfg is not None:
+        findings.append(check_identity(cfg))
+        findings.append(check_key(cfg, env))
+        findings += check_devices(cfg, env)
+        ble = check_bluetooth(cfg, env)
+        if ble is not None:
+            findings.append(ble)
+        findings += check_network_sources(cfg, env)
+    findings.append(check_clock(env))
+    if cfg is not None:
+        findings.append(check_disk(cfg, env))
+        findings += check_broker(cfg, env)
+        findings.append(check_backlog(cfg))
+    return findings
+
+
+def worst(findings: list[Finding]) -> Status:
+    """The overall verdict."""
+    statuses = {f.status for f in findings}
+    return "fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok"
+
+
+def report(findings: list[Finding], source: str) -> str:
+    """The human-readable report."""
+    tag = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
+    lines = [f"sensegate doctor: {source}"]
+    for f in findings:
+        first, *rest = f.message.splitlines() or [""]
+        lines.append(f"{tag[f.status]} {f.check}: {first}")
+        lines += [f"       {r}" for r in rest]
+        if f.fix and f.status != "ok":
+            lines.append(f"       fix: {f.fix}")
+    counts = {s: sum(1 for f in findings if f.status == s) for s in ("ok", "warn", "fail")}
+    verdict = {"ok": "all good", "warn": "working, with warnings", "fail": "NOT working"}[worst(findings)]
+    lines.append(f"{counts['ok']} ok, {counts['warn']} warning(s), {counts['fail']} failure(s): {verdict}")
+    return "\n".join(lines)
+
+
+def as_json(findings: list[Finding]) -> str:
+    """Machine-readable findings."""
+    return json.dumps({"status": worst(findings), "findings": [asdict(f) for f in findings]}, indent=2)
