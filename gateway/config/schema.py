@@ -48,6 +48,12 @@ class BufferSection(Section):
     max_bytes: ByteSize = Field(
         default=256 * 1024**2, ge=1024 * 1024, description="Bound on buffered readings on disk."
     )
+    max_blob_bytes: ByteSize = Field(
+        default=256 * 1024**2,
+        ge=1024 * 1024,
+        description="Bound on stored images and other blobs waiting for upload; past it the oldest are "
+        "dropped (counted and logged; the signed reading still carries the hash).",
+    )
     max_age: Duration = Field(
         default=30 * 86400.0, gt=0, description="Readings older than this are dropped (and reported)."
     )
@@ -150,6 +156,11 @@ class Config(Section):
     uplinks: list[Uplink] = Field(
         default_factory=lambda: [JsonlUplink(type="jsonl")],  # type: ignore[arg-type]
         description="Where batches go; default: JSON lines on standard output.",
+    )
+    uplink_mode: Literal["failover", "all"] = Field(
+        default="failover",
+        description="With several uplinks: 'failover' sends each batch over the first connected uplink in "
+        "list order (the first is the primary); 'all' keeps each batch until every uplink acknowledged it.",
     )
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus metrics endpoint.")
     drivers: list[Any] = Field(
