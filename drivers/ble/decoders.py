@@ -25,6 +25,7 @@ Formats (specifications these follow):
 
 from __future__ import annotations
 
+import math
 import struct
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping
@@ -437,9 +438,9 @@ def decode_struct(raw: bytes, fmt: str, scale: float = 1.0) -> int | float:
     if len(raw) != s.size:
         raise DecodeError(f"characteristic value has {len(raw)} bytes, format {fmt!r} needs {s.size}")
     (value,) = s.unpack(raw)
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        raise DecodeError(f"characteristic value is {value}")
-    if scale == 1:
-        return value  # type: ignore[no-any-return]
-    result = value * scale
-    return round(result, 12) if isinstance(result, float) else result
+    result = value if scale == 1 else value * scale
+    if isinstance(result, float):
+        if not math.isfinite(result):
+            raise DecodeError(f"characteristic value {value} (times {scale}) is not a finite number")
+        result = round(result, 12)  # 2506 * 0.01 -> 25.06, not 25.060000000000002
+    return result  # type: ignore[no-any-return]
