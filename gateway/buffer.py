@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS drops (
 CREATE TABLE IF NOT EXISTS batches (
     bseq INTEGER PRIMARY KEY, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
     protected BLOB NOT NULL, signature BLOB NOT NULL, hash BLOB NOT NULL, created_ns INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS acks (
+    bseq INTEGER NOT NULL, uplink TEXT NOT NULL, PRIMARY KEY (bseq, uplink)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    bseq INTEGER PRIMARY KEY, uplink TEXT NOT NULL, reason TEXT NOT NULL, created_ns INTEGER NOT NULL,
+    data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 BLOB PRIMARY KEY, content_type TEXT NOT NULL, created_ns INTEGER NOT NULL, data BLOB NOT NULL)
     WITHOUT ROWID;
@@ -104,6 +109,8 @@ class BufferStats:
     oldest_ns: int = 0
     last_batch_readings: int = 0
     last_batch_bytes: int = 0
+    dead_letters: int = 0
+    blobs_dropped: int = 0
 
 
 class Buffer:
@@ -311,6 +318,8 @@ class Buffer:
             db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", rows)
             if blobs:
                 db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", blobs)
+            if blobs:
+                self._bound_blobs_sync(db)
             added = sum(r[2] for r in rows)
             drops += self._enforce_bounds_sync(db, self.stats.bytes + added, now)
             db.executemany("INSERT INTO drops VALUES (?, ?, ?)", [(d.first_seq, d.last_seq, d.reason) for d in drops])
@@ -324,6 +333,21 @@ class Buffer:
         self.stats.committed += sum(r[1] - r[0] + 1 for r in rows)
         self._refresh_stats()
         self._note_drops(drops)
+
+    def _bound_blobs_sync(self, db: sqlite3.Connection) -> None:
+        """Drop the oldest blobs past max_blob_bytes; the readings (with the hashes) stay."""
+        total = db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM blobs").fetchone()[0]
+        if total <= self.cfg.max_blob_bytes:
+            return
+        doomed = []
+        for sha, size in db.execute("SELECT sha256, LENGTH(data) FROM blobs ORDER BY created_ns"):
+            if total <= self.cfg.max_blob_bytes:
+                break
+            doomed.append((sha,))
+            total -= size
+        db.executemany("DELETE FROM blobs WHERE sha256 = ?", doomed)
+        self.stats.blobs_dropped += len(doomed)
+        log.warning("blob store full: dropped %d oldest blob(s) not yet uploaded", len(doomed))
 
     def _enforce_bounds_sync(self, db: sqlite3.Connection, total: int, now: int) -> list[Drop]:
         """Drop the oldest unbatched segments past max_bytes (drop_oldest) or max_age."""
@@ -449,42 +473,101 @@ class Buffer:
         self.stats.last_batch_bytes = len(data)
         return Batch(bseq, first, last, data, digest, now)
 
-    async def outbox(self) -> list[Batch]:
-        """Batches signed but not yet acknowledged (after a restart: to be sent again first)."""
+    async def outbox(self) -> list[tuple[int, set[str]]]:
+        """Signed, unacknowledged batches (oldest first) and the uplinks that already took each."""
         return await self._run(self._outbox_sync)
 
-    def _outbox_sync(self) -> list[Batch]:
+    def _outbox_sync(self) -> list[tuple[int, set[str]]]:
         db = self._db
         assert db is not None
-        out = []
-        for bseq, first, last, protected, signature, digest, created in db.execute(
-            "SELECT * FROM batches ORDER BY bseq"
-        ).fetchall():
-            parts = [row[0] for row in db.execute(
-                "SELECT data FROM segments WHERE first_seq BETWEEN ? AND ? ORDER BY first_seq", (first, last))]
-            payload = senml.array_header(last - first + 1) + b"".join(parts)
-            data = cose.encode_sign1(protected, payload, signature)
-            if hashlib.sha256(data).digest() != digest:
-                log.error("batch %d in the outbox no longer matches its hash; dropping it", bseq)
-                db.execute("DELETE FROM batches WHERE bseq = ?", (bseq,))
-                continue
-            out.append(Batch(bseq, first, last, data, digest, created))
-        return out
+        acked: dict[int, set[str]] = {}
+        for bseq, uplink in db.execute("SELECT bseq, uplink FROM acks"):
+            acked.setdefault(bseq, set()).add(uplink)
+        return [(bseq, acked.get(bseq, set())) for (bseq,) in db.execute("SELECT bseq FROM batches ORDER BY bseq")]
 
-    async def ack(self, batch: Batch) -> None:
-        """The batch reached every uplink: forget it and its readings."""
-        await self._run(self._ack_sync, batch)
+    async def load_batch(self, bseq: int) -> Batch | None:
+        """Rebuild a signed batch byte for byte from its outbox row and its segments."""
+        return await self._run(self._load_batch_sync, bseq)
 
-    def _ack_sync(self, batch: Batch) -> None:
+    def _load_batch_sync(self, bseq: int) -> Batch | None:
+        db = self._db
+        assert db is not None
+        row = db.execute("SELECT * FROM batches WHERE bseq = ?", (bseq,)).fetchone()
+        if row is None:
+            return None
+        _, first, last, protected, signature, digest, created = row
+        parts = [r[0] for r in db.execute(
+            "SELECT data FROM segments WHERE first_seq BETWEEN ? AND ? ORDER BY first_seq", (first, last))]
+        payload = senml.array_header(last - first + 1) + b"".join(parts)
+        data = cose.encode_sign1(protected, payload, signature)
+        if hashlib.sha256(data).digest() != digest:
+            log.error("batch %d in the outbox no longer matches its hash (damaged file?); dead-lettered", bseq)
+            db.execute("BEGIN")
+            db.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, '', 'damaged in the buffer', ?, ?)",
+                       (bseq, time.time_ns(), data))
+            db.execute("DELETE FROM batches WHERE bseq = ?", (bseq,))
+            db.execute("COMMIT")
+            return None
+        return Batch(bseq, first, last, data, digest, created)
+
+    async def ack(self, batch: Batch, uplink: str = "", required: frozenset[str] = frozenset()) -> bool:
+        """Record an acknowledgement; once every required uplink has one (or none are required),
+        forget the batch and its readings. Returns True when the batch was released."""
+        return await self._run(self._ack_sync, batch, uplink, required)
+
+    def _ack_sync(self, batch: Batch, uplink: str, required: frozenset[str]) -> bool:
         db = self._db
         assert db is not None
         db.execute("BEGIN")
-        db.execute("DELETE FROM batches WHERE bseq = ?", (batch.bseq,))
-        db.execute("DELETE FROM segments WHERE first_seq BETWEEN ? AND ?", (batch.first_seq, batch.last_seq))
-        db.execute("COMMIT")
+        try:
+            if required:
+                db.execute("INSERT OR IGNORE INTO acks VALUES (?, ?)", (batch.bseq, uplink))
+                have = {u for (u,) in db.execute("SELECT uplink FROM acks WHERE bseq = ?", (batch.bseq,))}
+                if not required <= have:
+                    db.execute("COMMIT")
+                    return False
+            db.execute("DELETE FROM batches WHERE bseq = ?", (batch.bseq,))
+            db.execute("DELETE FROM acks WHERE bseq = ?", (batch.bseq,))
+            db.execute("DELETE FROM segments WHERE first_seq BETWEEN ? AND ?", (batch.first_seq, batch.last_seq))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         self.stats.acked_batches += 1
         self.stats.acked_readings += max(batch.count, 0)
         self._refresh_stats()
+        return True
+
+    async def dead_letter(self, batch: Batch, uplink: str, reason: str) -> None:
+        """Keep a batch an uplink refused as bad, for inspection (sensegate doctor reports them)."""
+        await self._run(self._dead_letter_sync, batch, uplink, reason)
+
+    def _dead_letter_sync(self, batch: Batch, uplink: str, reason: str) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
+                   (batch.bseq, uplink, reason[:500], time.time_ns(), batch.data))
+        self.stats.dead_letters += 1
+
+    async def dead_letters(self) -> list[tuple[int, str, str]]:
+        """(bseq, uplink, reason) of every dead-lettered batch."""
+        return await self._run(lambda: [tuple(r) for r in self._db.execute(  # type: ignore[union-attr]
+            "SELECT bseq, uplink, reason FROM dead_letters ORDER BY bseq")])
+
+    # -- blobs (images) -----------------------------------------------------------------------
+
+    async def next_blob(self) -> tuple[bytes, str, bytes] | None:
+        """The oldest blob waiting for upload: (sha256, content type, data)."""
+        return await self._run(self._next_blob_sync)
+
+    def _next_blob_sync(self) -> tuple[bytes, str, bytes] | None:
+        assert self._db is not None
+        row = self._db.execute("SELECT sha256, content_type, data FROM blobs ORDER BY created_ns LIMIT 1").fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    async def blob_done(self, sha256: bytes) -> None:
+        """The blob reached the uplink: delete it."""
+        await self._run(lambda: self._db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,)))  # type: ignore[union-attr]
 
 
 def backlog(path: str | Path) -> tuple[int, float | None]:

@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     recv.add_argument("--username", default="")
     recv.add_argument("--password", default="")
     recv.add_argument("--client-id", default="", help="keep a persistent session under this client id")
+    recv.add_argument("--blobs", default="", help="save verified blobs (camera images) into this directory")
 
     demo = sub.add_parser("demo", help="simulated devices + local broker + daemon + receiver")
     demo.add_argument("--seconds", type=float, default=15.0, help="how long to run (0: until Ctrl-C)")
@@ -231,7 +232,7 @@ def _provision(args: argparse.Namespace) -> int:
         result, _ = provision(plan)
     except (ProvisionError, KeyError_, OSError) as e:
         print(f"sensegate provision: {e}", file=sys.stderr)
-        return 2
+        return 3  # 0-2 are doctor's verdict after a successful provisioning
     for line in result.done:
         print(f"done: {line}")
     for line in result.next_steps:

@@ -1,10 +1,23 @@
-"""The durable path: drivers -> buffer -> signed batches -> uplink -> acknowledged.
+"""The durable path: drivers -> buffer -> signed batches -> uplink(s) -> acknowledged.
 
 Batching policy: while nothing is in flight a batch goes out as soon as readings are
 committed (low latency at low load); while batches are in flight the next one waits until it
 is full (``batch.max_readings``) or its oldest reading is ``batch.max_age`` old (batches
 grow at high load). Unacknowledged batches are re-sent, oldest first, after a reconnect and
 after a restart.
+
+Several uplinks (``uplink_mode``):
+* ``failover``: each batch goes over the first connected uplink in list order; one
+  acknowledgement releases it. Batches in flight on an uplink that drops are re-sent over
+  the next one; new batches return to the primary as soon as it is back.
+* ``all``: each uplink gets every batch; a batch is released when every uplink has
+  acknowledged it. Acknowledgements are stored, so after a restart each uplink is sent only
+  what it has not acknowledged. A slow or absent uplink keeps its backlog on disk, not in
+  memory, and does not hold up the others.
+
+A batch an uplink refuses as bad (e.g. CoAP 4.00) goes to the dead-letter table instead of
+being retried for ever. Blobs (camera images) are uploaded separately by the uplinks that can
+(``send_blob``), and deleted once acknowledged.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,31 +57,66 @@ def buffer_path(cfg: GatewayConfig) -> Path:
     return Path(c.buffer.path) if c.buffer.path else Path(c.gateway.state_dir) / "buffer.db"
 
 
+def make_uplink(section: Any, gateway_id: str, nodes: NodeTracker) -> Uplink:
+    """Build the uplink object for one `uplinks:` entry."""
+    if section.type == "mqtt":
+        from gateway.uplinks.mqtt import MqttUplink
+
+        return MqttUplink(section, gateway_id, nodes)
+    if section.type == "coap":
+        from gateway.uplinks.coap import CoapUplink  # type: ignore[import-not-found,unused-ignore]
+
+        return CoapUplink(section, gateway_id, nodes)  # type: ignore[no-any-return,unused-ignore]
+    raise PipelineError(f"uplink type {section.type!r} cannot carry signed batches")
+
+
+@dataclass
+class _Lane:
+    """One uplink's share of the work."""
+
+    uplink: Uplink
+    pending: deque[int] = field(default_factory=deque)  # bseqs to (re)send, oldest first
+    inflight: dict[int, Batch] = field(default_factory=dict)
+
+
 class BufferedPipeline:
-    """Owns the buffer, the signing key and the uplink, and moves batches between them."""
+    """Owns the buffer, the signing key and the uplinks, and moves batches between them."""
 
     def __init__(self, cfg: GatewayConfig, nodes: NodeTracker) -> None:
         c = cfg.config
         self.cfg = cfg
+        self.mode = c.uplink_mode
         self.buffer = Buffer(buffer_path(cfg), c.gateway.id, c.buffer, c.batch)
         batch_uplinks = [u for u in c.uplinks if u.type != "jsonl"]
-        if len(batch_uplinks) != 1 or len(c.uplinks) != 1:
-            raise PipelineError("exactly one uplink is supported in this version (mqtt, or jsonl alone)")
-        from gateway.uplinks.mqtt import MqttUplink
-
-        self.uplink: Uplink = MqttUplink(batch_uplinks[0], c.gateway.id, nodes)
-        self.uplink.on_ack = self._acked
-        self.uplink.on_state = self._state
-        self._queue: deque[Batch] = deque()  # signed, waiting to be (re)sent
-        self._inflight: dict[int, Batch] = {}
-        self._acks: deque[Batch] = deque()
+        if not batch_uplinks or len(batch_uplinks) != len(c.uplinks):
+            raise PipelineError("a jsonl uplink cannot be combined with mqtt/coap uplinks; use it alone")
+        self.lanes = [_Lane(make_uplink(u, c.gateway.id, nodes)) for u in batch_uplinks]
+        self.required = frozenset(lane.uplink.name for lane in self.lanes) if self.mode == "all" else frozenset()
+        for lane in self.lanes:
+            lane.uplink.on_ack = self._ack_handler(lane)
+            lane.uplink.on_state = self._state_handler(lane)
+            if hasattr(lane.uplink, "on_reject"):
+                lane.uplink.on_reject = self._reject_handler(lane)
+        self._shared: deque[int] = deque()  # failover: bseqs waiting for any uplink
+        self._events: deque[tuple[str, _Lane, Batch, str]] = deque()
         self._changed = asyncio.Event()
         self._pumped = asyncio.Event()
         self._since = 0.0  # monotonic time of the first commit not yet in a batch
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._blob_task: asyncio.Task[None] | None = None
+        self._blob_wake = asyncio.Event()
         self.key: Any = None
         self.batches_sent = 0
+
+    @property
+    def uplink(self) -> Uplink:
+        """The primary uplink (the first configured)."""
+        return self.lanes[0].uplink
+
+    @property
+    def uplinks(self) -> list[Uplink]:
+        return [lane.uplink for lane in self.lanes]
 
     async def start(self) -> None:
         path = key_path(self.cfg)
@@ -80,35 +129,68 @@ class BufferedPipeline:
             raise PipelineError(f"batch.alg is {want} but {path} is an {alg_of(self.key)} key")
         self.buffer.on_commit = self._committed
         await self.buffer.open()
-        self._queue.extend(await self.buffer.outbox())
-        if self._queue:
-            log.info("re-sending %d unacknowledged batch(es) from before the restart", len(self._queue))
-        self.uplink.boot = self.buffer.boot  # type: ignore[attr-defined]
-        await self.uplink.start()
+        outbox = await self.buffer.outbox()
+        if outbox:
+            log.info("re-sending %d unacknowledged batch(es) from before the restart", len(outbox))
+        for bseq, acked_by in outbox:
+            if self.mode == "all":
+                for lane in self.lanes:
+                    if lane.uplink.name not in acked_by:
+                        lane.pending.append(bseq)
+            else:
+                self._shared.append(bseq)
+        for lane in self.lanes:
+            lane.uplink.boot = self.buffer.boot  # type: ignore[attr-defined]
+            await lane.uplink.start()
         self._task = asyncio.create_task(self._pump_loop(), name="pipeline")
+        self._blob_task = asyncio.create_task(self._blob_loop(), name="blob-upload")
         self._changed.set()
 
     def put(self, reading: Reading) -> None:
         self.buffer.put(reading)
 
+    # -- callbacks from the buffer and the uplinks (on the loop, must not block) ----------------
+
     def _committed(self) -> None:
         if not self._since:
             self._since = time.monotonic()
         self._changed.set()
+        self._blob_wake.set()
 
-    def _acked(self, batch: Batch) -> None:
-        self._acks.append(batch)
-        self._changed.set()
+    def _ack_handler(self, lane: _Lane) -> Any:
+        def on_ack(batch: Batch) -> None:
+            self._events.append(("ack", lane, batch, ""))
+            self._changed.set()
 
-    def _state(self, connected: bool) -> None:
-        if not connected and self._inflight:
-            # not acknowledged: send again, in order, ahead of anything newer
-            self._queue.extendleft(sorted(self._inflight.values(), key=lambda b: b.bseq, reverse=True))
-            self._inflight.clear()
-        self._changed.set()
+        return on_ack
+
+    def _reject_handler(self, lane: _Lane) -> Any:
+        def on_reject(batch: Batch, reason: str) -> None:
+            self._events.append(("reject", lane, batch, reason))
+            self._changed.set()
+
+        return on_reject
+
+    def _state_handler(self, lane: _Lane) -> Any:
+        def on_state(connected: bool) -> None:
+            if not connected and lane.inflight:
+                # not acknowledged: send again, in order, ahead of anything newer
+                back = sorted(lane.inflight)
+                lane.inflight.clear()
+                target = lane.pending if self.mode == "all" else self._shared
+                target.extendleft(reversed(back))
+            self._changed.set()
+            self._blob_wake.set()
+
+        return on_state
+
+    # -- the pump --------------------------------------------------------------------------
+
+    def _inflight(self) -> int:
+        return sum(len(lane.inflight) for lane in self.lanes)
 
     def _due(self) -> bool:
-        if not self._inflight:
+        if not self._inflight():
             return True
         if self.buffer.unbatched() >= self.cfg.config.batch.max_readings:
             return True
@@ -135,57 +217,154 @@ class BufferedPipeline:
                 await asyncio.sleep(1.0)
                 self._changed.set()
 
+    async def _handle_events(self) -> None:
+        while self._events:
+            kind, lane, batch, reason = self._events.popleft()
+            lane.inflight.pop(batch.bseq, None)
+            if kind == "reject":
+                log.error("%s refused batch %d as bad (%s); kept in the dead-letter table",
+                          lane.uplink.name, batch.bseq, reason)
+                await self.buffer.dead_letter(batch, lane.uplink.name, reason)
+            released = await self.buffer.ack(batch, lane.uplink.name, self.required)
+            if released and self.mode == "all":
+                for other in self.lanes:  # acknowledged everywhere: nothing left to send
+                    with contextlib.suppress(ValueError):
+                        other.pending.remove(batch.bseq)
+
+    async def _next_new(self) -> Batch | None:
+        """Sign the next batch if the policy says it is time."""
+        if not self._due():
+            return None
+        made = await self.buffer.make_batch(self.key)
+        if made is None:
+            self._since = 0.0
+            return None
+        self._since = time.monotonic() if self.buffer.unbatched() > 0 else 0.0
+        if self.mode == "all":
+            for lane in self.lanes:
+                lane.pending.append(made.bseq)
+        else:
+            self._shared.append(made.bseq)
+        return made
+
+    async def _load(self, bseq: int, fresh: Batch | None) -> Batch | None:
+        if fresh is not None and fresh.bseq == bseq:
+            return fresh
+        for lane in self.lanes:
+            if bseq in lane.inflight:
+                return lane.inflight[bseq]
+        return await self.buffer.load_batch(bseq)
+
+    def _send(self, lane: _Lane, batch: Batch) -> None:
+        lane.inflight[batch.bseq] = batch
+        lane.uplink.send(batch)
+        self.batches_sent += 1
+
     async def _pump(self) -> None:
-        while self._acks:
-            batch = self._acks.popleft()
-            self._inflight.pop(batch.bseq, None)
-            await self.buffer.ack(batch)
-        up = self.uplink
-        while up.connected and len(self._inflight) < up.window:
-            if self._queue:
-                batch = self._queue.popleft()
-            else:
-                if not self._due():
+        await self._handle_events()
+        fresh: Batch | None = None
+        if self.mode == "all":
+            # each lane sends its own backlog; a new batch is made when a connected lane is idle
+            while True:
+                progress = False
+                for lane in self.lanes:
+                    up = lane.uplink
+                    while up.connected and len(lane.inflight) < up.window:
+                        if not lane.pending:
+                            fresh = await self._next_new()
+                            if fresh is None:
+                                break
+                        bseq = lane.pending.popleft()
+                        batch = await self._load(bseq, fresh)
+                        if batch is None:
+                            continue
+                        self._send(lane, batch)
+                        progress = True
+                if not progress:
                     break
-                made = await self.buffer.make_batch(self.key)
-                if made is None:
-                    self._since = 0.0
+        else:
+            while True:
+                free = next((ln for ln in self.lanes if ln.uplink.connected
+                             and len(ln.inflight) < ln.uplink.window), None)
+                if free is None:
                     break
-                batch = made
-                self._since = time.monotonic() if self.buffer.unbatched() > 0 else 0.0
-            if not up.connected:
-                self._queue.appendleft(batch)
-                break
-            self._inflight[batch.bseq] = batch
-            up.send(batch)
-            self.batches_sent += 1
-        self.buffer.eager = not self._inflight
+                lane = free
+                if not self._shared:
+                    fresh = await self._next_new()
+                    if fresh is None:
+                        break
+                bseq = self._shared.popleft()
+                batch = await self._load(bseq, fresh)
+                if batch is None:
+                    continue
+                if not lane.uplink.connected:
+                    self._shared.appendleft(bseq)
+                    continue
+                self._send(lane, batch)
+        self.buffer.eager = not self._inflight()
         self._pumped.set()
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def _blob_loop(self) -> None:
+        """Upload stored blobs, oldest first, over the first connected uplink that can."""
+        while True:
+            await self._blob_wake.wait()
+            self._blob_wake.clear()
+            while True:
+                up: Any = next((u for u in self.uplinks if u.connected and hasattr(u, "send_blob")), None)
+                if up is None:
+                    break
+                blob = await self.buffer.next_blob()
+                if blob is None:
+                    break
+                sha, content_type, data = blob
+                try:
+                    await up.send_blob(sha, content_type, data)
+                except (ConnectionError, TimeoutError) as e:
+                    log.info("blob upload over %s interrupted (%s); will resume", up.name, e)
+                    await asyncio.sleep(1.0)
+                    continue
+                await self.buffer.blob_done(sha)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def drain(self, within: float) -> None:
+        """Commit what is pending and let the uplinks take what they can, for up to ``within`` s."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.buffer.commit()
+                self._changed.set()
+                while self._work_left():
+                    self._pumped.clear()
+                    await self._pumped.wait()
+
+    def _work_left(self) -> bool:
+        connected = [ln for ln in self.lanes if ln.uplink.connected]
+        if not connected:
+            return False
+        if self._events or self.buffer.unbatched() > 0:
+            return True
+        if self.mode == "all":
+            return any(ln.inflight or ln.pending for ln in connected)
+        return bool(self._shared) or any(ln.inflight for ln in self.lanes)
 
     def stats(self) -> dict[str, Any]:
         """Numbers for metrics and the status topic."""
         b = self.buffer.stats
         age = (time.time_ns() - b.oldest_ns) / 1e9 if b.oldest_ns else 0.0
-        up = self.uplink
         return {
             "buffer": {"readings": b.readings, "bytes": b.bytes, "oldest_age_s": age,
-                       "dropped": b.dropped, "committed": b.committed},
+                       "dropped": b.dropped, "committed": b.committed, "dead_letters": b.dead_letters,
+                       "blobs_dropped": b.blobs_dropped},
             "batches": {"sent": self.batches_sent, "acked": b.acked_batches,
                         "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes},
-            "uplinks": {up.name: {"connected": up.connected, "inflight": len(self._inflight),
-                                  "acked": getattr(up, "acked", 0), "errors": getattr(up, "errors", 0),
-                                  "latency_s": getattr(up, "latency_s", 0.0)}},
+            "uplinks": {lane.uplink.name: {"connected": lane.uplink.connected, "inflight": len(lane.inflight),
+                                           "acked": getattr(lane.uplink, "acked", 0),
+                                           "errors": getattr(lane.uplink, "errors", 0),
+                                           "latency_s": getattr(lane.uplink, "latency_s", 0.0)}
+                        for lane in self.lanes},
         }
-
-    async def drain(self, within: float) -> None:
-        """Commit what is pending and let the uplink take what it can, for up to ``within`` s."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await self.buffer.commit()
-                self._changed.set()
-                while self.uplink.connected and (self._inflight or self._queue or self.buffer.unbatched() > 0):
-                    self._pumped.clear()
-                    await self._pumped.wait()
 
     async def close(self, grace: float = 3.0) -> None:
         """Flush for up to ``grace`` seconds, then stop: nothing unsent is lost, it stays buffered."""
@@ -193,12 +372,13 @@ class BufferedPipeline:
             await self.drain(grace)
         if self._timer is not None:
             self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._blob_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
-            while self._acks:
-                await self.buffer.ack(self._acks.popleft())
-        await self.uplink.close()
+            await self._handle_events()
+        for lane in self.lanes:
+            await lane.uplink.close()
         await self.buffer.close()

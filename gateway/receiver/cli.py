@@ -35,6 +35,7 @@ def format_summary(s: Summary) -> str:
         f"reordered:      {s.reordered}",
         f"chain breaks:   {s.chain_breaks}",
         f"restarts:       {s.restarts}",
+        f"blobs:          {s.blobs_verified} verified, {s.blobs_unreferenced} not (yet) in a batch, {s.blobs_bad} bad",
         "verdict:        " + ("OK: complete and verified" if s.ok else "PROBLEMS FOUND"),
     ]
     return "\n".join(lines)
@@ -48,6 +49,9 @@ class ReceiveRun:
         self.rx = receiver
         self.out = out
         self.done = asyncio.Event()
+        self.blob_dir = Path(args.blobs) if getattr(args, "blobs", "") else None
+        if self.blob_dir is not None:
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
         parts = urlsplit(args.url)
         self.prefix = parts.path.strip("/") or "sensegate"
         self.settings = MqttSettings.from_url(
@@ -55,6 +59,17 @@ class ReceiveRun:
             password=args.password, client_id=getattr(args, "client_id", "") or "",
             protocol="3.1.1", persistent=bool(getattr(args, "client_id", "")),
         )
+
+    def on_message(self, msg: Any) -> None:
+        topic: str = msg.topic
+        if "/blob/" in topic:
+            sha_hex = topic.rsplit("/", 1)[-1]
+            if self.rx.feed_blob(sha_hex, bytes(msg.payload)) == "verified" and self.blob_dir is not None:
+                ctype, data = self.rx.blobs[sha_hex]
+                ext = {"image/jpeg": ".jpg", "image/png": ".png"}.get(ctype, ".bin")
+                (self.blob_dir / f"{sha_hex}{ext}").write_bytes(data)
+            return
+        self.on_batch(bytes(msg.payload))
 
     def on_batch(self, payload: bytes) -> None:
         result: Feed = self.rx.feed(payload)
@@ -78,7 +93,7 @@ class ReceiveRun:
     async def run(self) -> None:
         backoff = Backoff(0.5, 10.0)
         while not self.done.is_set():
-            session = MqttSession(self.settings, on_message=lambda m: self.on_batch(bytes(m.payload)))
+            session = MqttSession(self.settings, on_message=self.on_message)
             try:
                 await session.connect()
             except MqttError as e:
@@ -87,6 +102,7 @@ class ReceiveRun:
                 continue
             backoff.reset()
             session.client.subscribe(f"{self.prefix}/+/batch", qos=1)
+            session.client.subscribe(f"{self.prefix}/+/blob/+", qos=1)
             closed = asyncio.ensure_future(session.closed.wait())
             done = asyncio.ensure_future(self.done.wait())
             await asyncio.wait({closed, done}, return_when=asyncio.FIRST_COMPLETED)

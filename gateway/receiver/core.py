@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import bisect
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +35,13 @@ class Summary:
     chain_breaks: int = 0
     restarts: int = 0
     streams: int = 0
+    blobs_verified: int = 0  # complete, hash matches, and named by a verified batch
+    blobs_unreferenced: int = 0  # complete and hash matches, but no verified batch names it (yet)
+    blobs_bad: int = 0  # chunks that do not add up to the hash in their topic
 
     @property
     def ok(self) -> bool:
-        return not (self.gaps or self.bad_signatures or self.malformed or self.chain_breaks)
+        return not (self.gaps or self.bad_signatures or self.malformed or self.chain_breaks or self.blobs_bad)
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -109,10 +114,50 @@ class _Stream:
 class Receiver:
     """Feed it batch messages from any transport; ask for the summary at any time."""
 
+    MAX_PARTIAL_BLOBS = 32
+    MAX_BLOB = 64 * 1024 * 1024
+
     def __init__(self, trusted: list[PublicKey]) -> None:
         self.keys = {key_id(k): k for k in trusted}
         self.streams: dict[tuple[str, int], _Stream] = {}
         self._s = Summary()
+        self.blobs: dict[str, tuple[str, bytes]] = {}  # sha256 hex -> (content type, bytes), hash checked
+        self.referenced: set[str] = set()  # sha256 hex named by verified batches
+        self._parts: dict[str, dict[int, bytes]] = {}
+
+    def feed_blob(self, sha_hex: str, payload: bytes) -> str:
+        """Take one blob chunk (``[index, count, content_type, bytes]``); returns "partial",
+        "verified" (complete, hash matches), "bad" or "malformed"."""
+        try:
+            sha = bytes.fromhex(sha_hex)
+            index, count, ctype, chunk = cbor2.loads(payload)
+            if (len(sha) != 32 or type(index) is not int or type(count) is not int or not 0 <= index < count
+                    or count > 4096 or not isinstance(ctype, str) or not isinstance(chunk, bytes)):
+                raise ValueError("bad chunk header")
+        except (ValueError, TypeError, cbor2.CBORDecodeError):
+            self._s.malformed += 1
+            return "malformed"
+        if sha_hex in self.blobs:
+            return "verified"
+        parts = self._parts.get(sha_hex)
+        if parts is None:
+            if len(self._parts) >= self.MAX_PARTIAL_BLOBS:  # bounded memory: forget the oldest partial
+                self._parts.pop(next(iter(self._parts)))
+            parts = self._parts[sha_hex] = {}
+        parts[index] = chunk
+        if sum(len(c) for c in parts.values()) > self.MAX_BLOB:
+            del self._parts[sha_hex]
+            self._s.blobs_bad += 1
+            return "bad"
+        if len(parts) < count:
+            return "partial"
+        del self._parts[sha_hex]
+        data = b"".join(parts[i] for i in range(count))
+        if hashlib.sha256(data).digest() != sha:
+            self._s.blobs_bad += 1
+            return "bad"
+        self.blobs[sha_hex] = (ctype, data)
+        return "verified"
 
     def feed(self, data: bytes) -> Feed:
         """Verify and account for one batch message."""
@@ -179,6 +224,11 @@ class Receiver:
                 fresh.append(r)
         st.got.add(first, last)
         st.covered.add(first, last)
+        for r in fresh:
+            if r.kind == "blob" and isinstance(r.value, str) and r.value.startswith("ni:///sha-256;"):
+                b64 = r.value.removeprefix("ni:///sha-256;")
+                with contextlib.suppress(ValueError):
+                    self.referenced.add(base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex())
         s.batches += 1
         s.readings += len(fresh)
         return Feed("ok", fresh, gateway=gw, bseq=bseq, header=h)
@@ -213,4 +263,6 @@ class Receiver:
             gaps += st.covered.holes()
         s.gap_ranges = gaps
         s.gaps = sum(b - a + 1 for a, b in gaps)
+        s.blobs_verified = sum(1 for h in self.blobs if h in self.referenced)
+        s.blobs_unreferenced = len(self.blobs) - s.blobs_verified
         return s

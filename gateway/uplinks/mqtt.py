@@ -12,12 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cbor2
+
 from gateway.buffer import Batch
 from gateway.config.schema import MqttUplink as MqttUplinkConfig
 from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, node_topic, status_topic
 from gateway.scheduler import Backoff, NodeTracker
 
 log = logging.getLogger("sensegate.uplink.mqtt")
+BLOB_CHUNK = 64 * 1024
 
 
 def _noop_ack(batch: Batch) -> None:
@@ -66,6 +69,7 @@ class MqttUplink:
         self.boot = 0
         # downlink (remote config, commands): topic filters to subscribe on every connect, and the
         # handler that receives (topic, payload) for them; set by whoever owns that feature
+        self._blob_progress = asyncio.Event()
         self.subscriptions: list[str] = []
         self.on_downlink: Callable[[str, bytes], None] | None = None
         nodes.listeners.append(self._node_changed)
@@ -115,6 +119,7 @@ class MqttUplink:
             try:
                 await session.closed.wait()
             finally:
+                self._blob_progress.set()
                 self._session = None
                 self._inflight.clear()
                 self.on_state(False)
@@ -132,12 +137,35 @@ class MqttUplink:
 
     def _on_publish(self, mid: int) -> None:
         entry = self._inflight.pop(mid, None)
-        if entry is None:  # our own status messages
+        if entry is None:  # status messages and blob chunks
+            self._blob_progress.set()
             return
         batch, sent = entry
         self.acked += 1
         self.latency_s = time.monotonic() - sent
         self.on_ack(batch)
+
+    async def send_blob(self, sha256: bytes, content_type: str, data: bytes) -> None:
+        """Upload a blob in chunks (QoS 1) and return once the broker acknowledged every chunk.
+
+        Topic ``<prefix>/<gw>/blob/<sha256 hex>``; each payload is CBOR
+        ``[index, count, content_type, chunk]`` (docs/topics.md)."""
+        session = self._session
+        if session is None:
+            raise ConnectionError("not connected")
+        size = BLOB_CHUNK
+        count = max(1, -(-len(data) // size))
+        topic = f"{self.cfg.topic_prefix}/{self.gateway_id}/blob/{sha256.hex()}"
+        infos = []
+        for i in range(count):
+            payload = cbor2.dumps([i, count, content_type, data[i * size : (i + 1) * size]])
+            infos.append(session.client.publish(topic, payload, qos=1))
+        async with asyncio.timeout(30 + len(data) / 100_000):
+            while not all(info.is_published() for info in infos):
+                if session.closed.is_set():
+                    raise ConnectionError("connection lost during blob upload")
+                self._blob_progress.clear()
+                await self._blob_progress.wait()
 
     def _on_message(self, msg: Any) -> None:
         if self.on_downlink is not None:

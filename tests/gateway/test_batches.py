@@ -134,3 +134,23 @@ def test_pack_decoder_only_raises_senml_error(pack: object) -> None:
         senml.decode_pack(pack, 1)
     except senml.SenmlError:
         pass
+
+
+@given(st.text(max_size=70), st.binary(max_size=300))
+def test_blob_chunks_never_crash_the_receiver(sha_hex: str, payload: bytes) -> None:
+    assert Receiver([]).feed_blob(sha_hex, payload) in ("malformed", "partial", "bad", "verified")
+
+
+def test_blob_reassembly_checks_the_hash() -> None:
+    import hashlib
+
+    data = bytes(range(256)) * 1000
+    sha = hashlib.sha256(data).hexdigest()
+    rx = Receiver([])
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    states = [rx.feed_blob(sha, cbor2.dumps([i, len(chunks), "image/png", c])) for i, c in enumerate(chunks)]
+    assert states == ["partial"] * (len(chunks) - 1) + ["verified"]
+    assert rx.blobs[sha] == ("image/png", data)
+    wrong = cbor2.dumps([0, 1, "image/png", b"not the image"])
+    assert rx.feed_blob("00" * 32, wrong) == "bad"
+    assert rx.summary().blobs_bad == 1
