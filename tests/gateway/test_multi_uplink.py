@@ -58,9 +58,7 @@ async def test_failover_to_the_backup_and_back(tmp_path: Path, broker: Mosquitto
                 await asyncio.to_thread(broker.start)
                 await until(lambda: p.uplinks[0].connected)
                 await _produce(p, 200, 100)
-                async with asyncio.timeout(20):
-                    while len({r.seq for r in ra.readings + rb.readings}) < 300:
-                        await asyncio.sleep(0.05)
+                await until(lambda: len({r.seq for r in ra.readings + rb.readings}) >= 300, within=20)
         seqs = sorted({r.seq for r in ra.readings + rb.readings})
         assert seqs == list(range(1, 301)), "no gap across the switch-over and back"
         assert max(r.seq for r in ra.readings) == 300, "new batches return to the primary"
