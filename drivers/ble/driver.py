@@ -37,6 +37,7 @@ OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
 PASSIVE_PATTERNS = [OrPattern(0, AdvertisementDataType.FLAGS, bytes([f])) for f in (0x02, 0x04, 0x05, 0x06, 0x1A)]
 NO_RSSI = -127  # bleak's value when BlueZ did not report one
 MAX_REPORTED = 1024  # bound on remembered (address, problem) pairs logged once
+UNSEEN_RETRY = 5.0  # seconds between GATT attempts while the device has not been heard yet
 
 
 class BleDriver(Driver):
@@ -149,8 +150,9 @@ class BleDriver(Driver):
                 self.ctx.node_status(node, False, f"no advertisement for {silent:.0f}s")
             for i, g in enumerate(self.config.gatt):
                 if self._gatt_due[i] <= now:
-                    await self._gatt_read(g, emit)
-                    self._gatt_due[i] = loop.time() + g.interval
+                    attempted = await self._gatt_read(g, emit)
+                    # not heard yet: look again soon rather than a whole interval later
+                    self._gatt_due[i] = loop.time() + (g.interval if attempted else min(g.interval, UNSEEN_RETRY))
 
     async def close(self) -> None:
         watch, self._bus_watch = self._bus_watch, None
@@ -280,13 +282,13 @@ class BleDriver(Driver):
 
     # -- GATT -------------------------------------------------------------------------
 
-    async def _gatt_read(self, g: GattPoll, emit: Emit) -> None:
-        """Connect, read one characteristic, disconnect; failures mark the node offline."""
+    async def _gatt_read(self, g: GattPoll, emit: Emit) -> bool:
+        """Connect, read one characteristic, disconnect; False if the device was never heard."""
         node = self._book.node(g.address)
         device = self._devices.get(g.address)
         if device is None:
-            self._gatt_failed(node, g, "device not seen advertising yet")
-            return
+            self._gatt_failed(node, g, "device not heard advertising yet")
+            return False
         client = BleakClient(device, timeout=self.config.gatt_timeout)
         try:
             async with asyncio.timeout(self.config.gatt_timeout):
@@ -298,10 +300,11 @@ class BleDriver(Driver):
             value = decode_struct(bytes(raw), g.format, g.scale)
         except (BleakError, TimeoutError, DecodeError, EOFError, OSError) as e:
             self._gatt_failed(node, g, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
-            return
+            return True
         emit(g.point, value, unit=g.unit, node=node)
         self._reported.discard((g.address, f"gatt:{g.point}"))
         self.ctx.node_status(node, True)
+        return True
 
     def _gatt_failed(self, node: str, g: GattPoll, why: str) -> None:
         """A node heard advertising stays online (logged once); a GATT-only node goes offline."""

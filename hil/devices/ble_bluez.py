@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message, MessageType
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 TEMPLATE = Path(__file__).with_name("bluez_template.py")
@@ -101,6 +101,7 @@ class SimulatedBlueZ:
                 stdout=asyncio.subprocess.PIPE,
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=log,
+                start_new_session=True,  # Ctrl-C in a demo reaches us, and we stop them in order
             )
         finally:
             os.close(log)
@@ -137,6 +138,7 @@ class SimulatedBlueZ:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                start_new_session=True,  # Ctrl-C in a demo reaches us, and we stop them in order
             )
         finally:
             os.close(log)
@@ -180,6 +182,16 @@ class SimulatedBlueZ:
     async def remove_adapter(self, name: str = "hci0") -> None:
         """Unplug an adapter and the devices under it."""
         await self._mock_call("RemoveAdapterWithDevices", "s", [name])
+
+    async def set_powered(self, on: bool, adapter: str = "hci0") -> None:
+        """Power an adapter off or on (``bluetoothctl power off``): Adapter1.Powered changes."""
+        await self._call(
+            f"/org/bluez/{adapter}",
+            DBUSMOCK_IFACE,
+            "UpdateProperties",
+            "sa{sv}",
+            ["org.bluez.Adapter1", {"Powered": Variant("b", on)}],
+        )
 
     async def add_device(self, address: str, name: str = "", adapter: str = "hci0") -> str:
         """A peripheral in range (nothing advertised yet); returns its object path."""
