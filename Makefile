@@ -3,14 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+DEB_OUT ?= dist
 
-.PHONY: help demo test lint typecheck pytest bench deps venv clean
+.PHONY: help demo test lint typecheck pytest bench deps venv clean deb
 
 help:
 	@echo "make demo   - simulated devices + local mosquitto + daemon + receiver, verified batches"
 	@echo "make test   - the full suite: lint, type check, tests against real services"
 	@echo "make lint   - ruff (with ASYNC rules) and mypy on gateway/"
 	@echo "make bench  - the end-to-end benchmark (figures in bench/results/)"
+	@echo "make deb    - the Debian package (dist/sensegate_*_ARCH.deb); DEB_ARCH=arm64 for a Pi"
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sensegate needs Python 3.11 or newer")'
@@ -43,5 +45,9 @@ bench: venv
 	@hil/system-deps.sh demo
 	$(BIN)/python -m bench
 
+# The .deb for flashing: agent + dependencies as a wheelhouse, installed offline into a venv.
+deb: venv
+	deploy/debian/build.sh $(DEB_OUT)
+
 clean:
-	rm -rf $(VENV) build *.egg-info bench/results
+	rm -rf $(VENV) build dist *.egg-info bench/results

@@ -20,6 +20,7 @@ if [ "$what" = test ]; then
     [ffmpeg]=ffmpeg
     [curl]=curl
     [systemd-analyze]=systemd
+    [debootstrap]=debootstrap
   )
 fi
 
