@@ -123,3 +123,86 @@ async def test_wrong_password_is_a_clear_error(tmp_path: Path, caplog: pytest.Lo
                                                      "username": "gw", "password": "right"}])
         async with pipeline(cfg2) as p:
             await until(lambda: p.uplink.connected)
+
+
+async def test_mqtt_311_and_retained_status_and_node_states(tmp_path: Path, broker: Mosquitto) -> None:
+    import json
+
+    from gateway.mqtt import MqttSession, MqttSettings
+
+    cfg = make_config(tmp_path / "s", uplinks=[{"type": "mqtt", "url": broker.url, "protocol": "3.1.1"}])
+    nodes = NodeTracker()
+    p = BufferedPipeline(cfg, nodes)
+    await p.start()
+    try:
+        await until(lambda: p.uplink.connected)
+        nodes.set("rtu-1", True)
+        nodes.set("rtu-2", False, "timeout")
+        p.put(READINGS[0])
+        await until(lambda: p.buffer.stats.acked_batches >= 1)
+    finally:
+        await p.close()
+    seen: dict[str, dict[str, object]] = {}
+    got = asyncio.Event()
+
+    def on(msg):  # type: ignore[no-untyped-def]
+        seen[msg.topic] = json.loads(msg.payload)
+        if len(seen) >= 3:
+            got.set()
+
+    s = MqttSession(MqttSettings.from_url(broker.url, protocol="3.1.1"), on_message=on)
+    await s.connect()
+    s.client.subscribe("sensegate/gw-test/#", qos=1)
+    try:
+        async with asyncio.timeout(5):
+            await got.wait()
+    finally:
+        await s.close()
+    assert seen["sensegate/gw-test/status"]["state"] == "offline", "a clean stop leaves a retained offline"
+    assert seen["sensegate/gw-test/nodes/rtu-1/status"]["state"] == "online"
+    rtu2 = seen["sensegate/gw-test/nodes/rtu-2/status"]
+    assert (rtu2["state"], rtu2["reason"]) == ("offline", "timeout")
+
+
+async def test_last_will_marks_a_vanished_gateway_offline(tmp_path: Path, broker: Mosquitto) -> None:
+    import json
+    import signal
+    import sys
+
+    import yaml
+
+    from gateway.mqtt import MqttSession, MqttSettings
+
+    make_config(tmp_path / "s")
+    conf = tmp_path / "gw.yaml"
+    conf.write_text(yaml.safe_dump({"gateway": {"id": "gw-will", "state_dir": str(tmp_path / "s")},
+                                    "uplinks": [{"type": "mqtt", "url": broker.url, "keepalive": 5}]}))
+    states: list[str] = []
+    changed = asyncio.Event()
+
+    def on(msg):  # type: ignore[no-untyped-def]
+        states.append(json.loads(msg.payload)["state"])
+        changed.set()
+
+    s = MqttSession(MqttSettings.from_url(broker.url), on_message=on)
+    await s.connect()
+    s.client.subscribe("sensegate/gw-will/status", qos=1)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "-c", str(conf),
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(10):
+            while "online" not in states:
+                changed.clear()
+                await changed.wait()
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        async with asyncio.timeout(20):  # the broker notices the dead socket and publishes the will
+            while states[-1] != "offline":
+                changed.clear()
+                await changed.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await s.close()
+    assert states[-1] == "offline"
