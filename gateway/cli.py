@@ -53,19 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace an existing key")
 
     recv = sub.add_parser("receive", help="reference receiver: verify batches and check completeness")
-    recv.add_argument("--url", required=True, help="mqtt://HOST:PORT[/TOPIC-PREFIX] or mqtts://...")
+    recv.add_argument("--url", required=True, help="mqtt://HOST:PORT[/TOPIC-PREFIX] or mqtts://... to subscribe; "
+                      "coap://HOST:PORT[/PATH], coap+tcp://... or coaps+tcp://... to listen (docs/coap.md)")
     recv.add_argument("--trust", action="append", required=True, help="gateway public key (PEM); repeatable")
     recv.add_argument("--count", type=int, default=0, help="stop after N readings (0: run until interrupted)")
     recv.add_argument("--batches", type=int, default=0, help="stop after N batches")
     recv.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
     recv.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     recv.add_argument("--out", default="-", help="where to write readings as JSON lines ('-' stdout, '' none)")
-    recv.add_argument("--ca", default="", help="CA file for mqtts://")
-    recv.add_argument("--cert", default="", help="client certificate for mutual TLS")
-    recv.add_argument("--key", default="", help="client key for mutual TLS")
+    recv.add_argument("--ca", default="", help="CA file for mqtts:// (coaps+tcp://: CA that signs client certificates)")
+    recv.add_argument("--cert", default="", help="client certificate for mutual TLS (coaps+tcp://: server certificate)")
+    recv.add_argument("--key", default="", help="client key for mutual TLS (coaps+tcp://: server key)")
     recv.add_argument("--username", default="")
     recv.add_argument("--password", default="")
     recv.add_argument("--client-id", default="", help="keep a persistent session under this client id")
+    recv.add_argument("--oscore", default="", help="CoAP: require OSCORE with the security context in this directory")
     recv.add_argument("--blobs", default="", help="save verified blobs (camera images) into this directory")
 
     demo = sub.add_parser("demo", help="simulated devices + local broker + daemon + receiver")
@@ -83,11 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     prov.add_argument("--id", default="", help="the gateway's identity (names its key and topics)")
     prov.add_argument("--site", default=None, help="where the gateway is (street cabinet, pole number)")
     prov.add_argument("--broker", default="", help="MQTT broker URL, mqtts://HOST:8883")
+    prov.add_argument("--state-dir", default="", help="state directory (default: as in the config)")
     prov.add_argument("--ca", default=None, help="the broker's CA certificate (PEM) to install")
     prov.add_argument("--ops-key", action="append", default=[], help="an ops public key (PEM) to trust; repeatable")
     prov.add_argument("--csr", action="store_true", help="make a TLS client key and a CSR for the broker's CA")
     prov.add_argument("--user", default="sensegate", help="the service's user (owns the keys)")
     prov.add_argument("--no-doctor", action="store_true", help="do not run doctor afterwards")
+
+    drv = sub.add_parser("driver", help="driver SDK: scaffold a new driver, check a driver's conventions")
+    drv_sub = drv.add_subparsers(dest="driver_command", metavar="ACTION")
+    drv_sub.required = True
+    new = drv_sub.add_parser("new", help="scaffold a driver from the template (drivers/example)")
+    new.add_argument("name", help="driver name: lower case, digits, underscores (e.g. boiler_meter)")
+    new.add_argument("--out", default=".", help="checkout root (in-tree) or parent folder (--package)")
+    new.add_argument("--package", action="store_true", help="a separately installable package (sensegate-NAME)")
+    drv_check = drv_sub.add_parser("check", help="check driver folders against the conventions")
+    drv_check.add_argument("paths", nargs="+", metavar="PATH", help="driver folder or out-of-tree project folder")
+    drv_check.add_argument("--no-ruff", action="store_true", help="skip ruff's ASYNC rules")
     return p
 
 
@@ -222,6 +236,7 @@ def _provision(args: argparse.Namespace) -> int:
         config=Path(args.config or DEFAULT_CONFIG),
         gateway_id=args.id,
         site=args.site,
+        state_dir=args.state_dir,
         broker=args.broker,
         ca=Path(args.ca) if args.ca else None,
         ops_keys=[Path(k) for k in args.ops_key],
@@ -243,6 +258,23 @@ def _provision(args: argparse.Namespace) -> int:
     findings = run_checks(plan.config, Environment(service_user=args.user))
     print(report(findings, str(plan.config)))
     return EXIT[worst(findings)]
+
+
+@command("driver")
+def _driver(args: argparse.Namespace) -> int:
+    if args.driver_command == "check":
+        from gateway.sdk.checker import main as check_main
+
+        return check_main(args.paths, use_ruff=not args.no_ruff)
+    from gateway.sdk.scaffold import ScaffoldError, scaffold
+
+    try:
+        result = scaffold(args.name, Path(args.out), package=args.package)
+    except ScaffoldError as e:
+        print(f"sensegate driver new: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import stat
 import struct
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -114,7 +114,8 @@ class Environment:
     now: Callable[[], float] = time.time
     connect_timeout: float = 3.0
     expiry_warn_days: float = 30.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    backlog_warn_age: float = BACKLOG_WARN_AGE
+    bluetooth_drivers: frozenset[str] = frozenset({"ble"})
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -312,7 +313,7 @@ def check_devices(cfg: GatewayConfig, env: Environment) -> list[Finding]:
 
 def check_bluetooth(cfg: GatewayConfig, env: Environment) -> Finding | None:
     """`driver: ble` needs an adapter that rfkill does not block."""
-    users = [i.name for i in cfg.instances if i.manifest.name == "ble"]
+    users = [i.name for i in cfg.instances if i.manifest.name in env.bluetooth_drivers]
     if not users:
         return None
     adapters = sorted(env.bluetooth_sysfs.glob("hci*"))
@@ -495,7 +496,7 @@ _CONNACK = {
     2: "rejected the client id",
     3: "is unavailable",
     4: "rejected the user name or password",
-    5: "says this client is not authorised",
+    5: "says this client is not authorised (wrong user name or password, or not allowed by its ACL)",
 }
 
 
@@ -528,6 +529,7 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
         host, port = parts.hostname or "", parts.port or (8883 if tls_on else 1883)
         name = f"broker {up.name}"
         tls = up.tls
+        mark = len(out)  # warnings found on the way replace the final "ok"
         # the client certificate first: it can be checked with no network at all
         if tls is not None and tls.cert_file:
             try:
@@ -645,7 +647,9 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
                 )
             )
             continue
-        out.append(Finding(name, "ok", f"{host}:{port} reachable over verified TLS in {took * 1000:.0f} ms{expiry}"))
+        if len(out) == mark:
+            ms = took * 1000
+            out.append(Finding(name, "ok", f"{host}:{port} reachable over verified TLS in {ms:.0f} ms{expiry}"))
     return out
 
 
@@ -671,7 +675,7 @@ def _verify_failure(
     return Finding(name, "fail", f"TLS verification of {host}:{port} failed: {reason}{detail}", fix)
 
 
-def check_backlog(cfg: GatewayConfig) -> Finding:
+def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
     """Readings waiting in the buffer, and how old the oldest is."""
     from gateway.pipeline import buffer_path
 
@@ -692,7 +696,7 @@ def check_backlog(cfg: GatewayConfig) -> Finding:
         return Finding("buffer", "ok", "empty: everything was delivered")
     a = age or 0.0
     text = f"{waiting} reading(s) waiting, the oldest {_days(a) if a > 7200 else f'{a:.0f} s'} old"
-    if age is not None and age > BACKLOG_WARN_AGE:
+    if age is not None and age > env.backlog_warn_age:
         return Finding(
             "buffer",
             "warn",
@@ -722,7 +726,7 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
     if cfg is not None:
         findings.append(check_disk(cfg, env))
         findings += check_broker(cfg, env)
-        findings.append(check_backlog(cfg))
+        findings.append(check_backlog(cfg, env))
     return findings
 
 

@@ -78,6 +78,7 @@ class Plan:
     config: Path
     gateway_id: str = ""
     site: str | None = None
+    state_dir: str = ""
     broker: str = ""
     ca: Path | None = None
     ops_keys: list[Path] = field(default_factory=list)
@@ -108,7 +109,7 @@ def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
 def set_values(text: str, changes: dict[str, Any]) -> str:
     """Replace scalar values in YAML text, keeping everything else byte for byte.
 
-    ``changes`` keys: ``gateway.id``, ``gateway.site``, ``mqtt.url`` (the first MQTT uplink).
+    ``changes`` keys: ``gateway.<key>`` or ``mqtt.url`` (the first MQTT uplink).
     Each must already be present in the file.
     """
     root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -186,6 +187,8 @@ def write_identity(plan: Plan, registry: Registry, result: Result) -> GatewayCon
         changes["gateway.id"] = plan.gateway_id
     if plan.site is not None:
         changes["gateway.site"] = plan.site
+    if plan.state_dir:
+        changes["gateway.state_dir"] = plan.state_dir
     if plan.broker:
         changes["mqtt.url"] = plan.broker
     text = set_values(original, changes) if changes else original
