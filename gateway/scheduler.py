@@ -43,6 +43,36 @@ class Sink(Protocol):
     def put(self, reading: Reading) -> None: ...
 
 
+class Clock(Protocol):
+    """What the poll loop and the backoff wait on (the injection point for fake time in tests).
+
+    The daemon uses ``LoopClock`` (the event loop's monotonic time). ``gateway.testing.FakeClock``
+    lets a test step time instead. Timeouts (``timeout:``) always run on real loop time.
+    """
+
+    def time(self) -> float: ...
+
+    async def sleep(self, delay: float) -> None: ...
+
+    async def wait(self, event: asyncio.Event, delay: float) -> None:
+        """Return when ``event`` is set or ``delay`` seconds have passed, whichever is first."""
+
+
+class LoopClock:
+    """The real clock: ``loop.time()``, ``asyncio.sleep`` and ``asyncio.timeout``."""
+
+    def time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+
+    async def wait(self, event: asyncio.Event, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await event.wait()
+
+
 class NodeTracker:
     """Online/offline state per node, with each transition logged once and observable."""
 
@@ -130,8 +160,10 @@ class InstanceRunner:
         sink: Sink,
         nodes: NodeTracker,
         backoff: tuple[float, float] = (1.0, 60.0),
+        clock: Clock | None = None,
     ) -> None:
         self.inst = inst
+        self.clock: Clock = clock or LoopClock()
         self.name = inst.name
         self.stats = Stats()
         self.nodes = nodes
@@ -260,7 +292,7 @@ class InstanceRunner:
                     self._set_available(False, _describe(e))
                 await self._close()
                 self.stats.restarts += 1
-                await asyncio.sleep(self._backoff.next())
+                await self.clock.sleep(self._backoff.next())
         finally:
             await self._close()
 
@@ -271,14 +303,14 @@ class InstanceRunner:
 
     async def _poll_loop(self) -> None:
         """Poll on schedule until too many polls in a row fail (then the caller reopens)."""
-        loop = asyncio.get_running_loop()
+        clock = self.clock
         cfg = self.inst.config
         driver = self._driver
         assert driver is not None
         failures = 0
-        next_at = loop.time()
+        next_at = clock.time()
         while True:
-            start = loop.time()
+            start = clock.time()
             try:
                 async with self._lock, asyncio.timeout(cfg.timeout):
                     await driver.poll(self.emit)
@@ -299,7 +331,7 @@ class InstanceRunner:
                 if failures or self._available is not True:
                     self._set_available(True)
                 failures = 0
-            took = loop.time() - start
+            took = clock.time() - start
             s = self.stats
             s.polls += 1
             s.latency_last = took
@@ -307,13 +339,11 @@ class InstanceRunner:
             s.latency_max = max(s.latency_max, took)
             spread = cfg.jitter * cfg.interval
             next_at += cfg.interval + (random.uniform(-spread / 2, spread / 2) if spread else 0.0)
-            now = loop.time()
+            now = clock.time()
             if next_at < now:  # overran: skip missed ticks rather than burst
                 next_at = now
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(next_at - now):
-                    await self._wake.wait()
+            await clock.wait(self._wake, next_at - now)
 
 
 def _describe(e: BaseException) -> str:

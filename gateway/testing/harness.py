@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.config.validate import Instance
 from gateway.driver_api import Manifest
-from gateway.scheduler import InstanceRunner, NodeTracker
+from gateway.scheduler import Clock, InstanceRunner, NodeTracker
 from gateway.sinks import RecordingSink
 
 
@@ -31,13 +31,21 @@ class DriverHarness:
 
 @contextlib.asynccontextmanager
 async def run_driver(
-    manifest: Manifest, gateway_id: str = "gw-test", backoff: tuple[float, float] = (0.05, 0.2), **options: Any
+    manifest: Manifest,
+    gateway_id: str = "gw-test",
+    backoff: tuple[float, float] = (0.05, 0.2),
+    clock: Clock | None = None,
+    **options: Any,
 ) -> AsyncIterator[DriverHarness]:
-    """Start an instance under the real InstanceRunner; stop and close it on exit."""
+    """Start an instance under the real InstanceRunner; stop and close it on exit.
+
+    ``options`` are the instance's YAML options (validated by the driver's schema);
+    ``clock`` (a ``FakeClock``) puts the poll schedule and the restart backoff on fake time.
+    """
     inst = make_instance(manifest, **options)
     sink = RecordingSink()
     nodes = NodeTracker()
-    runner = InstanceRunner(inst, gateway_id, sink, nodes, backoff=backoff)
+    runner = InstanceRunner(inst, gateway_id, sink, nodes, backoff=backoff, clock=clock)
     runner.start()
     try:
         yield DriverHarness(runner, sink, nodes)

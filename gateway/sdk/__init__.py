@@ -1,0 +1,1 @@
+"""The driver SDK: `sensegate driver new` (scaffold) and `sensegate driver check` (checker)."""

@@ -1,0 +1,1 @@
+"""Templates that `sensegate driver new` fills in (package data, shipped with sensegate)."""

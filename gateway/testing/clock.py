@@ -1,0 +1,104 @@
+"""Fake time for the scheduler: a test steps the clock instead of waiting for it.
+
+Pass a ``FakeClock`` to ``run_driver(..., clock=clock)`` (or ``InstanceRunner(clock=...)``):
+the poll schedule and the backoff between restarts then wait on this clock, so a driver
+with ``interval: 1h`` polls exactly when the test calls ``await clock.advance(3600)``.
+Timeouts (``timeout:``) still run on real loop time, and readings are stamped with the
+wall clock, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told; implements ``gateway.scheduler.Clock``."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self._waiters: list[tuple[float, asyncio.Future[None]]] = []
+        self._changed: asyncio.Event | None = None
+
+    # -- the Clock protocol (used by the scheduler) ---------------------------------------
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        fut = self._add(delay)
+        try:
+            await fut
+        finally:
+            self._remove(fut)
+
+    async def wait(self, event: asyncio.Event, delay: float) -> None:
+        fut = self._add(delay)
+        woken = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait((fut, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await woken
+            self._remove(fut)
+
+    # -- for tests ------------------------------------------------------------------------
+
+    @property
+    def sleepers(self) -> int:
+        """How many waits are pending (a polled instance between polls counts one)."""
+        return len(self._waiters)
+
+    @property
+    def next_deadline(self) -> float | None:
+        """When the earliest pending wait ends, or None."""
+        return min((d for d, _ in self._waiters), default=None)
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward and wake every wait that is due, then let them run one turn."""
+        if seconds < 0:
+            raise ValueError("time does not go backwards")
+        self.now += seconds
+        for deadline, fut in list(self._waiters):
+            if deadline <= self.now and not fut.done():
+                fut.set_result(None)
+        await asyncio.sleep(0)
+
+    async def tick(self) -> None:
+        """Advance to the earliest pending deadline (the next poll or retry)."""
+        deadline = self.next_deadline
+        if deadline is None:
+            raise RuntimeError("nothing is waiting on the clock")
+        await self.advance(max(0.0, deadline - self.now))
+
+    async def until_sleeping(self, count: int = 1, within: float = 10.0) -> None:
+        """Wait (in real time, at most ``within`` s) until ``count`` waits are pending: the
+        instance has finished its poll and gone back to sleep."""
+        async with asyncio.timeout(within):
+            while self._pending() < count:
+                self._event().clear()
+                await self._event().wait()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _pending(self) -> int:
+        return sum(1 for _, f in self._waiters if not f.done())
+
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
+
+    def _add(self, delay: float) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if delay <= 0:
+            fut.set_result(None)
+        self._waiters.append((self.now + delay, fut))
+        self._event().set()
+        return fut
+
+    def _remove(self, fut: asyncio.Future[None]) -> None:
+        self._waiters = [(d, f) for d, f in self._waiters if f is not fut]
+        self._event().set()

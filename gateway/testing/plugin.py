@@ -1,0 +1,94 @@
+"""The sensegate pytest plugin (entry point ``pytest11``: loaded wherever sensegate is installed).
+
+Gives any test suite, including an out-of-tree driver's, what sensegate's own tests use:
+
+* ``async def test_...`` runs in a fresh event loop, and fails if it leaves tasks running
+  (skipped for tests marked ``asyncio``/``anyio``, so pytest-asyncio users keep theirs);
+* fixtures: ``run_driver`` / ``driver_harness`` (a driver in the real scheduler with a
+  recording sink), ``fake_clock``, ``recording_sink``, ``pty_pair`` (a serial line on a real
+  pseudo-terminal), ``modbus_sim`` (pymodbus's simulator on loopback or a pty).
+
+Assertion helpers live in ``gateway.testing`` (``assert_reading``, ``wait_reading``,
+``wait_until``). Disable the plugin with ``-p no:sensegate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from gateway.sinks import RecordingSink
+from gateway.testing.clock import FakeClock
+from gateway.testing.devices import SerialPair, serial_pair
+from gateway.testing.devices import modbus_sim as _modbus_sim
+from gateway.testing.harness import run_driver as _run_driver
+
+
+async def _guarded(coro: Any) -> None:
+    await coro
+    me = asyncio.current_task()
+    leftover = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    if leftover:
+        names = ", ".join(t.get_name() for t in leftover)
+        for t in leftover:
+            t.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
+        pytest.fail(f"test left asyncio tasks running: {names}")
+
+
+@pytest.hookimpl()
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run ``async def`` tests in their own event loop (unless another plugin owns them)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    if pyfuncitem.get_closest_marker("asyncio") or pyfuncitem.get_closest_marker("anyio"):
+        return None
+    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    with asyncio.Runner() as runner:
+        runner.run(_guarded(pyfuncitem.obj(**kwargs)))
+    return True
+
+
+@pytest.fixture
+def run_driver() -> Callable[..., Any]:
+    """``async with run_driver(MANIFEST, **options) as h:`` -> ``h.runner``, ``h.sink``, ``h.nodes``."""
+    return _run_driver
+
+
+@pytest.fixture
+def driver_harness() -> Callable[..., Any]:
+    """The same as ``run_driver`` (the name the driver docs use)."""
+    return _run_driver
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    """A clock the test steps: ``run_driver(..., clock=fake_clock)``, ``await fake_clock.tick()``."""
+    return FakeClock()
+
+
+@pytest.fixture
+def recording_sink() -> RecordingSink:
+    """An in-memory sink with ``readings``, ``points()`` and ``await wait_for(n)``."""
+    return RecordingSink()
+
+
+@pytest.fixture
+def pty_pair() -> Iterator[SerialPair]:
+    """A serial line: the driver opens ``pty_pair.path``; the test writes and reads the other end."""
+    pair = serial_pair()
+    try:
+        yield pair
+    finally:
+        pair.close()
+
+
+@pytest.fixture
+def modbus_sim() -> Callable[..., Any]:
+    """``async with modbus_sim([Slave(1)], "tcp") as sim:`` (skips without pymodbus)."""
+    pytest.importorskip("pymodbus", reason="the Modbus simulator needs pymodbus: pip install 'sensegate[modbus]'")
+    return _modbus_sim
