@@ -292,3 +292,74 @@ def test_unit_has_what_the_issue_asks() -> None:
     allowed = " ".join(keys["DeviceAllow"])
     for dev in ("ttyUSB", "ttyAMA", "i2c", "video4linux"):
         assert dev in allowed
+
+
+# -- journald-friendly logging -----------------------------------------------------------------
+
+
+def test_journal_format_under_systemd(tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM set) lines carry <N> priorities and no timestamp of our own."""
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(
+        f"gateway: {{id: gw-j, state_dir: {tmp_path}}}\n"
+        f"uplinks: [{{type: jsonl, path: {tmp_path / 'o.jsonl'}}}]\n"
+        "drivers:\n  - {driver: sim, interval: 1h, points: [{name: t}]}\n"
+        "  - {driver: nosuchdriver}\n"
+    )
+    env = {**os.environ, "JOURNAL_STREAM": "8:12345", "INVOCATION_ID": "0" * 32}
+    res = subprocess.run([str(SENSEGATE), "run", "-c", str(cfg)], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[0].startswith(str(cfg))  # config errors: FILE:LINE:COL, for the journal too
+
+    cfg.write_text(cfg.read_text().replace("  - {driver: nosuchdriver}\n", ""))
+    proc = subprocess.Popen([str(SENSEGATE), "run", "-c", str(cfg)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        head = []
+        while not head or "sensegate started" not in head[-1]:
+            head.append(proc.stderr.readline())
+            assert head[-1], "the daemon exited before it started"
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = [*head, *rest.splitlines()]
+    assert head[-1].startswith("<6>sensegate.daemon: sensegate started: gateway gw-j")
+    assert all(re.match(r"<[0-7]>sensegate\.", ln) for ln in lines if ln.strip()), lines
+    assert not any(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", ln) for ln in lines)  # journald stamps it
+
+
+def test_journal_formatter_levels_and_multiline() -> None:
+    import logging
+
+    from gateway.logs import JournalFormatter
+
+    fmt = JournalFormatter("%(name)s: %(message)s")
+
+    def line(level: int, msg: str) -> str:
+        return fmt.format(logging.LogRecord("sensegate.x", level, __file__, 1, msg, None, None))
+
+    assert line(logging.DEBUG, "d") == "<7>sensegate.x: d"
+    assert line(logging.INFO, "i") == "<6>sensegate.x: i"
+    assert line(logging.WARNING, "w") == "<4>sensegate.x: w"
+    assert line(logging.ERROR, "e") == "<3>sensegate.x: e"
+    assert line(logging.CRITICAL, "c") == "<2>sensegate.x: c"
+    assert line(logging.ERROR, "two\nlines") == "<3>sensegate.x: two\n<3>lines"  # each journal line keeps its level
+
+
+def test_set_level_changes_the_running_level() -> None:
+    import logging
+
+    from gateway.logs import set_level
+
+    log = logging.getLogger("sensegate")
+    before = log.level
+    try:
+        set_level("debug")
+        assert log.isEnabledFor(logging.DEBUG)
+        set_level("warning")
+        assert not log.isEnabledFor(logging.INFO) and log.isEnabledFor(logging.WARNING)
+    finally:
+        log.setLevel(before)
