@@ -3,11 +3,15 @@
 SIGTERM/SIGINT stop cleanly (drivers closed, pending readings flushed). SIGHUP re-reads the
 config file: an invalid file is reported and the running config kept; a valid one restarts
 only the driver instances whose sections changed (see gateway.config.apply).
+
+The file given with -c is also the trust anchor for remote config (gateway.remote): when a
+signed pushed config is current, the daemon boots that one and the file is the fallback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -19,6 +23,8 @@ from gateway.driver_api import Reading
 from gateway.logs import set_level
 from gateway.metrics import MetricsServer, status_line
 from gateway.registry import Registry
+from gateway.remote.agent import RemoteAgent
+from gateway.remote.envelope import Rejected
 from gateway.scheduler import NodeTracker, Supervisor
 from gateway.service import Notifier
 from gateway.sinks import JsonlSink
@@ -77,6 +83,8 @@ class Daemon:
         self.supervisor: Supervisor | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self.apply_lock = asyncio.Lock()  # one apply at a time: SIGHUP, remote push, restart command
+        self.remote: RemoteAgent | None = None
         self.ready = asyncio.Event()
         self.notifier = Notifier()  # sd_notify; a no-op outside systemd
         self.metrics = MetricsServer(self)
@@ -91,7 +99,9 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit status."""
-        cfg = load_config(self.config_path, self.registry)  # ConfigInvalid propagates to the CLI
+        boot = load_config(self.config_path, self.registry)  # ConfigInvalid propagates to the CLI
+        self.remote = RemoteAgent(self, boot, self.config_path, self.registry)
+        cfg = self.remote.boot_config(self._bootstrap_bytes())
         set_level(cfg.config.gateway.log_level)
         loop = asyncio.get_running_loop()
         for sig, handler in (
@@ -128,15 +138,30 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.metrics.close()
+            await self.remote.close()
             await self._shutdown()
             self.notifier.close()
         log.info("sensegate stopped")
         return 0
 
+    def _bootstrap_bytes(self) -> bytes:
+        try:
+            return self.config_path.read_bytes()
+        except OSError:
+            return b""
+
     async def _start(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
-        self.pipeline = build_pipeline(cfg, self.nodes)
-        await self.pipeline.start()
+        pipeline = build_pipeline(cfg, self.nodes)
+        if self.remote is not None:
+            self.remote.attach(pipeline)  # downlink hooks go on before the uplinks connect
+        try:
+            await pipeline.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pipeline.close()
+            raise
+        self.pipeline = pipeline
         self.supervisor = Supervisor(cfg.config.gateway.id, self.pipeline, self.nodes)
         for inst in cfg.instances:
             self.supervisor.start(inst)
@@ -153,17 +178,28 @@ class Daemon:
         """Re-read the config file and apply what changed; keep running on a bad file."""
         try:
             new = load_config(self.config_path, self.registry)
-        except ConfigInvalid as e:
+            if self.remote is not None:
+                new = self.remote.refresh_bootstrap(new, self._bootstrap_bytes())
+        except (ConfigInvalid, Rejected) as e:
             log.error("reload refused, keeping the running config:\n%s", e)
             return False
-        assert self.cfg is not None and self.supervisor is not None
-        p = plan(self.cfg, new)
+        async with self.apply_lock:
+            await self.apply_config(new)
+        return True
+
+    async def apply_config(self, new: GatewayConfig) -> None:
+        """Run ``new``: restart only the instances whose sections changed (or all, with the pipeline)."""
         set_level(new.config.gateway.log_level)
+        if self.cfg is None or self.supervisor is None or self.pipeline is None:
+            await self._shutdown()  # an earlier apply failed half way: start from scratch
+            await self._start(new)
+            return
+        p = plan(self.cfg, new)
         if p.restart_pipeline:
             log.info("reload: gateway, buffer or uplinks changed; restarting the pipeline")
             await self._shutdown()
             await self._start(new)
-            return True
+            return
         for name in p.stop:
             await self.supervisor.stop(name)
         for name in p.start:
@@ -175,4 +211,3 @@ class Daemon:
             len([n for n in p.stop if n not in p.start]),
             len(p.keep),
         )
-        return True

@@ -144,6 +144,42 @@ class MetricsSection(Section):
     )
 
 
+class RemoteSection(Section):
+    """Remote configuration and commands signed by ops keys (docs/remote.md).
+
+    Only the local bootstrap file's section counts: a pushed config may not change it, so a
+    push can never widen who is trusted.
+    """
+
+    ops_keys: list[str] = Field(
+        default_factory=lambda: ["ops-keys"],
+        description="Trusted ops public keys (PEM files, or directories of *.pem), relative to the config "
+        "file's directory; none found means remote config and commands are off.",
+    )
+    groups: list[Annotated[str, Field(pattern=_ID)]] = Field(
+        default_factory=list, description="Fleet groups this gateway belongs to (for group pushes and commands)."
+    )
+    max_document_bytes: ByteSize = Field(
+        default=256 * 1024, ge=1024, le=1024 * 1024, description="Larger pushed documents are refused unread."
+    )
+    uplink_timeout: Duration = Field(
+        default=30.0, gt=0, le=600, description="Health gate: the uplink must be connected this soon after an apply."
+    )
+    driver_timeout: Duration = Field(
+        default=30.0, gt=0, le=600, description="Health gate: restarted driver instances must be running this soon."
+    )
+    require_drivers_running: bool = Field(
+        default=True,
+        description="Health gate: restarted driver instances must reach 'running' (device answers); false: only "
+        "a fatal driver error (bad setup) rolls back.",
+    )
+    history: int = Field(default=3, ge=1, le=50, description="Earlier good configs kept for rollback.")
+    commands: bool = Field(default=True, description="Accept signed commands (writes, snapshots, restarts, ping).")
+    max_command_ttl: Duration = Field(
+        default=3600.0, gt=0, le=7 * 86400, description="Commands expiring further ahead than this are refused."
+    )
+
+
 class Config(Section):
     """A whole gateway config; driver sections are validated separately per driver."""
 
@@ -163,6 +199,9 @@ class Config(Section):
         "list order (the first is the primary); 'all' keeps each batch until every uplink acknowledged it.",
     )
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus metrics endpoint.")
+    remote: RemoteSection = Field(
+        default_factory=RemoteSection, description="Signed remote config and commands (trust anchor: this file)."
+    )
     drivers: list[Any] = Field(
         default_factory=list, description="Driver instances: `driver: <name>` plus that driver's options."
     )

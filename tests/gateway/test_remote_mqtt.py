@@ -1,0 +1,284 @@
+"""Remote config and commands through a real mosquitto and the real daemon (in this loop).
+
+One gateway takes a good push, then a bad driver section, a config that loses the uplink, a
+document signed by an unknown key, an older revision and a truncated document: each ends in
+the right retained status while the data keeps flowing, verified and without a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import yaml
+
+from gateway.daemon import Daemon
+from gateway.keys import init_key, load_private_key
+from gateway.remote import topics
+from gateway.remote.envelope import encode_command, sign
+from gateway.remote.ops import Broker, gateway_status, push_config, send_command
+from hil.devices.modbus_slave import ModbusSim, Slave
+from hil.mosquitto import Mosquitto
+from tests.gateway.helpers import MqttReceiver
+
+SIM = {"driver": "sim", "name": "counter", "interval": "20ms", "jitter": 0,
+       "points": [{"name": "n", "pattern": "counter"}]}
+
+
+def gateway_doc(tmp: Path, gw: str, url: str, drivers: list[dict[str, Any]] | None = None,
+                **extra: Any) -> dict[str, Any]:
+    return {
+        "gateway": {"id": gw, "state_dir": str(tmp / gw)},
+        "uplinks": [{"type": "mqtt", "url": url, "reconnect_max": 1}],
+        "drivers": drivers if drivers is not None else [SIM],
+        **extra,
+    }
+
+
+def bootstrap(tmp: Path, gw: str, url: str, ops_pub: Path, remote_groups: list[str] | None = None,
+              **extra: Any) -> Path:
+    init_key(tmp / gw / "keys")
+    doc = gateway_doc(tmp, gw, url, **extra)
+    groups = ["fleet"] if remote_groups is None else remote_groups
+    doc["remote"] = {"ops_keys": [str(ops_pub)], "groups": groups, "uplink_timeout": "3s",
+                     "driver_timeout": "5s"}
+    path = tmp / f"{gw}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@contextlib.asynccontextmanager
+async def daemon(path: Path) -> AsyncIterator[Daemon]:
+    d = Daemon(path)
+    task = asyncio.create_task(d.run())
+    ready = asyncio.create_task(d.ready.wait())
+    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        ready.cancel()
+        await asyncio.gather(ready, return_exceptions=True)
+        await task
+        raise AssertionError("daemon did not become ready")
+    try:
+        yield d
+    finally:
+        d.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
+async def until(cond: Any, within: float = 20.0) -> None:
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110 -- polling a condition with an overall timeout
+            await asyncio.sleep(0.02)
+
+
+def ops_key(tmp: Path, name: str = "ops") -> tuple[Any, Path]:
+    info = init_key(tmp / "ops", name=name)
+    return load_private_key(info.private_path), info.public_path
+
+
+async def connected(d: Daemon) -> None:
+    await until(lambda: d.pipeline is not None and d.pipeline.uplink.connected)  # type: ignore[attr-defined]
+
+
+async def test_pushes_applied_refused_rolled_back_while_data_keeps_flowing(tmp_path: Path, broker: Mosquitto) -> None:
+    key, pub = ops_key(tmp_path)
+    stranger, _ = ops_key(tmp_path, "stranger")
+    path = bootstrap(tmp_path, "gw-r1", broker.url, pub)
+    b = Broker.from_url(broker.url)
+    rx = MqttReceiver(broker.url, tmp_path / "gw-r1/keys/device.pub.pem")
+
+    async def push(doc: dict[str, Any] | bytes, rev: int, k: Any = key) -> dict[str, Any]:
+        """Sign and push a config, or push a document (bytes) exactly as given."""
+        raw = doc if isinstance(doc, bytes) else None
+        _, answers = await push_config(b, k, yaml.safe_dump(doc).encode() if raw is None else b"", to="gw-r1",
+                                       revision=rev, within=30, raw=raw)
+        assert not answers.timed_out, "no final status"
+        before = len(rx.readings)
+        await rx.wait_readings(before + 5)  # data still flows after every push
+        return answers.by_gateway["gw-r1"]
+
+    async with rx.running(), daemon(path) as d:
+        await connected(d)
+        await rx.wait_readings(5)
+
+        # 1. a good push that changes a driver and the batch section (the pipeline restarts)
+        good = gateway_doc(tmp_path, "gw-r1", broker.url, [SIM, {**SIM, "name": "second"}],
+                           batch={"max_readings": 50})
+        st = await push(good, 10)
+        assert st["state"] == "applied", st
+        assert st["running_revision"] == 10 and st["revision"] == 10 and len(st["config_sha256"]) == 64
+        assert "pipeline" in st["reason"]
+        assert set(d.supervisor.runners) == {"counter", "second"}  # type: ignore[union-attr]
+        applied_hash = st["config_sha256"]
+
+        # 2. a bad driver section: refused before anything is touched
+        bad = gateway_doc(tmp_path, "gw-r1", broker.url, [{**SIM, "intervall": "1s"}])
+        st = await push(bad, 11)
+        assert st["state"] == "rejected" and "unknown key 'intervall'" in st["reason"], st
+        assert st["running_revision"] == 10 and st["config_sha256"] == applied_hash
+
+        # 3. a config whose uplink cannot connect: applied, fails the health gate, rolled back
+        lost = gateway_doc(tmp_path, "gw-r1", "mqtt://127.0.0.1:1")
+        st = await push(lost, 12)
+        assert st["state"] == "rolled_back" and "uplink did not connect" in st["reason"], st
+        assert st["running_revision"] == 10 and st["config_sha256"] == applied_hash
+        assert set(d.supervisor.runners) == {"counter", "second"}  # type: ignore[union-attr]
+
+        # 4. signed by a key this gateway does not trust
+        st = await push(good, 13, stranger)
+        assert st["state"] == "rejected" and "unknown key" in st["reason"], st
+
+        # 5. an older revision (anti-rollback)
+        st = await push(good, 9)
+        assert st["state"] == "rejected" and "not newer" in st["reason"] and "anti-rollback" in st["reason"], st
+
+        # 6. a truncated document
+        whole = sign(key, "config", "gw-r1", yaml.safe_dump(good).encode(), revision=14)
+        st = await push(whole[: len(whole) // 2], 14)
+        assert st["state"] == "rejected" and "truncated" in st["reason"], st
+
+        # 7. unsigned YAML
+        st = await push(yaml.safe_dump(good).encode(), 15)
+        assert st["state"] == "rejected" and "not a signed document" in st["reason"], st
+
+        # 8. a document for another gateway, replayed to this one
+        other = sign(key, "config", "gw-other", yaml.safe_dump(good).encode(), revision=16)
+        st = await push(other, 16)
+        assert st["state"] == "rejected" and "addressed to 'gw-other'" in st["reason"], st
+
+        # the retained status is what `sensegate status` shows
+        seen = await gateway_status(b, ["gw-r1"], within=5)
+        assert seen["gw-r1"]["online"]["state"] == "online"
+        assert seen["gw-r1"]["config"]["running_revision"] == 10
+
+    # a clean stop delivered everything committed: no gap, no break, each reading once
+    db = sqlite3.connect(tmp_path / "gw-r1/buffer.db")
+    next_seq = int(db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()[0])
+    db.close()
+    async with rx.running():
+        await rx.wait_readings(next_seq - 1)
+    s = rx.rx.summary()
+    assert s.gaps == 0 and s.chain_breaks == 0 and s.bad_signatures == 0 and s.malformed == 0
+    assert sorted(r.seq for r in rx.readings) == list(range(1, next_seq)), "nothing lost, nothing twice"
+
+    # the next boot runs the pushed config, kept with its history
+    async with daemon(path) as d:
+        assert set(d.supervisor.runners) == {"counter", "second"}  # type: ignore[union-attr]
+        assert d.remote is not None and d.remote.revision == 10
+
+
+async def test_group_push_reaches_every_gateway_of_the_group(tmp_path: Path, broker: Mosquitto) -> None:
+    key, pub = ops_key(tmp_path)
+    paths = [bootstrap(tmp_path, "gw-a", broker.url, pub), bootstrap(tmp_path, "gw-b", broker.url, pub),
+             bootstrap(tmp_path, "gw-c", broker.url, pub, remote_groups=[])]
+    b = Broker.from_url(broker.url)
+    async with daemon(paths[0]) as a, daemon(paths[1]) as bb, daemon(paths[2]) as c:
+        for d in (a, bb, c):
+            await connected(d)
+        # one document for the whole group: no identity in it, each gateway keeps its own
+        doc = {"uplinks": [{"type": "mqtt", "url": broker.url, "reconnect_max": 1}],
+               "drivers": [SIM, {**SIM, "name": "extra"}]}
+        _, answers = await push_config(b, key, yaml.safe_dump(doc).encode(), group="fleet", expect=2, within=30)
+        assert {gw: st["state"] for gw, st in answers.by_gateway.items()} == {"gw-a": "applied", "gw-b": "applied"}
+        for d, gw in ((a, "gw-a"), (bb, "gw-b")):
+            assert set(d.supervisor.runners) == {"counter", "extra"}  # type: ignore[union-attr]
+            assert d.cfg is not None and d.cfg.config.gateway.id == gw
+            assert d.cfg.config.gateway.state_dir == str(tmp_path / gw)
+        assert set(c.supervisor.runners) == {"counter"}, "gw-c is not in the group"  # type: ignore[union-attr]
+        # a document naming another gateway's identity is refused
+        _, answers = await push_config(b, key, yaml.safe_dump({**doc, "gateway": {"id": "gw-x"}}).encode(),
+                                       to="gw-c", within=30)
+        st = answers.by_gateway["gw-c"]
+        assert st["state"] == "rejected" and "gateway.id cannot be changed remotely" in st["reason"], st
+
+
+async def test_modbus_write_command_reaches_the_device_and_a_replay_is_refused(
+        tmp_path: Path, broker: Mosquitto) -> None:
+    key, pub = ops_key(tmp_path)
+    slave = Slave(1)
+    sim = ModbusSim([slave], transport="tcp")
+    await sim.start()
+    try:
+        modbus = {"driver": "modbus", "name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": sim.port,
+                  "interval": "200ms", "timeout": "2s", "request_timeout": "500ms",
+                  "nodes": [{"id": "meter", "slave": 1, "points": [
+                      {"name": "setpoint", "function": "holding", "address": 5, "type": "u16", "scale": 0.1,
+                       "writable": True, "min": 0, "max": 100},
+                      {"name": "relay", "function": "coils", "address": 0, "writable": True},
+                      {"name": "locked", "function": "holding", "address": 6}]}]}
+        path = bootstrap(tmp_path, "gw-mb", broker.url, pub, drivers=[modbus])
+        b = Broker.from_url(broker.url)
+        async with daemon(path) as d:
+            await connected(d)
+            await until(lambda: d.supervisor.runners["bus"].stats.state == "running")  # type: ignore[union-attr]
+
+            cid, raw, ans = await send_command(b, key, "write", {"instance": "bus", "point": "meter/setpoint",
+                                                                 "value": 21.5}, to="gw-mb")
+            res = ans.by_gateway["gw-mb"]
+            assert res["status"] == "done" and res["result"]["written"] is True, res
+            assert slave.holding[5] == 215
+
+            _, _, ans = await send_command(b, key, "write", {"instance": "bus", "point": "meter/relay",
+                                                             "value": True}, to="gw-mb")
+            assert ans.by_gateway["gw-mb"]["status"] == "done"
+            assert slave.coils[0] is True
+
+            # the very same signed bytes again: a replay
+            slave.holding[5] = 0
+            _, _, ans = await send_command(b, key, "write", {}, to="gw-mb", cmd_id=cid, raw=raw)
+            res = ans.by_gateway["gw-mb"]
+            assert res["status"] == "refused" and "replayed" in res["reason"], res
+            assert slave.holding[5] == 0, "a replay must not reach the device"
+
+            # bounded by the config: above max, and a point not marked writable
+            for args, why in (({"point": "meter/setpoint", "value": 500}, "outside [0.0, 100.0]"),
+                              ({"point": "meter/locked", "value": 1}, "writable")):
+                _, _, ans = await send_command(b, key, "write", {"instance": "bus", **args}, to="gw-mb")
+                res = ans.by_gateway["gw-mb"]
+                assert res["status"] == "refused" and why in res["reason"], res
+
+            # expired, and signed by nobody we trust
+            expired = sign(key, "command", "gw-mb", encode_command("old-1", "ping", {}, time.time() - 5))
+            _, _, ans = await send_command(b, key, "ping", {}, to="gw-mb", cmd_id="old-1", raw=expired)
+            assert ans.by_gateway["gw-mb"]["status"] == "refused" and "expired" in ans.by_gateway["gw-mb"]["reason"]
+            forged = bytearray(sign(key, "command", "gw-mb", encode_command("f-1", "ping", {}, time.time() + 60)))
+            forged[-1] ^= 1
+            _, _, ans = await send_command(b, key, "ping", {}, to="gw-mb", cmd_id="f-1", raw=bytes(forged))
+            assert ans.by_gateway["gw-mb"]["status"] == "refused" and "signature" in ans.by_gateway["gw-mb"]["reason"]
+
+            # ping, re-read, restart, log level
+            _, _, ans = await send_command(b, key, "ping", {}, to="gw-mb")
+            assert ans.by_gateway["gw-mb"]["result"]["pong"] is True
+            polls = d.supervisor.runners["bus"].stats.polls  # type: ignore[union-attr]
+            _, _, ans = await send_command(b, key, "poll", {"instance": "bus"}, to="gw-mb")
+            assert ans.by_gateway["gw-mb"]["status"] == "done"
+            await until(lambda: d.supervisor.runners["bus"].stats.polls > polls)  # type: ignore[union-attr]
+            old_runner = d.supervisor.runners["bus"]  # type: ignore[union-attr]
+            _, _, ans = await send_command(b, key, "restart", {"instance": "bus"}, to="gw-mb")
+            assert ans.by_gateway["gw-mb"]["status"] == "done"
+            assert d.supervisor.runners["bus"] is not old_runner  # type: ignore[union-attr]
+            _, _, ans = await send_command(b, key, "log_level", {"level": "debug"}, to="gw-mb")
+            assert ans.by_gateway["gw-mb"]["result"] == {"log_level": "debug"}
+            _, _, ans = await send_command(b, key, "log_level", {"level": "info"}, to="gw-mb")
+            _, _, ans = await send_command(b, key, "write", {"instance": "nope", "point": "x", "value": 1},
+                                           to="gw-mb")
+            assert ans.by_gateway["gw-mb"]["status"] == "refused"
+        # the replay protection survives a restart
+        async with daemon(path) as d:
+            await connected(d)
+            _, _, ans = await send_command(b, key, "write", {}, to="gw-mb", cmd_id=cid, raw=raw)
+            assert ans.by_gateway["gw-mb"]["status"] == "refused"
+            assert slave.holding[5] == 0
+    finally:
+        await sim.stop()
+
+
+def test_topics_are_single_levels() -> None:
+    assert topics.command_result("p", "gw", "abc") == "p/gw/cmd/res/abc"
+    assert cbor2.loads(encode_command("a", "ping", {}, 5)) == {"id": "a", "op": "ping", "args": {}, "exp": 5}
