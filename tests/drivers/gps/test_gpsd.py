@@ -41,8 +41,10 @@ async def test_gpsd_absent_then_fix_then_lost_fix_then_gone() -> None:
             good = good[0]
             assert good.quality == Quality.GOOD
             # gpsd counts the 4 satellites of the log's GSV as used (uSat); GGA's 8 is not relayed
-            # parked: speed 0 and gpsd leaves the track out (no course when not moving)
-            assert good.value == Location(lat=lat, lon=lon, alt=alt, speed=0.0, course=None, fix=1, sats=4, hdop=0.9)
+            # parked: speed 0; gpsd reports a track of 0 or leaves it out (no course when not moving)
+            v = good.value
+            assert isinstance(v, Location) and v.course in (None, 0.0)
+            assert v == Location(lat=lat, lon=lon, alt=alt, speed=0.0, course=v.course, fix=1, sats=4, hdop=0.9)
             async with asyncio.timeout(20):
                 while not any(r.quality == Quality.UNCERTAIN for r in h.sink.readings):  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
@@ -59,7 +61,8 @@ async def test_gpsd_absent_then_fix_then_lost_fix_then_gone() -> None:
 
 
 def _settled(v: object) -> bool:
-    return isinstance(v, Location) and v.fix > 0 and v.hdop == 0.9 and v.speed is not None
+    # a 3D fix (altitude in), after a SKY of the fix epochs (hdop 0.9), with the RMC speed merged
+    return isinstance(v, Location) and v.fix > 0 and v.alt is not None and v.hdop == 0.9 and v.speed is not None
 
 
 def test_tracker_reads_tpv_and_sky() -> None:
