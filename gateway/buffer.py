@@ -276,8 +276,15 @@ class Buffer:
                 self._wake.set()
 
     async def commit(self) -> None:
-        """Commit pending readings now (one transaction)."""
-        readings, self._pending = self._pending, []
+        """Commit pending readings now: one transaction of at most ``commit_readings`` readings,
+        so acknowledgements and batch signing never wait long behind a huge commit."""
+        limit = self.cfg.commit_readings
+        if len(self._pending) <= limit:
+            readings, self._pending = self._pending, []
+        else:
+            readings = self._pending[:limit]
+            del self._pending[:limit]
+            self._wake.set()  # more to do: the committer comes straight back
         overflow, self._overflow = self._overflow, 0
         try:
             await self._run(self._commit_sync, readings, overflow)
@@ -514,6 +521,10 @@ class Buffer:
         """Record an acknowledgement; once every required uplink has one (or none are required),
         forget the batch and its readings. Returns True when the batch was released."""
         return await self._run(self._ack_sync, batch, uplink, required)
+
+    async def ack_many(self, acks: list[tuple[Batch, str]], required: frozenset[str]) -> list[bool]:
+        """Several acknowledgements in one trip to the database thread."""
+        return await self._run(lambda: [self._ack_sync(b, u, required) for b, u in acks])
 
     def _ack_sync(self, batch: Batch, uplink: str, required: frozenset[str]) -> bool:
         db = self._db

@@ -219,17 +219,22 @@ class BufferedPipeline:
 
     async def _handle_events(self) -> None:
         while self._events:
-            kind, lane, batch, reason = self._events.popleft()
-            lane.inflight.pop(batch.bseq, None)
-            if kind == "reject":
-                log.error("%s refused batch %d as bad (%s); kept in the dead-letter table",
-                          lane.uplink.name, batch.bseq, reason)
-                await self.buffer.dead_letter(batch, lane.uplink.name, reason)
-            released = await self.buffer.ack(batch, lane.uplink.name, self.required)
-            if released and self.mode == "all":
-                for other in self.lanes:  # acknowledged everywhere: nothing left to send
-                    with contextlib.suppress(ValueError):
-                        other.pending.remove(batch.bseq)
+            acks: list[tuple[Batch, str]] = []
+            while self._events:
+                kind, lane, batch, reason = self._events.popleft()
+                lane.inflight.pop(batch.bseq, None)
+                if kind == "reject":
+                    log.error("%s refused batch %d as bad (%s); kept in the dead-letter table",
+                              lane.uplink.name, batch.bseq, reason)
+                    await self.buffer.dead_letter(batch, lane.uplink.name, reason)
+                acks.append((batch, lane.uplink.name))
+            released = await self.buffer.ack_many(acks, self.required)
+            if self.mode == "all":
+                for (batch, _), done in zip(acks, released, strict=True):
+                    if done:  # acknowledged everywhere: nothing left to send
+                        for other in self.lanes:
+                            with contextlib.suppress(ValueError):
+                                other.pending.remove(batch.bseq)
 
     async def _next_new(self) -> Batch | None:
         """Sign the next batch if the policy says it is time."""
