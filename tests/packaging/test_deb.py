@@ -120,12 +120,25 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path, debian_root: Path, 
     assert "[FAIL] signing key: no signing key at /var/lib/sensegate/keys/device.key" in doc.stdout
     assert "fix: sudo sensegate provision --id" in doc.stdout
 
-    # 4. provision against a broker on the host's loopback (the chroot shares the network)
+    # 4. first-boot provisioning from the boot partition, against a broker on the host's
+    #    loopback (the chroot shares the network), then provision by hand again (idempotent)
+    boot = root / "boot" / "firmware" / "sensegate"
+    boot.mkdir(parents=True)
+    (boot / "provision.conf").write_text(
+        f"# from the office\nSENSEGATE_ID=gw-deb-1\nSENSEGATE_SITE='test rig'\r\nSENSEGATE_BROKER={broker.url}\n"
+        "SENSEGATE_CSR=yes\n"
+    )
+    first = sh(root, "/usr/lib/sensegate/sensegate-firstboot")
+    assert "made the device key" in first.stdout, first.stdout + first.stderr
+    assert (boot / "provision.conf.done").exists() and not (boot / "provision.conf").exists()
+    assert (boot / "device.pub.pem").exists() and (boot / "tls.csr").exists()
+    assert "[ ok ] identity: gateway gw-deb-1" in (boot / "provision-report.txt").read_text()
+    assert sh(root, "/usr/lib/sensegate/sensegate-firstboot").returncode == 0  # once only: now a no-op
     prov = sh(
         root, "sensegate", "provision", "--id", "gw-deb-1", "--site", "test rig", "--broker", broker.url, check=False
     )
     assert prov.returncode in (1, 2), prov.stdout + prov.stderr  # doctor's verdict: plain MQTT warns
-    assert "made the device key /var/lib/sensegate/keys/device.key" in prov.stdout
+    assert "kept the existing device key /var/lib/sensegate/keys/device.key" in prov.stdout
     assert "[ ok ] signing key" in prov.stdout and "[ ok ] identity: gateway gw-deb-1" in prov.stdout
     assert "[warn] broker mqtt: 127.0.0.1" in prov.stdout and "without TLS" in prov.stdout
     key = root / "var/lib/sensegate/keys/device.key"
@@ -170,6 +183,7 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path, debian_root: Path, 
 
     # 7. purge: nothing of ours is left
     (root / "tmp" / deb.name).unlink()
+    shutil.rmtree(root / "boot" / "firmware")  # the test's provisioning files, not the package's
     sh(root, "dpkg", "--purge", "sensegate")
     left = files(root) - before
     user_db = {"/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-"}  # useradd's backups
