@@ -92,6 +92,27 @@ def substitute(text: str, name: str, module: str, device_module: str) -> str:
     return re.sub(r"\bexample\b", name, text)
 
 
+def _imports_host_first(text: str, module: str) -> str:
+    """In a separate package ``gateway`` is a third-party import: put it before the package's own."""
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        run_end = i
+        while run_end < len(lines) and re.match(rf"^from ({module}|gateway)[\w.]* import ", lines[run_end]):
+            run_end += 1
+        if run_end == i:
+            out.append(lines[i])
+            i += 1
+            continue
+        run = lines[i:run_end]
+        host = [line for line in run if line.startswith("from gateway")]
+        own = [line for line in run if not line.startswith("from gateway")]
+        out += host + (["\n"] if host and own else []) + own
+        i = run_end
+    return "".join(out)
+
+
 def _render(template: str, **values: str) -> str:
     text = (TEMPLATES / template).read_text(encoding="utf-8")
     for key, value in values.items():
@@ -148,7 +169,9 @@ def scaffold(name: str, out: Path, *, package: bool = False) -> Result:
 
     def sub(text: str) -> str:
         text = substitute(text, name, module, device_module)
-        return text.replace("named in setup.cfg", "named in pyproject.toml") if package else text
+        if not package:
+            return text
+        return _imports_host_first(text.replace("named in setup.cfg", "named in pyproject.toml"), module)
 
     for fname in DRIVER_FILES:
         _write(result, pkg / fname, sub((folder / fname).read_text(encoding="utf-8")))
@@ -162,11 +185,8 @@ def scaffold(name: str, out: Path, *, package: bool = False) -> Result:
         ),
     )
     _write(result, device_file, sub(device.read_text(encoding="utf-8")))
-    _write(
-        result,
-        tests_file,
-        _render("test_driver.py.tmpl", NAME=name, Name=cls, MODULE=module, DEVICE_MODULE=device_module),
-    )
+    tests_text = _render("test_driver.py.tmpl", NAME=name, Name=cls, MODULE=module, DEVICE_MODULE=device_module)
+    _write(result, tests_file, _imports_host_first(tests_text, module) if package else tests_text)
     if package:
         dashed = name.replace("_", "-")
         _write(
