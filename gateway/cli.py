@@ -47,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
     keys_sub.required = True
     init = keys_sub.add_parser("init", help="make a signing key")
-    init.add_argument("--dir", default="/var/lib/sensegate/keys", help="where to write the key")
+    init.add_argument("--dir", default=None, help="where to write the key (default /var/lib/sensegate/keys; "
+                      "with --ops ~/.config/sensegate)")
     init.add_argument("--alg", choices=("ed25519", "es256"), default="ed25519")
     init.add_argument("--name", default="device", help="file name stem (device.key, device.pub.pem)")
     init.add_argument("--force", action="store_true", help="replace an existing key")
+    init.add_argument("--ops", action="store_true", help="make an ops key (signs config pushes and commands)")
 
     recv = sub.add_parser("receive", help="reference receiver: verify batches and check completeness")
     recv.add_argument("--url", required=True, help="mqtt://HOST:PORT[/TOPIC-PREFIX] or mqtts://... to subscribe; "
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     drv_check = drv_sub.add_parser("check", help="check driver folders against the conventions")
     drv_check.add_argument("paths", nargs="+", metavar="PATH", help="driver folder or out-of-tree project folder")
     drv_check.add_argument("--no-ruff", action="store_true", help="skip ruff's ASYNC rules")
+    from gateway.remote.cli import add_parsers as remote_parsers
+
+    remote_parsers(sub)  # config push, command, status
     return p
 
 
@@ -187,9 +192,12 @@ def _drivers(args: argparse.Namespace) -> int:
 @command("keys")
 def _keys(args: argparse.Namespace) -> int:
     from gateway.keys import KeyError_, init_key
+    from gateway.remote.cli import DEFAULT_OPS_DIR
 
+    directory = args.dir or (DEFAULT_OPS_DIR if args.ops else "/var/lib/sensegate/keys")
+    name = "ops" if args.ops and args.name == "device" else args.name
     try:
-        info = init_key(Path(args.dir), alg=args.alg, name=args.name, force=args.force)
+        info = init_key(Path(directory), alg=args.alg, name=name, force=args.force)
     except KeyError_ as e:
         print(f"sensegate keys: {e}", file=sys.stderr)
         return 1
@@ -197,6 +205,8 @@ def _keys(args: argparse.Namespace) -> int:
     print(f"public key:  {info.public_path}")
     print(f"algorithm:   {info.alg}")
     print(f"fingerprint: {info.fingerprint}")
+    if args.ops:
+        print(f"trust it on each gateway: sensegate provision --ops-key {info.public_path}")
     return 0
 
 
@@ -275,6 +285,27 @@ def _driver(args: argparse.Namespace) -> int:
         return 2
     print(result.summary())
     return 0
+
+
+@command("config")
+def _config(args: argparse.Namespace) -> int:
+    from gateway.remote.cli import config_push
+
+    return config_push(args)
+
+
+@command("command")
+def _command(args: argparse.Namespace) -> int:
+    from gateway.remote.cli import command as remote_command
+
+    return remote_command(args)
+
+
+@command("status")
+def _status(args: argparse.Namespace) -> int:
+    from gateway.remote.cli import status
+
+    return status(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,8 +148,10 @@ async def gateway_status(broker: Broker, gateways: list[str], within: float = 2.
         return "progress"
 
     def done(a: Answers) -> bool:
-        return bool(gateways) and all("online" in out.get(g, {}) and "config" in out.get(g, {}) for g in gateways)
+        return bool(gateways) and all("online" in out.get(g, {}) for g in gateways)
 
-    subs = [f"{broker.prefix}/+/status", topics.config_status(broker.prefix, "+")]
+    # config statuses first: the broker sends a subscription's retained messages in order, so once
+    # every online status is in, the retained config statuses are too
+    subs = [topics.config_status(broker.prefix, "+"), f"{broker.prefix}/+/status"]
     await exchange(broker, subs, None, accept, done, within, live_only=False)
     return out
