@@ -7,6 +7,7 @@ a child process; the receiver verifies every batch and the demo ends with its su
 from __future__ import annotations
 
 import argparse
+import base64
 import asyncio
 import contextlib
 import shutil
@@ -23,6 +24,66 @@ from gateway.keys import init_key, load_public_key
 from gateway.mqtt import MqttError, MqttSession, MqttSettings
 from gateway.receiver import Receiver
 from gateway.receiver.cli import format_summary
+
+
+class DemoDevices:
+    """The simulated field devices the demo starts, each only if its driver is installed."""
+
+    def __init__(self) -> None:
+        self.stops: list[Any] = []
+        self.sections: list[dict[str, Any]] = []
+        self.skipped: list[str] = []
+
+    async def start(self) -> None:
+        from gateway.registry import Registry
+
+        installed = Registry.discover().manifests
+        for name, starter in (("modbus", self._modbus), ("gps", self._gps), ("camera", self._camera)):
+            if name not in installed:
+                self.skipped.append(f"{name} (driver not installed)")
+                continue
+            try:
+                await starter()
+            except ImportError as e:
+                self.skipped.append(f"{name} ({e.name} not installed: pip install 'sensegate[{name}]')")
+
+    async def _modbus(self) -> None:
+        from hil.devices.modbus_slave import ModbusSim, energy_meter
+
+        sim = ModbusSim([energy_meter(1)], transport="tcp")
+        await sim.start()
+        self.stops.append(sim.stop)
+        self.sections.append({
+            "driver": "modbus", "name": "meter", "transport": "tcp", "host": "127.0.0.1", "port": sim.port,
+            "interval": "2s", "nodes": [{"id": "meter-1", "slave": 1, "points": [
+                {"name": "voltage_l1", "function": "input", "address": 0, "type": "f32", "unit": "V",
+                 "precision": 1},
+                {"name": "power_total", "function": "input", "address": 12, "type": "f32", "unit": "W",
+                 "precision": 1},
+                {"name": "energy_total", "function": "holding", "address": 0, "type": "u32", "unit": "Wh"},
+            ]}]})
+
+    async def _gps(self) -> None:
+        from hil.devices.nmea_gps import NmeaGps
+
+        gps = NmeaGps(period=1.0)
+        path = await gps.start()
+        self.stops.append(gps.stop)
+        self.sections.append({"driver": "gps", "name": "tracker", "port": path, "interval": "3s"})
+
+    async def _camera(self) -> None:
+        from hil.devices.camera_http import CameraServer
+
+        cam = CameraServer()
+        await cam.start()
+        self.stops.append(cam.stop)
+        self.sections.append({"driver": "camera", "name": "gate_cam", "source": "http", "url": cam.url(),
+                              "interval": "5s"})
+
+    async def stop(self) -> None:
+        for stop in reversed(self.stops):
+            with contextlib.suppress(Exception):
+                await stop()
 
 
 def demo_drivers(example_port: int) -> list[dict[str, Any]]:
@@ -46,6 +107,11 @@ def _fmt(r: Any) -> str:
     v = r.value
     if r.kind == "vd":
         v = f"<{len(v)} bytes>"
+    elif r.kind == "loc":
+        v = v.removeprefix("geo:")
+    elif r.kind == "blob":
+        b64 = v.rsplit(";", 1)[-1]
+        v = f"image {base64.urlsafe_b64decode(b64 + '=' * (-len(b64) % 4)).hex()[:16]}..."
     unit = f" {r.unit}" if r.unit else ""
     return f"  {r.node + '/' + r.point:<28} = {v!s:<12}{unit:<5} seq {r.seq}"
 
@@ -62,15 +128,17 @@ async def run_demo(workdir: Path, seconds: float) -> int:
         print(f"demo: {e}", file=sys.stderr)
         return 2
     device = ExampleDevice(temperature=61.5)
+    field = DemoDevices()
     proc: asyncio.subprocess.Process | None = None
     session: MqttSession | None = None
     try:
         port = await device.start()
+        await field.start()
         info = init_key(workdir / "state" / "keys", force=True)
         config = {
             "gateway": {"id": "demo-gw-1", "site": "sensegate demo", "state_dir": str(workdir / "state")},
             "uplinks": [{"type": "mqtt", "url": broker.url}],
-            "drivers": demo_drivers(port),
+            "drivers": demo_drivers(port) + field.sections,
         }
         cfg_path = workdir / "sensegate.yaml"
         cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -79,6 +147,12 @@ async def run_demo(workdir: Path, seconds: float) -> int:
         rx = Receiver([load_public_key(info.public_path)])
 
         def on_message(msg: Any) -> None:
+            if "/blob/" in msg.topic:
+                sha = msg.topic.rsplit("/", 1)[-1]
+                if rx.feed_blob(sha, bytes(msg.payload)) == "verified":
+                    ctype, data = rx.blobs[sha]
+                    print(f"image {sha[:16]}... {ctype}, {len(data)} bytes: uploaded, SHA-256 verified")
+                return
             res = rx.feed(bytes(msg.payload))
             if res.status != "ok":
                 print(f"  !! batch rejected: {res.status} {res.reason}")
@@ -91,6 +165,9 @@ async def run_demo(workdir: Path, seconds: float) -> int:
                               on_message=on_message)
         await session.connect()
         session.client.subscribe("sensegate/+/batch", qos=1)
+        session.client.subscribe("sensegate/+/blob/+", qos=1)
+        if field.skipped:
+            print("demo: not simulated: " + ", ".join(field.skipped))
         log = open(workdir / "daemon.log", "wb")  # noqa: SIM115, ASYNC230 (kept for the child's lifetime)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "run", "-c", str(cfg_path), stdout=log, stderr=log)
@@ -124,6 +201,7 @@ async def run_demo(workdir: Path, seconds: float) -> int:
         if session is not None:
             await session.close()
         await device.stop()
+        await field.stop()
         await asyncio.to_thread(broker.stop)
 
 

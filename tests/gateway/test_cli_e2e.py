@@ -107,3 +107,5 @@ def test_demo_shows_verified_batches(tmp_path: Path) -> None:
     assert "signature verified" in r.stdout
     assert "OK: complete and verified" in r.stdout
     assert "boiler-room/temperature" in r.stdout
+    assert "meter-1/power_total" in r.stdout, "the simulated Modbus energy meter delivers"
+    assert "SHA-256 verified" in r.stdout, "a camera image arrives with a verified hash"
