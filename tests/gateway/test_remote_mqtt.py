@@ -42,12 +42,12 @@ def gateway_doc(tmp: Path, gw: str, url: str, drivers: list[dict[str, Any]] | No
 
 
 def bootstrap(tmp: Path, gw: str, url: str, ops_pub: Path, remote_groups: list[str] | None = None,
-              **extra: Any) -> Path:
+              driver_timeout: str = "5s", **extra: Any) -> Path:
     init_key(tmp / gw / "keys")
     doc = gateway_doc(tmp, gw, url, **extra)
     groups = ["fleet"] if remote_groups is None else remote_groups
     doc["remote"] = {"ops_keys": [str(ops_pub)], "groups": groups, "uplink_timeout": "3s",
-                     "driver_timeout": "5s"}
+                     "driver_timeout": driver_timeout}
     path = tmp / f"{gw}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -277,6 +277,23 @@ async def test_modbus_write_command_reaches_the_device_and_a_replay_is_refused(
             assert slave.holding[5] == 0
     finally:
         await sim.stop()
+
+
+async def test_a_driver_that_does_not_come_up_is_rolled_back(tmp_path: Path, broker: Mosquitto) -> None:
+    key, pub = ops_key(tmp_path)
+    path = bootstrap(tmp_path, "gw-d", broker.url, pub, driver_timeout="1500ms")
+    b = Broker.from_url(broker.url)
+    dead = {"driver": "modbus", "name": "meter", "transport": "tcp", "host": "127.0.0.1", "port": 1,
+            "interval": "200ms", "timeout": "1s", "request_timeout": "300ms",
+            "nodes": [{"id": "m", "slave": 1, "points": [{"name": "v", "address": 0}]}]}
+    async with daemon(path) as d:
+        await connected(d)
+        doc = {"uplinks": [{"type": "mqtt", "url": broker.url, "reconnect_max": 1}], "drivers": [SIM, dead]}
+        _, answers = await push_config(b, key, yaml.safe_dump(doc).encode(), to="gw-d", within=30)
+        st = answers.by_gateway["gw-d"]
+        assert st["state"] == "rolled_back" and "meter (unavailable" in st["reason"], st
+        assert set(d.supervisor.runners) == {"counter"}  # type: ignore[union-attr]
+        assert d.supervisor.runners["counter"].stats.state == "running"  # type: ignore[union-attr]
 
 
 def test_topics_are_single_levels() -> None:
