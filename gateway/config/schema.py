@@ -130,7 +130,54 @@ class MqttUplink(Section):
     reconnect_max: Duration = Field(default=60.0, ge=1, description="Longest wait between reconnects.")
 
 
-Uplink = Annotated[JsonlUplink | MqttUplink, Field(discriminator="type")]
+class CoapUplink(Section):
+    """CoAP (RFC 7252): a confirmable POST per signed batch, block-wise when large; docs/coap.md."""
+
+    type: Literal["coap"]
+    name: str = Field(default="coap", description="Uplink name, unique in the config.")
+    url: str = Field(
+        pattern=r"^coaps?\+tcp://[^/\s]+/?$|^coap://[^/\s]+/?$",
+        description="Server, as coap://HOST[:PORT] (UDP), coap+tcp://HOST[:PORT] or coaps+tcp://HOST[:PORT] "
+        "(TCP / TLS, RFC 8323). Default port 5683 (5684 for coaps+tcp).",
+    )
+    path: str = Field(
+        default="/sensegate/batch",
+        pattern=r"^(/[^/\s?#]+)+$",
+        description="Uri-Path of the resource batches are POSTed to (content-format 18, COSE_Sign1).",
+    )
+    blob_path: str = Field(
+        default="/sensegate/blob",
+        pattern=r"^(/[^/\s?#]+)+$",
+        description="Blobs (camera images) are PUT to <blob_path>/<sha256 hex>.",
+    )
+    tls: TlsOptions | None = Field(
+        default=None, description="TLS settings for coaps+tcp:// (CA, client certificate); default: system CAs."
+    )
+    oscore: str = Field(
+        default="",
+        description="Directory holding an OSCORE (RFC 8613) security context for this server "
+        "(settings.json + secret.json; the gateway keeps sequence.json there). Empty: no OSCORE.",
+    )
+    timeout: Duration = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="Longest wait for the answer to one POST, every block included; past it the server counts "
+        "as unreachable and the batch is sent again later.",
+    )
+    inflight: int = Field(default=4, ge=1, le=64, description="POSTs in flight at once (each to its own batch).")
+    reconnect_max: Duration = Field(
+        default=60.0, ge=1, description="Longest wait between attempts after a failure (exponential backoff)."
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_tls_scheme(self) -> CoapUplink:
+        if self.tls is not None and not self.url.startswith("coaps+tcp://"):
+            raise ValueError("tls settings only apply to coaps+tcp:// URLs")
+        return self
+
+
+Uplink = Annotated[JsonlUplink | MqttUplink | CoapUplink, Field(discriminator="type")]
 
 
 class MetricsSection(Section):

@@ -44,6 +44,8 @@ def format_summary(s: Summary) -> str:
 class ReceiveRun:
     """One run of the receiver over MQTT (the library part is gateway.receiver.core)."""
 
+    failed = False  # the run could not start (exit status 2)
+
     def __init__(self, args: argparse.Namespace, receiver: Receiver, out: IO[str] | None) -> None:
         self.args = args
         self.rx = receiver
@@ -71,7 +73,7 @@ class ReceiveRun:
             return
         self.on_batch(bytes(msg.payload))
 
-    def on_batch(self, payload: bytes) -> None:
+    def on_batch(self, payload: bytes) -> Feed:
         result: Feed = self.rx.feed(payload)
         if result.status == "ok" and self.out is not None:
             lines = []
@@ -89,6 +91,7 @@ class ReceiveRun:
         a = self.args
         if (a.count and s.readings >= a.count) or (a.batches and s.batches >= a.batches):
             self.done.set()
+        return result
 
     async def run(self) -> None:
         backoff = Backoff(0.5, 10.0)
@@ -111,6 +114,54 @@ class ReceiveRun:
             await session.close()
 
 
+class CoapReceiveRun(ReceiveRun):
+    """The receiver as a CoAP server (coap://, coap+tcp://, coaps+tcp://; OSCORE with --oscore)."""
+
+    def __init__(self, args: argparse.Namespace, receiver: Receiver, out: IO[str] | None) -> None:
+        self.args = args
+        self.rx = receiver
+        self.out = out
+        self.done = asyncio.Event()
+        self.blob_dir = Path(args.blobs) if getattr(args, "blobs", "") else None
+        if self.blob_dir is not None:
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_blob(self, sha_hex: str, payload: bytes) -> str:
+        status: str = self.rx.feed_blob(sha_hex, payload)
+        if status == "verified" and self.blob_dir is not None:
+            ctype, data = self.rx.blobs[sha_hex]
+            ext = {"image/jpeg": ".jpg", "image/png": ".png"}.get(ctype, ".bin")
+            (self.blob_dir / f"{sha_hex}{ext}").write_bytes(data)
+        return status
+
+    async def run(self) -> None:
+        from gateway.coap import CoapError
+        from gateway.receiver.coap import CoapReceiverServer
+
+        a = self.args
+        server = CoapReceiverServer(a.url, self.on_batch, self.rx, on_blob=self.on_blob,
+                                    oscore=getattr(a, "oscore", "") or "", cert_file=a.cert, key_file=a.key,
+                                    ca_file=a.ca)
+        try:
+            await server.start()
+        except CoapError as e:
+            print(f"receive: {e}", file=sys.stderr)
+            self.failed = True
+            self.done.set()
+            return
+        print(f"receive: listening on {server.url}" + (" (OSCORE required)" if server.require_oscore else ""),
+              file=sys.stderr, flush=True)
+        try:
+            await self.done.wait()
+            await asyncio.sleep(0.2)  # let the answer to the last batch leave before the socket closes
+        finally:
+            await server.close()
+
+
+def _is_coap(url: str) -> bool:
+    return url.startswith(("coap://", "coap+tcp://", "coaps+tcp://"))
+
+
 async def _main(args: argparse.Namespace) -> Summary:
     try:
         keys = [load_public_key(Path(p)) for p in args.trust]
@@ -122,7 +173,7 @@ async def _main(args: argparse.Namespace) -> Summary:
         out = sys.stdout
     elif args.out:
         out = open(args.out, "a", encoding="utf-8")  # noqa: SIM115, ASYNC230 (opened once, before any I/O)
-    run = ReceiveRun(args, rx, out)
+    run = (CoapReceiveRun if _is_coap(args.url) else ReceiveRun)(args, rx, out)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, run.done.set)
@@ -141,14 +192,19 @@ async def _main(args: argparse.Namespace) -> Summary:
             loop.remove_signal_handler(sig)
         if out is not None and out is not sys.stdout:
             out.close()
+    if run.failed:
+        raise SystemExit(2)
     return rx.summary()
 
 
 def main(args: argparse.Namespace) -> int:
     """Entry point for `sensegate receive`."""
-    if not args.url.startswith(("mqtt://", "mqtts://")):
-        print("receive: --url must be mqtt://HOST:PORT[/PREFIX] or mqtts://... (CoAP arrives in a later release)",
-              file=sys.stderr)
+    if not args.url.startswith(("mqtt://", "mqtts://")) and not _is_coap(args.url):
+        print("receive: --url must be mqtt://HOST:PORT[/PREFIX], mqtts://..., coap://HOST:PORT[/PATH], "
+              "coap+tcp://... or coaps+tcp://...", file=sys.stderr)
+        return 2
+    if getattr(args, "oscore", "") and not _is_coap(args.url):
+        print("receive: --oscore only applies to coap URLs", file=sys.stderr)
         return 2
     summary = asyncio.run(_main(args))
     if args.json:
