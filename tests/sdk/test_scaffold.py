@@ -13,10 +13,8 @@ no network and takes about two seconds.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,32 +22,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.sdk.scaffold import ScaffoldError, scaffold
-
-ROOT = Path(__file__).parents[2]
-BIN = Path(sys.executable).parent
-
-
-def run(cmd: list[str], cwd: Path, pythonpath: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(map(str, pythonpath))
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=180, check=False)
-
-
-def ok(res: subprocess.CompletedProcess[str]) -> str:
-    assert res.returncode == 0, f"{res.args} exited {res.returncode}\n{res.stdout}\n{res.stderr}"
-    return res.stdout
-
-
-def pip_install_target(project: Path, target: Path) -> None:
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
-    ok(run([*cmd, "--target", str(target), str(project)], cwd=project.parent))
-
-
-def passed(out: str) -> int:
-    m = re.search(r"(\d+) passed", out)
-    assert m and "failed" not in out and "error" not in out.lower().split("passed")[-1], out
-    return int(m[1])
+from tests.sdk.installs import BIN, ROOT, ok, passed, pip_install_target, run
 
 
 def test_package_scaffold_installs_and_its_tests_pass(tmp_path: Path) -> None:
