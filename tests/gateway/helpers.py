@@ -37,6 +37,7 @@ class MqttReceiver:
         self.rx = Receiver([load_public_key(pub)])
         self.readings: list[Any] = []
         self.statuses: list[str] = []
+        self.boots: set[int] = set()  # boot counters seen in verified batch headers
         self.settings = MqttSettings.from_url(url, client_id=client_id, protocol="3.1.1", persistent=True)
         self.changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -46,6 +47,8 @@ class MqttReceiver:
             res = self.rx.feed(bytes(msg.payload))
             self.statuses.append(res.status)
             self.readings.extend(res.readings)
+            if res.status == "ok":
+                self.boots.add(res.header["bo"])
         self.changed.set()
 
     async def _run(self) -> None:
@@ -61,6 +64,13 @@ class MqttReceiver:
                 await s.closed.wait()
             finally:
                 await s.close()
+
+    async def wait_boot(self, boot: int, within: float = 20.0) -> None:
+        """Wait for a verified batch signed during daemon run number ``boot``."""
+        async with asyncio.timeout(within):
+            while boot not in self.boots:
+                self.changed.clear()
+                await self.changed.wait()
 
     async def wait_readings(self, n: int, within: float = 20.0) -> list[Any]:
         async with asyncio.timeout(within):

@@ -45,9 +45,9 @@ async def test_kill_dash_nine_loop_loses_nothing_committed(tmp_path: Path, broke
     rng = random.Random(9)
     rx = MqttReceiver(broker.url, tmp_path / "state/keys/device.pub.pem")
     async with rx.running():
-        for _ in range(KILLS):
+        for run in range(1, KILLS + 1):
             proc = await _daemon(config)
-            await rx.wait_readings(len(rx.readings) + 1)  # it is up and delivering
+            await rx.wait_boot(run)  # this run is up and delivering batches of its own
             await asyncio.sleep(rng.uniform(0.0, 0.5))  # then die at a random point
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
