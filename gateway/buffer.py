@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS acks (
 CREATE TABLE IF NOT EXISTS dead_letters (
     bseq INTEGER PRIMARY KEY, uplink TEXT NOT NULL, reason TEXT NOT NULL, created_ns INTEGER NOT NULL,
     data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blob_drops (sha256 BLOB PRIMARY KEY, reason TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 BLOB PRIMARY KEY, content_type TEXT NOT NULL, created_ns INTEGER NOT NULL, data BLOB NOT NULL)
     WITHOUT ROWID;
@@ -353,6 +354,7 @@ class Buffer:
             doomed.append((sha,))
             total -= size
         db.executemany("DELETE FROM blobs WHERE sha256 = ?", doomed)
+        db.executemany("INSERT OR IGNORE INTO blob_drops VALUES (?, 'blob_store_full')", doomed)
         self.stats.blobs_dropped += len(doomed)
         log.warning("blob store full: dropped %d oldest blob(s) not yet uploaded", len(doomed))
 
@@ -433,7 +435,8 @@ class Buffer:
             "SELECT first_seq, last_seq, reason FROM drops WHERE first_seq < ? ORDER BY first_seq",
             (first if parts else int(meta["next_seq"]),),
         ).fetchall()
-        if not parts and not drop_rows:
+        blob_drops = db.execute("SELECT sha256, reason FROM blob_drops LIMIT 64").fetchall()
+        if not parts and not drop_rows and not blob_drops:
             return None
         if not parts:  # a report of drops only: an empty pack just after the dropped range
             first = int(meta["next_seq"])
@@ -453,6 +456,8 @@ class Buffer:
         }
         if drop_rows:
             header["dr"] = [[a, b, reason] for a, b, reason in drop_rows]
+        if blob_drops:
+            header["bd"] = [[sha, reason] for sha, reason in blob_drops]
         protected = cose.protected_header(key, key_id(key.public_key()), header)
         signature = cose.sign(key, protected, payload)
         data = cose.encode_sign1(protected, payload, signature)
@@ -465,6 +470,7 @@ class Buffer:
                        (bseq, first, last, protected, signature, digest, now))
             if drop_rows:
                 db.execute("DELETE FROM drops WHERE first_seq < ?", (first if parts else int(meta["next_seq"]),))
+            db.executemany("DELETE FROM blob_drops WHERE sha256 = ?", [(sha,) for sha, _ in blob_drops])
             new_upto = max(upto, last, max((r[1] for r in drop_rows), default=0))
             db.executemany("UPDATE meta SET value = ? WHERE key = ?",
                            [(bseq + 1, "next_bseq"), (digest, "last_hash"), (new_upto, "batched_upto")])

@@ -7,8 +7,8 @@ a child process; the receiver verifies every batch and the demo ends with its su
 from __future__ import annotations
 
 import argparse
-import base64
 import asyncio
+import base64
 import contextlib
 import shutil
 import signal

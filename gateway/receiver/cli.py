@@ -35,7 +35,8 @@ def format_summary(s: Summary) -> str:
         f"reordered:      {s.reordered}",
         f"chain breaks:   {s.chain_breaks}",
         f"restarts:       {s.restarts}",
-        f"blobs:          {s.blobs_verified} verified, {s.blobs_unreferenced} not (yet) in a batch, {s.blobs_bad} bad",
+        f"blobs:          {s.blobs_verified} verified, {s.blobs_unreferenced} not (yet) in a batch, {s.blobs_bad} bad, "
+        f"{s.blobs_dropped} declared dropped, {s.blobs_missing} not (yet) received",
         "verdict:        " + ("OK: complete and verified" if s.ok else "PROBLEMS FOUND"),
     ]
     return "\n".join(lines)

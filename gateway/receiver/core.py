@@ -38,6 +38,8 @@ class Summary:
     blobs_verified: int = 0  # complete, hash matches, and named by a verified batch
     blobs_unreferenced: int = 0  # complete and hash matches, but no verified batch names it (yet)
     blobs_bad: int = 0  # chunks that do not add up to the hash in their topic
+    blobs_dropped: int = 0  # blobs the gateway declared dropped (its blob store was full)
+    blobs_missing: int = 0  # named by a verified batch, neither received nor declared dropped
 
     @property
     def ok(self) -> bool:
@@ -123,6 +125,7 @@ class Receiver:
         self._s = Summary()
         self.blobs: dict[str, tuple[str, bytes]] = {}  # sha256 hex -> (content type, bytes), hash checked
         self.referenced: set[str] = set()  # sha256 hex named by verified batches
+        self.blob_drops: set[str] = set()  # sha256 hex the gateway declared dropped
         self._parts: dict[str, dict[int, bytes]] = {}
 
     def feed_blob(self, sha_hex: str, payload: bytes) -> str:
@@ -224,6 +227,8 @@ class Receiver:
                 fresh.append(r)
         st.got.add(first, last)
         st.covered.add(first, last)
+        for sha, _reason in h.get("bd", []):
+            self.blob_drops.add(sha.hex())
         for r in fresh:
             if r.kind == "blob" and isinstance(r.value, str) and r.value.startswith("ni:///sha-256;"):
                 b64 = r.value.removeprefix("ni:///sha-256;")
@@ -253,7 +258,14 @@ class Receiver:
             and 1 <= d[0] <= d[1] and isinstance(d[2], str) for d in dr
         ):
             raise ValueError("bad drop list")
-        return {"gw": gw, "bs": bs, "st": st, "bo": bo, "pv": pv, "sq": list(sq), "dr": [list(d) for d in dr]}
+        bd = p.get("bd", [])
+        if not isinstance(bd, list | tuple) or len(bd) > MAX_DECLARED or not all(
+            isinstance(d, list | tuple) and len(d) == 2 and isinstance(d[0], bytes) and len(d[0]) == 32
+            and isinstance(d[1], str) for d in bd
+        ):
+            raise ValueError("bad blob drop list")
+        return {"gw": gw, "bs": bs, "st": st, "bo": bo, "pv": pv, "sq": list(sq), "dr": [list(d) for d in dr],
+                "bd": [list(d) for d in bd]}
 
     def summary(self) -> Summary:
         """Current totals; gaps are holes in what was received or declared dropped."""
@@ -265,4 +277,6 @@ class Receiver:
         s.gaps = sum(b - a + 1 for a, b in gaps)
         s.blobs_verified = sum(1 for h in self.blobs if h in self.referenced)
         s.blobs_unreferenced = len(self.blobs) - s.blobs_verified
+        s.blobs_dropped = len(self.blob_drops)
+        s.blobs_missing = len(self.referenced - self.blobs.keys() - self.blob_drops)
         return s

@@ -143,3 +143,30 @@ async def test_newer_format_and_foreign_buffers_are_refused(tmp_path: Path) -> N
     with pytest.raises(BufferError_, match="belongs to gateway 'gw-other'"):
         await buf.open()
     await buf.close()
+
+
+async def test_blob_store_bound_drops_oldest_and_declares_it(tmp_path: Path) -> None:
+    import hashlib
+
+    import cbor2
+
+    from gateway.driver_api import Blob
+
+    state = tmp_path / "s"
+    buf, key = _buffer(state, max_blob_bytes="1MiB")
+    await buf.open()
+    images = [bytes([i]) * 700_000 for i in range(3)]
+    for i, img in enumerate(images):
+        buf.put(Reading("gw-test", "image", T0 + i, Blob(img, "image/jpeg")))
+        await buf.commit()
+    assert buf.stats.blobs_dropped == 2
+    rx = Receiver([load_public_key(state / "keys/device.pub.pem")])
+    while (b := await buf.make_batch(key)) is not None:  # type: ignore[arg-type]
+        assert rx.feed(b.data).status == "ok"
+    sha, ctype, data = await buf.next_blob()  # type: ignore[misc]
+    assert data == images[2]
+    assert rx.feed_blob(sha.hex(), cbor2.dumps([0, 1, ctype, data])) == "verified"
+    await buf.close()
+    s = rx.summary()
+    assert (s.blobs_verified, s.blobs_dropped, s.blobs_missing) == (1, 2, 0)
+    assert {hashlib.sha256(images[i]).hexdigest() for i in (0, 1)} == rx.blob_drops
