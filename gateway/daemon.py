@@ -118,6 +118,7 @@ class Daemon:
             self.ready.set()
             self.notifier.ready(status_line(self))
             watchdog = asyncio.create_task(self.notifier.watchdog_loop(lambda: status_line(self)), name="watchdog")
+            health = asyncio.create_task(self._health_loop(), name="health")
             while not self._stop.is_set():
                 stop = asyncio.ensure_future(self._stop.wait())
                 reload = asyncio.ensure_future(self._reload.wait())
@@ -135,6 +136,8 @@ class Daemon:
             self.notifier.stopping()
             if watchdog is not None:
                 watchdog.cancel()
+                health.cancel()
+                await asyncio.gather(watchdog, health, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await self.metrics.close()
@@ -143,6 +146,19 @@ class Daemon:
             self.notifier.close()
         log.info("sensegate stopped")
         return 0
+
+    async def _health_loop(self) -> None:
+        """Publish the health summary on the status topic of each MQTT uplink, periodically."""
+        from gateway.metrics import summary
+
+        while True:
+            interval = self.cfg.config.metrics.status_interval if self.cfg is not None else 60.0
+            if not interval:
+                return
+            await asyncio.sleep(interval)
+            for up in getattr(self.pipeline, "uplinks", []):
+                if hasattr(up, "publish_health"):
+                    up.publish_health(summary(self))
 
     def _bootstrap_bytes(self) -> bytes:
         try:

@@ -189,6 +189,11 @@ class MetricsSection(Section):
         pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$",
         description="HOST:PORT to listen on; keep it on loopback (127.0.0.1 or [::1]), it has no authentication.",
     )
+    status_interval: Duration = Field(
+        default=60.0,
+        ge=0,
+        description="How often the health summary is published (retained) on the MQTT status topic; 0 = never.",
+    )
 
 
 class RemoteSection(Section):

@@ -85,9 +85,16 @@ class MqttUplink:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"uplink:{self.name}")
 
-    def _status(self, state: str) -> bytes:
-        return json.dumps({"state": state, "gateway": self.gateway_id, "boot": self.boot,
-                           "ts": round(time.time(), 3)}).encode()
+    def _status(self, state: str, health: dict[str, Any] | None = None) -> bytes:
+        body: dict[str, Any] = {"state": state, "gateway": self.gateway_id, "boot": self.boot,
+                                "ts": round(time.time(), 3)}
+        if health is not None:
+            body["health"] = health
+        return json.dumps(body, default=str).encode()
+
+    def publish_health(self, health: dict[str, Any]) -> bool:
+        """Refresh the retained online status with the health summary (gateway.metrics.summary)."""
+        return self.publish(self.status, self._status("online", health), retain=True)
 
     async def _run(self) -> None:
         backoff = Backoff(1.0, self.cfg.reconnect_max)
