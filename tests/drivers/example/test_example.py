@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,6 +9,7 @@ from hypothesis import strategies as st
 from drivers.example import MANIFEST
 from drivers.example.protocol import ProtocolError, parse_ack, parse_temperature
 from gateway.testing import run_driver
+from gateway.testing.asserts import wait_until
 from hil.devices.example_device import ExampleDevice
 
 
@@ -22,15 +21,13 @@ async def test_reads_temperature_and_recovers_from_garbage() -> None:
             first = await h.sink.wait_for(1)
             assert (first[0].point, first[0].value, first[0].unit) == ("temperature", -3.5, "Cel")
             dev.garbage = True
-            while h.runner.stats.errors == 0:
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: h.runner.stats.errors > 0)
             assert h.runner.stats.state == "unavailable"
             assert "unexpected reply" in h.runner.stats.last_error
             dev.garbage = False
             dev.temperature = 4.0
             await h.sink.wait_for(1, point="temperature")
-            while not any(r.value == 4.0 for r in h.sink.readings):
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: any(r.value == 4.0 for r in h.sink.readings))
             assert h.runner.stats.state == "running"
     finally:
         await dev.stop()
@@ -41,8 +38,7 @@ async def test_device_absent_then_present() -> None:
 
     port = free_port()
     async with run_driver(MANIFEST, name="t", port=port, interval=0.05, timeout=0.5) as h:
-        while h.runner.stats.restarts < 1:
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: h.runner.stats.restarts >= 1)
         assert "cannot connect" in h.runner.stats.last_error
         dev = ExampleDevice()
         await dev.start(port)
