@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 DEB_OUT ?= dist
 
-.PHONY: help demo test lint typecheck pytest bench deps venv clean deb
+.PHONY: help demo test lint typecheck pytest bench deps venv test-venv clean deb
 
 help:
 	@echo "make demo   - simulated devices + local mosquitto + daemon + receiver, verified batches"
@@ -14,14 +14,23 @@ help:
 	@echo "make bench  - the end-to-end benchmark (figures in bench/results/)"
 	@echo "make deb    - the Debian package (dist/sensegate_*_ARCH.deb); DEB_ARCH=arm64 for a Pi"
 
+# Two stamps: the runtime (for demo/bench/deb) and the test tools, which need Debian headers
+# (dbus-python for python-dbusmock) installed first by hil/system-deps.sh.
 $(BIN)/.installed: setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sensegate needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e '.[all]'
+	@touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
+	@hil/system-deps.sh test
 	$(BIN)/pip install -q -e '.[all,test]'
 	@touch $@
 
 venv: $(BIN)/.installed
+
+test-venv: $(BIN)/.installed-test
 
 deps:
 	@hil/system-deps.sh test
@@ -30,13 +39,13 @@ demo: venv
 	@hil/system-deps.sh demo
 	$(BIN)/sensegate demo
 
-lint: venv
+lint: test-venv
 	$(BIN)/ruff check gateway drivers hil tests bench
 	$(BIN)/mypy
 
 typecheck: lint
 
-pytest: venv deps
+pytest: test-venv deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint pytest
