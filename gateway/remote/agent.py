@@ -97,7 +97,7 @@ class RemoteAgent:
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._uplink_changed = asyncio.Event()
-        self._unsent: dict[str, bytes] = {}  # retained statuses not yet delivered, by topic
+        self._unsent: bytes | None = None  # a status no uplink could take yet
 
     @property
     def enabled(self) -> bool:
@@ -244,29 +244,32 @@ class RemoteAgent:
         return {"running_revision": self.revision, "config_sha256": self.digest,
                 "config_version": cfg.config.config_version if cfg is not None else None}
 
-    def _publish(self, topic_of: Callable[[str], str], body: dict[str, Any], retain: bool) -> None:
+    def _publish(self, topic_of: Callable[[str], str], body: dict[str, Any]) -> bool:
+        """Publish on every connected downlink uplink; False if none took it."""
         payload = json.dumps(body).encode()
+        sent = False
         for up in downlinks(self.host.pipeline):
-            topic = topic_of(up.cfg.topic_prefix)
-            if not up.publish(topic, payload, retain=retain) and retain:
-                self._unsent[topic] = payload  # delivered on the next connect
+            sent = up.publish(topic_of(up.cfg.topic_prefix), payload, retain=topic_of is self._status_topic) or sent
+        return sent
+
+    def _status_topic(self, prefix: str) -> str:
+        return topics.config_status(prefix, self.gateway_id)
 
     def _flush(self, up: Downlink) -> None:
-        for topic, payload in list(self._unsent.items()):
-            if topic.startswith(up.cfg.topic_prefix + "/") and up.publish(topic, payload, retain=True):
-                del self._unsent[topic]
+        """A (re)connected uplink gets the status that could not be published (e.g. at boot)."""
+        if self._unsent is not None and up.publish(self._status_topic(up.cfg.topic_prefix), self._unsent, retain=True):
+            self._unsent = None
 
     def _status(self, state: str, reason: str, revision: int | None) -> None:
         body = {"gateway": self.gateway_id, "state": state, "revision": revision, "reason": reason,
                 **self.info(), "ts": round(time.time(), 3)}
         (log.info if state in ("received", "applied") else log.warning)(
             "config push%s: %s%s", f" revision {revision}" if revision else "", state, f": {reason}" if reason else "")
-        self._unsent = {t: p for t, p in self._unsent.items() if not t.endswith("/config/status")}
-        self._publish(lambda p: topics.config_status(p, self.gateway_id), body, retain=True)
+        self._unsent = None if self._publish(self._status_topic, body) else json.dumps(body).encode()
 
     def _result(self, cmd_id: str, body: dict[str, Any]) -> None:
         body = {"gateway": self.gateway_id, "id": cmd_id, **body, "ts": round(time.time(), 3)}
-        self._publish(lambda p: topics.command_result(p, self.gateway_id, cmd_id), body, retain=False)
+        self._publish(lambda p: topics.command_result(p, self.gateway_id, cmd_id), body)
 
     # -- config pushes ------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from gateway.keys import init_key, load_private_key
-from gateway.remote.ops import Broker, push_config, send_command
+from gateway.remote.ops import Broker, gateway_status, push_config, send_command
 from hil.mosquitto import Mosquitto
 from tests.gateway.helpers import MqttReceiver
 
@@ -69,7 +69,7 @@ async def test_kill_dash_nine_during_apply_always_boots_old_or_new(tmp_path: Pat
     state = tmp_path / "state/remote/state.json"
     rx = MqttReceiver(broker.url, tmp_path / "state/keys/device.pub.pem")
     running: int | None = None
-    outcomes = {"old": 0, "new": 0}
+    outcomes = {"old": 0, "new": 0, "mid-apply": 0}
     async with rx.running():
         proc = await _daemon(config)
         assert await _running_revision(b, key) is None  # the local file
@@ -90,6 +90,10 @@ async def test_kill_dash_nine_during_apply_always_boots_old_or_new(tmp_path: Pat
             assert now == on_disk["current"], "it runs what the store committed"
             assert json.loads(state.read_text())["pending"] is None, "an interrupted apply is settled at boot"
             outcomes["new" if now == rev else "old"] += 1
+            if on_disk.get("pending") is not None:  # cut mid-apply: said so in the retained status
+                st = (await gateway_status(b, ["gw-k"], within=10))["gw-k"]["config"]
+                assert st["state"] == "rolled_back" and "restarted during the apply" in st["reason"], st
+                outcomes["mid-apply"] += 1
             running = now
         proc.send_signal(signal.SIGTERM)  # the last run ends cleanly and flushes
         assert await proc.wait() == 0

@@ -171,6 +171,10 @@ async def test_pushes_applied_refused_rolled_back_while_data_keeps_flowing(tmp_p
     async with daemon(path) as d:
         assert set(d.supervisor.runners) == {"counter", "second"}  # type: ignore[union-attr]
         assert d.remote is not None and d.remote.revision == 10
+        # SIGHUP re-reads the local file (the trust anchor) and keeps the pushed config running
+        assert await d.reload()
+        assert set(d.supervisor.runners) == {"counter", "second"}  # type: ignore[union-attr]
+        assert d.remote.revision == 10
 
 
 async def test_group_push_reaches_every_gateway_of_the_group(tmp_path: Path, broker: Mosquitto) -> None:
