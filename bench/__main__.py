@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         scenarios = {
             "1k_per_s": dict(seconds=args.seconds, repeat=10, interval="20ms", points=2),
-            "max_rate": dict(seconds=args.seconds, repeat=2000, interval="10ms", points=5),
+            "100k_per_s": dict(seconds=args.seconds, repeat=200, interval="10ms", points=5),
+            "150k_per_s": dict(seconds=args.seconds, repeat=300, interval="10ms", points=5),
         }
     results = {}
     with tempfile.TemporaryDirectory(prefix="sensegate-bench-") as tmp:
