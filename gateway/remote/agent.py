@@ -357,8 +357,15 @@ class RemoteAgent:
                     await self._uplink_changed.wait()
         except TimeoutError:
             return f"the uplink did not connect within {s.uplink_timeout:g} s (the gateway would be locked out)"
+        # instances whose sections changed must come up; unchanged ones restarted with the pipeline
+        # must only not fail (a device that was offline before is not the new config's fault)
         names = [i.name for i in new.instances] if p.restart_pipeline else list(p.start)
-        want = ("running",) if s.require_drivers_running else ("running", "unavailable")
+        strict = ("running",) if s.require_drivers_running else ("running", "unavailable")
+        loose = ("running", "unavailable")
+
+        def want(n: str) -> tuple[str, ...]:
+            return strict if n in p.start else loose
+
         try:
             async with asyncio.timeout(s.driver_timeout):
                 while True:
@@ -367,14 +374,14 @@ class RemoteAgent:
                     for r in runners:
                         if r.stats.state == "failed":
                             return f"driver instance {r.name} failed: {r.stats.last_error}"
-                    if len(runners) == len(names) and all(r.stats.state in want for r in runners):
+                    if len(runners) == len(names) and all(r.stats.state in want(r.name) for r in runners):
                         return None
                     await asyncio.sleep(0.1)
         except TimeoutError:
             sup = self.host.supervisor
             late = [f"{n} ({sup.runners[n].stats.state}: {sup.runners[n].stats.last_error or 'no error'})"
                     for n in names if sup is not None and n in sup.runners
-                    and sup.runners[n].stats.state not in want]
+                    and sup.runners[n].stats.state not in want(n)]
             return f"driver instance(s) not up within {s.driver_timeout:g} s: {', '.join(late)}"
 
     # -- commands -----------------------------------------------------------------------
