@@ -244,12 +244,12 @@ class RemoteAgent:
         return {"running_revision": self.revision, "config_sha256": self.digest,
                 "config_version": cfg.config.config_version if cfg is not None else None}
 
-    def _publish(self, topic_of: Callable[[str], str], body: dict[str, Any]) -> bool:
+    def _publish(self, topic_of: Callable[[str], str], body: dict[str, Any], retain: bool) -> bool:
         """Publish on every connected downlink uplink; False if none took it."""
         payload = json.dumps(body).encode()
         sent = False
         for up in downlinks(self.host.pipeline):
-            sent = up.publish(topic_of(up.cfg.topic_prefix), payload, retain=topic_of is self._status_topic) or sent
+            sent = up.publish(topic_of(up.cfg.topic_prefix), payload, retain=retain) or sent
         return sent
 
     def _status_topic(self, prefix: str) -> str:
@@ -265,11 +265,11 @@ class RemoteAgent:
                 **self.info(), "ts": round(time.time(), 3)}
         (log.info if state in ("received", "applied") else log.warning)(
             "config push%s: %s%s", f" revision {revision}" if revision else "", state, f": {reason}" if reason else "")
-        self._unsent = None if self._publish(self._status_topic, body) else json.dumps(body).encode()
+        self._unsent = None if self._publish(self._status_topic, body, retain=True) else json.dumps(body).encode()
 
     def _result(self, cmd_id: str, body: dict[str, Any]) -> None:
         body = {"gateway": self.gateway_id, "id": cmd_id, **body, "ts": round(time.time(), 3)}
-        self._publish(lambda p: topics.command_result(p, self.gateway_id, cmd_id), body)
+        self._publish(lambda p: topics.command_result(p, self.gateway_id, cmd_id), body, retain=False)
 
     # -- config pushes ------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Used by `sensegate config push`, `sensegate command` and `sensegate status`, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -48,11 +49,12 @@ class Answers:
 
 async def exchange(broker: Broker, subscribe: list[str], publish: tuple[str, bytes, bool] | None,
                    accept: Callable[[str, dict[str, Any]], str], done: Callable[[Answers], bool],
-                   within: float, live_only: bool = True) -> Answers:
+                   within: float, live_only: bool = True, tick: float | None = None) -> Answers:
     """Subscribe, publish once, and collect answers until ``done`` or ``within`` seconds.
 
     ``accept(topic, body)`` says what a message is: "final" (an answer), "progress" or "" (ignore).
-    With ``live_only`` retained messages (answers to earlier requests) are skipped.
+    With ``live_only`` retained messages (answers to earlier requests) are skipped; ``tick``
+    re-checks ``done`` at least that often.
     """
     answers = Answers()
     changed = asyncio.Event()
@@ -84,7 +86,9 @@ async def exchange(broker: Broker, subscribe: list[str], publish: tuple[str, byt
             async with asyncio.timeout(within):
                 while not done(answers):
                     changed.clear()
-                    await changed.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(tick):
+                            await changed.wait()
         except TimeoutError:
             answers.timed_out = True
     finally:
@@ -147,11 +151,18 @@ async def gateway_status(broker: Broker, gateways: list[str], within: float = 2.
         entry["config" if t.endswith("/config/status") else "online"] = body
         return "progress"
 
-    def done(a: Answers) -> bool:
-        return bool(gateways) and all("online" in out.get(g, {}) for g in gateways)
+    loop = asyncio.get_running_loop()
+    online_at: list[float] = []
 
-    # config statuses first: the broker sends a subscription's retained messages in order, so once
-    # every online status is in, the retained config statuses are too
+    def done(a: Answers) -> bool:
+        if not gateways or not all("online" in out.get(g, {}) for g in gateways):
+            return False
+        if all("config" in out[g] for g in gateways):
+            return True
+        if not online_at:
+            online_at.append(loop.time())
+        return loop.time() - online_at[0] > 0.5  # a gateway never pushed to has no config status
+
     subs = [topics.config_status(broker.prefix, "+"), f"{broker.prefix}/+/status"]
-    await exchange(broker, subs, None, accept, done, within, live_only=False)
+    await exchange(broker, subs, None, accept, done, within, live_only=False, tick=0.1)
     return out
