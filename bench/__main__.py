@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from gateway.keys import init_key
+from gateway.testing import free_port
 from hil.mosquitto import Mosquitto
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -44,14 +46,21 @@ def _write_bytes(pid: int) -> int:
     return 0
 
 
-def run_scenario(name: str, work: Path, seconds: float, repeat: int, interval: str, points: int) -> dict[str, float]:
-    """Run the daemon for ``seconds`` with a sim load; measure it and what the receiver verified."""
+def run_scenario(name: str, work: Path, seconds: float, repeat: int, interval: str, points: int,
+                 uplink: str = "mqtt") -> dict[str, float]:
+    """Run the daemon for ``seconds`` with a sim load; measure it and what the receiver verified.
+
+    ``uplink``: "mqtt" (through mosquitto), or "coap" / "coap+tcp" (POSTs straight to the receiver
+    over UDP, block-wise, or over TCP)."""
     work.mkdir(parents=True, exist_ok=True)
     with Mosquitto(work / "mqtt", persistence=False) as broker:
         info = init_key(work / "state" / "keys", force=True)
+        kind = socket.SOCK_DGRAM if uplink == "coap" else socket.SOCK_STREAM
+        coap_url = f"{uplink}://127.0.0.1:{free_port(kind)}"
         cfg = {
             "gateway": {"id": f"bench-{name}", "state_dir": str(work / "state")},
-            "uplinks": [{"type": "mqtt", "url": broker.url, "inflight": 16}],
+            "uplinks": [{"type": "mqtt", "url": broker.url, "inflight": 16} if uplink == "mqtt" else
+                        {"type": "coap", "url": coap_url, "inflight": 16, "timeout": "20s", "reconnect_max": "2s"}],
             "drivers": [{"driver": "sim", "name": "load", "interval": interval, "jitter": 0, "timeout": "5s",
                          "repeat": repeat,
                          "points": [{"name": f"p{i}", "unit": "W", "pattern": "counter"} for i in range(points)]}],
@@ -59,7 +68,8 @@ def run_scenario(name: str, work: Path, seconds: float, repeat: int, interval: s
         path = work / "bench.yaml"
         path.write_text(yaml.safe_dump(cfg))
         rx = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "receive", "--url", broker.url, "--trust", str(info.public_path),
+            [sys.executable, "-m", "gateway", "receive", "--url", broker.url if uplink == "mqtt" else coap_url,
+             "--trust", str(info.public_path),
              "--out", "", "--json", "--timeout", str(seconds + 15), "--client-id", "bench-rx"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         time.sleep(0.7)
@@ -103,11 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results/latest.json")
     args = p.parse_args(argv)
     if args.tiny:
-        scenarios = {"tiny": dict(seconds=3.0, repeat=10, interval="50ms", points=2)}
+        scenarios = {"tiny": dict(seconds=3.0, repeat=10, interval="50ms", points=2),
+                     "tiny_coap": dict(seconds=3.0, repeat=10, interval="50ms", points=2, uplink="coap")}
     else:
         scenarios = {
             "1k_per_s": dict(seconds=args.seconds, repeat=10, interval="20ms", points=2),
             "100k_per_s": dict(seconds=args.seconds, repeat=200, interval="10ms", points=5),
+            # the same offered load over CoAP (UDP, block-wise batches) instead of MQTT
+            "100k_coap": dict(seconds=args.seconds, repeat=200, interval="10ms", points=5, uplink="coap"),
+            "100k_ctcp": dict(seconds=args.seconds, repeat=200, interval="10ms", points=5, uplink="coap+tcp"),
             "150k_per_s": dict(seconds=args.seconds, repeat=300, interval="10ms", points=5),
         }
     results = {}
