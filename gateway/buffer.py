@@ -37,6 +37,7 @@ from gateway.keys import PrivateKey, key_id
 FORMAT_VERSION = 1
 GENESIS_HASH = bytes(32)
 SENML_CBOR = 112  # CoAP content-format of application/senml+cbor
+MAX_DECLARED = 64  # drop ranges one batch declares (docs/wire-format.md; receivers refuse more)
 log = logging.getLogger("sensegate.buffer")
 T = TypeVar("T")
 
@@ -435,6 +436,19 @@ class Buffer:
             "SELECT first_seq, last_seq, reason FROM drops WHERE first_seq < ? ORDER BY first_seq",
             (first if parts else int(meta["next_seq"]),),
         ).fetchall()
+        # adjacent ranges with one reason (one per commit of a long episode) go out as one; at most
+        # MAX_DECLARED per batch (a receiver refuses more), the rest in the next batch
+        declared: list[list[Any]] = []
+        taken = 0
+        for a, b, reason in drop_rows:
+            if declared and declared[-1][2] == reason and declared[-1][1] + 1 == a:
+                declared[-1][1] = b
+            elif len(declared) == MAX_DECLARED:
+                break
+            else:
+                declared.append([a, b, reason])
+            taken += 1
+        drop_rows = drop_rows[:taken]
         blob_drops = db.execute("SELECT sha256, reason FROM blob_drops LIMIT 64").fetchall()
         if not parts and not drop_rows and not blob_drops:
             return None
@@ -454,8 +468,8 @@ class Buffer:
             "pv": meta["last_hash"],
             "sq": [first, last],
         }
-        if drop_rows:
-            header["dr"] = [[a, b, reason] for a, b, reason in drop_rows]
+        if declared:
+            header["dr"] = declared
         if blob_drops:
             header["bd"] = [[sha, reason] for sha, reason in blob_drops]
         protected = cose.protected_header(key, key_id(key.public_key()), header)
@@ -469,7 +483,7 @@ class Buffer:
             db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (bseq, first, last, protected, signature, digest, now))
             if drop_rows:
-                db.execute("DELETE FROM drops WHERE first_seq < ?", (first if parts else int(meta["next_seq"]),))
+                db.execute("DELETE FROM drops WHERE first_seq <= ?", (drop_rows[-1][0],))
             db.executemany("DELETE FROM blob_drops WHERE sha256 = ?", [(sha,) for sha, _ in blob_drops])
             new_upto = max(upto, last, max((r[1] for r in drop_rows), default=0))
             db.executemany("UPDATE meta SET value = ? WHERE key = ?",

@@ -170,3 +170,31 @@ async def test_blob_store_bound_drops_oldest_and_declares_it(tmp_path: Path) -> 
     s = rx.summary()
     assert (s.blobs_verified, s.blobs_dropped, s.blobs_missing) == (1, 2, 0)
     assert {hashlib.sha256(images[i]).hexdigest() for i in (0, 1)} == rx.blob_drops
+
+
+async def test_many_drop_ranges_are_merged_and_declared_at_most_64_per_batch(tmp_path: Path) -> None:
+    """A long outage leaves one drop row per commit, and overload leaves separate ranges: a batch
+    declares adjacent ranges as one and never more than a receiver accepts (the rest follow)."""
+    state = tmp_path / "s"
+    buf, key = _buffer(state, max_bytes="1MiB")
+    await buf.open()
+    for round_ in range(150):  # ~15 MiB offered to a 1 MiB buffer: ~140 commits that each drop
+        await _put(buf, 100, start=round_ * 100, size=1000)
+    rows = sqlite3.connect(state / "buffer.db").execute("SELECT COUNT(*) FROM drops").fetchone()[0]
+    assert rows > 64, "the case that used to be refused: more drop rows than one batch may declare"
+    buf._max_pending = 5  # the disk cannot keep up: 200 separate overflow ranges, readings between them
+    for _round in range(200):
+        for i in range(8):
+            buf.put(Reading("gw-test", "n", T0 + i, i))
+        await buf.commit()
+    rx = Receiver([load_public_key(state / "keys/device.pub.pem")])
+    batches = 0
+    while (b := await buf.make_batch(key)) is not None:  # type: ignore[arg-type]
+        assert rx.feed(b.data).status == "ok"
+        await buf.ack(b)
+        batches += 1
+    await buf.close()
+    s = rx.summary()
+    assert s.malformed == 0 and s.gaps == 0
+    assert s.dropped == buf.stats.dropped and s.drop_reasons["overflow"] == 200 * 3
+    assert s.readings + s.dropped == 150 * 100 + 200 * 8
