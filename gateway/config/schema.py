@@ -226,6 +226,12 @@ class RemoteSection(Section):
         "a fatal driver error (bad setup) rolls back.",
     )
     history: int = Field(default=3, ge=1, le=50, description="Earlier good configs kept for rollback.")
+    coap_listen: str = Field(
+        default="",
+        pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$",
+        description="HOST:PORT (UDP) where the gateway accepts signed config pushes by CoAP PUT on "
+        "/sensegate/config and serves its status on /sensegate/config/status; empty: MQTT only.",
+    )
     commands: bool = Field(default=True, description="Accept signed commands (writes, snapshots, restarts, ping).")
     max_command_ttl: Duration = Field(
         default=3600.0, gt=0, le=7 * 86400, description="Commands expiring further ahead than this are refused."

@@ -98,6 +98,7 @@ class RemoteAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._uplink_changed = asyncio.Event()
         self._unsent: bytes | None = None  # a status no uplink could take yet
+        self._coap: Any = None  # CoapConfigServer when remote.coap_listen is set
 
     @property
     def enabled(self) -> bool:
@@ -210,6 +211,20 @@ class RemoteAgent:
             up.on_state = on_state
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="remote-config")
+        if self.settings.coap_listen and self._coap is None:
+            from gateway.remote.coap_resource import CoapConfigServer
+
+            self._coap = CoapConfigServer(self.settings.coap_listen, self._take_coap,
+                                          int(self.settings.max_document_bytes))
+            self._tasks.add(asyncio.create_task(self._coap.start(), name="remote-coap"))
+
+    def _take_coap(self, payload: bytes) -> bool:
+        """A push PUT over CoAP joins the same queue as MQTT pushes; False when it is full."""
+        try:
+            self._queue.put_nowait(("coap:/sensegate/config", payload))
+        except asyncio.QueueFull:
+            return False
+        return True
 
     async def close(self) -> None:
         """Stop taking pushes and commands (an apply in progress is cancelled: pending stays on disk)."""
@@ -220,6 +235,9 @@ class RemoteAgent:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self._coap is not None:
+            await self._coap.close()
+            self._coap = None
 
     def _downlink(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/config/set"):
@@ -266,6 +284,8 @@ class RemoteAgent:
         (log.info if state in ("received", "applied") else log.warning)(
             "config push%s: %s%s", f" revision {revision}" if revision else "", state, f": {reason}" if reason else "")
         self._unsent = None if self._publish(self._status_topic, body, retain=True) else json.dumps(body).encode()
+        if self._coap is not None:
+            self._coap.status.update(json.dumps(body).encode())
 
     def _result(self, cmd_id: str, body: dict[str, Any]) -> None:
         body = {"gateway": self.gateway_id, "id": cmd_id, **body, "ts": round(time.time(), 3)}
