@@ -316,21 +316,29 @@ class BufferedPipeline:
         while True:
             await self._blob_wake.wait()
             self._blob_wake.clear()
-            while True:
-                up: Any = next((u for u in self.uplinks if u.connected and hasattr(u, "send_blob")), None)
-                if up is None:
-                    break
-                blob = await self.buffer.next_blob()
-                if blob is None:
-                    break
-                sha, content_type, data = blob
-                try:
-                    await up.send_blob(sha, content_type, data)
-                except (ConnectionError, TimeoutError) as e:
-                    log.info("blob upload over %s interrupted (%s); will resume", up.name, e)
-                    await asyncio.sleep(1.0)
-                    continue
-                await self.buffer.blob_done(sha)
+            try:
+                await self._upload_blobs()
+            except Exception:  # e.g. disk full when deleting an uploaded blob: it is sent again later
+                log.exception("blob upload error; retrying")
+                await asyncio.sleep(1.0)
+                self._blob_wake.set()
+
+    async def _upload_blobs(self) -> None:
+        while True:
+            up: Any = next((u for u in self.uplinks if u.connected and hasattr(u, "send_blob")), None)
+            if up is None:
+                return
+            blob = await self.buffer.next_blob()
+            if blob is None:
+                return
+            sha, content_type, data = blob
+            try:
+                await up.send_blob(sha, content_type, data)
+            except (ConnectionError, TimeoutError) as e:
+                log.info("blob upload over %s interrupted (%s); will resume", up.name, e)
+                await asyncio.sleep(1.0)
+                continue
+            await self.buffer.blob_done(sha)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -247,12 +247,14 @@ class DiskFull:
         """Write until ENOSPC; returns the bytes taken."""
         n = 0
         chunk = b"\0" * 65536
-        with open(self.filler, "ab") as f:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
             for size in (65536, 4096, 512, 1):
                 with contextlib.suppress(OSError):
                     while True:
-                        n += f.write(chunk[:size])
-                        f.flush()
+                        n += os.write(fd, chunk[:size])
+        finally:
+            os.close(fd)
         return n
 
     def free(self) -> None:

@@ -245,7 +245,7 @@ async def test_broker_outage_ten_minutes_of_readings(rig_spec: RigSpec, rig_repo
         n0, t0 = len(rig.receiver.got), time.monotonic()
         await asyncio.sleep(5.0)  # the rig's nominal rate, measured
         rate = (len(rig.receiver.got) - n0) / (time.monotonic() - t0)
-        target = int(600 * rate)
+        target = int(660 * rate)  # 11 minutes' worth
         outage = BrokerOutage(rig.broker)
         rec = FaultRecord("broker outage, >= 10 min of readings", outage.mechanism).injected()
         await outage.cut()
@@ -290,6 +290,10 @@ async def test_outage_beyond_buffer_bound_declares_drops(rig_spec: RigSpec, rig_
         await faults.until(lambda: rig.buffer_meta()["buffered"] > 0 and produced_now(rig) - start > 150_000,
                            within=120, what="a backlog well past 1 MiB")
         meta = rig.buffer_meta()
+        rig.extra_drivers = []  # the load stops (a push), so the backlog can drain to the end
+        rig.write_config()
+        daemon.reload()
+        await faults.until(lambda: "reload:" in daemon.log_text(), within=WITHIN, what="the reload")
         await outage.heal()
         rec.cleared()
         await wait_drained(rig, within=120)
