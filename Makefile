@@ -3,14 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+RIG ?= sim
+RIG_ARGS ?= --soak-seconds 60
+RIG_OUT ?= out/rig
 DEB_OUT ?= dist
 
-.PHONY: help demo test lint typecheck pytest bench deps venv test-venv clean deb
+.PHONY: help demo test lint typecheck pytest rig bench deps venv test-venv clean deb
 
 help:
 	@echo "make demo   - simulated devices + local mosquitto + daemon + receiver, verified batches"
 	@echo "make test   - the full suite: lint, type check, tests against real services"
 	@echo "make lint   - ruff (with ASYNC rules) and mypy on gateway/"
+	@echo "make rig    - the rig scenarios on RIG=sim (or RIG=hil/rigs/bench-pi.yaml); report in out/rig/"
 	@echo "make bench  - the end-to-end benchmark (figures in bench/results/)"
 	@echo "make deb    - the Debian package (dist/sensegate_*_ARCH.deb); DEB_ARCH=arm64 for a Pi"
 
@@ -48,7 +52,13 @@ typecheck: lint
 pytest: test-venv deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint pytest
+# The reliability suite on a rig (hil/README.md): JUnit XML and summary.md in $(RIG_OUT)/.
+rig: test-venv deps
+	@mkdir -p $(RIG_OUT)
+	$(BIN)/pytest tests/rig --rig $(RIG) --rig-report $(RIG_OUT) --junitxml=$(RIG_OUT)/junit.xml $(RIG_ARGS); \
+	  status=$$?; cat $(RIG_OUT)/summary.md 2>/dev/null; exit $$status
+
+test: lint pytest rig
 
 bench: venv
 	@hil/system-deps.sh demo

@@ -21,6 +21,8 @@ if [ "$what" = test ]; then
     [curl]=curl
     [systemd-analyze]=systemd
     [debootstrap]=debootstrap
+    [ip]=iproute2
+    [faketime]=faketime
   )
 fi
 
