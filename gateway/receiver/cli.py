@@ -55,6 +55,10 @@ class ReceiveRun:
         self.blob_dir = Path(args.blobs) if getattr(args, "blobs", "") else None
         if self.blob_dir is not None:
             self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self._transport_init(args)
+
+    def _transport_init(self, args: argparse.Namespace) -> None:
+        """MQTT: the topic prefix and the session settings."""
         parts = urlsplit(args.url)
         self.prefix = parts.path.strip("/") or "sensegate"
         self.settings = MqttSettings.from_url(
@@ -118,14 +122,8 @@ class ReceiveRun:
 class CoapReceiveRun(ReceiveRun):
     """The receiver as a CoAP server (coap://, coap+tcp://, coaps+tcp://; OSCORE with --oscore)."""
 
-    def __init__(self, args: argparse.Namespace, receiver: Receiver, out: IO[str] | None) -> None:
-        self.args = args
-        self.rx = receiver
-        self.out = out
-        self.done = asyncio.Event()
-        self.blob_dir = Path(args.blobs) if getattr(args, "blobs", "") else None
-        if self.blob_dir is not None:
-            self.blob_dir.mkdir(parents=True, exist_ok=True)
+    def _transport_init(self, args: argparse.Namespace) -> None:
+        """CoAP: the server is set up in run()."""
 
     def on_blob(self, sha_hex: str, payload: bytes) -> str:
         status: str = self.rx.feed_blob(sha_hex, payload)
