@@ -30,11 +30,34 @@ def make_config(state: Path, url: str = "", **sections: Any) -> GatewayConfig:
     return load_config_bytes(yaml.safe_dump(doc).encode(), REGISTRY, "test.yaml")
 
 
+@contextlib.asynccontextmanager
+async def pipeline(cfg: GatewayConfig) -> AsyncIterator[Any]:
+    """A started BufferedPipeline, closed (with its drain) on exit."""
+    from gateway.pipeline import BufferedPipeline
+    from gateway.scheduler import NodeTracker
+
+    p = BufferedPipeline(cfg, NodeTracker())
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def until(cond: Any, within: float = 10.0) -> None:
+    """Poll a condition that no event signals (uplink counters), with an overall limit."""
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 class MqttReceiver:
     """The library receiver subscribed over a real broker, in the test's loop."""
 
-    def __init__(self, url: str, pub: Path, client_id: str = "test-receiver") -> None:
+    def __init__(self, url: str, pub: Path, client_id: str = "test-receiver", blobs: bool = False) -> None:
         self.rx = Receiver([load_public_key(pub)])
+        self.blobs = blobs
+        self.blob_states: dict[str, str] = {}  # sha256 hex -> last feed_blob answer
         self.readings: list[Any] = []
         self.statuses: list[str] = []
         self.boots: set[int] = set()  # boot counters seen in verified batch headers
@@ -43,7 +66,10 @@ class MqttReceiver:
         self._task: asyncio.Task[None] | None = None
 
     def _on(self, msg: Any) -> None:
-        if msg.topic.endswith("/batch"):
+        if "/blob/" in msg.topic:
+            sha = msg.topic.rsplit("/", 1)[-1]
+            self.blob_states[sha] = self.rx.feed_blob(sha, bytes(msg.payload))
+        elif msg.topic.endswith("/batch"):
             res = self.rx.feed(bytes(msg.payload))
             self.statuses.append(res.status)
             self.readings.extend(res.readings)
@@ -60,6 +86,8 @@ class MqttReceiver:
                 await asyncio.sleep(0.2)
                 continue
             s.client.subscribe("sensegate/+/batch", qos=1)
+            if self.blobs:
+                s.client.subscribe("sensegate/+/blob/+", qos=1)
             try:
                 await s.closed.wait()
             finally:

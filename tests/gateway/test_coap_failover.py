@@ -8,8 +8,7 @@ from pathlib import Path
 
 from hil.mosquitto import Mosquitto
 from tests.gateway.coaputil import CoapReceiver, coap_url
-from tests.gateway.helpers import MqttReceiver, make_config
-from tests.gateway.test_mqtt_uplink import until
+from tests.gateway.helpers import MqttReceiver, make_config, until
 from tests.gateway.test_multi_uplink import _produce, running
 
 

@@ -19,9 +19,8 @@ from gateway.driver_api import Reading
 from gateway.keys import init_key
 from gateway.uplinks.coap import CoapUplink
 from tests.gateway.coaputil import CoapReceiver, coap_url
-from tests.gateway.helpers import make_config
+from tests.gateway.helpers import make_config, pipeline
 from tests.gateway.test_batches import READINGS, _batch
-from tests.gateway.test_mqtt_uplink import pipeline
 
 PATH = "/sensegate/batch"
 

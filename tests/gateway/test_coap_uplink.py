@@ -13,9 +13,8 @@ from gateway.coap import write_oscore_pair
 from gateway.driver_api import Reading
 from gateway.pipeline import BufferedPipeline
 from tests.gateway.coaputil import CoapReceiver, coap_url
-from tests.gateway.helpers import make_config
+from tests.gateway.helpers import make_config, pipeline, until
 from tests.gateway.test_batches import READINGS
-from tests.gateway.test_mqtt_uplink import pipeline, until
 from tests.gateway.tlsutil import make_pki
 
 T0 = 1_795_000_000_000_000_000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -13,26 +12,9 @@ from gateway.driver_api import Reading
 from gateway.pipeline import BufferedPipeline
 from gateway.scheduler import NodeTracker
 from hil.mosquitto import Mosquitto
-from tests.gateway.helpers import MqttReceiver, make_config
+from tests.gateway.helpers import MqttReceiver, make_config, pipeline, until
 from tests.gateway.test_batches import READINGS
 from tests.gateway.tlsutil import make_pki
-
-
-async def until(cond, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll a condition that no event signals (uplink counters), with an overall limit."""
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def pipeline(cfg):  # type: ignore[no-untyped-def]
-    p = BufferedPipeline(cfg, NodeTracker())
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def test_every_reading_arrives_exactly_as_produced(tmp_path: Path, broker: Mosquitto) -> None:

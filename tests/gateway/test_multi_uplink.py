@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from pathlib import Path
 
@@ -13,8 +12,8 @@ from gateway.keys import load_private_key
 from gateway.pipeline import BufferedPipeline
 from gateway.scheduler import InstanceRunner, NodeTracker
 from hil.mosquitto import Mosquitto
-from tests.gateway.helpers import MqttReceiver, make_config
-from tests.gateway.test_mqtt_uplink import until
+from tests.gateway.helpers import MqttReceiver, make_config, until
+from tests.gateway.helpers import pipeline as running
 
 T0 = 1_795_000_000_000_000_000
 
@@ -22,16 +21,6 @@ T0 = 1_795_000_000_000_000_000
 def _two(url_a: str, url_b: str) -> list[dict[str, object]]:
     return [{"type": "mqtt", "name": "primary", "url": url_a, "reconnect_max": 1},
             {"type": "mqtt", "name": "backup", "url": url_b, "reconnect_max": 1}]
-
-
-@contextlib.asynccontextmanager
-async def running(cfg):  # type: ignore[no-untyped-def]
-    p = BufferedPipeline(cfg, NodeTracker())
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def _produce(p: BufferedPipeline, start: int, n: int) -> None:
@@ -121,38 +110,7 @@ async def test_camera_image_arrives_with_a_verified_hash(tmp_path: Path, broker:
     cam = CameraServer()
     await cam.start()
     cfg = make_config(tmp_path / "s", broker.url)
-    rx = MqttReceiver(broker.url, tmp_path / "s/keys/device.pub.pem")
-    rx_blobs: dict[str, str] = {}
-
-    def on(msg):  # type: ignore[no-untyped-def]
-        if "/blob/" in msg.topic:
-            rx_blobs[msg.topic.rsplit("/", 1)[-1]] = rx.rx.feed_blob(msg.topic.rsplit("/", 1)[-1], bytes(msg.payload))
-            rx.changed.set()
-        else:
-            MqttReceiver._on(rx, msg)
-
-    rx._on = on  # type: ignore[method-assign]
-    orig_run = rx._run
-
-    async def run_with_blobs() -> None:  # subscribe to blobs as well as batches
-        from gateway.mqtt import MqttSession
-
-        while True:
-            s = MqttSession(rx.settings, on_message=on)
-            try:
-                await s.connect(within=5)
-            except Exception:
-                await asyncio.sleep(0.2)
-                continue
-            s.client.subscribe("sensegate/+/batch", qos=1)
-            s.client.subscribe("sensegate/+/blob/+", qos=1)
-            try:
-                await s.closed.wait()
-            finally:
-                await s.close()
-
-    rx._run = run_with_blobs  # type: ignore[method-assign]
-    assert orig_run is not None
+    rx = MqttReceiver(broker.url, tmp_path / "s/keys/device.pub.pem", blobs=True)
     try:
         async with rx.running():
             await asyncio.sleep(0.3)
@@ -162,10 +120,7 @@ async def test_camera_image_arrives_with_a_verified_hash(tmp_path: Path, broker:
                 runner.start()
                 try:
                     await rx.wait_readings(1)
-                    async with asyncio.timeout(15):
-                        while "verified" not in rx_blobs.values():
-                            rx.changed.clear()
-                            await rx.changed.wait()
+                    await until(lambda: "verified" in rx.blob_states.values(), within=15)
                 finally:
                     await runner.stop()
                 await until(lambda: p.buffer.stats.readings == 0)
@@ -173,7 +128,7 @@ async def test_camera_image_arrives_with_a_verified_hash(tmp_path: Path, broker:
         await cam.stop()
     image = cam.served[0]
     sha = hashlib.sha256(image).hexdigest()
-    assert rx_blobs == {sha: "verified"}
+    assert rx.blob_states == {sha: "verified"}
     assert rx.rx.blobs[sha][1] == image
     s = rx.rx.summary()
     assert (s.blobs_verified, s.blobs_bad) == (1, 0), "the signed reading names the uploaded image"
