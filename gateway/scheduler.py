@@ -136,9 +136,9 @@ class Backoff:
 class _Context:
     """The DriverContext the host hands each instance."""
 
-    def __init__(self, instance: str, nodes: NodeTracker) -> None:
+    def __init__(self, instance: str, logger: logging.Logger, nodes: NodeTracker) -> None:
         self.instance = instance
-        self.log = logging.getLogger(f"sensegate.driver.{instance}")
+        self.log = logger
         self._nodes = nodes
 
     def node_status(self, node: str, online: bool, reason: str = "") -> None:
@@ -168,8 +168,9 @@ class InstanceRunner:
         self.stats = Stats()
         self.nodes = nodes
         self._sink = sink
-        self._log = logging.getLogger(f"sensegate.driver.{inst.name}")
-        self._ctx = _Context(inst.name, nodes)
+        # one name everywhere: the logger is named after the driver, then the instance
+        self._log = logging.getLogger(f"sensegate.driver.{inst.manifest.name}.{inst.name}")
+        self._ctx = _Context(inst.name, self._log, nodes)
         self._backoff = Backoff(*backoff)
         self._lock = asyncio.Lock()  # one call at a time into the driver
         self._driver: Driver | None = None

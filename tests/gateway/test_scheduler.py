@@ -98,7 +98,7 @@ async def test_flaky_device_logs_one_outage_and_one_recovery(td, caplog: pytest.
     async with running((td.FLAKY, opts)) as (sink, (fl,)):
         got = await sink.wait_for(3, point="ok")
     assert [r.value for r in got[:3]] == [3, 4, 5]
-    msgs = [r.getMessage() for r in caplog.records if r.name == "sensegate.driver.fl"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "sensegate.driver.flaky.fl"]
     assert sum("unavailable" in m for m in msgs) == 1
     assert sum("recovered" in m for m in msgs) == 1
     assert fl.stats.errors == 4
