@@ -66,7 +66,8 @@ class DeviceSpec:
     config: dict[str, Any]
     sim: str | None = None  # kind of simulated device (SIMULATORS), None on a bench
     nodes: list[str] = field(default_factory=list)  # node names its readings carry
-    faults: dict[str, str] = field(default_factory=dict)  # bench: shell commands (unplug, plug, noise)
+    faults: dict[str, str] = field(default_factory=dict)  # bench: shell commands (unplug, plug, noise_on, ...)
+    netns: bool = True  # reachable from a network namespace (serial, sysfs, D-Bus); false for TCP/IP devices
 
 
 @dataclass
@@ -108,7 +109,7 @@ def load_rig(name_or_path: str) -> RigSpec:
     for i, d in enumerate(doc["devices"]):
         if not isinstance(d, dict) or not {"name", "driver"} <= set(d):
             raise RigError(f"{path}: device {i} needs 'name' and 'driver'")
-        extra = set(d) - {"name", "driver", "config", "sim", "nodes", "faults"}
+        extra = set(d) - {"name", "driver", "config", "sim", "nodes", "faults", "netns"}
         if extra:
             raise RigError(f"{path}: device {d['name']!r}: unknown keys {sorted(extra)}")
         if d.get("sim") is not None and d["sim"] not in SIMULATORS:
@@ -117,6 +118,7 @@ def load_rig(name_or_path: str) -> RigSpec:
             name=str(d["name"]), driver=str(d["driver"]), config=dict(d.get("config") or {}),
             sim=d.get("sim"), nodes=[str(n) for n in d.get("nodes") or [d["name"]]],
             faults={str(k): str(v) for k, v in (d.get("faults") or {}).items()},
+            netns=bool(d.get("netns", True)),
         ))
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
@@ -164,6 +166,10 @@ class SimDevice:
 
     async def stop(self) -> None:
         await self._stop_ticker()
+
+    def supports(self, fault: str) -> bool:
+        """Whether this device can have ``fault`` ("unplug", "noise") injected."""
+        return True
 
     def unplug(self) -> Any | None:
         raise NotImplementedError
@@ -298,7 +304,7 @@ class _Gps(SimDevice):
         from hil.devices.nmea_gps import NmeaGps
 
         self.dev = NmeaGps(period=0.2)
-        self.env["port"] = await self.dev.start()
+        self.env["path"] = await self.dev.start()
 
     async def stop(self) -> None:
         await self.dev.stop()
@@ -324,7 +330,7 @@ class _Rfid(SimDevice):
         from hil.devices.rfid_rdm6300 import Rdm6300
 
         self.dev = Rdm6300(period=0.1)
-        self.env["port"] = await self.dev.start()
+        self.env["path"] = await self.dev.start()
         self._n = 0
         self._noisy = False
         self._tick(0.5, self._next_tag)
@@ -360,7 +366,7 @@ class _Barcode(SimDevice):
         from hil.devices.barcode_scanner import BarcodeScanner
 
         self.dev = BarcodeScanner(terminator=b"\r\n")
-        self.env["port"] = await self.dev.start()
+        self.env["path"] = await self.dev.start()
         self._noisy = False
         self._tick(0.5, self._scan)
 
@@ -453,6 +459,10 @@ class BenchDevice(SimDevice):
 
     async def start(self) -> None:
         pass
+
+    def supports(self, fault: str) -> bool:
+        need = ("unplug", "plug") if fault == "unplug" else ("noise_on", "noise_off")
+        return all(k in self.spec.faults for k in need)
 
     async def _run(self, what: str) -> None:
         cmd = self.spec.faults.get(what)

@@ -57,7 +57,9 @@ async def test_unplug_and_replug(rig_spec: RigSpec, rig_report: RigReport, resul
         note_skipped(rig, result, rig_report.skipped_devices)
         daemon = await rig.start_daemon()
         await wait_delivering(rig)
-        pluggable = {n: d for n, d in rig.devices.items() if d.spec.driver != "sim"}
+        pluggable = {n: d for n, d in rig.devices.items() if d.spec.driver != "sim" and d.supports("unplug")}
+        for n in set(rig.devices) - set(pluggable) - {"counter"}:
+            result.note(f"{n}: no way to unplug it on this rig (no unplug/plug commands)")
         records = {n: FaultRecord(f"{n} unplugged", f"{d.spec.sim or 'bench command'}: unplug/plug").injected()
                    for n, d in pluggable.items()}
         for dev in pluggable.values():
@@ -87,7 +89,9 @@ async def test_bus_noise(rig_spec: RigSpec, rig_report: RigReport, result: Scena
         note_skipped(rig, result, rig_report.skipped_devices)
         daemon = await rig.start_daemon()
         await wait_delivering(rig)
-        noisy = {n: d for n, d in rig.devices.items() if d.spec.driver != "sim"}
+        noisy = {n: d for n, d in rig.devices.items() if d.spec.driver != "sim" and d.supports("noise")}
+        for n in set(rig.devices) - set(noisy) - {"counter"}:
+            result.note(f"{n}: no way to make noise on it on this rig (no noise_on/noise_off commands)")
         rec = FaultRecord("noise on every device", "garbage/CRC/malformed/hostile per device").injected()
         for dev in noisy.values():
             await faults.noise(dev, True)
@@ -146,14 +150,15 @@ async def test_network_partition(rig_spec: RigSpec, rig_report: RigReport, resul
         part.setup()
     try:
         # inside the namespace the host's loopback servers are out of reach: leave them out
-        names = [d.name for d in rig_spec.devices if d.sim not in ("example", "camera-http")] if part else None
+        names = [d.name for d in rig_spec.devices if d.netns] if part else None
         async with RigRun(rig_spec, tmp_path, devices=names,
                           broker_addresses=[part.host_address] if part else None,
                           uplink_host=part.host_address if part else "127.0.0.1") as rig:
             note_skipped(rig, result, rig_report.skipped_devices)
             if part is not None:
-                result.note("partition by network namespace + veth (link taken down); loopback TCP devices "
-                            "(example, camera) left out: unreachable from inside the namespace")
+                result.note("partition by network namespace + veth (link taken down); TCP/IP devices "
+                            f"({', '.join(d.name for d in rig_spec.devices if not d.netns)}) left out: "
+                            "unreachable from inside the namespace")
             else:
                 result.note(f"partition fell back to stopping the broker's listener: {why_not}")
             daemon = await rig.start_daemon(prefix=part.prefix if part else None)
@@ -192,7 +197,7 @@ async def test_kill9_loop(rig_spec: RigSpec, rig_report: RigReport, result: Scen
     kills = int(pytestconfig.getoption("--rig-kills"))
     rng = random.Random(9)
     # the BLE stack and the camera add seconds to each start; the loop is about the daemon
-    names = [d.name for d in rig_spec.devices if d.sim not in ("ble", "camera-http")]
+    names = [d.name for d in rig_spec.devices if d.driver not in ("ble", "camera")]
     async with RigRun(rig_spec, tmp_path, devices=names) as rig:
         note_skipped(rig, result, rig_report.skipped_devices)
         assert rig.receiver is not None
@@ -316,7 +321,7 @@ async def test_disk_full(rig_spec: RigSpec, rig_report: RigReport, result: Scena
     why_not = DiskFull.available()
     if why_not:
         pytest.skip(f"disk full needs a small mount: {why_not}")
-    names = [d.name for d in rig_spec.devices if d.sim not in ("ble",)]
+    names = [d.name for d in rig_spec.devices if d.driver != "ble"]
     with DiskFull(tmp_path / "state", size="16m") as disk:
         async with RigRun(rig_spec, tmp_path, devices=names) as rig:
             note_skipped(rig, result, rig_report.skipped_devices)
@@ -351,7 +356,7 @@ async def test_clock_jump(rig_spec: RigSpec, rig_report: RigReport, result: Scen
     why_not = ClockJump.available()
     if why_not:
         pytest.skip(why_not)
-    names = [d.name for d in rig_spec.devices if d.sim not in ("ble",)]
+    names = [d.name for d in rig_spec.devices if d.driver != "ble"]
     async with RigRun(rig_spec, tmp_path, devices=names) as rig:
         note_skipped(rig, result, rig_report.skipped_devices)
         assert rig.receiver is not None
