@@ -13,7 +13,8 @@ from gateway.registry import Registry
 from hil.rig import RIGS, RigError, fill, load_rig
 
 # what simulated devices hand out, for validating sim.yaml's placeholders
-DUMMY = {"port": 5020, "path": "/dev/ttyACM0", "device": "/dev/ttyUSB0", "url": "http://127.0.0.1:8080/snapshot.jpg", "base_path": "/tmp/w1"}
+DUMMY = {"port": 5020, "path": "/dev/ttyACM0", "device": "/dev/ttyUSB0",
+         "url": "http://127.0.0.1:8080/snapshot.jpg", "base_path": "/tmp/w1"}
 
 
 @pytest.mark.parametrize("rig_file", sorted(p.name for p in RIGS.glob("*.yaml")))
