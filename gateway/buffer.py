@@ -90,6 +90,7 @@ class Batch:
     data: bytes
     hash: bytes
     created_ns: int
+    nbytes: int = 0  # encoded records it holds (the segments' bytes)
 
     @property
     def count(self) -> int:
@@ -136,6 +137,12 @@ class Buffer:
         self._dropping = False
         self._episode: list[int] = [0, 0, 0]  # count, first, last of the current drop episode
         self._committer: asyncio.Task[None] | None = None
+        self._encoder = senml.RecordEncoder()
+        # acknowledged batches whose rows are deleted with the next write (or within a second):
+        # one transaction fewer per batch; a power cut before that only re-sends (at-least-once)
+        self._released: list[tuple[int, int, int]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._live: set[int] = set()  # batches made or loaded and not yet released
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -146,15 +153,17 @@ class Buffer:
 
     async def close(self) -> None:
         """Commit what is pending, then close the database and its thread."""
-        if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
-            self._committer = None
+        for task in (self._committer, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._committer = self._flusher = None
         try:
             if self._db is not None and (self._pending or self._overflow):
                 await self.commit()
             if self._db is not None:
+                await self._run(self._flush_released_sync)
                 await self._run(self._close_sync)
         finally:
             self._pool.shutdown(wait=True)
@@ -231,11 +240,46 @@ class Buffer:
             self._db = None
 
     def _refresh_stats(self) -> None:
+        """Count what the segments hold (once, at open; then the counters are kept as rows change)."""
         assert self._db is not None
         n, nbytes, oldest = self._db.execute(
             "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), COALESCE(SUM(nbytes), 0), MIN(created_ns) FROM segments"
         ).fetchone()
         self.stats.readings, self.stats.bytes, self.stats.oldest_ns = n, nbytes, oldest or 0
+
+    def _refresh_oldest(self) -> None:
+        """The oldest segment's commit time (an index lookup, not a scan). Segments of released
+        batches not yet deleted count for up to a second: the figure is for metrics and errs old."""
+        assert self._db is not None
+        if self.stats.readings <= 0:
+            self.stats.oldest_ns = 0
+            return
+        row = self._db.execute("SELECT created_ns FROM segments ORDER BY first_seq LIMIT 1").fetchone()
+        self.stats.oldest_ns = row[0] if row else 0
+
+    def _flush_released_sync(self, in_tx: bool = False) -> int:
+        """Delete the rows of released batches (inside the caller's transaction if ``in_tx``, and
+        the caller then drops the first N entries of ``_released`` once it committed); returns N."""
+        db = self._db
+        assert db is not None
+        released = self._released[:]  # the loop thread may append meanwhile
+        if not released:
+            return 0
+        if not in_tx:
+            db.execute("BEGIN")
+        try:
+            db.executemany("DELETE FROM batches WHERE bseq = ?", [(b,) for b, _, _ in released])
+            db.executemany("DELETE FROM segments WHERE first_seq BETWEEN ? AND ?", [(a, b) for _, a, b in released])
+            if not in_tx:
+                db.execute("COMMIT")
+        except BaseException:
+            if not in_tx:
+                db.execute("ROLLBACK")
+            raise
+        if not in_tx:
+            del self._released[: len(released)]
+            self._refresh_oldest()
+        return len(released)
 
     @property
     def boot(self) -> int:
@@ -316,7 +360,7 @@ class Buffer:
                 drops.append(Drop(seq, seq + len(chunk) - 1, "buffer_full"))
                 seq += len(chunk)
                 continue
-            data, n = senml.encode_records(chunk)
+            data, n = senml.encode_records(chunk, self._encoder)
             for r in chunk:
                 if isinstance(r.value, Blob):
                     blobs.append((hashlib.sha256(r.value.data).digest(), r.value.content_type, now, r.value.data))
@@ -324,23 +368,31 @@ class Buffer:
             seq += n
         db.execute("BEGIN")
         try:
+            released = self._flush_released_sync(in_tx=True)
             db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", rows)
             if blobs:
                 db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", blobs)
             if blobs:
                 self._bound_blobs_sync(db)
             added = sum(r[2] for r in rows)
-            drops += self._enforce_bounds_sync(db, self.stats.bytes + added, now)
+            expired, gone_n, gone_b = self._enforce_bounds_sync(db, self.stats.bytes + added, now)
+            drops += expired
             db.executemany("INSERT INTO drops VALUES (?, ?, ?)", [(d.first_seq, d.last_seq, d.reason) for d in drops])
             db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        del self._released[:released]
         meta["next_seq"] = seq
-        self.stats.commits += 1
-        self.stats.committed += sum(r[1] - r[0] + 1 for r in rows)
-        self._refresh_stats()
+        n = sum(r[1] - r[0] + 1 for r in rows)
+        st = self.stats
+        st.commits += 1
+        st.committed += n
+        st.readings += n - gone_n
+        st.bytes += added - gone_b
+        if gone_n or released or not st.oldest_ns:
+            self._refresh_oldest()
         self._note_drops(drops)
 
     def _bound_blobs_sync(self, db: sqlite3.Connection) -> None:
@@ -359,12 +411,17 @@ class Buffer:
         self.stats.blobs_dropped += len(doomed)
         log.warning("blob store full: dropped %d oldest blob(s) not yet uploaded", len(doomed))
 
-    def _enforce_bounds_sync(self, db: sqlite3.Connection, total: int, now: int) -> list[Drop]:
-        """Drop the oldest unbatched segments past max_bytes (drop_oldest) or max_age."""
+    def _enforce_bounds_sync(self, db: sqlite3.Connection, total: int, now: int) -> tuple[list[Drop], int, int]:
+        """Drop the oldest unbatched segments past max_bytes (drop_oldest) or max_age; returns
+        the drops and the readings and bytes they removed."""
         drops: list[Drop] = []
+        if total <= self.cfg.max_bytes and (not self.stats.oldest_ns or self.stats.oldest_ns >= now - int(
+                self.cfg.max_age * 1e9)):
+            return drops, 0, 0  # within bounds (the oldest acknowledged-or-not segment is young enough)
         upto = int(self._meta["batched_upto"])
         cutoff = now - int(self.cfg.max_age * 1e9)
         doomed = []
+        gone_n = gone_b = 0
         for first, last, nbytes, created in db.execute(
             "SELECT first_seq, last_seq, nbytes, created_ns FROM segments WHERE first_seq > ? ORDER BY first_seq",
             (upto,),
@@ -377,13 +434,15 @@ class Buffer:
                 break
             doomed.append(first)
             total -= nbytes
+            gone_n += last - first + 1
+            gone_b += nbytes
             if drops and drops[-1].reason == reason and drops[-1].last_seq + 1 == first:
                 drops[-1] = Drop(drops[-1].first_seq, last, reason)
             else:
                 drops.append(Drop(first, last, reason))
         if doomed:
             db.executemany("DELETE FROM segments WHERE first_seq = ?", [(f,) for f in doomed])
-        return drops
+        return drops, gone_n, gone_b
 
     def _note_drops(self, drops: list[Drop]) -> None:
         """Count drops, and log an episode once when it starts and once when it ends."""
@@ -480,6 +539,7 @@ class Buffer:
         db.execute("PRAGMA synchronous=FULL")  # a batch may leave only once it is on disk
         db.execute("BEGIN")
         try:
+            released = self._flush_released_sync(in_tx=True)
             db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (bseq, first, last, protected, signature, digest, now))
             if drop_rows:
@@ -494,11 +554,15 @@ class Buffer:
             raise
         finally:
             db.execute("PRAGMA synchronous=NORMAL")
+        if released:
+            del self._released[:released]
+            self._refresh_oldest()
         meta.update(next_bseq=bseq + 1, last_hash=digest, batched_upto=new_upto)
         self.stats.batches_created += 1
         self.stats.last_batch_readings = count
         self.stats.last_batch_bytes = len(data)
-        return Batch(bseq, first, last, data, digest, now)
+        self._live.add(bseq)
+        return Batch(bseq, first, last, data, digest, now, nbytes)
 
     async def outbox(self) -> list[tuple[int, set[str]]]:
         """Signed, unacknowledged batches (oldest first) and the uplinks that already took each."""
@@ -525,7 +589,8 @@ class Buffer:
         _, first, last, protected, signature, digest, created = row
         parts = [r[0] for r in db.execute(
             "SELECT data FROM segments WHERE first_seq BETWEEN ? AND ? ORDER BY first_seq", (first, last))]
-        payload = senml.array_header(last - first + 1) + b"".join(parts)
+        body = b"".join(parts)
+        payload = senml.array_header(last - first + 1) + body
         data = cose.encode_sign1(protected, payload, signature)
         if hashlib.sha256(data).digest() != digest:
             log.error("batch %d in the outbox no longer matches its hash (damaged file?); dead-lettered", bseq)
@@ -535,16 +600,54 @@ class Buffer:
             db.execute("DELETE FROM batches WHERE bseq = ?", (bseq,))
             db.execute("COMMIT")
             return None
-        return Batch(bseq, first, last, data, digest, created)
+        self._live.add(bseq)
+        return Batch(bseq, first, last, data, digest, created, len(body))
 
     async def ack(self, batch: Batch, uplink: str = "", required: frozenset[str] = frozenset()) -> bool:
         """Record an acknowledgement; once every required uplink has one (or none are required),
         forget the batch and its readings. Returns True when the batch was released."""
-        return await self._run(self._ack_sync, batch, uplink, required)
+        return (await self.ack_many([(batch, uplink)], required))[0]
 
     async def ack_many(self, acks: list[tuple[Batch, str]], required: frozenset[str]) -> list[bool]:
-        """Several acknowledgements in one trip to the database thread."""
-        return await self._run(lambda: [self._ack_sync(b, u, required) for b, u in acks])
+        """Several acknowledgements in one trip to the database thread.
+
+        Without required uplinks a release needs no transaction of its own: the rows are deleted
+        with the next commit or batch, or within a second when nothing else is written (a power
+        cut before that re-sends the batch after the restart: a duplicate, never a gap)."""
+        if required:
+            return await self._run(lambda: [self._ack_sync(b, u, required) for b, u in acks])
+        out = []
+        for batch, uplink in acks:
+            if batch.bseq not in self._live:  # not made or loaded here, or acknowledged twice: ask the file
+                again = any(bseq == batch.bseq for bseq, _, _ in self._released)
+                out.append(not again and await self._run(self._ack_sync, batch, uplink, required))
+                continue
+            self._live.discard(batch.bseq)
+            self._released.append((batch.bseq, batch.first_seq, batch.last_seq))
+            self._released_stats(batch)
+            out.append(True)
+        if self.stats.readings <= 0:
+            self.stats.oldest_ns = 0
+        if self._released and self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_later(), name="buffer-ack-flush")
+        return out
+
+    async def _flush_later(self) -> None:
+        try:
+            await asyncio.sleep(1.0)
+            if self._released:
+                await self._run(self._flush_released_sync)
+        except sqlite3.Error as e:  # disk full: the next commit or close tries again
+            log.warning("buffer: forgetting acknowledged batches failed (%s); will retry", e)
+        finally:
+            self._flusher = None
+
+    def _released_stats(self, batch: Batch) -> None:
+        st = self.stats
+        st.acked_batches += 1
+        st.acked_readings += max(batch.count, 0)
+        st.readings -= max(batch.count, 0)
+        st.bytes -= batch.nbytes
 
     def _ack_sync(self, batch: Batch, uplink: str, required: frozenset[str]) -> bool:
         db = self._db
@@ -557,17 +660,18 @@ class Buffer:
                 if not required <= have:
                     db.execute("COMMIT")
                     return False
-            db.execute("DELETE FROM batches WHERE bseq = ?", (batch.bseq,))
+            gone = db.execute("DELETE FROM batches WHERE bseq = ?", (batch.bseq,)).rowcount
             db.execute("DELETE FROM acks WHERE bseq = ?", (batch.bseq,))
             db.execute("DELETE FROM segments WHERE first_seq BETWEEN ? AND ?", (batch.first_seq, batch.last_seq))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.stats.acked_batches += 1
-        self.stats.acked_readings += max(batch.count, 0)
-        self._refresh_stats()
-        return True
+        self._live.discard(batch.bseq)
+        if gone:
+            self._released_stats(batch)
+        self._refresh_oldest()
+        return bool(gone) or bool(required)
 
     async def dead_letter(self, batch: Batch, uplink: str, reason: str) -> None:
         """Keep a batch an uplink refused as bad, for inspection (sensegate doctor reports them)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,25 +97,141 @@ def _record(r: Reading) -> dict[Any, Any]:
     return rec
 
 
-def encode_records(readings: Iterable[Reading]) -> tuple[bytes, int]:
+def encode_records(readings: Iterable[Reading], encoder: RecordEncoder | None = None) -> tuple[bytes, int]:
     """CBOR encodings of the readings' records, concatenated (no array header), and the count."""
-    records: list[dict[Any, Any]] = []
-    bt_ns = 0
-    for r in readings:
-        rec = _record(r)
-        ts = r.ts_ns
-        delta = ts - bt_ns
-        if not records or not -_EXACT_LIMIT < delta < _EXACT_LIMIT:
-            bt = ts // NS
-            bt_ns = bt * NS
+    return (encoder or RecordEncoder()).encode(readings)
+
+
+def _head(major: int, n: int) -> bytes:
+    """CBOR head for major type ``major`` and argument ``n`` (0 <= n < 2**64), shortest form."""
+    m = major << 5
+    if n < 24:
+        return bytes((m | n,))
+    if n < 2**8:
+        return bytes((m | 24, n))
+    if n < 2**16:
+        return bytes((m | 25,)) + n.to_bytes(2, "big")
+    if n < 2**32:
+        return bytes((m | 26,)) + n.to_bytes(4, "big")
+    return bytes((m | 27,)) + n.to_bytes(8, "big")
+
+
+def _tstr(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return _head(3, len(b)) + b
+
+
+_F64 = struct.Struct(">Bd").pack
+_F64_VT = struct.Struct(">BBdBBd").pack  # 2: v, 6: t, both float64
+_F64_T = struct.Struct(">BBd").pack  # 6: t
+_U16 = struct.Struct(">BBH").pack
+_U32 = struct.Struct(">BBI").pack
+_KEY_BT = b"\x22"  # label -3 (bt)
+_Q = {1: b"\x61q\x01", 2: b"\x61q\x02"}
+_P3 = b"\x61p\x03"
+_SMALL_INTS = [b"\x02" + bytes((i,)) if i < 24 else b"\x02\x18" + bytes((i,)) for i in range(256)]
+
+
+def _cbor_int(v: int) -> bytes | None:
+    if 0 <= v < 2**64:
+        return _head(0, v)
+    if -(2**64) <= v < 0:
+        return _head(1, -1 - v)
+    return None  # a bignum: leave it to cbor2
+
+
+class RecordEncoder:
+    """Encodes readings to SenML records, byte for byte as ``cbor2.dumps`` of the record maps
+    would, without building a map per reading: the name/unit prefix of each series is encoded
+    once and cached, numbers and times are packed directly. Anything unusual (text, bytes,
+    locations, blobs, bignums, non-finite floats) goes through the general path."""
+
+    MAX_CACHED = 20_000
+
+    def __init__(self) -> None:
+        # (node, point, unit) -> (fields in the prefix, prefix, map head + prefix for the common case)
+        self._prefix: dict[tuple[str, str, str | None], tuple[int, bytes, bytes]] = {}
+
+    def _series(self, key: tuple[str, str, str | None]) -> tuple[int, bytes, bytes]:
+        if len(self._prefix) >= self.MAX_CACHED:
+            self._prefix.clear()
+        node, point, unit = key
+        head = b"\x00" + _tstr(f"{node}/{point}")
+        n = 1
+        if unit:
+            head += b"\x01" + _tstr(unit)
+            n = 2
+        hit = self._prefix[key] = (n, head, bytes((0xA0 | (n + 2),)) + head)
+        return hit
+
+    def encode(self, readings: Iterable[Reading]) -> tuple[bytes, int]:
+        parts: list[bytes] = []
+        append = parts.append
+        cache = self._prefix
+        bt_ns = 0
+        count = 0
+        pack_vt = _F64_VT
+        pack_t = _F64_T
+        f64 = _F64
+        lo, hi = -_EXACT_LIMIT, _EXACT_LIMIT
+        for r in readings:
+            ts = r.ts_ns
             delta = ts - bt_ns
+            if count and lo < delta < hi:
+                bt = None
+            else:
+                bt = ts // NS
+                bt_ns = bt * NS
+                delta = ts - bt_ns
+            count += 1
+            v: Any = r.value
+            tv = type(v)
+            key = (r.node, r.point, r.unit)
+            entry = cache.get(key) or self._series(key)
+            if tv is float and v - v == 0.0:
+                if bt is None and not r.quality and r.path != 3:  # the common case: one pack
+                    append(entry[2] + pack_vt(0x02, 0xFB, v, 0x06, 0xFB, delta / NS))
+                    continue
+                val = b"\x02" + f64(0xFB, v)
+            elif tv is int and -(2**64) <= v < 2**64:
+                if 0 <= v < 256:
+                    val = _SMALL_INTS[v]
+                elif 0 <= v < 65536:
+                    val = _U16(0x02, 0x19, v)
+                elif 0 <= v < 2**32:
+                    val = _U32(0x02, 0x1A, v)
+                else:
+                    val = b"\x02" + (_head(0, v) if v >= 0 else _head(1, -1 - v))
+            elif tv is bool:
+                val = b"\x04\xf5" if v else b"\x04\xf4"
+            else:
+                append(self._general(r, bt, delta))
+                continue
+            if bt is None and not r.quality and r.path != 3:
+                append(entry[2] + val + pack_t(0x06, 0xFB, delta / NS))
+                continue
+            n = entry[0] + 2  # value and t
+            tail = b""
+            q = r.quality
+            if q:
+                tail = _Q.get(int(q)) or (b"\x61q" + cbor2.dumps(int(q)))
+                n += 1
+            if r.path == 3:
+                tail += _P3
+                n += 1
+            if bt is not None:
+                tail += _KEY_BT + (_cbor_int(bt) or cbor2.dumps(bt))
+                n += 1
+            append(bytes((0xA0 | n,)) + entry[1] + val + tail + pack_t(0x06, 0xFB, delta / NS))
+        return b"".join(parts), count
+
+    @staticmethod
+    def _general(r: Reading, bt: int | None, delta: int) -> bytes:
+        rec = _record(r)
+        if bt is not None:
             rec[BT] = bt
         rec[T] = delta / NS
-        records.append(rec)
-    if not records:
-        return b"", 0
-    body = cbor2.dumps(records)
-    return body[_array_header_len(len(records)) :], len(records)
+        return cbor2.dumps(rec)
 
 
 def _array_header_len(n: int) -> int:
@@ -228,6 +345,73 @@ def decode_pack(pack: Any, first_seq: int) -> list[DecodedReading]:
         ts = bt * NS + round(t * NS)
         out.append(DecodedReading(first_seq + i, node, point, ts, value, unit, q, p, kind, extra))
     return out
+
+
+_KIND_TYPES: dict[str, tuple[type, ...]] = {
+    "v": (int, float), "vs": (str,), "vb": (bool,), "vd": (bytes,), "loc": (str,), "blob": (str,)}
+
+
+def check_pack(pack: Any, first_seq: int, ts_out: list[int] | None = None,
+               blobs_out: list[tuple[int, Any]] | None = None) -> int:
+    """Check a SenML pack exactly as :func:`decode_pack` does, without building a reading per
+    record; returns the record count. Optionally collects each record's timestamp (ns) in
+    ``ts_out`` and (sequence number, ``vs``) of blob records in ``blobs_out``."""
+    if not isinstance(pack, list | tuple):
+        raise SenmlError("a SenML pack is an array of records")
+    bt = None
+    names: set[str] = set()  # names already checked in this pack
+    for i, rec in enumerate(pack):
+        if type(rec) is not dict and not isinstance(rec, Mapping):
+            raise SenmlError(f"record {i} is not a map")
+        if BT in rec:
+            if type(rec[BT]) is not int:
+                raise SenmlError(f"record {i}: bt must be an integer")
+            bt = rec[BT]
+        if bt is None:
+            raise SenmlError(f"record {i}: no base time")
+        name = rec.get(N)
+        if type(name) is not str or name not in names:
+            if not isinstance(name, str) or "/" not in name or not NAME_RE.match(name):
+                raise SenmlError(f"record {i}: bad name {name!r}")
+            names.add(name)
+        t = rec.get(T, 0.0)
+        tt = type(t)
+        if not (tt is float or tt is int) and (not isinstance(t, int | float) or isinstance(t, bool)):
+            raise SenmlError(f"record {i}: bad time")
+        if t != t or abs(t) > 2**52:
+            raise SenmlError(f"record {i}: bad time")
+        if V in rec and "loc" not in rec and "ct" not in rec:
+            value = rec[V]
+            tv = type(value)
+            if not (tv is float or tv is int) and (not isinstance(value, int | float) or isinstance(value, bool)):
+                raise SenmlError(f"record {i}: value of the wrong type for v")
+        else:
+            if "loc" in rec:
+                kind, value = "loc", rec.get(VS)
+            elif "ct" in rec:
+                kind, value = "blob", rec.get(VS)
+                if blobs_out is not None:
+                    blobs_out.append((first_seq + i, value))
+            elif VS in rec:
+                kind, value = "vs", rec[VS]
+            elif VB in rec:
+                kind, value = "vb", rec[VB]
+            elif VD in rec:
+                kind, value = "vd", rec[VD]
+            else:
+                raise SenmlError(f"record {i}: no value")
+            if not isinstance(value, _KIND_TYPES[kind]):
+                raise SenmlError(f"record {i}: value of the wrong type for {kind}")
+        unit = rec.get(U)
+        if unit is not None and type(unit) is not str and not isinstance(unit, str):
+            raise SenmlError(f"record {i}: unit must be text")
+        if "q" in rec or "p" in rec:
+            q, p = rec.get("q", 0), rec.get("p", 2)
+            if q not in (0, 1, 2) or p not in (2, 3):
+                raise SenmlError(f"record {i}: bad quality or path")
+        if ts_out is not None:
+            ts_out.append(bt * NS + round(t * NS))
+    return len(pack)
 
 
 def reading_quality(q: int) -> Quality:

@@ -166,7 +166,7 @@ async def _main(args: argparse.Namespace) -> Summary:
         keys = [load_public_key(Path(p)) for p in args.trust]
     except KeyError_ as e:
         raise SystemExit(f"receive: {e}") from None
-    rx = Receiver(keys)
+    rx = Receiver(keys, keep_readings=bool(args.out), latency=bool(getattr(args, "latency", False)))
     out: IO[str] | None = None
     if args.out == "-":
         out = sys.stdout
