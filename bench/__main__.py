@@ -354,7 +354,7 @@ def python_speed() -> float:
 
 # -- the table and the verdicts ----------------------------------------------------------------
 
-COLUMNS = [("readings_per_s", "readings/s", "{:,.0f}"), ("cpu_s_per_100k", "CPU s/100k", "{:.2f}"),
+COLUMNS = [("readings_per_s", "readings_per_s", "{:,.0f}"), ("cpu_s_per_100k", "CPU s/100k", "{:.2f}"),
            ("cpu_share_of_core", "CPU share", "{:.3f}"), ("peak_rss_mib", "peak RSS MiB", "{:.1f}"),
            ("steady_rss_mib", "steady RSS MiB", "{:.1f}"), ("disk_bytes_per_reading", "disk B/reading", "{:.1f}"),
            ("latency_p50_ms", "p50 ms", "{:.0f}"), ("latency_p99_ms", "p99 ms", "{:.0f}"),
