@@ -97,6 +97,19 @@ class Batch:
         return self.last_seq - self.first_seq + 1
 
 
+@dataclass(frozen=True)
+class _Inserted:
+    """What one commit wrote (for the books, once its transaction committed)."""
+
+    next_seq: int
+    readings: int
+    added_bytes: int
+    gone_readings: int
+    gone_bytes: int
+    drops: list[Drop]
+    blobs: bool
+
+
 @dataclass
 class BufferStats:
     """Counters for metrics and status."""
@@ -127,6 +140,11 @@ class Buffer:
         self.stats = BufferStats()
         self.eager = True  # set by the pipeline: commit at once when the uplink is idle
         self.on_commit: Callable[[], None] = lambda: None
+        # set by the pipeline: readings are waiting and the uplink is idle, make a batch (which
+        # commits them in the same transaction); None: the committer commits on its own
+        self.on_pending: Callable[[], None] | None = None
+        self._pending_since = 0.0  # monotonic time of the oldest pending reading
+        self.blob_commits = 0  # commits that stored blobs (the uploader's cue)
         self._pending: list[Reading] = []
         self._overflow = 0
         self._max_pending = max(cfg.commit_readings * 10, 100_000)
@@ -298,7 +316,10 @@ class Buffer:
             self._overflow += 1
             return
         pending.append(reading)
-        if len(pending) == 1 or len(pending) >= self.cfg.commit_readings:
+        if len(pending) == 1:
+            self._pending_since = time.monotonic()
+            self._wake.set()
+        elif len(pending) >= self.cfg.commit_readings:
             self._wake.set()
 
     async def _commit_loop(self) -> None:
@@ -307,6 +328,19 @@ class Buffer:
             self._wake.clear()
             if not self._pending and not self._overflow:
                 continue
+            if self.eager and self.on_pending is not None and len(self._pending) < self.cfg.commit_readings:
+                # the uplink is idle: the next batch commits these readings in its own (fsynced)
+                # transaction, one disk flush for both; should no batch take them (no uplink),
+                # they are committed here once commit_interval has passed
+                self.on_pending()
+                left = self._pending_since + self.cfg.commit_interval - time.monotonic()
+                if left > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
+                            await self._wake.wait()
+                        continue  # taken, and new readings came: tell the pipeline again
+                if not self._pending and not self._overflow:
+                    continue
             # gather a burst: a tick when the uplink is idle, up to commit_interval otherwise
             wait = 0.002 if self.eager else self.cfg.commit_interval
             if len(self._pending) < self.cfg.commit_readings:
@@ -321,9 +355,8 @@ class Buffer:
                 await asyncio.sleep(1.0)
                 self._wake.set()
 
-    async def commit(self) -> None:
-        """Commit pending readings now: one transaction of at most ``commit_readings`` readings,
-        so acknowledgements and batch signing never wait long behind a huge commit."""
+    def _take(self) -> tuple[list[Reading], int]:
+        """Pending readings for one transaction (at most ``commit_readings``) and the overflow count."""
         limit = self.cfg.commit_readings
         if len(self._pending) <= limit:
             readings, self._pending = self._pending, []
@@ -332,20 +365,44 @@ class Buffer:
             del self._pending[:limit]
             self._wake.set()  # more to do: the committer comes straight back
         overflow, self._overflow = self._overflow, 0
+        return readings, overflow
+
+    def _put_back(self, readings: list[Reading], overflow: int) -> None:
+        self._pending[:0] = readings  # in order, ahead of newer ones
+        self._overflow += overflow
+        if readings:
+            self._pending_since = time.monotonic()
+
+    async def commit(self) -> None:
+        """Commit pending readings now: one transaction of at most ``commit_readings`` readings,
+        so acknowledgements and batch signing never wait long behind a huge commit."""
+        readings, overflow = self._take()
         try:
             await self._run(self._commit_sync, readings, overflow)
         except BaseException:
-            self._pending[:0] = readings  # put them back, in order
-            self._overflow += overflow
+            self._put_back(readings, overflow)
             raise
         self.on_commit()
 
     def _commit_sync(self, readings: list[Reading], overflow: int) -> None:
         db = self._db
         assert db is not None
-        meta = self._meta
+        db.execute("BEGIN")
+        try:
+            released = self._flush_released_sync(in_tx=True)
+            done = self._insert_sync(db, readings, overflow)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        del self._released[:released]
+        self._inserted(done, released)
+
+    def _insert_sync(self, db: sqlite3.Connection, readings: list[Reading], overflow: int) -> _Inserted:
+        """The writes of a commit, inside the caller's transaction: number the readings, store
+        their records as segments, apply the bounds, record the drops."""
         now = time.time_ns()
-        seq = int(meta["next_seq"])
+        seq = int(self._meta["next_seq"])
         drops: list[Drop] = []
         blobs: list[tuple[bytes, str, int, bytes]] = []
         if overflow:
@@ -366,34 +423,30 @@ class Buffer:
                     blobs.append((hashlib.sha256(r.value.data).digest(), r.value.content_type, now, r.value.data))
             rows.append((seq, seq + n - 1, len(data), now, data))
             seq += n
-        db.execute("BEGIN")
-        try:
-            released = self._flush_released_sync(in_tx=True)
-            db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", rows)
-            if blobs:
-                db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", blobs)
-            if blobs:
-                self._bound_blobs_sync(db)
-            added = sum(r[2] for r in rows)
-            expired, gone_n, gone_b = self._enforce_bounds_sync(db, self.stats.bytes + added, now)
-            drops += expired
-            db.executemany("INSERT INTO drops VALUES (?, ?, ?)", [(d.first_seq, d.last_seq, d.reason) for d in drops])
-            db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        del self._released[:released]
-        meta["next_seq"] = seq
-        n = sum(r[1] - r[0] + 1 for r in rows)
+        db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", rows)
+        if blobs:
+            db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", blobs)
+            self._bound_blobs_sync(db)
+        added = sum(r[2] for r in rows)
+        expired, gone_n, gone_b = self._enforce_bounds_sync(db, self.stats.bytes + added, now)
+        drops += expired
+        db.executemany("INSERT INTO drops VALUES (?, ?, ?)", [(d.first_seq, d.last_seq, d.reason) for d in drops])
+        db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
+        return _Inserted(seq, sum(r[1] - r[0] + 1 for r in rows), added, gone_n, gone_b, drops, bool(blobs))
+
+    def _inserted(self, done: _Inserted, released: int) -> None:
+        """Book a committed insert: counters, drop episode, the blob uploader's cue."""
+        self._meta["next_seq"] = done.next_seq
         st = self.stats
         st.commits += 1
-        st.committed += n
-        st.readings += n - gone_n
-        st.bytes += added - gone_b
-        if gone_n or released or not st.oldest_ns:
+        st.committed += done.readings
+        st.readings += done.readings - done.gone_readings
+        st.bytes += done.added_bytes - done.gone_bytes
+        if done.gone_readings or released or not st.oldest_ns:
             self._refresh_oldest()
-        self._note_drops(drops)
+        if done.blobs:
+            self.blob_commits += 1
+        self._note_drops(done.drops)
 
     def _bound_blobs_sync(self, db: sqlite3.Connection) -> None:
         """Drop the oldest blobs past max_blob_bytes; the readings (with the hashes) stay."""
@@ -469,12 +522,49 @@ class Buffer:
         return int(self._meta.get("next_seq", 1)) - 1 - int(self._meta.get("batched_upto", 0))
 
     async def make_batch(self, key: PrivateKey) -> Batch | None:
-        """Sign the next batch from unbatched segments (or pending drop reports), or None."""
-        return await self._run(self._make_batch_sync, key)
+        """Sign the next batch from unbatched segments (or pending drop reports), or None.
+        Readings still pending in memory are committed first, in the batch's transaction."""
+        readings, overflow = self._take() if self._pending or self._overflow else ([], 0)
+        try:
+            batch = await self._run(self._make_batch_sync, key, readings, overflow)
+        except BaseException:
+            self._put_back(readings, overflow)
+            raise
+        if readings or overflow:
+            self.on_commit()
+        return batch
 
-    def _make_batch_sync(self, key: PrivateKey) -> Batch | None:
+    def _make_batch_sync(self, key: PrivateKey, readings: list[Reading] | None = None,
+                         overflow: int = 0) -> Batch | None:
         db = self._db
         assert db is not None
+        if not readings and not overflow:
+            return self._sign_batch_sync(db, key, None)
+        db.execute("PRAGMA synchronous=FULL")  # a batch may leave only once it is on disk
+        db.execute("BEGIN")
+        old_next = self._meta["next_seq"]
+        try:
+            released = self._flush_released_sync(in_tx=True)
+            done = self._insert_sync(db, readings or [], overflow)
+            self._meta["next_seq"] = done.next_seq  # the batch below numbers from here
+            batch = self._sign_batch_sync(db, key, released)
+            if batch is None:
+                db.execute("COMMIT")
+        except BaseException:
+            self._meta["next_seq"] = old_next
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
+        if batch is None:
+            del self._released[:released]
+        self._inserted(done, released)
+        return batch
+
+    def _sign_batch_sync(self, db: sqlite3.Connection, key: PrivateKey, in_tx: int | None) -> Batch | None:
+        """Build, sign and record the next batch. ``in_tx``: None to run its own transaction,
+        else the caller's transaction is open (and has flushed that many released batches)."""
         meta = self._meta
         upto = int(meta["batched_upto"])
         limit_n, limit_b = self.batch_cfg.max_readings, self.batch_cfg.max_bytes
@@ -510,7 +600,7 @@ class Buffer:
         drop_rows = drop_rows[:taken]
         blob_drops = db.execute("SELECT sha256, reason FROM blob_drops LIMIT 64").fetchall()
         if not parts and not drop_rows and not blob_drops:
-            return None
+            return None  # (an open transaction is the caller's to commit)
         if not parts:  # a report of drops only: an empty pack just after the dropped range
             first = int(meta["next_seq"])
             last = first - 1
@@ -536,10 +626,12 @@ class Buffer:
         data = cose.encode_sign1(protected, payload, signature)
         digest = hashlib.sha256(data).digest()
         now = time.time_ns()
-        db.execute("PRAGMA synchronous=FULL")  # a batch may leave only once it is on disk
-        db.execute("BEGIN")
+        own = in_tx is None
+        if own:
+            db.execute("PRAGMA synchronous=FULL")  # a batch may leave only once it is on disk
+            db.execute("BEGIN")
         try:
-            released = self._flush_released_sync(in_tx=True)
+            released = self._flush_released_sync(in_tx=True) if own else 0
             db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (bseq, first, last, protected, signature, digest, now))
             if drop_rows:
@@ -550,10 +642,13 @@ class Buffer:
                            [(bseq + 1, "next_bseq"), (digest, "last_hash"), (new_upto, "batched_upto")])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if own:
+                db.execute("ROLLBACK")
             raise
         finally:
-            db.execute("PRAGMA synchronous=NORMAL")
+            if own:
+                db.execute("PRAGMA synchronous=NORMAL")
+        released = released if own else (in_tx or 0)
         if released:
             del self._released[:released]
             self._refresh_oldest()

@@ -82,6 +82,8 @@ class _Lane:
 class BufferedPipeline:
     """Owns the buffer, the signing key and the uplinks, and moves batches between them."""
 
+    IDLE_SPACING = 0.05  # s between batches made while the uplink is idle (one fsync each)
+
     def __init__(self, cfg: GatewayConfig, nodes: NodeTracker) -> None:
         c = cfg.config
         self.cfg = cfg
@@ -103,6 +105,9 @@ class BufferedPipeline:
         self._pumped = asyncio.Event()
         self._since = 0.0  # monotonic time of the first commit not yet in a batch
         self._timer: asyncio.TimerHandle | None = None
+        self._spacing_timer: asyncio.TimerHandle | None = None
+        self._last_made = 0.0  # monotonic time the last batch was made
+        self._blob_commits = 0
         self._task: asyncio.Task[None] | None = None
         self._blob_task: asyncio.Task[None] | None = None
         self._blob_wake = asyncio.Event()
@@ -128,6 +133,7 @@ class BufferedPipeline:
         if alg_of(self.key) != want:
             raise PipelineError(f"batch.alg is {want} but {path} is an {alg_of(self.key)} key")
         self.buffer.on_commit = self._committed
+        self.buffer.on_pending = self._readings_waiting
         await self.buffer.open()
         outbox = await self.buffer.outbox()
         if outbox:
@@ -155,7 +161,15 @@ class BufferedPipeline:
         if not self._since:
             self._since = time.monotonic()
         self._changed.set()
-        self._blob_wake.set()
+        if self.buffer.blob_commits != self._blob_commits:  # a new image to upload
+            self._blob_commits = self.buffer.blob_commits
+            self._blob_wake.set()
+
+    def _readings_waiting(self) -> None:
+        """Readings wait in memory and the uplink is idle: the next batch takes them."""
+        if not self._since:
+            self._since = time.monotonic()
+        self._changed.set()
 
     def _ack_handler(self, lane: _Lane) -> Any:
         def on_ack(batch: Batch) -> None:
@@ -191,7 +205,15 @@ class BufferedPipeline:
 
     def _due(self) -> bool:
         if not self._inflight():
-            return True
+            # at once, unless a batch was made less than IDLE_SPACING ago: then as soon as that
+            # has passed (a busy trickle of readings becomes a few batches a second, not one
+            # disk flush per reading, and waits at most IDLE_SPACING)
+            wait = self._last_made + self.IDLE_SPACING - time.monotonic()
+            if wait <= 0:
+                return True
+            if self._spacing_timer is None:
+                self._spacing_timer = asyncio.get_running_loop().call_later(wait, self._spacing_fired)
+            return False
         if self.buffer.unbatched() >= self.cfg.config.batch.max_readings:
             return True
         age = time.monotonic() - self._since if self._since else 0.0
@@ -204,6 +226,10 @@ class BufferedPipeline:
 
     def _timer_fired(self) -> None:
         self._timer = None
+        self._changed.set()
+
+    def _spacing_fired(self) -> None:
+        self._spacing_timer = None
         self._changed.set()
 
     async def _pump_loop(self) -> None:
@@ -244,6 +270,7 @@ class BufferedPipeline:
         if made is None:
             self._since = 0.0
             return None
+        self._last_made = time.monotonic()
         self._since = time.monotonic() if self.buffer.unbatched() > 0 else 0.0
         if self.mode == "all":
             for lane in self.lanes:
@@ -383,8 +410,9 @@ class BufferedPipeline:
         """Flush for up to ``grace`` seconds, then stop: nothing unsent is lost, it stays buffered."""
         if grace and self._task is not None:
             await self.drain(grace)
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._spacing_timer):
+            if timer is not None:
+                timer.cancel()
         for task in (self._task, self._blob_task):
             if task is not None:
                 task.cancel()

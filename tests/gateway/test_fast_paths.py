@@ -174,3 +174,28 @@ async def test_counting_receiver_reaches_the_same_verdicts(tmp_path: Path) -> No
     assert sa == sb and sa["gaps"] == 30 and sa["duplicates"] == 1 and sa["bad_signatures"] == 1
     assert fast.referenced == full.referenced and len(full.referenced) == 5
     assert lat["n"] == 5 * 30 and lat["p50"] <= lat["p99"] <= lat["max"]
+
+
+async def test_a_batch_commits_waiting_readings_in_its_own_transaction(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    buf, key = _buffer(state)
+    await buf.open()
+    try:
+        for i in range(30):
+            buf.put(Reading("gw-test", "n", T0 + i, i))
+        b = await buf.make_batch(key)
+        assert b is not None and (b.bseq, b.first_seq, b.last_seq) == (1, 1, 30)
+        assert (buf.stats.commits, buf.stats.committed, buf.stats.readings) == (1, 30, 30)
+        buf.put(Reading("gw-test", "n", T0 + 30, 30))
+        b2 = await buf.make_batch(key)
+        assert b2 is not None and (b2.bseq, b2.first_seq, b2.last_seq) == (2, 31, 31)
+    finally:
+        await buf.close()
+    buf, key = _buffer(state)
+    await buf.open()
+    try:  # both were durable before they were returned (to be sent)
+        assert await buf.outbox() == [(1, set()), (2, set())]
+        again = await buf.load_batch(1)
+        assert again is not None and again.data == b.data
+    finally:
+        await buf.close()
