@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from gateway.registry import load_driver_class
 T = TypeVar("T")
 _VALUE_TYPES = (float, int, bool, str, bytes, Location, Blob)
 CLOSE_TIMEOUT = 5.0
+MAX_INLINE = 64 * 1024  # str/bytes readings beyond this must be Blobs (uploaded apart from batches)
+_POINT_RE = re.compile(r"^[A-Za-z0-9][-:./_A-Za-z0-9]{0,254}$")
+_NODE_RE = re.compile(r"^[A-Za-z0-9][-:._A-Za-z0-9]{0,127}$")
 
 
 class Sink(Protocol):
@@ -190,6 +194,21 @@ class InstanceRunner:
         instance = self.name
         time_ns = time.time_ns
         isfinite = math.isfinite
+        good_names: set[str] = set()  # names already checked (SenML name rules, RFC 8428 4.5.1)
+
+        def check_names(node: str | None, point: str) -> None:
+            if point not in good_names:
+                if not isinstance(point, str) or not _POINT_RE.match(point):
+                    raise ValueError(f"point name {point!r} is not allowed: letters, digits and -:./_ only, "
+                                     "starting with a letter or digit")
+                if len(good_names) < 100_000:
+                    good_names.add(point)
+            if node is not None and ("@" + node) not in good_names:
+                if not isinstance(node, str) or not _NODE_RE.match(node):
+                    raise ValueError(f"node id {node!r} is not allowed: letters, digits and -:._ only, "
+                                     "starting with a letter or digit")
+                if len(good_names) < 100_000:
+                    good_names.add("@" + node)
 
         def emit(
             point: str,
@@ -204,6 +223,10 @@ class InstanceRunner:
                 raise TypeError(f"reading {point!r}: unsupported value type {type(value).__name__}")
             if type(value) is float and not isfinite(value):
                 raise ValueError(f"reading {point!r}: value {value} is not finite; emit quality=BAD instead")
+            if point not in good_names or (node is not None and ("@" + node) not in good_names):
+                check_names(node, point)
+            if type(value) in (str, bytes) and len(value) > MAX_INLINE:  # type: ignore[arg-type]
+                raise ValueError(f"reading {point!r}: {len(value)} bytes inline; emit a Blob for large data")  # type: ignore[arg-type]
             if node is None:
                 sink_put(Reading(default_node, point, ts_ns or time_ns(), value, unit, quality, path, instance))
             else:  # a driver that names a node relays it over a capillary network

@@ -123,6 +123,12 @@ async def test_bad_values_are_refused_at_emit(td) -> None:  # type: ignore[no-un
             h.runner.emit("x", float("nan"))
         with pytest.raises(TypeError, match="unsupported value type"):
             h.runner.emit("x", [1, 2])  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="point name"):
+            h.runner.emit("temp erature", 1.0)  # would not be a valid SenML name
+        with pytest.raises(ValueError, match="node id"):
+            h.runner.emit("t", 1.0, node="rtu/7")
+        with pytest.raises(ValueError, match="emit a Blob"):
+            h.runner.emit("raw", b"x" * 70_000)
         h.runner.emit("relayed", 1.5, node="rtu-7")
         await h.sink.wait_for(1, point="relayed")
         ownlist = await h.sink.wait_for(1, point="n")
