@@ -69,13 +69,17 @@ async def capture(argv: list[str], max_size: int) -> bytes:
         rc = await proc.wait()
         err = await readers[1]
     finally:
-        if proc.returncode is None:  # cancelled (timeout, close) or output too large: kill and reap
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        # cancelled (timeout, close) or output too large: stop the readers and kill the child
+        # first, without awaiting, so a second cancellation during the awaits below leaves no
+        # task behind; then reap
         for task in readers:
             task.cancel()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
         await asyncio.gather(*readers, return_exceptions=True)
+        if proc.returncode is None:
+            await proc.wait()
     if rc != 0:
         last = err.decode("utf-8", "replace").strip().splitlines()
         raise FfmpegError(f"ffmpeg exited with status {rc}: {last[-1][:200] if last else 'no message'}")

@@ -240,9 +240,13 @@ async def test_rtsp_errors_and_a_hung_stream_is_killed_without_zombies() -> None
     # a "camera" that accepts the connection and never answers: ffmpeg hangs, the host's timeout
     # cancels the poll, and the capture kills and reaps the child
     hung: list[asyncio.StreamWriter] = []
+    handlers: list[asyncio.Task[None]] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hung.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
         await reader.read()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
@@ -255,6 +259,9 @@ async def test_rtsp_errors_and_a_hung_stream_is_killed_without_zombies() -> None
     finally:
         for w in hung:
             w.close()
+        for t in handlers:  # Python 3.11's wait_closed() does not wait for connection handlers
+            t.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
         server.close()
         await server.wait_closed()
     assert all_children() == {}
