@@ -251,3 +251,41 @@ class MqttSession:
             misc.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await misc
+
+
+async def subscribe_forever(
+    settings: MqttSettings,
+    topic_filters: list[str],
+    on_message: Callable[[paho.MQTTMessage], None],
+    connected: asyncio.Event | None = None,
+    on_error: Callable[[MqttError], None] | None = None,
+    backoff: tuple[float, float] = (0.2, 10.0),
+) -> None:
+    """Stay subscribed until cancelled: connect, subscribe (QoS 1), reconnect with backoff.
+
+    Shared by the reference receiver, the test kit and the rig; ``connected`` is set while a
+    session is up.
+    """
+    from gateway.scheduler import Backoff
+
+    wait = Backoff(*backoff)
+    while True:
+        session = MqttSession(settings, on_message=on_message)
+        try:
+            await session.connect()
+        except MqttError as e:
+            if on_error is not None:
+                on_error(e)
+            await asyncio.sleep(wait.next())
+            continue
+        wait.reset()
+        for topic_filter in topic_filters:
+            session.client.subscribe(topic_filter, qos=1)
+        if connected is not None:
+            connected.set()
+        try:
+            await session.closed.wait()
+        finally:
+            if connected is not None:
+                connected.clear()
+            await session.close()

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from gateway.keys import init_key, load_public_key
-from gateway.mqtt import MqttSession, MqttSettings
+from gateway.mqtt import MqttSettings, subscribe_forever
 from gateway.receiver import Receiver
 from gateway.registry import Registry
 from gateway.senml import DecodedReading
@@ -518,21 +518,8 @@ class RigReceiver:
         self.changed.set()
 
     async def _run(self) -> None:
-        while True:
-            s = MqttSession(self.settings, on_message=self._on)
-            try:
-                await s.connect(within=5)
-            except Exception:
-                await asyncio.sleep(0.2)
-                continue
-            s.client.subscribe("sensegate/+/batch", qos=1)
-            s.client.subscribe("sensegate/+/blob/+", qos=1)
-            self.connected.set()
-            try:
-                await s.closed.wait()
-            finally:
-                self.connected.clear()
-                await s.close()
+        await subscribe_forever(self.settings, ["sensegate/+/batch", "sensegate/+/blob/+"], self._on,
+                                connected=self.connected)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="rig-receiver")

@@ -17,9 +17,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from gateway.keys import KeyError_, load_public_key
-from gateway.mqtt import MqttError, MqttSession, MqttSettings
+from gateway.mqtt import MqttSettings, subscribe_forever
 from gateway.receiver.core import Feed, Receiver, Summary
-from gateway.scheduler import Backoff
 
 
 def format_summary(s: Summary) -> str:
@@ -99,24 +98,15 @@ class ReceiveRun:
         return result
 
     async def run(self) -> None:
-        backoff = Backoff(0.5, 10.0)
-        while not self.done.is_set():
-            session = MqttSession(self.settings, on_message=self.on_message)
-            try:
-                await session.connect()
-            except MqttError as e:
-                print(f"receive: {e}; retrying", file=sys.stderr)
-                await asyncio.sleep(backoff.next())
-                continue
-            backoff.reset()
-            session.client.subscribe(f"{self.prefix}/+/batch", qos=1)
-            session.client.subscribe(f"{self.prefix}/+/blob/+", qos=1)
-            closed = asyncio.ensure_future(session.closed.wait())
-            done = asyncio.ensure_future(self.done.wait())
-            await asyncio.wait({closed, done}, return_when=asyncio.FIRST_COMPLETED)
-            closed.cancel()
-            done.cancel()
-            await session.close()
+        topics = [f"{self.prefix}/+/batch", f"{self.prefix}/+/blob/+"]
+        sub = asyncio.ensure_future(subscribe_forever(
+            self.settings, topics, self.on_message, backoff=(0.5, 10.0),
+            on_error=lambda e: print(f"receive: {e}; retrying", file=sys.stderr)))
+        try:
+            await self.done.wait()
+        finally:
+            sub.cancel()
+            await asyncio.gather(sub, return_exceptions=True)
 
 
 class CoapReceiveRun(ReceiveRun):

@@ -12,7 +12,7 @@ import yaml
 
 from gateway.config import GatewayConfig, load_config_bytes
 from gateway.keys import init_key, load_public_key
-from gateway.mqtt import MqttSession, MqttSettings
+from gateway.mqtt import MqttSettings, subscribe_forever
 from gateway.receiver import Receiver
 from gateway.registry import Registry
 
@@ -78,20 +78,8 @@ class MqttReceiver:
         self.changed.set()
 
     async def _run(self) -> None:
-        while True:
-            s = MqttSession(self.settings, on_message=self._on)
-            try:
-                await s.connect(within=5)
-            except Exception:
-                await asyncio.sleep(0.2)
-                continue
-            s.client.subscribe("sensegate/+/batch", qos=1)
-            if self.blobs:
-                s.client.subscribe("sensegate/+/blob/+", qos=1)
-            try:
-                await s.closed.wait()
-            finally:
-                await s.close()
+        topics = ["sensegate/+/batch"] + (["sensegate/+/blob/+"] if self.blobs else [])
+        await subscribe_forever(self.settings, topics, self._on)
 
     async def wait_boot(self, boot: int, within: float = 20.0) -> None:
         """Wait for a verified batch signed during daemon run number ``boot``."""
