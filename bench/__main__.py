@@ -385,7 +385,7 @@ def verdicts(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"target": what, "scenario": scenario, "value": v,
                     "met": (v >= limit if above else v < limit) and bool(r.get("verified_ok"))})
 
-    target(">= 100,000 readings/s end to end", "100k_per_s", "readings_per_s", 100_000 * 0.98, above=True)
+    target(">= 100,000 readings/s end to end", "110k_offered", "readings_per_s", 100_000, above=True)
     target("idle CPU < 0.5% (10 drivers at 10 s)", "idle_10_drivers", "idle_cpu_percent", 0.5)
     target("RSS < 40 MB, every built-in driver", "rss_all_drivers", "steady_rss_mib", 40 * 1e6 / 2**20)
     target("no RSS growth in a 1M backlog drain (< 5 MiB)", "drain_1m", "rss_growth_mib", 5.0)
@@ -415,7 +415,8 @@ def scenarios(seconds: float, tiny: bool) -> dict[str, Callable[[Path], dict[str
         "sim_max": lambda w: run_load("sim_max", w, seconds, [_sim("load", 2000, "10ms", 5)]),
         "1k_per_s": lambda w: run_load("1k_per_s", w, seconds, [_sim("load", 10, "20ms", 2)]),
         "50k_per_s": lambda w: run_load("50k_per_s", w, seconds, [_sim("load", 100, "10ms", 5)]),
-        "100k_per_s": lambda w: run_load("100k_per_s", w, seconds, [_sim("load", 200, "10ms", 5)]),
+        # 110,000 offered (the sim's polls drift a little late): does it sustain 100,000?
+        "110k_offered": lambda w: run_load("110k_offered", w, seconds, [_sim("load", 220, "10ms", 5)]),
         "50k_coap": lambda w: run_load("50k_coap", w, seconds, [_sim("load", 100, "10ms", 5)], "coap"),
         "modbus_50x100": lambda w: run_load("modbus_50x100", w, seconds, [modbus],
                                             helper=[PY, "-m", "bench.modbus_bus", "50", "100"]),
@@ -446,9 +447,10 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # one broken scenario must not hide the others
                 errors[name] = f"{type(e).__name__}: {e}"
                 print(f"  {name} failed: {errors[name]}", file=sys.stderr, flush=True)
-    if "ceiling" in results and "100k_per_s" in results:
-        results["100k_per_s"]["ratio_to_ceiling"] = (results["100k_per_s"]["readings_per_s"]
-                                                     / results["ceiling"]["readings_per_s"])
+    if "ceiling" in results:
+        for r in results.values():
+            if r is not results["ceiling"] and "cpu_s_per_100k" in r:
+                r["ratio_to_ceiling"] = r["readings_per_s"] / results["ceiling"]["readings_per_s"]
     print(table(results))
     checks = verdicts(results)
     for v in checks:

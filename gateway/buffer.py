@@ -148,6 +148,7 @@ class Buffer:
         self._pending: list[Reading] = []
         self._overflow = 0
         self._max_pending = max(cfg.commit_readings * 10, 100_000)
+        self._commit_at = cfg.commit_readings - 1  # pending count at which a put wakes the committer
         self._wake = asyncio.Event()
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sensegate-db")
@@ -312,14 +313,15 @@ class Buffer:
     def put(self, reading: Reading) -> None:
         """Take a reading from a driver (never blocks; committed within commit_interval)."""
         pending = self._pending
-        if len(pending) >= self._max_pending:  # the disk cannot keep up: count, number, report
+        n = len(pending)
+        if n >= self._max_pending:  # the disk cannot keep up: count, number, report
             self._overflow += 1
             return
         pending.append(reading)
-        if len(pending) == 1:
+        if not n:
             self._pending_since = time.monotonic()
             self._wake.set()
-        elif len(pending) >= self.cfg.commit_readings:
+        elif n >= self._commit_at:
             self._wake.set()
 
     async def _commit_loop(self) -> None:
@@ -520,6 +522,10 @@ class Buffer:
     def unbatched(self) -> int:
         """Committed readings not yet in a batch (approximate; for the batching policy)."""
         return int(self._meta.get("next_seq", 1)) - 1 - int(self._meta.get("batched_upto", 0))
+
+    def waiting(self) -> int:
+        """Readings not yet in a batch: committed ones and those still in memory."""
+        return self.unbatched() + len(self._pending)
 
     async def make_batch(self, key: PrivateKey) -> Batch | None:
         """Sign the next batch from unbatched segments (or pending drop reports), or None.

@@ -89,6 +89,7 @@ class BufferedPipeline:
         self.cfg = cfg
         self.mode = c.uplink_mode
         self.buffer = Buffer(buffer_path(cfg), c.gateway.id, c.buffer, c.batch)
+        self.put = self.buffer.put  # type: ignore[method-assign]  # the hot path: one call per reading fewer
         batch_uplinks = [u for u in c.uplinks if u.type != "jsonl"]
         if not batch_uplinks or len(batch_uplinks) != len(c.uplinks):
             raise PipelineError("a jsonl uplink cannot be combined with mqtt/coap uplinks; use it alone")
@@ -153,6 +154,8 @@ class BufferedPipeline:
         self._changed.set()
 
     def put(self, reading: Reading) -> None:
+        """Hand a reading to the buffer. (``__init__`` binds ``self.put`` to ``buffer.put`` itself,
+        so a driver's emit reaches the buffer without this extra call.)"""
         self.buffer.put(reading)
 
     # -- callbacks from the buffer and the uplinks (on the loop, must not block) ----------------
@@ -204,6 +207,8 @@ class BufferedPipeline:
         return sum(len(lane.inflight) for lane in self.lanes)
 
     def _due(self) -> bool:
+        if self.buffer.waiting() >= self.cfg.config.batch.max_readings:
+            return True  # a full batch is there
         if not self._inflight():
             # at once, unless a batch was made less than IDLE_SPACING ago: then as soon as that
             # has passed (a busy trickle of readings becomes a few batches a second, not one
@@ -214,8 +219,6 @@ class BufferedPipeline:
             if self._spacing_timer is None:
                 self._spacing_timer = asyncio.get_running_loop().call_later(wait, self._spacing_fired)
             return False
-        if self.buffer.unbatched() >= self.cfg.config.batch.max_readings:
-            return True
         age = time.monotonic() - self._since if self._since else 0.0
         if age >= self.cfg.config.batch.max_age:
             return True
