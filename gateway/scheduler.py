@@ -194,7 +194,8 @@ class InstanceRunner:
         instance = self.name
         time_ns = time.time_ns
         isfinite = math.isfinite
-        good_names: set[str] = set()  # names already checked (SenML name rules, RFC 8428 4.5.1)
+        good_names: set[str] = set()  # point names already checked (SenML name rules, RFC 8428 4.5.1)
+        good_nodes: set[str] = set()  # node ids already checked
 
         def check_names(node: str | None, point: str) -> None:
             if point not in good_names:
@@ -203,12 +204,12 @@ class InstanceRunner:
                                      "starting with a letter or digit")
                 if len(good_names) < 100_000:
                     good_names.add(point)
-            if node is not None and ("@" + node) not in good_names:
+            if node is not None and node not in good_nodes:
                 if not isinstance(node, str) or not _NODE_RE.match(node):
                     raise ValueError(f"node id {node!r} is not allowed: letters, digits and -:._ only, "
                                      "starting with a letter or digit")
-                if len(good_names) < 100_000:
-                    good_names.add("@" + node)
+                if len(good_nodes) < 100_000:
+                    good_nodes.add(node)
 
         def emit(
             point: str,
@@ -223,7 +224,7 @@ class InstanceRunner:
                 raise TypeError(f"reading {point!r}: unsupported value type {type(value).__name__}")
             if type(value) is float and not isfinite(value):
                 raise ValueError(f"reading {point!r}: value {value} is not finite; emit quality=BAD instead")
-            if point not in good_names or (node is not None and ("@" + node) not in good_names):
+            if point not in good_names or (node is not None and node not in good_nodes):
                 check_names(node, point)
             if type(value) in (str, bytes) and len(value) > MAX_INLINE:  # type: ignore[arg-type]
                 raise ValueError(f"reading {point!r}: {len(value)} bytes inline; emit a Blob for large data")  # type: ignore[arg-type]
