@@ -299,16 +299,16 @@ class _OneWire(SimDevice):
             self.dev.crc_error(sid, on)
 
 
-class _Gps(SimDevice):
-    async def start(self) -> None:
-        from hil.devices.nmea_gps import NmeaGps
+class _PtySim(SimDevice):
+    """A simulated device on a pseudo-terminal (``self.dev``): pull the cable, put it back,
+    line noise toggled by ``_noisy`` (read by the device's own ticker)."""
 
-        self.dev = NmeaGps(period=0.2)
-        self.env["path"] = await self.dev.start()
+    dev: Any
+    _noisy = False
 
     async def stop(self) -> None:
+        await self._stop_ticker()
         await self.dev.stop()
-        self.produced = self.dev.epochs
 
     def unplug(self) -> None:
         self.dev.unplug()
@@ -319,13 +319,28 @@ class _Gps(SimDevice):
         self.plugged = True
 
     def noise(self, on: bool = True) -> None:
+        self._noisy = on
+
+
+class _Gps(_PtySim):
+    async def start(self) -> None:
+        from hil.devices.nmea_gps import NmeaGps
+
+        self.dev = NmeaGps(period=0.2)
+        self.env["path"] = await self.dev.start()
+
+    async def stop(self) -> None:
+        await self.dev.stop()
+        self.produced = self.dev.epochs
+
+    def noise(self, on: bool = True) -> None:
         self.dev.garbage = on
 
     def inject(self, data: bytes) -> None:
         self.dev.port.write(data)
 
 
-class _Rfid(SimDevice):
+class _Rfid(_PtySim):
     async def start(self) -> None:
         from hil.devices.rfid_rdm6300 import Rdm6300
 
@@ -342,26 +357,11 @@ class _Rfid(SimDevice):
         if self._noisy:
             self.dev.send_garbage()
 
-    async def stop(self) -> None:
-        await self._stop_ticker()
-        await self.dev.stop()
-
-    def unplug(self) -> None:
-        self.dev.unplug()
-        self.plugged = False
-
-    def plug(self) -> None:
-        self.dev.plug()
-        self.plugged = True
-
-    def noise(self, on: bool = True) -> None:
-        self._noisy = on
-
     def inject(self, data: bytes) -> None:
         self.dev.port.write(data)
 
 
-class _Barcode(SimDevice):
+class _Barcode(_PtySim):
     async def start(self) -> None:
         from hil.devices.barcode_scanner import BarcodeScanner
 
@@ -376,21 +376,6 @@ class _Barcode(SimDevice):
         if self.dev.port.plugged:
             self.produced += 1
             self.dev.scan(f"RIG-{self.produced:06d}")
-
-    async def stop(self) -> None:
-        await self._stop_ticker()
-        await self.dev.stop()
-
-    def unplug(self) -> None:
-        self.dev.unplug()
-        self.plugged = False
-
-    def plug(self) -> None:
-        self.dev.plug()
-        self.plugged = True
-
-    def noise(self, on: bool = True) -> None:
-        self._noisy = on
 
     def inject(self, data: bytes) -> None:
         self.dev.send_raw(data)
