@@ -44,6 +44,27 @@ async def pipeline(cfg: GatewayConfig) -> AsyncIterator[Any]:
         await p.close()
 
 
+@contextlib.asynccontextmanager
+async def running_daemon(path: Path) -> AsyncIterator[Any]:
+    """The real Daemon on ``path`` in this loop, ready; stopped (and checked to exit 0) after."""
+    from gateway.daemon import Daemon
+
+    d = Daemon(path)
+    task = asyncio.create_task(d.run())
+    ready = asyncio.create_task(d.ready.wait())
+    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        ready.cancel()
+        await asyncio.gather(ready, return_exceptions=True)
+        await task  # raises what stopped it
+        raise AssertionError("daemon did not become ready")
+    try:
+        yield d
+    finally:
+        d.request_stop()
+        assert await asyncio.wait_for(task, 30) == 0
+
+
 async def until(cond: Any, within: float = 10.0) -> None:
     """Poll a condition that no event signals (uplink counters), with an overall limit."""
     async with asyncio.timeout(within):

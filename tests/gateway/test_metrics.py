@@ -18,6 +18,7 @@ from gateway import __version__
 from gateway.daemon import Daemon
 from gateway.keys import init_key
 from gateway.metrics import render, status_line, summary
+from tests.gateway.helpers import running_daemon, until
 
 
 async def http(port: int, request: bytes) -> tuple[str, dict[str, str], str]:
@@ -45,26 +46,12 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 async def running(tmp: Path, doc: dict[str, Any]) -> AsyncIterator[Daemon]:
     path = tmp / "gw.yaml"
     path.write_text(yaml.safe_dump(doc))
-    d = Daemon(path)
-    task = asyncio.create_task(d.run())
-    ready = asyncio.create_task(d.ready.wait())
-    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if not ready.done():
-        ready.cancel()
-        await asyncio.gather(ready, return_exceptions=True)
-        await task  # raises what stopped it
-        raise AssertionError("daemon did not become ready")
-    try:
+    async with running_daemon(path) as d:
         yield d
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(task, 30) == 0
 
 
 async def wait_until(cond: Any, within: float = 20.0) -> None:
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110 -- polling a condition with an overall timeout
-            await asyncio.sleep(0.02)
+    await until(cond, within)
 
 
 def sim_doc(tmp: Path, **extra: Any) -> dict[str, Any]:

@@ -7,11 +7,8 @@ the right retained status while the data keeps flowing, verified and without a g
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,8 @@ from gateway.remote.envelope import encode_command, sign
 from gateway.remote.ops import Broker, gateway_status, push_config, send_command
 from hil.devices.modbus_slave import ModbusSim, Slave
 from hil.mosquitto import Mosquitto
-from tests.gateway.helpers import MqttReceiver
+from tests.gateway.helpers import MqttReceiver, running_daemon
+from tests.gateway.helpers import until as poll_until
 
 SIM = {"driver": "sim", "name": "counter", "interval": "20ms", "jitter": 0,
        "points": [{"name": "n", "pattern": "counter"}]}
@@ -53,28 +51,11 @@ def bootstrap(tmp: Path, gw: str, url: str, ops_pub: Path, remote_groups: list[s
     return path
 
 
-@contextlib.asynccontextmanager
-async def daemon(path: Path) -> AsyncIterator[Daemon]:
-    d = Daemon(path)
-    task = asyncio.create_task(d.run())
-    ready = asyncio.create_task(d.ready.wait())
-    await asyncio.wait({task, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if not ready.done():
-        ready.cancel()
-        await asyncio.gather(ready, return_exceptions=True)
-        await task
-        raise AssertionError("daemon did not become ready")
-    try:
-        yield d
-    finally:
-        d.request_stop()
-        assert await asyncio.wait_for(task, 30) == 0
+daemon = running_daemon
 
 
 async def until(cond: Any, within: float = 20.0) -> None:
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110 -- polling a condition with an overall timeout
-            await asyncio.sleep(0.02)
+    await poll_until(cond, within)
 
 
 def ops_key(tmp: Path, name: str = "ops") -> tuple[Any, Path]:
