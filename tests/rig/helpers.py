@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from typing import Any
 
 from hil.report import ScenarioResult
@@ -65,26 +64,37 @@ async def wait_drained(rig: RigRun, within: float = WITHIN) -> None:
     await rig.receiver.wait(covered, within=within, what=f"the receiver to cover {target} readings")
 
 
-def counter_runs(rig: RigRun, node: str = "counter", point: str = "n") -> dict[int, list[int]]:
-    """Counter values per daemon boot, in sequence-number order."""
+def counter_runs(rig: RigRun, node: str = "counter", point: str = "n") -> list[list[int]]:
+    """The counter's values in reading-sequence order, split into runs where it starts again at 0.
+
+    Not grouped by the batch header's boot counter: `bo` is the boot of the daemon that *signed* the
+    batch, and readings one run committed but had not yet sent at a kill -9 are signed by the next run."""
     assert rig.receiver is not None
-    runs: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    by_seq: dict[int, int] = {}
     for g in rig.receiver.got:
         if g.reading.node == node and g.reading.point == point:
-            runs[g.boot].append((g.reading.seq, int(g.reading.value)))
-    return {b: [v for _s, v in sorted(vs)] for b, vs in runs.items()}
+            by_seq[g.reading.seq] = int(g.reading.value)
+    runs: list[list[int]] = []
+    for _seq, v in sorted(by_seq.items()):
+        if v == 0 or not runs:
+            runs.append([])
+        runs[-1].append(v)
+    return runs
 
 
 def assert_counter_contiguous(rig: RigRun, node: str = "counter", point: str = "n") -> int:
     """Each run's counter values are 0, 1, 2, ... with nothing missing (a lost tail at a kill -9 is
-    the documented window: it was never numbered). Returns how many counter readings arrived."""
+    the documented window: it was never numbered), and there are no more runs than the daemon had
+    boots. Returns how many counter readings arrived."""
     runs = counter_runs(rig, node, point)
     assert runs, f"no {node}/{point} readings received"
-    for boot, values in runs.items():
+    for i, values in enumerate(runs):
         assert values == list(range(len(values))), (
-            f"boot {boot}: {node}/{point} values are not 0..{len(values) - 1} in order: "
-            f"first bad at index {next(i for i, v in enumerate(values) if v != i)}")
-    return sum(len(v) for v in runs.values())
+            f"run {i}: {node}/{point} values are not 0..{len(values) - 1} in order: "
+            f"first bad at index {next(j for j, v in enumerate(values) if v != j)}: {values[:20]}")
+    boots = int(rig.buffer_meta()["boot"])
+    assert len(runs) <= boots, f"{len(runs)} runs of {node}/{point} but the buffer counted {boots} boots"
+    return sum(len(v) for v in runs)
 
 
 async def finish(rig: RigRun, result: ScenarioResult, *, stop: bool = True, drops_allowed: bool = False) -> None:
