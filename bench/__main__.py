@@ -138,7 +138,8 @@ def _sim(name: str, repeat: int, interval: str, points: int) -> dict[str, Any]:
 
 
 def run_load(name: str, work: Path, seconds: float, drivers: list[dict[str, Any]], uplink: str = "mqtt",
-             warmup: float = 3.0, helper: list[str] | None = None) -> dict[str, Any]:
+             warmup: float = 3.0, helper: list[str] | None = None,
+             sections: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the daemon under a load; measure a steady window from ``warmup`` s after the first
     delivered batch to the end (rates, CPU, disk, latency), RSS throughout."""
     work.mkdir(parents=True, exist_ok=True)
@@ -153,7 +154,7 @@ def run_load(name: str, work: Path, seconds: float, drivers: list[dict[str, Any]
         with Mosquitto(work / "mqtt", persistence=False) as broker:
             info = init_key(work / "state" / "keys", force=True)
             up, url = _uplink(uplink, broker)
-            config = _gateway(work, name, drivers, up)
+            config = _gateway(work, name, drivers, up, **(sections or {}))
             rx = _spawn_receiver(url, info.public_path, seconds + warmup + 60)
             time.sleep(0.8)  # subscribed (MQTT) / listening (CoAP)
             spawned_ns = time.time_ns()
@@ -419,6 +420,10 @@ def scenarios(seconds: float, tiny: bool) -> dict[str, Callable[[Path], dict[str
         "ceiling": lambda w: run_ceiling(w, 4.0, 5000 * 36, 5000),
         "sim_max": lambda w: run_load("sim_max", w, seconds, [_sim("load", 2000, "10ms", 5)]),
         "1k_per_s": lambda w: run_load("1k_per_s", w, seconds, [_sim("load", 10, "20ms", 2)]),
+        # the same trickle with batch.min_interval raised for SD cards: fewer flushes, more latency
+        "1k_per_s_sd": lambda w: run_load("1k_per_s_sd", w, seconds, [_sim("load", 10, "20ms", 2)],
+                                          sections={"batch": {"min_interval": "250ms"}}),
+        "10k_per_s": lambda w: run_load("10k_per_s", w, seconds, [_sim("load", 40, "20ms", 5)]),
         "50k_per_s": lambda w: run_load("50k_per_s", w, seconds, [_sim("load", 100, "10ms", 5)]),
         # 110,000 offered (the sim's polls drift a little late): does it sustain 100,000?
         "110k_offered": lambda w: run_load("110k_offered", w, seconds, [_sim("load", 220, "10ms", 5)]),

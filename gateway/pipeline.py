@@ -82,8 +82,6 @@ class _Lane:
 class BufferedPipeline:
     """Owns the buffer, the signing key and the uplinks, and moves batches between them."""
 
-    IDLE_SPACING = 0.05  # s between batches made while the uplink is idle (one fsync each)
-
     def __init__(self, cfg: GatewayConfig, nodes: NodeTracker) -> None:
         c = cfg.config
         self.cfg = cfg
@@ -210,10 +208,10 @@ class BufferedPipeline:
         if self.buffer.waiting() >= self.cfg.config.batch.max_readings:
             return True  # a full batch is there
         if not self._inflight():
-            # at once, unless a batch was made less than IDLE_SPACING ago: then as soon as that
-            # has passed (a busy trickle of readings becomes a few batches a second, not one
-            # disk flush per reading, and waits at most IDLE_SPACING)
-            wait = self._last_made + self.IDLE_SPACING - time.monotonic()
+            # at once, unless a batch was made less than batch.min_interval ago: then as soon as
+            # that has passed (a busy trickle of readings becomes a few batches a second, not one
+            # disk flush per reading, and waits at most min_interval)
+            wait = self._last_made + self.cfg.config.batch.min_interval - time.monotonic()
             if wait <= 0:
                 return True
             if self._spacing_timer is None:

@@ -83,6 +83,14 @@ class BatchSection(Section):
         description="Longest a reading waits for its batch to fill while an earlier batch is in "
         "flight; an idle uplink takes a batch at once.",
     )
+    min_interval: Duration = Field(
+        default=0.05,
+        ge=0,
+        le=60,
+        description="Shortest time between two batches while the uplink is idle. Each batch is one disk "
+        "flush (fsync) of at least a 4 KiB page, so at a steady trickle this sets the bytes written per "
+        "reading: raise it (for example to 0.25s) on SD cards where a quarter second more latency is fine.",
+    )
     alg: Literal["ed25519", "es256"] = Field(default="ed25519", description="Signature algorithm.")
 
 

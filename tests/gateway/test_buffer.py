@@ -198,3 +198,30 @@ async def test_many_drop_ranges_are_merged_and_declared_at_most_64_per_batch(tmp
     assert s.malformed == 0 and s.gaps == 0
     assert s.dropped == buf.stats.dropped and s.drop_reasons["overflow"] == 200 * 3
     assert s.readings + s.dropped == 150 * 100 + 200 * 8
+
+
+async def test_a_new_buffer_uses_small_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """1 KiB pages for a new file (a batch's transaction rewrites about five pages, and at a
+    trickle that is most of what reaches the SD card); a file made with 4 KiB pages is read as is."""
+    buf, _key = _buffer(tmp_path / "new")
+    await buf.open()
+    await buf.close()
+    db = sqlite3.connect(tmp_path / "new" / "buffer.db")
+    assert db.execute("PRAGMA page_size").fetchone()[0] == 1024
+    db.close()
+
+    old = tmp_path / "old"
+    old.mkdir()
+    db = sqlite3.connect(old / "buffer.db")
+    db.execute("PRAGMA page_size=4096")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    buf, key = _buffer(old)
+    await buf.open()
+    await _put(buf, 10)
+    batch = await buf.make_batch(key)  # type: ignore[arg-type]
+    assert batch is not None and (batch.first_seq, batch.last_seq) == (1, 10)
+    await buf.close()
+    db = sqlite3.connect(old / "buffer.db")
+    assert db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    db.close()

@@ -188,3 +188,26 @@ async def test_last_will_marks_a_vanished_gateway_offline(tmp_path: Path, broker
             await proc.wait()
         await s.close()
     assert states[-1] == "offline"
+
+
+@pytest.mark.parametrize("min_interval", [0.0, 0.4])
+async def test_min_interval_spaces_the_batches_of_a_trickle(tmp_path: Path, broker: Mosquitto,
+                                                           min_interval: float) -> None:
+    """An idle uplink takes a batch at once, but not more often than batch.min_interval (one
+    fsync each): a 2 s trickle of 200 readings makes at most 2/0.4 + 2 batches at 0.4 s, many
+    more at 0."""
+    cfg = make_config(tmp_path / "s", broker.url, batch={"min_interval": min_interval})
+    rx = MqttReceiver(broker.url, tmp_path / "s/keys/device.pub.pem")
+    async with rx.running():
+        await asyncio.sleep(0.3)
+        async with pipeline(cfg) as p:
+            await _produce(p, 200, 0.01)
+            got = await rx.wait_readings(200)
+    assert [r.value for r in got] == list(range(200))
+    s = rx.rx.summary()
+    assert s.ok and s.gaps == 0
+    if min_interval:
+        assert s.batches <= 2.0 / min_interval + 2 + 1, f"{s.batches} batches in a 2 s trickle"
+    else:
+        assert s.batches > 12, f"only {s.batches} batches: an idle uplink should take them at once"
+
