@@ -1,4 +1,5 @@
-"""COSE_Sign1 (RFC 9052/9053) with cbor2 + cryptography: EdDSA (Ed25519) and ES256 (P-256).
+"""COSE_Sign1 (RFC 9052/9053) with cbor2: EdDSA (Ed25519, through PyNaCl) and ES256 (P-256,
+through cryptography, imported only for such keys).
 
 Small on purpose (pycose 1.1 breaks with cbor2 6.x). Batches put their metadata in the
 protected header, so it is signed with the payload; see docs/wire-format.md.
@@ -11,12 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import cbor2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from gateway.keys import PrivateKey, PublicKey, alg_of
+from gateway.keys import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature, PrivateKey, PublicKey, alg_of
 
 COSE_SIGN1_TAG = 18
 ALG, CRIT, CONTENT_TYPE, KID = 1, 2, 3, 4
@@ -31,8 +28,12 @@ class CoseError(ValueError):
 def sign(key: PrivateKey, protected: bytes, payload: bytes) -> bytes:
     """The signature over Sig_structure ["Signature1", protected, h'', payload]."""
     tbs = cbor2.dumps(["Signature1", protected, b"", payload])
-    if isinstance(key, ed25519.Ed25519PrivateKey):
+    if isinstance(key, Ed25519PrivateKey):
         return key.sign(tbs)
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
     der = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
     r, s = decode_dss_signature(der)
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
@@ -118,18 +119,25 @@ def verify(msg: Sign1, key: PublicKey) -> None:
     """Check the signature with ``key``; raise CoseError if it does not verify."""
     alg = msg.protected.get(ALG)
     tbs = cbor2.dumps(["Signature1", msg.protected_raw, b"", msg.payload])
-    try:
-        if isinstance(key, ed25519.Ed25519PublicKey):
-            if alg != EDDSA:
-                raise CoseError(f"alg {alg} does not match an Ed25519 key")
+    if isinstance(key, Ed25519PublicKey):
+        if alg != EDDSA:
+            raise CoseError(f"alg {alg} does not match an Ed25519 key")
+        try:
             key.verify(msg.signature, tbs)
-        else:
-            if alg != ES256:
-                raise CoseError(f"alg {alg} does not match a P-256 key")
-            if len(msg.signature) != 64:
-                raise CoseError("ES256 signature must be 64 bytes")
-            der = encode_dss_signature(int.from_bytes(msg.signature[:32], "big"),
-                                       int.from_bytes(msg.signature[32:], "big"))
-            key.verify(der, tbs, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+        except InvalidSignature:
+            raise CoseError("signature does not verify") from None
+        return
+    if alg != ES256:
+        raise CoseError(f"alg {alg} does not match a P-256 key")
+    if len(msg.signature) != 64:
+        raise CoseError("ES256 signature must be 64 bytes")
+    from cryptography.exceptions import InvalidSignature as EcInvalid
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    der = encode_dss_signature(int.from_bytes(msg.signature[:32], "big"), int.from_bytes(msg.signature[32:], "big"))
+    try:
+        key.verify(der, tbs, ec.ECDSA(hashes.SHA256()))
+    except EcInvalid:
         raise CoseError("signature does not verify") from None

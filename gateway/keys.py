@@ -6,23 +6,100 @@ fingerprint printed for technicians is the same hash, hex, in groups of four.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 Alg = Literal["ed25519", "es256"]
-PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
-PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+
+# Ed25519 (the default) goes through PyNaCl (libsodium): the daemon never loads cryptography,
+# whose bundled OpenSSL costs about 7 MB of resident memory on a gateway. P-256 keys (ES256)
+# still use cryptography, imported only when such a key is made or read.
+# RFC 8410 DER: a PKCS#8 v1 Ed25519 private key is this prefix + the 32-byte seed, and the
+# SubjectPublicKeyInfo is this prefix + the 32-byte public key.
+_PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
+_SPKI_ED25519 = bytes.fromhex("302a300506032b6570032100")
 
 
 class KeyError_(Exception):
     """A key is missing, unreadable, of the wrong kind, or readable by others."""
+
+
+class InvalidSignature(Exception):
+    """An Ed25519 signature does not verify."""
+
+
+class Ed25519PublicKey:
+    """An Ed25519 public key (32 bytes), verified with libsodium."""
+
+    __slots__ = ("_vk", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != 32:
+            raise ValueError("an Ed25519 public key is 32 bytes")
+        self.raw = bytes(raw)
+        self._vk = VerifyKey(self.raw)
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """Raise InvalidSignature unless ``signature`` is this key's over ``data``."""
+        if len(signature) != 64:
+            raise InvalidSignature("an Ed25519 signature is 64 bytes")
+        try:
+            self._vk.verify(data, signature)
+        except BadSignatureError:
+            raise InvalidSignature("signature does not verify") from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ed25519PublicKey) and other.raw == self.raw
+
+    def __hash__(self) -> int:
+        return hash(self.raw)
+
+
+class Ed25519PrivateKey:
+    """An Ed25519 signing key (its 32-byte seed), signing with libsodium."""
+
+    __slots__ = ("_pub", "_sk")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 private key is a 32-byte seed")
+        self._sk = SigningKey(bytes(seed))
+        self._pub = Ed25519PublicKey(bytes(self._sk.verify_key))
+
+    @classmethod
+    def generate(cls) -> Ed25519PrivateKey:
+        return cls(os.urandom(32))
+
+    def sign(self, data: bytes) -> bytes:
+        """The 64-byte signature over ``data`` (RFC 8032, deterministic)."""
+        return self._sk.sign(data).signature
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self._pub
+
+    def seed(self) -> bytes:
+        return bytes(self._sk)
+
+
+if TYPE_CHECKING:
+    PrivateKey: TypeAlias = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+    PublicKey: TypeAlias = Ed25519PublicKey | ec.EllipticCurvePublicKey
+else:  # annotations only at run time: naming the P-256 types would import cryptography
+    PrivateKey = PublicKey = object
 
 
 @dataclass(frozen=True)
@@ -35,9 +112,43 @@ class KeyInfo:
     fingerprint: str
 
 
+def _pem(label: str, der: bytes) -> bytes:
+    b64 = base64.b64encode(der).decode()
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+    return ("\n".join([f"-----BEGIN {label}-----", *lines, f"-----END {label}-----"]) + "\n").encode()
+
+
+def _pem_der(raw: bytes, label: str) -> bytes | None:
+    """The DER inside a file that is exactly one PEM block with ``label``; None for anything else
+    (which then goes to cryptography's parser, and its error messages)."""
+    try:
+        text = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    begin, end = f"-----BEGIN {label}-----", f"-----END {label}-----"
+    if not (text.startswith(begin) and text.endswith(end)):
+        return None
+    body = text[len(begin) : -len(end)]
+    if "-----" in body:
+        return None
+    try:
+        return base64.b64decode("".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def spki_der(pub: PublicKey) -> bytes:
     """The public key as DER SubjectPublicKeyInfo."""
+    if isinstance(pub, Ed25519PublicKey):
+        return _SPKI_ED25519 + pub.raw
+    from cryptography.hazmat.primitives import serialization
+
     return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def public_pem(pub: PublicKey) -> bytes:
+    """The public key as PEM SubjectPublicKeyInfo (what ``NAME.pub.pem`` holds)."""
+    return _pem("PUBLIC KEY", spki_der(pub))
 
 
 def key_id(pub: PublicKey) -> bytes:
@@ -53,18 +164,31 @@ def fingerprint(pub: PublicKey) -> str:
 
 def alg_of(key: PrivateKey | PublicKey) -> Alg:
     """Which signature algorithm a key is for."""
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+    if isinstance(key, Ed25519PrivateKey | Ed25519PublicKey):
         return "ed25519"
-    if isinstance(key.curve, ec.SECP256R1):
+    curve = getattr(key, "curve", None)
+    if curve is not None and curve.name == "secp256r1":
         return "es256"
-    raise KeyError_(f"unsupported curve {key.curve.name}: use Ed25519 or P-256")
+    raise KeyError_(f"unsupported key {getattr(curve, 'name', type(key).__name__)}: use Ed25519 or P-256")
 
 
 def generate(alg: Alg) -> PrivateKey:
     """A new private key for ``alg``."""
     if alg == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
+        return Ed25519PrivateKey.generate()
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def private_pem(key: PrivateKey) -> bytes:
+    """The private key as unencrypted PKCS#8 PEM."""
+    if isinstance(key, Ed25519PrivateKey):
+        return _pem("PRIVATE KEY", _PKCS8_ED25519 + key.seed())
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 def init_key(directory: Path, alg: Alg = "ed25519", name: str = "device", force: bool = False) -> KeyInfo:
@@ -78,7 +202,7 @@ def init_key(directory: Path, alg: Alg = "ed25519", name: str = "device", force:
     except OSError as e:
         raise KeyError_(f"cannot create {directory}: {e.strerror or e}") from None
     key = generate(alg)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = private_pem(key)
     tmp = private_path.with_suffix(".key.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -89,8 +213,7 @@ def init_key(directory: Path, alg: Alg = "ed25519", name: str = "device", force:
         os.chmod(tmp, 0o600)
         os.replace(tmp, private_path)
         pub = key.public_key()
-        pem_pub = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        public_path.write_bytes(pem_pub)
+        public_path.write_bytes(public_pem(pub))
     except OSError as e:
         raise KeyError_(f"cannot write key into {directory}: {e.strerror or e}") from None
     return KeyInfo(private_path, public_path, alg, fingerprint(pub))
@@ -110,12 +233,25 @@ def load_private_key(path: Path) -> PrivateKey:
             f"signing key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"fix with: chmod 600 {path}"
         )
+    return private_key_from_pem(raw, str(path))
+
+
+def private_key_from_pem(raw: bytes, where: str = "key") -> PrivateKey:
+    """An Ed25519 or P-256 private key from unencrypted PEM (KeyError_ says why not)."""
+    der = _pem_der(raw, "PRIVATE KEY")
+    if der is not None and len(der) == 48 and der.startswith(_PKCS8_ED25519):
+        return Ed25519PrivateKey(der[16:])
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
     try:
         key = serialization.load_pem_private_key(raw, password=None)
     except (ValueError, TypeError) as e:
-        raise KeyError_(f"{path} is not an unencrypted PEM private key: {e}") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
-        raise KeyError_(f"{path}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
+        raise KeyError_(f"{where} is not an unencrypted PEM private key: {e}") from None
+    if isinstance(key, ed25519.Ed25519PrivateKey):  # e.g. PKCS#8 v2, with the public key in it
+        return Ed25519PrivateKey(key.private_bytes_raw())
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise KeyError_(f"{where}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
     alg_of(key)
     return key
 
@@ -126,11 +262,24 @@ def load_public_key(path: Path) -> PublicKey:
         raw = path.read_bytes()
     except OSError as e:
         raise KeyError_(f"cannot read public key {path}: {e.strerror or e}") from None
+    return public_key_from_pem(raw, str(path))
+
+
+def public_key_from_pem(raw: bytes, where: str = "key") -> PublicKey:
+    """An Ed25519 or P-256 public key from PEM SubjectPublicKeyInfo (KeyError_ says why not)."""
+    der = _pem_der(raw, "PUBLIC KEY")
+    if der is not None and len(der) == 44 and der.startswith(_SPKI_ED25519):
+        return Ed25519PublicKey(der[12:])
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
     try:
         key = serialization.load_pem_public_key(raw)
     except (ValueError, TypeError) as e:
-        raise KeyError_(f"{path} is not a PEM public key: {e}") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
-        raise KeyError_(f"{path}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
+        raise KeyError_(f"{where} is not a PEM public key: {e}") from None
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return Ed25519PublicKey(key.public_bytes_raw())
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise KeyError_(f"{where}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
     alg_of(key)
     return key

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.config import ConfigInvalid, GatewayConfig, load_config_bytes
-from gateway.keys import KeyError_, fingerprint, init_key, load_private_key, load_public_key
+from gateway.keys import KeyError_, fingerprint, init_key, load_private_key, load_public_key, public_pem
 from gateway.registry import Registry
 
 DEFAULT_CONFIG = """\
@@ -290,8 +290,7 @@ def install_ops_keys(plan: Plan, result: Result) -> None:
             raise ProvisionError(str(e)) from None
         name = src.name if src.name.endswith(".pem") else src.name + ".pem"
         dest = dest_dir / name
-        pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        _write_atomic(dest, pem, 0o644)
+        _write_atomic(dest, public_pem(key), 0o644)
         result.done.append(f"trusted ops key {dest}, fingerprint {fingerprint(key)}")
 
 
