@@ -95,9 +95,10 @@ def _gateway(work: Path, name: str, drivers: list[dict[str, Any]], uplink: dict[
 DAEMON_ROOT = ROOT  # --baseline-root: the daemon of another checkout, measured by this bench
 
 
-def _spawn_daemon(config: Path) -> subprocess.Popen[str]:
+def _spawn_daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([PY, "-m", "gateway", "run", "-c", str(config)], cwd=DAEMON_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env} if env else None)
 
 
 def _spawn_receiver(url: str, pub: Path, timeout: float, count: int = 0) -> subprocess.Popen[str]:
@@ -144,12 +145,17 @@ def run_load(name: str, work: Path, seconds: float, drivers: list[dict[str, Any]
     delivered batch to the end (rates, CPU, disk, latency), RSS throughout."""
     work.mkdir(parents=True, exist_ok=True)
     helper_proc = None
-    if helper:  # e.g. the simulated Modbus bus: prints its port first
+    env: dict[str, str] = {}
+    if helper:  # a simulated device: prints its port (Modbus bus) or NAME=VALUE for the daemon (D-Bus)
         helper_proc = subprocess.Popen(helper, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert helper_proc.stdout is not None
-        port = int(helper_proc.stdout.readline())
-        for d in drivers:
-            d.setdefault("port", port)
+        first = helper_proc.stdout.readline().strip()
+        if "=" in first:
+            key, _, value = first.partition("=")
+            env[key] = value
+        else:
+            for d in drivers:
+                d.setdefault("port", int(first))
     try:
         with Mosquitto(work / "mqtt", persistence=False) as broker:
             info = init_key(work / "state" / "keys", force=True)
@@ -158,7 +164,7 @@ def run_load(name: str, work: Path, seconds: float, drivers: list[dict[str, Any]
             rx = _spawn_receiver(url, info.public_path, seconds + warmup + 60)
             time.sleep(0.8)  # subscribed (MQTT) / listening (CoAP)
             spawned_ns = time.time_ns()
-            gw = _spawn_daemon(config)
+            gw = _spawn_daemon(config, env)
             probe = Probe(gw.pid)
             # warm-up: until the first batch arrived (the receiver's marks tell) plus `warmup`
             _sleep_sampling(probe, warmup + 2.0)
@@ -453,6 +459,8 @@ def scenarios(seconds: float, tiny: bool) -> dict[str, Callable[[Path], dict[str
     modbus = {"driver": "modbus", "name": "bus", "transport": "tcp", "host": "127.0.0.1", "interval": "1s",
               "jitter": 0, "timeout": "55s", "request_timeout": "1s", "maps": {"m": modbus_map},
               "nodes": [{"id": f"meter-{i}", "slave": i, "map": "m"} for i in range(1, 51)]}
+    ble = {"driver": "ble", "name": "ble", "adapter": "hci0", "names": ["DIY-*"], "dedup_window": "0s",
+           "offline_after": "30s"}
     return {
         "ceiling": lambda w: run_ceiling(w, 4.0, 5000 * 36, 5000),
         "sim_max": lambda w: run_load("sim_max", w, seconds, [_sim("load", 2000, "10ms", 5)]),
@@ -467,6 +475,9 @@ def scenarios(seconds: float, tiny: bool) -> dict[str, Callable[[Path], dict[str
         "50k_coap": lambda w: run_load("50k_coap", w, seconds, [_sim("load", 100, "10ms", 5)], "coap"),
         "modbus_50x100": lambda w: run_load("modbus_50x100", w, seconds, [modbus],
                                             helper=[PY, "-m", "bench.modbus_bus", "50", "100"]),
+        # 200 BTHome sensors, each advertising temperature + humidity once a second, through bleak
+        "ble_200_nodes": lambda w: run_load("ble_200_nodes", w, seconds, [ble],
+                                            helper=[PY, "-m", "bench.ble_nodes", "200", "1.0"]),
         "idle_10_drivers": lambda w: run_idle(w, max(seconds, 20.0)),
         "rss_all_drivers": lambda w: run_rss(w, 8.0),
         "rss_rig_devices": lambda w: run_rss_rig(w, 8.0),
