@@ -465,9 +465,10 @@ def scenarios(seconds: float, tiny: bool) -> dict[str, Callable[[Path], dict[str
         "ceiling": lambda w: run_ceiling(w, 4.0, 5000 * 36, 5000),
         "sim_max": lambda w: run_load("sim_max", w, seconds, [_sim("load", 2000, "10ms", 5)]),
         "1k_per_s": lambda w: run_load("1k_per_s", w, seconds, [_sim("load", 10, "20ms", 2)]),
-        # the same trickle with batch.min_interval raised for SD cards: fewer flushes, more latency
+        # the same trickle with batches spaced for SD cards: fewer flushes, more latency
         "1k_per_s_sd": lambda w: run_load("1k_per_s_sd", w, seconds, [_sim("load", 10, "20ms", 2)],
-                                          sections={"batch": {"min_interval": "250ms"}}),
+                                          sections={"batch": {"min_interval": "500ms"},
+                                                    "buffer": {"commit_interval": "1s"}}),
         "10k_per_s": lambda w: run_load("10k_per_s", w, seconds, [_sim("load", 40, "20ms", 5)]),
         "50k_per_s": lambda w: run_load("50k_per_s", w, seconds, [_sim("load", 100, "10ms", 5)]),
         # 110,000 offered (the sim's polls drift a little late): does it sustain 100,000?

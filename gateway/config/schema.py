@@ -89,7 +89,8 @@ class BatchSection(Section):
         le=60,
         description="Shortest time between two batches while the uplink is idle. Each batch is one disk "
         "flush (fsync) of at least a 4 KiB page, so at a steady trickle this sets the bytes written per "
-        "reading: raise it (for example to 0.25s) on SD cards where a quarter second more latency is fine.",
+        "reading: on SD cards where half a second of latency is fine, 0.5s (with buffer.commit_interval "
+        "above it, e.g. 1s, so readings are not first committed on their own) writes about a third.",
     )
     alg: Literal["ed25519", "es256"] = Field(default="ed25519", description="Signature algorithm.")
 
