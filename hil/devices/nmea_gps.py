@@ -15,12 +15,11 @@ coordinates; ``nmea_log(...)`` renders epochs as text for gpsfake.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import math
 import random
 
-from hil.devices.pty import PtyPort
+from hil.devices.pty import PtyDevice
 
 Waypoint = tuple[float, float, float]  # lat, lon (decimal degrees), altitude (m)
 
@@ -128,8 +127,10 @@ def nmea_log(route: list[Waypoint], epochs: int, knots: float = 10.0, period: fl
     return b"".join(out)
 
 
-class NmeaGps:
+class NmeaGps(PtyDevice):
     """A receiver on a pty at ``path``, sending one epoch every ``period`` seconds."""
+
+    task_name = "nmea-gps-sim"
 
     def __init__(
         self,
@@ -141,11 +142,11 @@ class NmeaGps:
         path: str | None = None,
         seed: int = 1,
     ) -> None:
+        super().__init__(path)
         self.route = Route(route or DEFAULT_ROUTE)
         self.knots = knots
         self.period = period
         self.talker = talker
-        self.port = PtyPort(path)
         self.garbage = False
         self.no_fix = False
         self.silent = False
@@ -154,40 +155,11 @@ class NmeaGps:
         self._held: int | None = None
         self._distance = 0.0
         self._rng = random.Random(seed)
-        self._task: asyncio.Task[None] | None = None
         self._t0 = dt.datetime(2024, 5, 1, 8, 0, 0, tzinfo=dt.UTC)
-
-    @property
-    def path(self) -> str:
-        """The serial port path the driver opens."""
-        return self.port.path
-
-    async def start(self) -> str:
-        """Plug the receiver in and start sending; returns its port path."""
-        self.port.plug()
-        self._task = asyncio.create_task(self._send_loop(), name="nmea-gps-sim")
-        return self.path
-
-    async def stop(self) -> None:
-        """Stop sending and unplug for good."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.port.close()
 
     def hold_at(self, index: int | None) -> None:
         """Park on waypoint ``index`` (speed 0); ``None`` drives on."""
         self._held = index
-
-    def unplug(self) -> None:
-        """The receiver's port disappears (USB pulled)."""
-        self.port.unplug()
-
-    def plug(self) -> None:
-        """The receiver's port comes back."""
-        self.port.plug()
 
     def _noise(self) -> bytes:
         kind = self._rng.randrange(4)
@@ -212,7 +184,7 @@ class NmeaGps:
             self.last = (pos, knots, round(course, 1))
         return epoch(when, *pos, knots, course, fix=not self.no_fix, talker=self.talker)
 
-    async def _send_loop(self) -> None:
+    async def _run(self) -> None:
         while True:
             if not self.silent and self.port.plugged:
                 for s in self._next_epoch():

@@ -9,6 +9,7 @@ kernel buffer is full, bytes are dropped and counted, as a real UART would overr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -75,3 +76,45 @@ class PtyPort:
             with contextlib.suppress(OSError):
                 os.rmdir(self._tmpdir)
             self._tmpdir = None
+
+
+class PtyDevice:
+    """A simulated serial device: a PtyPort plus one task that talks on it from ``start`` to
+    ``stop``. Subclasses write ``_run`` (the device's sending loop) and name the task."""
+
+    task_name = "pty-device-sim"
+
+    def __init__(self, path: str | None = None) -> None:
+        self.port = PtyPort(path)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> str:
+        """The serial port path the driver opens."""
+        return self.port.path
+
+    async def start(self) -> str:
+        """Plug the device in and start its loop; returns its port path."""
+        self.port.plug()
+        self._task = asyncio.create_task(self._run(), name=self.task_name)
+        return self.path
+
+    async def stop(self) -> None:
+        """Stop the loop and unplug for good."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.port.close()
+
+    def unplug(self) -> None:
+        """The port disappears (USB adapter pulled)."""
+        self.port.unplug()
+
+    def plug(self) -> None:
+        """The port comes back."""
+        self.port.plug()
+
+    async def _run(self) -> None:
+        raise NotImplementedError

@@ -9,39 +9,22 @@ as an RDM6300 does, until ``remove()``. ``send(tag)`` sends one frame. Faults fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from drivers.rfid.em4100 import ETX, STX, encode_frame
-from hil.devices.pty import PtyPort
+from hil.devices.pty import PtyDevice
 
 
-class Rdm6300:
+class Rdm6300(PtyDevice):
     """A reader on a pty at ``path``."""
 
+    task_name = "rdm6300-sim"
+
     def __init__(self, path: str | None = None, period: float = 0.02) -> None:
-        self.port = PtyPort(path)
+        super().__init__(path)
         self.period = period
         self.silent = False
         self.frames_sent = 0
         self._tag: str | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def path(self) -> str:
-        return self.port.path
-
-    async def start(self) -> str:
-        self.port.plug()
-        self._task = asyncio.create_task(self._repeat(), name="rdm6300-sim")
-        return self.path
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.port.close()
 
     def present(self, tag: str) -> None:
         """Hold ``tag`` in the field (frames repeat until ``remove``)."""
@@ -66,13 +49,7 @@ class Rdm6300:
         """Line noise, a frame cut short by the next STX, and a stray ETX."""
         self.port.write(b"\x00\xff\x13noise" + bytes([STX]) + b"0F00A3" + bytes([ETX]) + b"\x03\x03")
 
-    def unplug(self) -> None:
-        self.port.unplug()
-
-    def plug(self) -> None:
-        self.port.plug()
-
-    async def _repeat(self) -> None:
+    async def _run(self) -> None:
         while True:
             if self._tag is not None and self.port.plugged:
                 self.send(self._tag)

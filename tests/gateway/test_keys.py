@@ -4,6 +4,7 @@ files get a KeyError_, and the running daemon never maps cryptography's OpenSSL.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -106,7 +107,7 @@ _PEMISH = st.one_of(
               st.sampled_from(["PRIVATE KEY", "PUBLIC KEY", "EC PRIVATE KEY"]),
               st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n -", max_size=200)),
     st.builds(lambda prefix, tail: b"-----BEGIN PRIVATE KEY-----\n"
-              + __import__("base64").b64encode(prefix + tail) + b"\n-----END PRIVATE KEY-----\n",
+              + base64.b64encode(prefix + tail) + b"\n-----END PRIVATE KEY-----\n",
               st.sampled_from([bytes.fromhex("302e020100300506032b657004220420"),
                                bytes.fromhex("302a300506032b6570032100"), b""]),
               st.binary(max_size=64)),
