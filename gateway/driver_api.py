@@ -29,8 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from gateway.schema import Field, Model
 from gateway.units import Duration
 
 API_VERSION = 1
@@ -156,10 +155,8 @@ class DriverContext(Protocol):
         """Run a blocking library call in the host's executor, off the event loop."""
 
 
-class DriverConfig(BaseModel):
+class DriverConfig(Model):
     """Options every driver instance has; a driver's own schema subclasses this."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     driver: str = Field(description="Driver name, as listed by `sensegate drivers`.")
     name: str = Field(

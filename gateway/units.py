@@ -6,7 +6,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from gateway.schema import BeforeValidator, JsonSchema
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -57,8 +57,7 @@ def parse_size(value: Any) -> int:
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    PlainSerializer(lambda v: v, return_type=float),
-    WithJsonSchema(
+    JsonSchema(
         {
             "anyOf": [
                 {"type": "number", "minimum": 0},
@@ -72,7 +71,7 @@ Duration = Annotated[
 ByteSize = Annotated[
     int,
     BeforeValidator(parse_size),
-    WithJsonSchema(
+    JsonSchema(
         {
             "anyOf": [
                 {"type": "integer", "minimum": 0},

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
-
 from drivers.barcode.protocol import parse_terminator
 from gateway.driver_api import DriverConfig
+from gateway.schema import Field, field_validator
 
 
 class BarcodeConfig(DriverConfig):

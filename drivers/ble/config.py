@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from drivers.ble.decoders import FORMATS, Format, check_struct_format
 from gateway.driver_api import DriverConfig
+from gateway.schema import Field, Model, field_validator, model_validator
 from gateway.units import Duration
 
 _MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
@@ -27,10 +26,8 @@ def normalize_uuid(value: str) -> str:
     raise ValueError(f"{value!r} is not a UUID (use e.g. 2a6e or 00002a6e-0000-1000-8000-00805f9b34fb)")
 
 
-class GattPoll(BaseModel):
+class GattPoll(Model):
     """One characteristic read on a schedule: connect, read, disconnect."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     address: str = Field(description="Device address, e.g. C4:7C:8D:6A:00:01.")
     characteristic: str = Field(description="Characteristic UUID: 16-bit (2a6e) or 128-bit.")

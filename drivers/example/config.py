@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from gateway.driver_api import DriverConfig
+from gateway.schema import Field
 
 
 class ExampleConfig(DriverConfig):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
-
 from gateway.driver_api import DriverConfig
+from gateway.schema import Field, model_validator
 from gateway.units import Duration
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
 from gateway.driver_api import DriverConfig
+from gateway.schema import Field
 
 Oversampling = Literal[0, 1, 2, 4, 8, 16]
 

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from drivers.modbus import registers
 from gateway.driver_api import DriverConfig
+from gateway.schema import Field, Model, model_validator
 from gateway.units import Duration
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NODE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
 
-class PointOptions(BaseModel):
+class PointOptions(Model):
     """One entry of a register map."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=_NAME, description="Point name (the reading's name).")
     function: Literal["coils", "discrete_inputs", "holding", "input"] = Field(
@@ -74,17 +71,15 @@ class PointOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PointOptions:
-        self.to_point()  # MapError is a ValueError: pydantic reports it against this entry
+        self.to_point()  # MapError is a ValueError: validation reports it against this entry
         for label in self.bits.values():
             if not label or "/" in label or not label.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"bit name {label!r}: use letters, digits, _ and -")
         return self
 
 
-class NodeOptions(BaseModel):
+class NodeOptions(Model):
     """One device (slave / unit id) on the bus: a capillary node with its own identity."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=_NODE, description="Node identity its readings and status carry (IP3).")
     slave: int = Field(ge=0, le=255, description="Modbus slave (unit / device) id on the bus.")

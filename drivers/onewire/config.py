@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from gateway.driver_api import DriverConfig
+from gateway.schema import Field, Model, model_validator
 from gateway.units import Duration
 
 SENSOR_ID = r"^[0-9a-f]{2}-[0-9a-f]{12}$"
 
 
-class Sensor(BaseModel):
+class Sensor(Model):
     """One configured sensor: its 1-Wire id and the name its readings carry."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=SENSOR_ID, description="1-Wire id as in sysfs, e.g. 28-0316a2791aff.")
     name: str = Field(

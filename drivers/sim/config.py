@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from gateway.driver_api import DriverConfig
+from gateway.schema import Field, Model, model_validator
 from gateway.units import Duration
 
 Scalar = float | int | bool | str
 
 
-class SimPoint(BaseModel):
+class SimPoint(Model):
     """One simulated point."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Point name.")
     unit: str | None = Field(default=None, description="SenML unit, e.g. Cel, %RH, V, W, kWh.")

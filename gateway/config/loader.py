@@ -50,7 +50,7 @@ class Document:
     positions: dict[Loc, tuple[int, int]]
 
     def where(self, loc: Loc) -> tuple[int, int]:
-        """Line/column of the deepest known prefix of ``loc`` (pydantic error locations)."""
+        """Line/column of the deepest known prefix of ``loc`` (validation error locations)."""
         for n in range(len(loc), -1, -1):
             pos = self.positions.get(tuple(loc[:n]))
             if pos is not None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from gateway.schema import Field, Model, model_validator
 from gateway.units import ByteSize, Duration
 
 CONFIG_VERSION = 1
@@ -18,10 +17,8 @@ CONFIG_VERSION = 1
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
 
-class Section(BaseModel):
+class Section(Model):
     """Base of every config section: unknown keys are errors, values immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class GatewaySection(Section):
@@ -257,7 +254,7 @@ class Config(Section):
     buffer: BufferSection = Field(default_factory=BufferSection, description="Durable local buffer.")
     batch: BatchSection = Field(default_factory=BatchSection, description="Signed batches.")
     uplinks: list[Uplink] = Field(
-        default_factory=lambda: [JsonlUplink(type="jsonl")],  # type: ignore[arg-type]
+        default_factory=lambda: [JsonlUplink(type="jsonl")],
         description="Where batches go; default: JSON lines on standard output.",
     )
     uplink_mode: Literal["failover", "all"] = Field(

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from pydantic import BaseModel, ValidationError
-
 from gateway.config.loader import Document, LoadError, Loc, Problem, load_yaml
 from gateway.config.migrate import MigrationError, migrate
 from gateway.config.schema import Config
 from gateway.driver_api import ConfigError, DriverConfig, Manifest
 from gateway.registry import Registry
+from gateway.schema import Model, ValidationError
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ def _dotted(loc: Loc) -> str:
 
 
 def _data_loc(data: Any, loc: tuple[Any, ...]) -> Loc:
-    """Drop the parts of a pydantic error location that are not in the data (union tags)."""
+    """Drop the parts of an error location that are not in the data (union tags)."""
     out: list[str | int] = []
     node = data
     for part in loc:
@@ -76,7 +75,7 @@ def _data_loc(data: Any, loc: tuple[Any, ...]) -> Loc:
     return tuple(out)
 
 
-def _problems(err: ValidationError, model: type[BaseModel], doc: Document, base: Loc, data: Any) -> list[Problem]:
+def _problems(err: ValidationError, model: type[Model], doc: Document, base: Loc, data: Any) -> list[Problem]:
     problems = []
     for e in err.errors(include_url=False):
         raw_loc = tuple(e["loc"])
@@ -102,16 +101,16 @@ def _problems(err: ValidationError, model: type[BaseModel], doc: Document, base:
     return problems
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _models_in(annotation: Any) -> list[type[Model]]:
+    if isinstance(annotation, type) and issubclass(annotation, Model):
         return [annotation]
     return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+def _allowed_keys(model: type[Model], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the (nested) model that rejected an unknown key, for a helpful hint."""
-    current: type[BaseModel] | None = model
-    pending: list[type[BaseModel]] = []
+    current: type[Model] | None = model
+    pending: list[type[Model]] = []
     for part in loc:
         if isinstance(part, int):
             continue

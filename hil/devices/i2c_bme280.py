@@ -24,11 +24,10 @@ import errno
 import struct
 from typing import Any
 
-from pydantic import ConfigDict, Field
-
 from drivers.i2c import MANIFEST
 from drivers.i2c.config import I2cConfig
 from drivers.i2c.driver import I2cDriver
+from gateway.schema import Field
 
 # The calibration set of pimoroni/bme280-python's test suite (a widely used driver), whose
 # published results for adc_T=529191, adc_P=326816, adc_H=30281 the tests check against.
@@ -144,8 +143,6 @@ class FakeSMBus:
 
 class SimulatedBusConfig(I2cConfig):
     """The i2c schema plus the fake bus to use; exists only in tests and demos."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     simulated_bus: Any = Field(exclude=True, description="The FakeSMBus that open_bus() returns.")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.driver_api import DriverConfig
-from pydantic import Field
+from gateway.schema import Field
 
 
 class ThermalConfig(DriverConfig):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import gateway.schema
 from drivers.barcode import MANIFEST
 from drivers.barcode.protocol import CodeFramer, parse_terminator
 from gateway.testing import DriverHarness, make_instance, run_driver
@@ -109,7 +109,7 @@ async def test_noise_silence_and_unplug() -> None:
 
 
 def test_config_rejects_a_bad_terminator() -> None:
-    with pytest.raises(pydantic.ValidationError, match="terminator"):
+    with pytest.raises(gateway.schema.ValidationError, match="terminator"):
         make_instance(MANIFEST, port="/dev/ttyACM0", terminator="CRCR")
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from drivers.ble import MANIFEST
 from drivers.ble.config import BleConfig
 from drivers.ble.nodes import NodeBook, node_id_for
+from gateway.schema import ValidationError
 from gateway.testing import make_instance
 
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from drivers.modbus import MANIFEST
 from gateway.driver_api import ConfigError, Path
+from gateway.schema import ValidationError
 from gateway.testing import DriverHarness, free_port, make_instance, run_driver
 from hil.devices.modbus_slave import ModbusSim, Slave, air_quality, energy_meter
 
