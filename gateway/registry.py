@@ -12,7 +12,6 @@ import importlib.util
 import inspect
 import logging
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 
 from gateway.driver_api import (
     SUPPORTED_API_VERSIONS,
@@ -22,6 +21,7 @@ from gateway.driver_api import (
     Manifest,
     MissingExtra,
 )
+from gateway.entrypoints import entry_points
 
 GROUP = "sensegate.drivers"
 log = logging.getLogger("sensegate.registry")
