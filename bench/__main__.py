@@ -26,6 +26,7 @@ import yaml
 
 from gateway.buffer import backlog
 from gateway.keys import init_key
+from gateway.service import service_env
 from gateway.testing import free_port
 from hil.mosquitto import Mosquitto
 
@@ -95,10 +96,32 @@ def _gateway(work: Path, name: str, drivers: list[dict[str, Any]], uplink: dict[
 DAEMON_ROOT = ROOT  # --baseline-root: the daemon of another checkout, measured by this bench
 
 
-def _spawn_daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+PYCACHE: Path | None = None  # set by main(): the byte-code cache of the packaged unit's environment
+
+
+def _daemon_env(plain: bool = False) -> dict[str, str]:
+    """The daemon runs as the packaged systemd unit runs it (gateway.service.SERVICE_ENV), with a
+    byte-code cache warmed before the first scenario, as on a gateway after its first start;
+    ``plain``: a bare ``sensegate run``."""
+    if plain or PYCACHE is None:
+        return dict(os.environ)
+    return {**os.environ, **service_env(PYCACHE)}
+
+
+def _warm_pycache() -> None:
+    """Compile, under the unit's environment, every module a daemon with every driver imports."""
+    code = ("import gateway.cli, gateway.daemon, gateway.uplinks.mqtt, gateway.coap\n"
+            "from gateway.registry import Registry, load_driver_class\n"
+            "for m in Registry.discover().manifests.values():\n"
+            "    try:\n        load_driver_class(m)\n    except Exception:\n        pass\n")
+    subprocess.run([PY, "-c", code], cwd=DAEMON_ROOT, env=_daemon_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _spawn_daemon(config: Path, env: dict[str, str] | None = None, plain: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen([PY, "-m", "gateway", "run", "-c", str(config)], cwd=DAEMON_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env} if env else None)
+                            env={**_daemon_env(plain), **(env or {})})
 
 
 def _spawn_receiver(url: str, pub: Path, timeout: float, count: int = 0) -> subprocess.Popen[str]:
@@ -279,12 +302,13 @@ def run_rss(work: Path, seconds: float) -> dict[str, Any]:
             d["name"] = f"{sample.parent.name}{i}"
             drivers.append(d)
     out: dict[str, Any] = {"drivers": sorted({d["driver"] for d in drivers})}
-    for label, ds in (("sim_only", [_sim("s", 1, "1s", 1)]), ("all_drivers", drivers)):
+    for label, ds, plain in (("sim_only", [_sim("s", 1, "1s", 1)], False), ("all_drivers", drivers, False),
+                             ("all_drivers_plain", drivers, True)):
         w = work / label
         w.mkdir(parents=True, exist_ok=True)
         with Mosquitto(w / "mqtt", persistence=False) as broker:
             init_key(w / "state" / "keys", force=True)
-            gw = _spawn_daemon(_gateway(w, label, ds, _uplink("mqtt", broker)[0]))
+            gw = _spawn_daemon(_gateway(w, label, ds, _uplink("mqtt", broker)[0]), plain=plain)
             probe = Probe(gw.pid)
             _sleep_sampling(probe, seconds)
             alive = gw.poll() is None
@@ -434,6 +458,9 @@ def verdicts(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     target("idle CPU < 0.5% (10 drivers at 10 s)", "idle_10_drivers", "idle_cpu_percent", 0.5)
     target("RSS < 40 MB, every built-in driver", "rss_all_drivers", "steady_rss_mib", 40 * 1e6 / 2**20)
     target("RSS < 40 MB, every built-in driver with its device", "rss_rig_devices", "steady_rss_mib", 40 * 1e6 / 2**20)
+    # the same daemon without the unit's environment (a technician's bare `sensegate run`)
+    target("RSS < 40 MB, every built-in driver, bare run", "rss_all_drivers", "all_drivers_plain_rss_mib",
+           40 * 1e6 / 2**20)
     target("no RSS growth in a 1M backlog drain (< 5 MiB)", "drain_1m", "rss_growth_mib", 5.0)
     for name in results:
         if name in ("idle_10_drivers", "drain_1m", "rss_all_drivers", "rss_rig_devices", "ceiling") \
@@ -514,7 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     speed = python_speed()
+    global PYCACHE
     with tempfile.TemporaryDirectory(prefix="sensegate-bench-") as tmp:
+        PYCACHE = Path(tmp) / "pycache"
+        os.environ["SENSEGATE_RIG_PYCACHE"] = str(PYCACHE)  # the rig scenario's daemon too
+        _warm_pycache()
         for name, fn in chosen.items():
             print(f"running {name} ...", file=sys.stderr, flush=True)
             try:

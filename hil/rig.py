@@ -44,6 +44,7 @@ from gateway.mqtt import MqttSettings, subscribe_forever
 from gateway.receiver import Receiver
 from gateway.registry import Registry
 from gateway.senml import DecodedReading
+from gateway.service import service_env
 from hil.mosquitto import Mosquitto
 
 RIGS = Path(__file__).with_name("rigs")
@@ -712,7 +713,9 @@ class RigRun:
         return self.config_path
 
     def process_env(self) -> dict[str, str]:
-        env = {**os.environ}
+        # the daemon runs as the packaged unit runs it (optimised byte code, cached once per rig run)
+        pycache = os.environ.get("SENSEGATE_RIG_PYCACHE") or str(self.workdir / "pycache")
+        env = {**os.environ, **service_env(pycache)}
         for dev in self.devices.values():
             env.update(dev.process_env)
         return env

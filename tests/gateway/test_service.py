@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.service import Notifier
+from gateway.service import Notifier, service_env
 
 ROOT = Path(__file__).parents[2]
 UNIT = ROOT / "systemd" / "sensegate.service"
@@ -179,6 +179,7 @@ def _start(tmp: Path, listener: Listener, drivers: str, watchdog_usec: int) -> s
         NOTIFY_SOCKET=listener.env,
         WATCHDOG_USEC=str(watchdog_usec),
         PYTHONPATH=_install_wedge(tmp),
+        **service_env(tmp / "pycache"),  # as the unit runs it: optimised byte code
     )
     return subprocess.Popen(
         [str(SENSEGATE), "run", "-c", str(cfg)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -292,6 +293,10 @@ def test_unit_has_what_the_issue_asks() -> None:
     allowed = " ".join(keys["DeviceAllow"])
     for dev in ("ttyUSB", "ttyAMA", "i2c", "video4linux"):
         assert dev in allowed
+    # the environment the rig, these tests and the benchmark give the daemon is the unit's
+    env = dict(e.split("=", 1) for e in keys["Environment"])
+    assert env == {k: v for k, v in service_env("/var/cache/sensegate/pycache").items() if v}
+    assert keys["CacheDirectory"] == ["sensegate"]
 
 
 # -- journald-friendly logging -----------------------------------------------------------------

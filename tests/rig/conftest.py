@@ -30,12 +30,15 @@ _REPORT: list[RigReport] = []
 
 
 @pytest.fixture(scope="session")
-def rig_spec(pytestconfig: pytest.Config) -> RigSpec:
+def rig_spec(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RigSpec]:
     """The rig named by --rig; without it the scenario is skipped (it needs devices)."""
     name = pytestconfig.getoption("--rig", default=None)
     if not name:
         pytest.skip("no rig given: run with --rig sim (simulated devices) or --rig hil/rigs/bench-pi.yaml")
-    return load_rig(name)
+    # one byte-code cache for every daemon of the run (they run as the packaged unit does)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SENSEGATE_RIG_PYCACHE", str(tmp_path_factory.mktemp("pycache")))
+        yield load_rig(name)
 
 
 @pytest.fixture(scope="session")
