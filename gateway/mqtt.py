@@ -163,14 +163,20 @@ class MqttSession:
     async def connect(self, within: float = 10.0) -> None:
         """Connect and wait for CONNACK; raise MqttError with a plain-words reason."""
         self._connack = self._loop.create_future()
+        blocking = self._loop.run_in_executor(None, self._blocking_connect)
         try:
             async with asyncio.timeout(within):
-                await self._loop.run_in_executor(None, self._blocking_connect)
+                await asyncio.shield(blocking)
         except (OSError, ssl.SSLError, ValueError, TimeoutError) as e:
             _close_sockets_in(e)
             self._connack.cancel()
             self._detach()
+            blocking.add_done_callback(lambda f: self._drop_socket())  # a connect that finishes late
             raise MqttError(_describe_connect_error(e, self.settings)) from None
+        except asyncio.CancelledError:  # the uplink is being stopped (reload, rollback, shutdown)
+            self._connack.cancel()
+            blocking.add_done_callback(lambda f: self._drop_socket())
+            raise
         self._attach()
         try:
             async with asyncio.timeout(within):
@@ -178,6 +184,9 @@ class MqttSession:
         except TimeoutError:
             await self.close()
             raise MqttError(f"no CONNACK from {self.settings.host}:{self.settings.port} within {within:g}s") from None
+        except asyncio.CancelledError:  # stopped while waiting: leave no socket or keepalive task
+            self._drop_socket()
+            raise
         except MqttError:
             await self.close()
             raise
@@ -196,6 +205,8 @@ class MqttSession:
         self._loop.add_reader(self._sock, self._read)
         if c.want_write():
             self._loop.add_writer(self._sock, self._write)
+        if self._misc is not None:
+            self._misc.cancel()
         self._misc = asyncio.create_task(self._misc_loop(), name="mqtt-misc")
 
     def _unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -207,14 +218,24 @@ class MqttSession:
     def _write(self) -> None:
         self.client.loop_write()
 
+    def _drop_socket(self) -> None:
+        """Close the client's socket without a DISCONNECT and detach (no awaiting: safe when cancelled)."""
+        sock = self.client.socket()
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                sock.close()
+        self._detach()
+
     def _detach(self) -> None:
+        # also reached from paho's __del__ when a client is collected, possibly with no loop running
         if self._sock is not None:
-            with contextlib.suppress(ValueError, OSError):
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
                 self._loop.remove_reader(self._sock)
                 self._loop.remove_writer(self._sock)
             self._sock = None
-        if self._misc is not None and self._misc is not asyncio.current_task():
-            self._misc.cancel()
+        if self._misc is not None and self._misc is not asyncio.current_task(self._loop):
+            with contextlib.suppress(RuntimeError):  # its loop is already closed
+                self._misc.cancel()
         self._misc = None
         if not self.closed.is_set():
             self.closed.set()

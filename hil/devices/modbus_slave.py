@@ -47,7 +47,9 @@ from typing import Literal
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerRTU
+from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 TABLE_SIZE = 1024  # addresses 0..1023 in each table
@@ -145,6 +147,62 @@ _TABLES.update(dict.fromkeys((3, 6, 16, 22, 23), "holding"))
 _TABLES[4] = "input"
 
 
+class _RequestHandler(ServerRequestHandler):
+    """pymodbus's per-connection request handler, whose request tasks the server keeps.
+
+    pymodbus answers a decoded request in a task that ``handle_later`` starts with
+    ``run_coroutine_threadsafe`` and nobody keeps: it is created two loop turns after the
+    frame arrives and runs on the third, and ``ModbusBaseServer.shutdown()`` neither waits for
+    nor cancels it. A simulator stopped inside that window left the task behind to answer on a
+    closed transport (and the suite's leak guard failed the test). Here the task is made on the
+    loop directly, kept in the server's set so ``shutdown()`` can end it, and not made at all
+    once the server has stopped.
+    """
+
+    def handle_later(self) -> None:
+        server: _SimServerMixin = self.server
+        if server.stopped:  # the device went off between the frame arriving and now: no answer
+            return
+        task = self.loop.create_task(self.handle_request(), name="modbus-sim request")
+        server.request_tasks.add(task)
+        task.add_done_callback(server.request_tasks.discard)
+
+
+class _SimServerMixin:
+    """For the pymodbus servers: handlers whose request tasks are kept, and a ``shutdown()``
+    that cancels the ones still pending and waits for them, so nothing outlives the server."""
+
+    trace_packet: Callable[[bool, bytes], bytes] | None
+    trace_pdu: Callable[[bool, ModbusPDU], ModbusPDU] | None
+    trace_connect: Callable[[bool], None] | None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.stopped = False
+        self.request_tasks: set[asyncio.Task[None]] = set()
+        super().__init__(*args, **kwargs)
+
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _RequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+    async def shutdown(self) -> None:
+        self.stopped = True
+        await super().shutdown()  # type: ignore[misc]
+        pending = list(self.request_tasks)
+        for task in pending:
+            task.cancel()
+        for result in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(result, Exception):
+                raise result
+
+
+class _TcpServer(_SimServerMixin, ModbusTcpServer):
+    pass
+
+
+class _SerialServer(_SimServerMixin, ModbusSerialServer):
+    pass
+
+
 class ModbusSim:
     """A Modbus bus with several slaves, served by pymodbus over TCP or RTU-on-pty."""
 
@@ -153,7 +211,7 @@ class ModbusSim:
         self.transport = transport
         self.port = 0  # tcp
         self.device = ""  # rtu: the path the client opens (a symlink to the current pty)
-        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._server: _TcpServer | _SerialServer | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._fds: list[int] = []  # server pty master/slave
         self._line: tuple[int, int] | None = None  # client-side pty master/slave ("the cable")
@@ -164,7 +222,7 @@ class ModbusSim:
         """Start serving; return the TCP port or the serial device path."""
         devices = [self._device(s) for s in self.slaves.values()]
         if self.transport == "tcp":
-            self._server = ModbusTcpServer(
+            self._server = _TcpServer(
                 devices, address=("127.0.0.1", port), framer=FramerType.SOCKET, trace_packet=self._trace
             )
             await self._server.serve_forever(background=True)
@@ -176,7 +234,7 @@ class ModbusSim:
         self.device = os.path.join(self._tmp.name, "ttyRS485")
         master, slave = _open_pty()
         self._fds = [master, slave]
-        self._server = ModbusSerialServer(
+        self._server = _SerialServer(
             devices, port=os.ttyname(slave), framer=FramerType.RTU, trace_packet=self._trace, reconnect_delay=0.1
         )
         await self._server.serve_forever(background=True)
@@ -188,7 +246,7 @@ class ModbusSim:
         self.disconnect()
         server, self._server = self._server, None
         if server is not None:
-            await server.shutdown()
+            await server.shutdown()  # also ends the requests it was still handling
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

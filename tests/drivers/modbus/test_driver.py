@@ -4,6 +4,8 @@ over TCP and over RTU on pseudo-terminals: exact values, node status under fault
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import pathlib
 import random
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +19,7 @@ from drivers.modbus import MANIFEST
 from gateway.driver_api import ConfigError, Path
 from gateway.schema import ValidationError
 from gateway.testing import DriverHarness, free_port, make_instance, run_driver
-from hil.devices.modbus_slave import ModbusSim, Slave, air_quality, energy_meter
+from hil.devices.modbus_slave import ModbusSim, Slave, air_quality, crc16, energy_meter
 
 # Every register type and byte/word order, against literal words put in the simulator below.
 KNOWN_MAP: list[dict[str, Any]] = [
@@ -242,6 +244,68 @@ async def test_bus_disconnect_and_reconnect(transport: str) -> None:
         mark = len(h.sink.readings)
         await until(lambda: len(h.sink.readings) > mark + 2 and h.nodes.state["n1"] is True)
         assert h.runner.stats.state == "running"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu"])
+async def test_stop_with_a_request_in_flight_leaves_nothing_running(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pymodbus answers a request in a task it starts a few loop turns after the frame arrives.
+    Stop the simulator at each of those turns in order (frame decoded, handler scheduled, task
+    created, task done): no task may outlive ``stop()``, whatever stage the request was at."""
+    me = asyncio.current_task()
+    pdu = bytes([3, 0, 0, 0, 1])  # read one holding register
+    answered = []
+    for turns in range(6):
+        slave = known_slave(1)
+        sim = ModbusSim([slave], transport=transport)  # type: ignore[arg-type]
+        if transport == "rtu":
+            frame = bytes([1]) + pdu
+            frame += crc16(frame).to_bytes(2, "big")
+        else:
+            frame = bytes([0, 1, 0, 0, 0, 1 + len(pdu), 1]) + pdu
+        decoded = asyncio.Event()
+
+        def spy(
+            sending: bool,
+            data: bytes,
+            trace: Callable[[bool, bytes], bytes] = sim._trace,
+            size: int = len(frame),
+            decoded: asyncio.Event = decoded,
+        ) -> bytes:
+            if not sending and len(data) >= size:  # the whole request has reached the server
+                decoded.set()
+            return trace(sending, data)
+
+        monkeypatch.setattr(sim, "_trace", spy)
+        where = await sim.start()
+        fd, writer = -1, None
+        try:
+            if transport == "rtu":
+                fd = os.open(str(where), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+                os.write(fd, frame)
+            else:
+                _, writer = await asyncio.open_connection("127.0.0.1", where)
+                writer.write(frame)
+            async with asyncio.timeout(5):
+                await decoded.wait()
+            for _ in range(turns):
+                await asyncio.sleep(0)
+        finally:
+            await sim.stop()
+            left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+            if fd >= 0:
+                os.close(fd)
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        assert not left, (turns, left)
+        answered.append(slave.requests)
+    assert answered[0] == 0 and answered[-1] == 1, answered  # the turns span the whole request
+    for _ in range(5):  # a handler scheduled before stop() runs later: it must not start anything
+        await asyncio.sleep(0)
+    assert not [t for t in asyncio.all_tasks() if t is not me and not t.done()]
 
 
 async def test_port_absent_at_start_is_retried() -> None:
