@@ -690,17 +690,19 @@ class Model:
 
     def __init__(self, **data: Any) -> None:
         errors = _Errors()
-        values = type(self)._fields_of(data, (), errors)
-        if values is _INVALID:
-            raise ValidationError(type(self).__name__, errors)
-        self._fill(values, data)
-        if type(self)._after(self, data, (), errors) is _INVALID:
+        if type(self)._populate(self, data, (), errors) is _INVALID:
             raise ValidationError(type(self).__name__, errors)
 
     @classmethod
     def _validate(cls, obj: Any, loc: Loc, errors: _Errors) -> Any:
         if isinstance(obj, cls):
             return obj
+        return cls._populate(cls.__new__(cls), obj, loc, errors)
+
+    @classmethod
+    def _populate(cls, inst: Model, obj: Any, loc: Loc, errors: _Errors) -> Any:
+        """Check ``obj`` and fill ``inst`` with its values; ``inst``, or ``_INVALID`` with the
+        problems appended to ``errors`` (the constructor and ``model_validate`` both end here)."""
         for mode, func in cls._sg_model_validators:
             if mode == "before":
                 try:
@@ -714,7 +716,6 @@ class Model:
         values = cls._fields_of(obj, loc, errors)
         if values is _INVALID:
             return _INVALID
-        inst = cls.__new__(cls)
         inst._fill(values, obj)
         return cls._after(inst, obj, loc, errors)
 

@@ -296,6 +296,10 @@ class DecodedReading:
         return out
 
 
+_KIND_TYPES: dict[str, tuple[type, ...]] = {
+    "v": (int, float), "vs": (str,), "vb": (bool,), "vd": (bytes,), "loc": (str,), "blob": (str,)}
+
+
 def decode_pack(pack: Any, first_seq: int) -> list[DecodedReading]:
     """Decode a SenML pack (already CBOR-decoded) into readings numbered from ``first_seq``."""
     if not isinstance(pack, list | tuple):
@@ -333,8 +337,7 @@ def decode_pack(pack: Any, first_seq: int) -> list[DecodedReading]:
             kind, value = "vd", rec[VD]
         else:
             raise SenmlError(f"record {i}: no value")
-        expected = {"v": (int, float), "vs": (str,), "vb": (bool,), "vd": (bytes,), "loc": (str,), "blob": (str,)}
-        if not isinstance(value, expected[kind]) or (kind == "v" and isinstance(value, bool)):
+        if not isinstance(value, _KIND_TYPES[kind]) or (kind == "v" and isinstance(value, bool)):
             raise SenmlError(f"record {i}: value of the wrong type for {kind}")
         unit = rec.get(U)
         if unit is not None and not isinstance(unit, str):
@@ -345,10 +348,6 @@ def decode_pack(pack: Any, first_seq: int) -> list[DecodedReading]:
         ts = bt * NS + round(t * NS)
         out.append(DecodedReading(first_seq + i, node, point, ts, value, unit, q, p, kind, extra))
     return out
-
-
-_KIND_TYPES: dict[str, tuple[type, ...]] = {
-    "v": (int, float), "vs": (str,), "vb": (bool,), "vd": (bytes,), "loc": (str,), "blob": (str,)}
 
 
 def check_pack(pack: Any, first_seq: int, ts_out: list[int] | None = None,
