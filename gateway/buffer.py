@@ -1,16 +1,27 @@
 """The durable local buffer: SQLite in WAL mode, written in amortized group commits.
 
 Readings wait in memory for at most ``buffer.commit_interval`` (less when the uplink is idle),
-then are committed together as one *segment* row: their SenML records, already CBOR-encoded,
-with a contiguous range of reading sequence numbers. Committing assigns the sequence numbers;
-a reading is "accepted" once committed. Batches are built from whole segments, signed, and
-recorded in the ``batches`` table (the outbox) in a transaction that is fsynced before the
-batch may leave the gateway, so nothing that was sent can be renumbered after a power cut.
-An acknowledged batch deletes its row and its segments.
+then are stored as one *segment* row: their SenML records, already CBOR-encoded, with a
+contiguous range of reading sequence numbers. Batches are built from whole segments, signed,
+recorded in the ``batches`` table (the outbox) and sent. An acknowledged batch deletes its row
+and its segments.
 
-Bounds: ``max_bytes`` of segment data and ``max_age``. Past them, the policy drops the oldest
-unbatched segments or refuses new readings; either way the dropped sequence range is recorded
-and reported in the next batch's header. All SQLite work runs on one dedicated thread.
+Every write joins one open *group transaction*, committed at most ``commit_interval`` after it
+began (and at once by the committer when readings were stored without a batch). A batch leaves
+before its transaction commits: readings acknowledged within the interval are stored and
+deleted in the same transaction and never reach the disk, which is what keeps a trickle of
+readings from wearing an SD card. What makes that safe is the *reservation*: reading and batch
+numbers are reserved in blocks, each reservation fsynced before a number of the block is used.
+After an unclean stop (kill -9, a crash, a power cut) the buffer never reuses a reserved number:
+it skips the rest of the block and the next batch declares the skipped reading numbers
+(reason ``unclean_stop``). A receiver thus sees every number either delivered or declared, and
+never one number with two contents. A clean stop returns the unused numbers.
+
+A failed commit (disk full) keeps the transaction's statements in memory (the *journal*) and
+replays them on the next attempt; meanwhile no new readings are stored or batched, they wait in
+memory. Bounds: ``max_bytes`` of segment data and ``max_age``. Past them, the policy drops the
+oldest unbatched segments or refuses new readings; either way the dropped sequence range is
+recorded and reported in the next batch's header. All SQLite work runs on one dedicated thread.
 """
 
 from __future__ import annotations
@@ -38,6 +49,10 @@ FORMAT_VERSION = 1
 GENESIS_HASH = bytes(32)
 SENML_CBOR = 112  # CoAP content-format of application/senml+cbor
 MAX_DECLARED = 64  # drop ranges one batch declares (docs/wire-format.md; receivers refuse more)
+UNCLEAN_STOP = "unclean_stop"  # the drop reason of numbers reserved before an unclean stop
+RESERVE_FOR = 5.0  # seconds a block of reserved numbers should last (one fsync per block)
+SEQ_BLOCK = (256, 1 << 24)  # smallest and largest block of reading numbers
+BSEQ_BLOCK = (16, 1 << 16)  # of batch numbers
 log = logging.getLogger("sensegate.buffer")
 T = TypeVar("T")
 
@@ -73,7 +88,7 @@ class Drop:
 
     first_seq: int
     last_seq: int
-    reason: str  # "buffer_full", "expired", "overflow"
+    reason: str  # "buffer_full", "expired", "overflow", "unclean_stop"
 
     @property
     def count(self) -> int:
@@ -127,6 +142,9 @@ class BufferStats:
     last_batch_bytes: int = 0
     dead_letters: int = 0
     blobs_dropped: int = 0
+    group_commits: int = 0  # group transactions committed
+    reservations: int = 0  # blocks of numbers reserved (each one fsync)
+    skipped_unclean: int = 0  # reading numbers skipped at open after an unclean stop
 
 
 class Buffer:
@@ -162,6 +180,15 @@ class Buffer:
         self._released: list[tuple[int, int, int]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._live: set[int] = set()  # batches made or loaded and not yet released
+        # the group transaction (state of the database thread; the loop reads it between calls)
+        self._tx_open = False
+        self._tx_began = 0.0  # monotonic
+        self._journal: list[tuple[str, Any, bool]] = []  # its statements: (sql, params, executemany)
+        self._stalled = False  # its last commit failed: the journal waits to be replayed
+        self._tx_timer: asyncio.TimerHandle | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._blocks = {"seq": SEQ_BLOCK[0], "bseq": BSEQ_BLOCK[0]}
+        self._reserved_at = {"seq": 0.0, "bseq": 0.0}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -171,24 +198,59 @@ class Buffer:
         self._committer = asyncio.create_task(self._commit_loop(), name="buffer-committer")
 
     async def close(self) -> None:
-        """Commit what is pending, then close the database and its thread."""
-        for task in (self._committer, self._flusher):
+        """Commit what is pending, return the unused reserved numbers, close the database."""
+        if self._tx_timer is not None:
+            self._tx_timer.cancel()
+            self._tx_timer = None
+        for task in (self._committer, self._flusher, self._closer):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._committer = self._flusher = None
+        self._committer = self._flusher = self._closer = None
         try:
             if self._db is not None and (self._pending or self._overflow):
-                await self.commit()
+                try:
+                    await self.commit()
+                except sqlite3.Error as e:
+                    log.error("buffer: storing the last %d readings failed at stop (%s); they are lost",
+                              len(self._pending) + self._overflow, e)
             if self._db is not None:
-                await self._run(self._flush_released_sync)
                 await self._run(self._close_sync)
         finally:
             self._pool.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._arm()
+
+    def _arm(self) -> None:
+        """Schedule the group transaction's commit: ``commit_interval`` after it began, or a
+        second from now while a failed one waits in the journal."""
+        if self._tx_timer is not None or self._closer is not None or self._db is None:
+            return
+        if self._tx_open:
+            delay = self._tx_began + self.cfg.commit_interval - time.monotonic()
+        elif self._journal:
+            delay = 1.0
+        else:
+            return
+        self._tx_timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._fire)
+
+    def _fire(self) -> None:
+        self._tx_timer = None
+        self._closer = asyncio.create_task(self._group_commit(), name="buffer-group-commit")
+
+    async def _group_commit(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._group_commit_sync)
+        except sqlite3.Error as e:  # disk full: the journal keeps the writes, retried in a second
+            log.error("buffer commit failed (%s); %d statements kept in memory, retrying", e, len(self._journal))
+        finally:
+            self._closer = None
+        self._arm()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -249,16 +311,51 @@ class Buffer:
                 "deliver or move it aside before changing the gateway id"
             )
         meta["boot"] = int(meta["boot"]) + 1
+        # numbers reserved but not stored may have left in batches before an unclean stop: never
+        # reuse them. The readings are skipped and declared; the batch numbers are skipped, one
+        # more than reserved, so the chain restarts after a hole (the next batch's pv names the
+        # last batch this file kept, not one that may have been sent after it)
+        next_seq, next_bseq = int(meta["next_seq"]), int(meta["next_bseq"])
+        seq_resv = int(meta.setdefault("seq_resv", next_seq - 1))
+        bseq_resv = int(meta.setdefault("bseq_resv", next_bseq - 1))
+        skip = None
+        if seq_resv >= next_seq:
+            skip = Drop(next_seq, seq_resv, UNCLEAN_STOP)
+            meta["next_seq"] = seq_resv + 1
+        if bseq_resv >= next_bseq:
+            meta["next_bseq"] = bseq_resv + 2
+        if skip is not None or bseq_resv >= next_bseq:
+            log.warning("buffer: the last stop was unclean; skipping reading numbers %s and batch numbers "
+                        "%d-%d, which may have been sent (the next batch declares the readings)",
+                        f"{skip.first_seq}-{skip.last_seq}" if skip else "(none)", next_bseq, bseq_resv + 1)
+        meta["seq_resv"], meta["bseq_resv"] = int(meta["next_seq"]) - 1, int(meta["next_bseq"]) - 1
         self._meta = meta
         db.execute("BEGIN")
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+        if skip is not None:
+            db.execute("INSERT OR REPLACE INTO drops VALUES (?, ?, ?)", (skip.first_seq, skip.last_seq, skip.reason))
+            self.stats.skipped_unclean += skip.count
         db.execute("COMMIT")
 
     def _close_sync(self) -> None:
-        if self._db is not None:
+        """A clean stop: everything durable, the unused reserved numbers returned (so the next
+        start skips none), then a checkpoint. Should that fail (disk full), the next start
+        finds the reservation and skips and declares the numbers, as after an unclean stop."""
+        db = self._db
+        if db is None:
+            return
+        meta = self._meta
+        try:
+            if meta:  # (not when the file was refused)
+                self._group_commit_sync()
+                self._durable_sync({"seq_resv": int(meta["next_seq"]) - 1, "bseq_resv": int(meta["next_bseq"]) - 1})
             with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self._db.close()
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as e:
+            log.error("buffer: final commit failed (%s); %d statements not stored, the next start "
+                      "declares their reading numbers", e, len(self._journal))
+        finally:
+            db.close()
             self._db = None
 
     def _refresh_stats(self) -> None:
@@ -279,29 +376,140 @@ class Buffer:
         row = self._db.execute("SELECT created_ns FROM segments ORDER BY first_seq LIMIT 1").fetchone()
         self.stats.oldest_ns = row[0] if row else 0
 
-    def _flush_released_sync(self, in_tx: bool = False) -> int:
-        """Delete the rows of released batches (inside the caller's transaction if ``in_tx``, and
-        the caller then drops the first N entries of ``_released`` once it committed); returns N."""
+    # -- the group transaction (database thread) ---------------------------------------------
+
+    def _x(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        """A write, in the group transaction (inside ``_op``), recorded in the journal."""
+        assert self._db is not None and self._tx_open
+        cur = self._db.execute(sql, params)
+        self._journal.append((sql, params, False))
+        return cur
+
+    def _xm(self, sql: str, rows: Any) -> None:
+        """``executemany`` in the group transaction, recorded in the journal."""
+        assert self._db is not None and self._tx_open
+        rows = list(rows)
+        if rows:
+            self._db.executemany(sql, rows)
+            self._journal.append((sql, rows, True))
+
+    def _begin_sync(self) -> None:
+        """Open the group transaction if it is not open; replay the journal of a failed commit."""
         db = self._db
         assert db is not None
-        released = self._released[:]  # the loop thread may append meanwhile
-        if not released:
-            return 0
-        if not in_tx:
-            db.execute("BEGIN")
+        if self._tx_open:
+            return
+        db.execute("BEGIN")
+        self._tx_began = time.monotonic()
+        self._tx_open = True
         try:
-            db.executemany("DELETE FROM batches WHERE bseq = ?", [(b,) for b, _, _ in released])
-            db.executemany("DELETE FROM segments WHERE first_seq BETWEEN ? AND ?", [(a, b) for _, a, b in released])
-            if not in_tx:
-                db.execute("COMMIT")
+            for sql, params, many in self._journal:
+                (db.executemany if many else db.execute)(sql, params)
         except BaseException:
-            if not in_tx:
-                db.execute("ROLLBACK")
+            self._abort_sync()
             raise
-        if not in_tx:
-            del self._released[: len(released)]
-            self._refresh_oldest()
+
+    def _abort_sync(self) -> None:
+        """Roll the open transaction back; the journal keeps what it held for the next attempt."""
+        assert self._db is not None
+        self._tx_open = False
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def _op(self) -> Any:
+        """One logical write in the group transaction: all its statements, or none of them."""
+        self._begin_sync()
+        mark = len(self._journal)
+        try:
+            yield
+        except BaseException:
+            del self._journal[mark:]
+            self._abort_sync()  # the database goes back to committed + journal at the next begin
+            raise
+
+    def _end_tx_sync(self) -> None:
+        """Commit the group transaction (or the journal of a failed one), without an fsync."""
+        if not self._tx_open and not self._journal:
+            return
+        self._begin_sync()
+        assert self._db is not None
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._stalled = True
+            self._abort_sync()
+            raise
+        self._tx_open = False
+        self._stalled = False
+        self._journal.clear()
+        self.stats.group_commits += 1
+
+    def _durable_sync(self, values: dict[str, int]) -> None:
+        """Commit the group transaction, then write ``values`` to meta in a transaction that is
+        fsynced (which makes everything before it durable too)."""
+        self._end_tx_sync()
+        db = self._db
+        assert db is not None
+        db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("BEGIN")
+            try:
+                db.executemany("UPDATE meta SET value = ? WHERE key = ?", [(v, k) for k, v in values.items()])
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
+        self._meta.update(values)
+
+    def _reserve_sync(self, seqs: int, bseqs: int) -> None:
+        """Make sure the next ``seqs`` reading numbers and ``bseqs`` batch numbers are reserved
+        (durably) before any of them is used. A block lasts about RESERVE_FOR seconds: it doubles
+        when the last one went faster, halves when it lasted far longer."""
+        meta = self._meta
+        kinds = (("seq", seqs, SEQ_BLOCK), ("bseq", bseqs, BSEQ_BLOCK))
+        if all(int(meta["next_" + k]) + n - 1 <= int(meta[k + "_resv"]) for k, n, _ in kinds):
+            return
+        now = time.monotonic()
+        want: dict[str, int] = {}
+        for kind, n, (lo, hi) in kinds:
+            last, resv, block = int(meta["next_" + kind]) + n - 1, int(meta[kind + "_resv"]), self._blocks[kind]
+            if resv - last >= block // 2:
+                continue  # enough left (a kind near its end is topped up with the other: one fsync)
+            took = now - self._reserved_at[kind]
+            if took < RESERVE_FOR:
+                block = min(block * 2, hi)
+            elif took > 8 * RESERVE_FOR:
+                block = max(block // 2, lo)
+            self._blocks[kind], self._reserved_at[kind] = block, now
+            want[kind + "_resv"] = last + block
+        self._durable_sync(want)
+        self.stats.reservations += 1
+
+    def _flush_released_sync(self) -> int:
+        """Delete the rows of released batches, inside the caller's ``_op``; returns how many (the
+        caller drops that many entries from the front of ``_released`` once the op succeeded)."""
+        released = self._released[:]  # the loop thread may append meanwhile
+        if released:
+            self._xm("DELETE FROM batches WHERE bseq = ?", [(b,) for b, _, _ in released])
+            self._xm("DELETE FROM segments WHERE first_seq BETWEEN ? AND ?", [(a, b) for _, a, b in released])
         return len(released)
+
+    def _forget_released(self, n: int) -> None:
+        if n:
+            del self._released[:n]
+            self._refresh_oldest()
+
+    def _group_commit_sync(self) -> None:
+        """The group transaction's timer: forget released batches, then commit."""
+        if self._released:
+            with self._op():
+                n = self._flush_released_sync()
+            self._forget_released(n)
+        self._end_tx_sync()
 
     @property
     def boot(self) -> int:
@@ -390,22 +598,23 @@ class Buffer:
         self.on_commit()
 
     def _commit_sync(self, readings: list[Reading], overflow: int) -> None:
-        db = self._db
-        assert db is not None
-        db.execute("BEGIN")
+        """Store readings (the committer's path: no batch took them) and commit the group."""
+        if self._stalled:
+            self._end_tx_sync()  # a failed commit first; while it fails nothing new is stored
+        self._reserve_sync(len(readings) + overflow, 0)
+        with self._op():
+            released = self._flush_released_sync()
+            done = self._insert_sync(readings, overflow)
+        self._forget_released(released)
+        self._inserted(done)
         try:
-            released = self._flush_released_sync(in_tx=True)
-            done = self._insert_sync(db, readings, overflow)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        del self._released[:released]
-        self._inserted(done, released)
+            self._end_tx_sync()
+        except sqlite3.Error as e:  # stored in the journal: retried by the timer, nothing is lost
+            log.error("buffer commit failed (%s); %d statements kept in memory, retrying", e, len(self._journal))
 
-    def _insert_sync(self, db: sqlite3.Connection, readings: list[Reading], overflow: int) -> _Inserted:
-        """The writes of a commit, inside the caller's transaction: number the readings, store
-        their records as segments, apply the bounds, record the drops."""
+    def _insert_sync(self, readings: list[Reading], overflow: int) -> _Inserted:
+        """The writes of storing readings, inside the caller's ``_op`` (their numbers reserved):
+        number the readings, store their records as segments, apply the bounds, record the drops."""
         now = time.time_ns()
         seq = int(self._meta["next_seq"])
         drops: list[Drop] = []
@@ -428,33 +637,35 @@ class Buffer:
                     blobs.append((hashlib.sha256(r.value.data).digest(), r.value.content_type, now, r.value.data))
             rows.append((seq, seq + n - 1, len(data), now, data))
             seq += n
-        db.executemany("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", rows)
+        self._xm("INSERT INTO segments VALUES (?, ?, ?, ?, ?)", rows)
         if blobs:
-            db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", blobs)
-            self._bound_blobs_sync(db)
+            self._xm("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", blobs)
+            self._bound_blobs_sync()
         added = sum(r[2] for r in rows)
-        expired, gone_n, gone_b = self._enforce_bounds_sync(db, self.stats.bytes + added, now)
+        expired, gone_n, gone_b = self._enforce_bounds_sync(self.stats.bytes + added, now)
         drops += expired
-        db.executemany("INSERT INTO drops VALUES (?, ?, ?)", [(d.first_seq, d.last_seq, d.reason) for d in drops])
-        db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
+        self._xm("INSERT INTO drops VALUES (?, ?, ?)", [(d.first_seq, d.last_seq, d.reason) for d in drops])
+        self._x("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
         return _Inserted(seq, sum(r[1] - r[0] + 1 for r in rows), added, gone_n, gone_b, drops, bool(blobs))
 
-    def _inserted(self, done: _Inserted, released: int) -> None:
-        """Book a committed insert: counters, drop episode, the blob uploader's cue."""
+    def _inserted(self, done: _Inserted) -> None:
+        """Book a stored insert: counters, drop episode, the blob uploader's cue."""
         self._meta["next_seq"] = done.next_seq
         st = self.stats
         st.commits += 1
         st.committed += done.readings
         st.readings += done.readings - done.gone_readings
         st.bytes += done.added_bytes - done.gone_bytes
-        if done.gone_readings or released or not st.oldest_ns:
+        if done.gone_readings or not st.oldest_ns:
             self._refresh_oldest()
         if done.blobs:
             self.blob_commits += 1
         self._note_drops(done.drops)
 
-    def _bound_blobs_sync(self, db: sqlite3.Connection) -> None:
+    def _bound_blobs_sync(self) -> None:
         """Drop the oldest blobs past max_blob_bytes; the readings (with the hashes) stay."""
+        db = self._db
+        assert db is not None
         total = db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM blobs").fetchone()[0]
         if total <= self.cfg.max_blob_bytes:
             return
@@ -464,14 +675,16 @@ class Buffer:
                 break
             doomed.append((sha,))
             total -= size
-        db.executemany("DELETE FROM blobs WHERE sha256 = ?", doomed)
-        db.executemany("INSERT OR IGNORE INTO blob_drops VALUES (?, 'blob_store_full')", doomed)
+        self._xm("DELETE FROM blobs WHERE sha256 = ?", doomed)
+        self._xm("INSERT OR IGNORE INTO blob_drops VALUES (?, 'blob_store_full')", doomed)
         self.stats.blobs_dropped += len(doomed)
         log.warning("blob store full: dropped %d oldest blob(s) not yet uploaded", len(doomed))
 
-    def _enforce_bounds_sync(self, db: sqlite3.Connection, total: int, now: int) -> tuple[list[Drop], int, int]:
+    def _enforce_bounds_sync(self, total: int, now: int) -> tuple[list[Drop], int, int]:
         """Drop the oldest unbatched segments past max_bytes (drop_oldest) or max_age; returns
         the drops and the readings and bytes they removed."""
+        db = self._db
+        assert db is not None
         drops: list[Drop] = []
         if total <= self.cfg.max_bytes and (not self.stats.oldest_ns or self.stats.oldest_ns >= now - int(
                 self.cfg.max_age * 1e9)):
@@ -498,8 +711,7 @@ class Buffer:
                 drops[-1] = Drop(drops[-1].first_seq, last, reason)
             else:
                 drops.append(Drop(first, last, reason))
-        if doomed:
-            db.executemany("DELETE FROM segments WHERE first_seq = ?", [(f,) for f in doomed])
+        self._xm("DELETE FROM segments WHERE first_seq = ?", [(f,) for f in doomed])
         return drops, gone_n, gone_b
 
     def _note_drops(self, drops: list[Drop]) -> None:
@@ -545,35 +757,33 @@ class Buffer:
 
     def _make_batch_sync(self, key: PrivateKey, readings: list[Reading] | None = None,
                          overflow: int = 0) -> Batch | None:
-        db = self._db
-        assert db is not None
-        if not readings and not overflow:
-            return self._sign_batch_sync(db, key, None)
-        db.execute("PRAGMA synchronous=FULL")  # a batch may leave only once it is on disk
-        db.execute("BEGIN")
+        """Store the readings handed over (if any) and sign the next batch, in the group
+        transaction: the batch may leave before it commits (its numbers are reserved)."""
+        readings = readings or []
+        if self._stalled:
+            self._end_tx_sync()  # a failed commit first; while it fails no batch is made
+        self._reserve_sync(len(readings) + overflow, 1)
         old_next = self._meta["next_seq"]
         try:
-            released = self._flush_released_sync(in_tx=True)
-            done = self._insert_sync(db, readings or [], overflow)
-            self._meta["next_seq"] = done.next_seq  # the batch below numbers from here
-            batch = self._sign_batch_sync(db, key, released)
-            if batch is None:
-                db.execute("COMMIT")
+            with self._op():
+                released = self._flush_released_sync()
+                done = self._insert_sync(readings, overflow) if readings or overflow else None
+                if done is not None:
+                    self._meta["next_seq"] = done.next_seq  # the batch below numbers from here
+                made = self._sign_batch_sync(key)
         except BaseException:
             self._meta["next_seq"] = old_next
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
             raise
-        finally:
-            db.execute("PRAGMA synchronous=NORMAL")
-        if batch is None:
-            del self._released[:released]
-        self._inserted(done, released)
-        return batch
+        self._forget_released(released)
+        if done is not None:
+            self._inserted(done)
+        return self._made(made) if made is not None else None
 
-    def _sign_batch_sync(self, db: sqlite3.Connection, key: PrivateKey, in_tx: int | None) -> Batch | None:
-        """Build, sign and record the next batch. ``in_tx``: None to run its own transaction,
-        else the caller's transaction is open (and has flushed that many released batches)."""
+    def _sign_batch_sync(self, key: PrivateKey) -> tuple[Batch, int] | None:
+        """Build, sign and record the next batch inside the caller's ``_op``; returns it and the
+        new ``batched_upto`` (booked by ``_made`` once the op succeeded), or None."""
+        db = self._db
+        assert db is not None
         meta = self._meta
         upto = int(meta["batched_upto"])
         limit_n, limit_b = self.batch_cfg.max_readings, self.batch_cfg.max_bytes
@@ -635,38 +845,25 @@ class Buffer:
         data = cose.encode_sign1(protected, payload, signature)
         digest = hashlib.sha256(data).digest()
         now = time.time_ns()
-        own = in_tx is None
-        if own:
-            db.execute("PRAGMA synchronous=FULL")  # a batch may leave only once it is on disk
-            db.execute("BEGIN")
-        try:
-            released = self._flush_released_sync(in_tx=True) if own else 0
-            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (bseq, first, last, protected, signature, digest, now))
-            if drop_rows:
-                db.execute("DELETE FROM drops WHERE first_seq <= ?", (drop_rows[-1][0],))
-            db.executemany("DELETE FROM blob_drops WHERE sha256 = ?", [(sha,) for sha, _ in blob_drops])
-            new_upto = max(upto, last, max((r[1] for r in drop_rows), default=0))
-            db.executemany("UPDATE meta SET value = ? WHERE key = ?",
-                           [(bseq + 1, "next_bseq"), (digest, "last_hash"), (new_upto, "batched_upto")])
-            db.execute("COMMIT")
-        except BaseException:
-            if own:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            if own:
-                db.execute("PRAGMA synchronous=NORMAL")
-        released = released if own else (in_tx or 0)
-        if released:
-            del self._released[:released]
-            self._refresh_oldest()
-        meta.update(next_bseq=bseq + 1, last_hash=digest, batched_upto=new_upto)
+        self._x("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (bseq, first, last, protected, signature, digest, now))
+        if drop_rows:
+            self._x("DELETE FROM drops WHERE first_seq <= ?", (drop_rows[-1][0],))
+        self._xm("DELETE FROM blob_drops WHERE sha256 = ?", [(sha,) for sha, _ in blob_drops])
+        new_upto = max(upto, last, max((r[1] for r in drop_rows), default=0))
+        self._xm("UPDATE meta SET value = ? WHERE key = ?",
+                 [(bseq + 1, "next_bseq"), (digest, "last_hash"), (new_upto, "batched_upto")])
+        return Batch(bseq, first, last, data, digest, now, nbytes), new_upto
+
+    def _made(self, made: tuple[Batch, int]) -> Batch:
+        """Book a batch whose op succeeded."""
+        batch, new_upto = made
+        self._meta.update(next_bseq=batch.bseq + 1, last_hash=batch.hash, batched_upto=new_upto)
         self.stats.batches_created += 1
-        self.stats.last_batch_readings = count
-        self.stats.last_batch_bytes = len(data)
-        self._live.add(bseq)
-        return Batch(bseq, first, last, data, digest, now, nbytes)
+        self.stats.last_batch_readings = batch.count
+        self.stats.last_batch_bytes = len(batch.data)
+        self._live.add(batch.bseq)
+        return batch
 
     async def outbox(self) -> list[tuple[int, set[str]]]:
         """Signed, unacknowledged batches (oldest first) and the uplinks that already took each."""
@@ -698,11 +895,10 @@ class Buffer:
         data = cose.encode_sign1(protected, payload, signature)
         if hashlib.sha256(data).digest() != digest:
             log.error("batch %d in the outbox no longer matches its hash (damaged file?); dead-lettered", bseq)
-            db.execute("BEGIN")
-            db.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, '', 'damaged in the buffer', ?, ?)",
-                       (bseq, time.time_ns(), data))
-            db.execute("DELETE FROM batches WHERE bseq = ?", (bseq,))
-            db.execute("COMMIT")
+            with self._op():
+                self._x("INSERT OR REPLACE INTO dead_letters VALUES (?, '', 'damaged in the buffer', ?, ?)",
+                        (bseq, time.time_ns(), data))
+                self._x("DELETE FROM batches WHERE bseq = ?", (bseq,))
             return None
         self._live.add(bseq)
         return Batch(bseq, first, last, data, digest, created, len(body))
@@ -739,12 +935,17 @@ class Buffer:
     async def _flush_later(self) -> None:
         try:
             await asyncio.sleep(1.0)
-            if self._released:
-                await self._run(self._flush_released_sync)
-        except sqlite3.Error as e:  # disk full: the next commit or close tries again
+            if self._released and not self._stalled:
+                await self._run(self._flush_op_sync)
+        except sqlite3.Error as e:  # the next commit or close tries again
             log.warning("buffer: forgetting acknowledged batches failed (%s); will retry", e)
         finally:
             self._flusher = None
+
+    def _flush_op_sync(self) -> None:
+        with self._op():
+            n = self._flush_released_sync()
+        self._forget_released(n)
 
     def _released_stats(self, batch: Batch) -> None:
         st = self.stats
@@ -756,21 +957,15 @@ class Buffer:
     def _ack_sync(self, batch: Batch, uplink: str, required: frozenset[str]) -> bool:
         db = self._db
         assert db is not None
-        db.execute("BEGIN")
-        try:
+        with self._op():
             if required:
-                db.execute("INSERT OR IGNORE INTO acks VALUES (?, ?)", (batch.bseq, uplink))
+                self._x("INSERT OR IGNORE INTO acks VALUES (?, ?)", (batch.bseq, uplink))
                 have = {u for (u,) in db.execute("SELECT uplink FROM acks WHERE bseq = ?", (batch.bseq,))}
                 if not required <= have:
-                    db.execute("COMMIT")
                     return False
-            gone = db.execute("DELETE FROM batches WHERE bseq = ?", (batch.bseq,)).rowcount
-            db.execute("DELETE FROM acks WHERE bseq = ?", (batch.bseq,))
-            db.execute("DELETE FROM segments WHERE first_seq BETWEEN ? AND ?", (batch.first_seq, batch.last_seq))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            gone = self._x("DELETE FROM batches WHERE bseq = ?", (batch.bseq,)).rowcount
+            self._x("DELETE FROM acks WHERE bseq = ?", (batch.bseq,))
+            self._x("DELETE FROM segments WHERE first_seq BETWEEN ? AND ?", (batch.first_seq, batch.last_seq))
         self._live.discard(batch.bseq)
         if gone:
             self._released_stats(batch)
@@ -782,10 +977,9 @@ class Buffer:
         await self._run(self._dead_letter_sync, batch, uplink, reason)
 
     def _dead_letter_sync(self, batch: Batch, uplink: str, reason: str) -> None:
-        db = self._db
-        assert db is not None
-        db.execute("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
-                   (batch.bseq, uplink, reason[:500], time.time_ns(), batch.data))
+        with self._op():
+            self._x("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
+                    (batch.bseq, uplink, reason[:500], time.time_ns(), batch.data))
         self.stats.dead_letters += 1
 
     async def dead_letters(self) -> list[tuple[int, str, str]]:
@@ -806,7 +1000,11 @@ class Buffer:
 
     async def blob_done(self, sha256: bytes) -> None:
         """The blob reached the uplink: delete it."""
-        await self._run(lambda: self._db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,)))  # type: ignore[union-attr]
+        await self._run(self._blob_done_sync, sha256)
+
+    def _blob_done_sync(self, sha256: bytes) -> None:
+        with self._op():
+            self._x("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
 
 
 def backlog(path: str | Path) -> tuple[int, float | None]:

@@ -28,6 +28,7 @@ def format_summary(s: Summary) -> str:
         f"readings:       {s.readings}",
         f"gaps:           {s.gaps}" + (f"  {s.gap_ranges[:5]}" if s.gap_ranges else ""),
         f"dropped:        {s.dropped} (declared by the gateway)" + (f"  {s.drop_reasons}" if s.drop_reasons else ""),
+        f"skipped:        {s.skipped} (numbers skipped after an unclean stop: lost in it, or never used)",
         f"duplicates:     {s.duplicates} batches, {s.duplicate_readings} readings",
         f"bad signatures: {s.bad_signatures}",
         f"malformed:      {s.malformed}",

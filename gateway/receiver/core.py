@@ -17,6 +17,7 @@ from gateway import cose, senml
 from gateway.keys import PublicKey, key_id
 
 MAX_DECLARED = 64  # drop ranges one batch may declare
+UNCLEAN_STOP = "unclean_stop"  # the drop reason of numbers a gateway skipped after an unclean stop
 
 
 @dataclass
@@ -29,6 +30,9 @@ class Summary:
     gap_ranges: list[tuple[int, int]] = field(default_factory=list)
     dropped: int = 0  # readings the gateway declared dropped
     drop_reasons: dict[str, int] = field(default_factory=dict)
+    # reading numbers the gateway skipped after an unclean stop (power cut, kill -9) and that did
+    # not arrive: each was lost in that stop or never used (declared, so not a gap)
+    skipped: int = 0
     duplicates: int = 0  # batches received again (replays, re-sends)
     duplicate_readings: int = 0
     bad_signatures: int = 0
@@ -80,7 +84,7 @@ class _Ranges:
         """Add [a, b]; return how many of its members were already present."""
         if b < a:
             return 0
-        overlap = sum(max(0, min(b, y) - max(a, x) + 1) for x, y in self._near(a, b))
+        overlap = self.overlap(a, b)
         i = bisect.bisect_left(self.r, [a])
         if i > 0 and self.r[i - 1][1] >= a - 1:
             i -= 1
@@ -91,6 +95,10 @@ class _Ranges:
             j += 1
         self.r[i:j] = [[lo, hi]]
         return overlap
+
+    def overlap(self, a: int, b: int) -> int:
+        """How many members of [a, b] are present."""
+        return sum(max(0, min(b, y) - max(a, x) + 1) for x, y in self._near(a, b))
 
     def _near(self, a: int, b: int) -> list[list[int]]:
         i = max(0, bisect.bisect_left(self.r, [a]) - 1)
@@ -113,6 +121,7 @@ class _Ranges:
 class _Stream:
     got: _Ranges = field(default_factory=_Ranges)
     covered: _Ranges = field(default_factory=_Ranges)  # received or declared dropped
+    unclean: _Ranges = field(default_factory=_Ranges)  # declared skipped after an unclean stop
     hashes: dict[int, bytes] = field(default_factory=dict)
     prevs: dict[int, bytes] = field(default_factory=dict)
     max_bseq: int = 0
@@ -237,6 +246,10 @@ class Receiver:
         st.prevs[bseq] = h["pv"]
         st.max_bseq = max(st.max_bseq, bseq)
         for a, b, reason in h.get("dr", []):
+            if reason == UNCLEAN_STOP:  # counted at summary time: those of them that never arrive
+                st.covered.add(a, b)
+                st.unclean.add(a, b)
+                continue
             declared = b - a + 1 - st.covered.add(a, b)
             s.dropped += declared
             s.drop_reasons[reason] = s.drop_reasons.get(reason, 0) + declared
@@ -299,6 +312,7 @@ class Receiver:
             gaps += st.covered.holes()
         s.gap_ranges = gaps
         s.gaps = sum(b - a + 1 for a, b in gaps)
+        s.skipped = sum(b - a + 1 - st.got.overlap(a, b) for st in self.streams.values() for a, b in st.unclean.r)
         s.blobs_verified = sum(1 for h in self.blobs if h in self.referenced)
         s.blobs_unreferenced = len(self.blobs) - s.blobs_verified
         s.blobs_dropped = len(self.blob_drops)

@@ -116,6 +116,17 @@ class MqttReceiver:
                 await self.changed.wait()
         return self.readings
 
+    async def wait_numbered(self, n: int, within: float = 20.0) -> None:
+        """Until reading numbers 1..n are each received or declared (dropped, or skipped after
+        an unclean stop)."""
+        async with asyncio.timeout(within):
+            while True:
+                s = self.rx.summary()
+                if s.readings + s.dropped + s.skipped >= n:
+                    return
+                self.changed.clear()
+                await self.changed.wait()
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[MqttReceiver]:
         self._task = asyncio.create_task(self._run())

@@ -229,10 +229,12 @@ async def test_kill9_loop(rig_spec: RigSpec, rig_report: RigReport, result: Scen
         s = rig.receiver.rx.summary()
         result.note(f"{kills} kills; {len(rig.daemons)} daemon runs, {opened} opened the buffer; "
                     f"{s.restarts} restarts seen by the receiver; "
-                    f"{n} counter readings, contiguous in every run")
+                    f"{n} counter readings, contiguous in every run; "
+                    f"{s.skipped} reading numbers declared skipped after the kills (lost in them, or never used)")
         if tails_ms:
             result.note(f"time from the last delivered counter reading to each kill (the lost tail is at most "
-                        f"one commit interval of readings, never numbered): max {max(tails_ms):.0f} ms, "
+                        f"one commit interval of readings, unnumbered or declared skipped): "
+                        f"max {max(tails_ms):.0f} ms, "
                         f"median {sorted(tails_ms)[len(tails_ms) // 2]:.0f} ms")
         result.faults.append(FaultRecord(f"kill -9 x{kills}", "SIGKILL"))
 
