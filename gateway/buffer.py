@@ -51,6 +51,7 @@ SENML_CBOR = 112  # CoAP content-format of application/senml+cbor
 MAX_DECLARED = 64  # drop ranges one batch declares (docs/wire-format.md; receivers refuse more)
 UNCLEAN_STOP = "unclean_stop"  # the drop reason of numbers reserved before an unclean stop
 RESERVE_FOR = 5.0  # seconds a block of reserved numbers should last (one fsync per block)
+SYNC_EVERY = 5.0  # longest time stored, unacknowledged readings stay without an fsync (power-cut window)
 SEQ_BLOCK = (256, 1 << 24)  # smallest and largest block of reading numbers
 BSEQ_BLOCK = (16, 1 << 16)  # of batch numbers
 log = logging.getLogger("sensegate.buffer")
@@ -144,6 +145,7 @@ class BufferStats:
     blobs_dropped: int = 0
     group_commits: int = 0  # group transactions committed
     reservations: int = 0  # blocks of numbers reserved (each one fsync)
+    syncs: int = 0  # fsyncs for readings waiting unacknowledged (at most one per SYNC_EVERY)
     skipped_unclean: int = 0  # reading numbers skipped at open after an unclean stop
 
 
@@ -188,6 +190,7 @@ class Buffer:
         self._tx_timer: asyncio.TimerHandle | None = None
         self._closer: asyncio.Task[None] | None = None
         self._blocks = {"seq": SEQ_BLOCK[0], "bseq": BSEQ_BLOCK[0]}
+        self._synced_at = time.monotonic()  # the last fsync
         self._reserved_at = {"seq": 0.0, "bseq": 0.0}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -246,7 +249,7 @@ class Buffer:
     async def _group_commit(self) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(self._pool, self._group_commit_sync)
-        except sqlite3.Error as e:  # disk full: the journal keeps the writes, retried in a second
+        except (sqlite3.Error, OSError) as e:  # disk full: the journal keeps the writes, retried in a second
             log.error("buffer commit failed (%s); %d statements kept in memory, retrying", e, len(self._journal))
         finally:
             self._closer = None
@@ -464,6 +467,20 @@ class Buffer:
         finally:
             db.execute("PRAGMA synchronous=NORMAL")
         self._meta.update(values)
+        self._synced_at = time.monotonic()
+
+    def _sync_if_due_sync(self) -> None:
+        """fsync the WAL when readings not yet acknowledged were committed and the last fsync is
+        SYNC_EVERY old: a power cut loses at most that much of them (acknowledged ones need none)."""
+        if self.stats.readings <= 0 or time.monotonic() - self._synced_at < SYNC_EVERY:
+            return
+        fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._synced_at = time.monotonic()
+        self.stats.syncs += 1
 
     def _reserve_sync(self, seqs: int, bseqs: int) -> None:
         """Make sure the next ``seqs`` reading numbers and ``bseqs`` batch numbers are reserved
@@ -510,6 +527,7 @@ class Buffer:
                 n = self._flush_released_sync()
             self._forget_released(n)
         self._end_tx_sync()
+        self._sync_if_due_sync()
 
     @property
     def boot(self) -> int:
@@ -609,7 +627,8 @@ class Buffer:
         self._inserted(done)
         try:
             self._end_tx_sync()
-        except sqlite3.Error as e:  # stored in the journal: retried by the timer, nothing is lost
+            self._sync_if_due_sync()
+        except (sqlite3.Error, OSError) as e:  # stored in the journal: retried by the timer, nothing is lost
             log.error("buffer commit failed (%s); %d statements kept in memory, retrying", e, len(self._journal))
 
     def _insert_sync(self, readings: list[Reading], overflow: int) -> _Inserted:

@@ -183,6 +183,11 @@ def render(s: dict[str, Any]) -> str:
         ("oldest_age_s", "sensegate_buffer_oldest_age_seconds", "gauge", "Age of the oldest buffered reading."),
         ("dropped", "sensegate_buffer_dropped_total", "counter", "Readings dropped by the buffer policy."),
         ("committed", "sensegate_buffer_committed_total", "counter", "Readings committed to the buffer."),
+        ("group_commits", "sensegate_buffer_transactions_total", "counter", "Group transactions committed."),
+        ("fsyncs", "sensegate_buffer_fsyncs_total", "counter",
+         "Disk flushes: reserving blocks of numbers, and readings waiting unacknowledged."),
+        ("skipped_unclean", "sensegate_buffer_unclean_skipped", "gauge",
+         "Reading numbers skipped at this start after an unclean stop (declared to receivers)."),
     ]:
         fam(name, kind, help_).add(buf.get(key))
     bat = s.get("batches") or {}

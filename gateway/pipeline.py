@@ -210,7 +210,7 @@ class BufferedPipeline:
         if not self._inflight():
             # at once, unless a batch was made less than batch.min_interval ago: then as soon as
             # that has passed (a busy trickle of readings becomes a few batches a second, not one
-            # disk flush per reading, and waits at most min_interval)
+            # signed batch per reading, and waits at most min_interval)
             wait = self._last_made + self.cfg.config.batch.min_interval - time.monotonic()
             if wait <= 0:
                 return True
@@ -397,7 +397,8 @@ class BufferedPipeline:
         return {
             "buffer": {"readings": b.readings, "bytes": b.bytes, "oldest_age_s": age,
                        "dropped": b.dropped, "committed": b.committed, "dead_letters": b.dead_letters,
-                       "blobs_dropped": b.blobs_dropped},
+                       "blobs_dropped": b.blobs_dropped, "group_commits": b.group_commits,
+                       "fsyncs": b.reservations + b.syncs, "skipped_unclean": b.skipped_unclean},
             "batches": {"sent": self.batches_sent, "acked": b.acked_batches,
                         "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes},
             "uplinks": {lane.uplink.name: {"connected": lane.uplink.connected, "inflight": len(lane.inflight),

@@ -63,8 +63,10 @@ class BufferSection(Section):
         default=0.2,
         gt=0,
         le=60,
-        description="Readings are committed together at least this often; a power cut loses at most "
-        "the readings of one interval (the documented power-cut window).",
+        description="Writes are grouped into one transaction committed at least this often; readings "
+        "acknowledged upstream within it never reach the disk. An unclean stop (power cut, kill -9) loses "
+        "at most about one interval of readings not yet acknowledged, and their numbers are declared to "
+        "receivers (reason unclean_stop).",
     )
     commit_readings: int = Field(default=10_000, ge=1, description="Commit early once this many readings are waiting.")
 
@@ -84,10 +86,8 @@ class BatchSection(Section):
         default=0.05,
         ge=0,
         le=60,
-        description="Shortest time between two batches while the uplink is idle. Each batch is one disk "
-        "flush (fsync) of at least a 4 KiB page, so at a steady trickle this sets the bytes written per "
-        "reading: on SD cards where half a second of latency is fine, 0.5s (with buffer.commit_interval "
-        "above it, e.g. 1s, so readings are not first committed on their own) writes about a third.",
+        description="Shortest time between two batches while the uplink is idle: a busy trickle of "
+        "readings becomes a few signed batches a second, each waiting at most this long.",
     )
     alg: Literal["ed25519", "es256"] = Field(default="ed25519", description="Signature algorithm.")
 

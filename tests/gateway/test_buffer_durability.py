@@ -246,3 +246,24 @@ async def test_the_receiver_counts_skipped_numbers_whatever_the_arrival_order(tm
     s = rx.summary()
     assert (s.readings, s.skipped, s.gaps, s.dropped, s.chain_breaks) == (21, resv - 20, 0, 0, 0)
     assert s.ok
+
+
+async def test_unacknowledged_readings_are_fsynced_within_the_sync_interval(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readings waiting for an uplink are flushed to disk at least every SYNC_EVERY (here: at
+    every commit); acknowledged ones never cost a flush of their own."""
+    import gateway.buffer as buffer_mod
+
+    monkeypatch.setattr(buffer_mod, "SYNC_EVERY", 0.0)
+    state = tmp_path / "s"
+    buf, key = _buffer(state)
+    await buf.open()
+    up = Upstream(state)
+    await _send(buf, key, up, 0, 5, ack_every=1)
+    await buf.commit()
+    assert buf.stats.syncs == 0, "everything stored was acknowledged: nothing to flush"
+    for i in range(30):
+        buf.put(Reading("gw-test", "n", T0 + 1000 + i, i))
+    await buf.commit()  # the uplink is down: these wait on disk
+    assert buf.stats.readings == 30 and buf.stats.syncs == 1
+    await buf.close()
