@@ -221,6 +221,9 @@ class Buffer:
             if self._db is not None:
                 await self._run(self._close_sync)
         finally:
+            if self._tx_timer is not None:  # armed by a commit that failed just now
+                self._tx_timer.cancel()
+                self._tx_timer = None
             self._pool.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
