@@ -891,9 +891,15 @@ class Buffer:
         """Signed, unacknowledged batches (oldest first) and the uplinks that already took each."""
         return await self._run(self._outbox_sync)
 
+    def _view_sync(self) -> sqlite3.Connection:
+        """The connection for a read: one that sees the writes of a failed commit's journal too."""
+        if self._journal and not self._tx_open:
+            self._begin_sync()
+        assert self._db is not None
+        return self._db
+
     def _outbox_sync(self) -> list[tuple[int, set[str]]]:
-        db = self._db
-        assert db is not None
+        db = self._view_sync()
         acked: dict[int, set[str]] = {}
         for bseq, uplink in db.execute("SELECT bseq, uplink FROM acks"):
             acked.setdefault(bseq, set()).add(uplink)
@@ -904,8 +910,7 @@ class Buffer:
         return await self._run(self._load_batch_sync, bseq)
 
     def _load_batch_sync(self, bseq: int) -> Batch | None:
-        db = self._db
-        assert db is not None
+        db = self._view_sync()
         row = db.execute("SELECT * FROM batches WHERE bseq = ?", (bseq,)).fetchone()
         if row is None:
             return None
@@ -1006,7 +1011,7 @@ class Buffer:
 
     async def dead_letters(self) -> list[tuple[int, str, str]]:
         """(bseq, uplink, reason) of every dead-lettered batch."""
-        return await self._run(lambda: [tuple(r) for r in self._db.execute(  # type: ignore[union-attr]
+        return await self._run(lambda: [tuple(r) for r in self._view_sync().execute(
             "SELECT bseq, uplink, reason FROM dead_letters ORDER BY bseq")])
 
     # -- blobs (images) -----------------------------------------------------------------------
@@ -1016,8 +1021,8 @@ class Buffer:
         return await self._run(self._next_blob_sync)
 
     def _next_blob_sync(self) -> tuple[bytes, str, bytes] | None:
-        assert self._db is not None
-        row = self._db.execute("SELECT sha256, content_type, data FROM blobs ORDER BY created_ns LIMIT 1").fetchone()
+        row = self._view_sync().execute(
+            "SELECT sha256, content_type, data FROM blobs ORDER BY created_ns LIMIT 1").fetchone()
         return (row[0], row[1], row[2]) if row else None
 
     async def blob_done(self, sha256: bytes) -> None:

@@ -212,6 +212,7 @@ async def test_a_failing_write_keeps_the_transaction_s_earlier_writes(tmp_path: 
         await buf.make_batch(key)
     assert len(buf._pending) == 100, "the readings of the failed call wait in memory"
     assert not buf._tx_open and buf._journal, "rolled back; the earlier writes wait in the journal"
+    assert [b for b, _ in await buf.outbox()] == [2, 3], "reads see the journal's writes (batch 1 was acknowledged)"
     buf._db.execute("PRAGMA max_page_count = 1073741823")
     while (b := await buf.make_batch(key)) is not None:
         up.take(b)
