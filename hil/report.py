@@ -27,6 +27,7 @@ class ScenarioResult:
     duplicate_batches: int = 0
     duplicate_readings: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # declared drops by reason
+    skipped: int = 0  # numbers skipped after an unclean stop (kill -9) that never arrived
     faults: list[FaultRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     per_device: dict[str, int] = field(default_factory=dict)  # readings received per rig device
@@ -41,6 +42,7 @@ class ScenarioResult:
         self.duplicate_batches = summary.duplicates
         self.duplicate_readings = summary.duplicate_readings
         self.dropped = dict(summary.drop_reasons)
+        self.skipped = summary.skipped
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -65,17 +67,18 @@ class RigReport:
         lines = [f"# Rig run: {self.rig}", "",
                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))}, {took:.0f} s wall time. "
                  "Produced = readings the daemon numbered (buffer `next_seq - 1`); received = distinct readings "
-                 "the reference receiver verified; gaps = missing and not declared dropped.", ""]
+                 "the reference receiver verified; gaps = missing and not declared dropped; skipped = numbers "
+                 "declared after an unclean stop (kill -9) that never arrived: lost in it, or never used.", ""]
         if self.skipped_devices:
             lines.append("Devices left out: " + "; ".join(f"`{k}`: {v}" for k, v in self.skipped_devices.items()))
             lines.append("")
         lines += ["| scenario | result | produced | received | gaps | duplicates (batches/readings) | "
-                  "dropped (declared) | wall s |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
+                  "dropped (declared) | skipped | wall s |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
         for r in self.scenarios.values():
             drops = ", ".join(f"{n} {why}" for why, n in r.dropped.items()) or "0"
             lines.append(f"| {r.name} | {r.outcome} | {r.produced} | {r.received} | {r.gaps} | "
-                         f"{r.duplicate_batches}/{r.duplicate_readings} | {drops} | {r.wall_s:.1f} |")
+                         f"{r.duplicate_batches}/{r.duplicate_readings} | {drops} | {r.skipped} | {r.wall_s:.1f} |")
         faults = [(r.name, f) for r in self.scenarios.values() for f in r.faults]
         if faults:
             lines += ["", "## Faults and recovery", "",
