@@ -191,6 +191,7 @@ class Buffer:
         self._closer: asyncio.Task[None] | None = None
         self._blocks = {"seq": SEQ_BLOCK[0], "bseq": BSEQ_BLOCK[0]}
         self._synced_at = time.monotonic()  # the last fsync
+        self._unsynced = False  # a transaction committed since then
         self._reserved_at = {"seq": 0.0, "bseq": 0.0}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -234,13 +235,16 @@ class Buffer:
 
     def _arm(self) -> None:
         """Schedule the group transaction's commit: ``commit_interval`` after it began, or a
-        second from now while a failed one waits in the journal."""
+        second from now while a failed one waits in the journal; else the fsync that is due
+        SYNC_EVERY after the last one while committed readings wait unacknowledged."""
         if self._tx_timer is not None or self._closer is not None or self._db is None:
             return
         if self._tx_open:
             delay = self._tx_began + self.cfg.commit_interval - time.monotonic()
         elif self._journal:
             delay = 1.0
+        elif self._unsynced and self.stats.readings > 0:
+            delay = self._synced_at + SYNC_EVERY - time.monotonic()
         else:
             return
         self._tx_timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._fire)
@@ -448,6 +452,7 @@ class Buffer:
             raise
         self._tx_open = False
         self._stalled = False
+        self._unsynced = True
         self._journal.clear()
         self.stats.group_commits += 1
 
@@ -471,18 +476,20 @@ class Buffer:
             db.execute("PRAGMA synchronous=NORMAL")
         self._meta.update(values)
         self._synced_at = time.monotonic()
+        self._unsynced = False
 
     def _sync_if_due_sync(self) -> None:
         """fsync the WAL when readings not yet acknowledged were committed and the last fsync is
         SYNC_EVERY old: a power cut loses at most that much of them (acknowledged ones need none)."""
-        if self.stats.readings <= 0 or time.monotonic() - self._synced_at < SYNC_EVERY:
-            return
+        if not self._unsynced or self.stats.readings <= 0 or time.monotonic() - self._synced_at < SYNC_EVERY - 0.01:
+            return  # (the timer may fire a hair early)
         fd = os.open(f"{self.path}-wal", os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         self._synced_at = time.monotonic()
+        self._unsynced = False
         self.stats.syncs += 1
 
     def _reserve_sync(self, seqs: int, bseqs: int) -> None:

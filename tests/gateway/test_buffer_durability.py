@@ -14,6 +14,7 @@ A verifying receiver (the reference one) is fed every batch that "left", before 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
 from pathlib import Path
@@ -269,4 +270,26 @@ async def test_unacknowledged_readings_are_fsynced_within_the_sync_interval(tmp_
         buf.put(Reading("gw-test", "n", T0 + 1000 + i, i))
     await buf.commit()  # the uplink is down: these wait on disk
     assert buf.stats.readings == 30 and buf.stats.syncs == 1
+    await buf.close()
+
+
+async def test_readings_left_waiting_are_fsynced_when_nothing_else_happens(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that leaves readings waiting, and then silence: a timer makes the fsync, once."""
+    import gateway.buffer as buffer_mod
+
+    monkeypatch.setattr(buffer_mod, "SYNC_EVERY", 0.3)
+    state = tmp_path / "s"
+    buf, _ = _buffer(state)
+    await buf.open()
+    for i in range(10):
+        buf.put(Reading("gw-test", "n", T0 + i, i))
+    await buf.commit()
+    assert buf.stats.syncs == 0 and buf.stats.readings == 10
+    async with asyncio.timeout(10):
+        while buf.stats.syncs == 0:  # noqa: ASYNC110 (the buffer's own timer does it)
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.8)
+    assert buf.stats.syncs == 1, "one fsync for one commit, then no more wakeups"
+    assert buf._tx_timer is None
     await buf.close()
