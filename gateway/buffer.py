@@ -186,7 +186,6 @@ class Buffer:
         self._tx_open = False
         self._tx_began = 0.0  # monotonic
         self._journal: list[tuple[str, Any, bool]] = []  # its statements: (sql, params, executemany)
-        self._stalled = False  # its last commit failed: the journal waits to be replayed
         self._tx_timer: asyncio.TimerHandle | None = None
         self._closer: asyncio.Task[None] | None = None
         self._blocks = {"seq": SEQ_BLOCK[0], "bseq": BSEQ_BLOCK[0]}
@@ -203,9 +202,7 @@ class Buffer:
 
     async def close(self) -> None:
         """Commit what is pending, return the unused reserved numbers, close the database."""
-        if self._tx_timer is not None:
-            self._tx_timer.cancel()
-            self._tx_timer = None
+        self._disarm()
         for task in (self._committer, self._flusher, self._closer):
             if task is not None:
                 task.cancel()
@@ -222,9 +219,7 @@ class Buffer:
             if self._db is not None:
                 await self._run(self._close_sync)
         finally:
-            if self._tx_timer is not None:  # armed by a commit that failed just now
-                self._tx_timer.cancel()
-                self._tx_timer = None
+            self._disarm()  # (a commit that failed just now armed its retry)
             self._pool.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -241,13 +236,18 @@ class Buffer:
             return
         if self._tx_open:
             delay = self._tx_began + self.cfg.commit_interval - time.monotonic()
-        elif self._journal:
+        elif self._stalled:
             delay = 1.0
         elif self._unsynced and self.stats.readings > 0:
             delay = self._synced_at + SYNC_EVERY - time.monotonic()
         else:
             return
         self._tx_timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._fire)
+
+    def _disarm(self) -> None:
+        if self._tx_timer is not None:
+            self._tx_timer.cancel()
+            self._tx_timer = None
 
     def _fire(self) -> None:
         self._tx_timer = None
@@ -419,6 +419,11 @@ class Buffer:
             self._abort_sync()
             raise
 
+    @property
+    def _stalled(self) -> bool:
+        """A commit (or a write) failed: the journal waits to be replayed before anything new."""
+        return bool(self._journal) and not self._tx_open
+
     def _abort_sync(self) -> None:
         """Roll the open transaction back; the journal keeps what it held for the next attempt."""
         assert self._db is not None
@@ -447,11 +452,9 @@ class Buffer:
         try:
             self._db.execute("COMMIT")
         except BaseException:
-            self._stalled = True
             self._abort_sync()
             raise
         self._tx_open = False
-        self._stalled = False
         self._unsynced = True
         self._journal.clear()
         self.stats.group_commits += 1
@@ -533,9 +536,7 @@ class Buffer:
     def _group_commit_sync(self) -> None:
         """The group transaction's timer: forget released batches, then commit."""
         if self._released:
-            with self._op():
-                n = self._flush_released_sync()
-            self._forget_released(n)
+            self._flush_op_sync()
         self._end_tx_sync()
         self._sync_if_due_sync()
 
