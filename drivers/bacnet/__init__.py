@@ -2,7 +2,7 @@
 ReadPropertyMultiple, COV subscriptions and writes with a priority.
 
 Only the manifest and schema live here; bacpypes3 is imported by the driver module when an
-instance is configured (it costs about 20 MB of resident memory: see README.md).
+instance is configured (about 8 MiB of resident memory: see README.md).
 """
 
 from drivers.bacnet.config import BacnetConfig

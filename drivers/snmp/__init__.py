@@ -1,7 +1,7 @@
 """snmp: SNMP v2c and v3 agents (UPSs, PDUs, switches, environment monitors): polled OIDs and traps.
 
 Only the manifest and schema live here; pysnmp is imported by the driver module when an
-instance is configured (it costs about 24 MB of resident memory: see README.md).
+instance is configured (about 10 MiB of resident memory: see README.md).
 """
 
 from drivers.snmp.config import SnmpConfig
