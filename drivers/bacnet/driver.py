@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.bacnet import client, objects
 from drivers.bacnet.config import BacnetConfig
+from drivers.pending import Pending
 from gateway.driver_api import ConfigError, Driver, DriverContext, Emit, NotReady, PollError, Quality, Value
 
 STATUS = "status-flags"
@@ -68,9 +68,9 @@ class BacnetDriver(Driver):
             )
         self._by_instance = {d.instance: d for d in self.devices.values()}
         self._client: client.BacnetClient | None = None
-        self._pending: deque[tuple[int, str, tuple[str, int], list[tuple[str, Any]]]] = deque(maxlen=config.max_pending)
-        self._dropped = 0
-        self._dropped_told = 0
+        self._pending: Pending[tuple[int, str, tuple[str, int], list[tuple[str, Any]]]] = Pending(
+            config.max_pending
+        )
         self._unknown_told: set[int] = set()
         self._process_id = 1 + (config.device_instance % 4194303)
         self._found = asyncio.Event()
@@ -126,9 +126,7 @@ class BacnetDriver(Driver):
     def _on_cov(self, source: str, process_id: int, obj: tuple[str, int], values: list[tuple[str, Any]]) -> None:
         if process_id != self._process_id:
             return
-        if len(self._pending) == self._pending.maxlen:
-            self._dropped += 1
-        self._pending.append((time.time_ns(), source, obj, values))
+        self._pending.add((time.time_ns(), source, obj, values))
 
     def _discover(self) -> None:
         missing = [d for d in self.devices.values() if not d.address]
@@ -230,18 +228,9 @@ class BacnetDriver(Driver):
             d.subscribed[key] = now
 
     def _drain(self, emit: Emit) -> None:
-        if self._dropped != self._dropped_told:
-            self.ctx.log.warning(
-                "%d COV notification(s) dropped: more than max_pending=%d arrived between two polls",
-                self._dropped - self._dropped_told,
-                self.config.max_pending,
-            )
-            self._dropped_told = self._dropped
-        if self._dropped:
-            emit("bacnet.cov_dropped", self._dropped)
+        self._pending.report(self.ctx.log, emit, "bacnet.cov_dropped", "COV notification(s)", "max_pending")
         by_address = {d.address: d for d in self.devices.values() if d.address}
-        while self._pending:
-            ts, source, obj, values = self._pending.popleft()
+        for ts, source, obj, values in self._pending.drain():
             d = by_address.get(_norm(source))
             if d is None or obj not in d.subscribed:
                 continue  # a notification for nothing we subscribed to (stale or forged)

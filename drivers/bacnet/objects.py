@@ -12,6 +12,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from drivers.scaling import scaled
+
 # Standard object types (ANSI/ASHRAE 135, clause 21 BACnetObjectType), in BACnet's own spelling.
 OBJECT_TYPES = frozenset(
     {
@@ -195,17 +197,10 @@ def convert(spec: PointSpec, raw: object) -> bool | int | float | str:
     if isinstance(raw, bool):
         return raw
     if isinstance(raw, int | float):
-        if isinstance(raw, float) and not math.isfinite(raw):
-            raise BadValue(f"{spec.name}: the device sent {raw}")
-        if spec.scale == 1.0 and spec.offset == 0.0 and spec.precision is None:
-            return raw
-        try:
-            v = raw * float(spec.scale) + float(spec.offset)
-        except OverflowError:
-            raise BadValue(f"{spec.name}: {raw} scaled is too large") from None
-        if not math.isfinite(v):
-            raise BadValue(f"{spec.name}: {raw} scaled is not a finite number")
-        return round(v, spec.precision) if spec.precision is not None else v
+        v = scaled(raw, spec.scale, spec.offset, spec.precision)
+        if v is None:
+            raise BadValue(f"{spec.name}: {raw} (scaled) is not a finite number")
+        return v
     if isinstance(raw, str):
         return raw[:MAX_TEXT]
     raise BadValue(f"{spec.name}: unsupported value type {type(raw).__name__}")

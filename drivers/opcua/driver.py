@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
 from drivers.opcua import nodes
 from drivers.opcua.config import OpcUaConfig
+from drivers.pending import Pending
 from gateway.driver_api import ConfigError, Driver, DriverContext, Emit, NotReady, PollError, Quality, Value
 
 MODES = {"sign": ua.MessageSecurityMode.Sign, "sign_and_encrypt": ua.MessageSecurityMode.SignAndEncrypt}
@@ -48,17 +48,11 @@ def _missing(files: dict[str, str]) -> str:
     return next((f"{what} {path}" for what, path in files.items() if path and not Path(path).is_file()), "")
 
 
-class _Changes:
+class _Changes(Pending[tuple[str, Any, int]]):
     """asyncua's subscription handler: queues data changes (bounded) for the next poll."""
 
-    def __init__(self, maxlen: int) -> None:
-        self.queue: deque[tuple[str, Any, int]] = deque(maxlen=maxlen)
-        self.dropped = 0
-
     def datachange_notification(self, node: Node, _val: Any, data: Any) -> None:
-        if len(self.queue) == self.queue.maxlen:
-            self.dropped += 1
-        self.queue.append((node.nodeid.to_string(), data.monitored_item.Value, time.time_ns()))
+        self.add((node.nodeid.to_string(), data.monitored_item.Value, time.time_ns()))
 
     def status_change_notification(self, status: Any) -> None:
         """The server ended the subscription; the next poll notices the session state."""
@@ -76,7 +70,6 @@ class OpcUaDriver(Driver):
         self._node_of: dict[str, Node] = {}  # point name -> node
         self._by_node: dict[str, list[nodes.PointSpec]] = {}  # node id -> subscribed points
         self._changes = _Changes(config.max_pending)
-        self._dropped_told = 0
         self._lost: Exception | None = None
         self._variant: dict[str, ua.VariantType] = {}
         self.bad_values = 0
@@ -169,18 +162,8 @@ class OpcUaDriver(Driver):
         emit(s.name, value, unit=s.unit, ts_ns=_ts(dv) or arrived, quality=quality)
 
     def _drain(self, emit: Emit) -> None:
-        ch = self._changes
-        if ch.dropped != self._dropped_told:
-            self.ctx.log.warning(
-                "%d data change(s) dropped: more than max_pending=%d arrived between two polls",
-                ch.dropped - self._dropped_told,
-                self.config.max_pending,
-            )
-            self._dropped_told = ch.dropped
-        if ch.dropped:
-            emit("opcua.changes_dropped", ch.dropped)
-        while ch.queue:
-            node_id, dv, arrived = ch.queue.popleft()
+        self._changes.report(self.ctx.log, emit, "opcua.changes_dropped", "data change(s)", "max_pending")
+        for node_id, dv, arrived in self._changes.drain():
             for s in self._by_node.get(node_id, ()):
                 self._emit(emit, s, dv, arrived)
 

@@ -13,6 +13,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from drivers.scaling import scaled
+
 _NODE_ID = re.compile(
     r"^(?:(?:ns=\d{1,5}|nsu=[^;]{1,200});)?(?:i=\d{1,10}|s=.{1,512}|g=[0-9A-Fa-f-]{36}|b=[A-Za-z0-9+/=]{1,1024})$"
 )
@@ -81,17 +83,10 @@ def convert(spec: PointSpec, value: object) -> bool | int | float | str | bytes:
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise BadValue(f"{spec.name}: the server sent {value}")
-        if spec.scale == 1.0 and spec.offset == 0.0 and spec.precision is None:
-            return value
-        try:
-            v = value * float(spec.scale) + float(spec.offset)
-        except OverflowError:
-            raise BadValue(f"{spec.name}: {value} scaled is too large") from None
-        if not math.isfinite(v):
-            raise BadValue(f"{spec.name}: {value} scaled is not a finite number")
-        return round(v, spec.precision) if spec.precision is not None else v
+        v = scaled(value, spec.scale, spec.offset, spec.precision)
+        if v is None:
+            raise BadValue(f"{spec.name}: {value} (scaled) is not a finite number")
+        return v
     if isinstance(value, str):
         return value[:MAX_TEXT]
     if isinstance(value, bytes | bytearray):

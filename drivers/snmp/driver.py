@@ -9,8 +9,8 @@ answer fails (the host marks the instance unavailable once, and reopens after th
 from __future__ import annotations
 
 import time
-from collections import deque
 
+from drivers.pending import Pending
 from drivers.snmp import client, oids
 from drivers.snmp.config import SnmpConfig
 from gateway.driver_api import ConfigError, Driver, DriverContext, Emit, NotReady, PollError
@@ -37,11 +37,9 @@ class SnmpDriver(Driver):
         )
         self._client: client.SnmpClient | None = None
         self._traps: client.TrapReceiver | None = None
-        self._pending: deque[tuple[int, tuple[str, int], list[client.Binding]]] = deque(
-            maxlen=c.traps.max_pending if c.traps else 1
+        self._pending: Pending[tuple[int, tuple[str, int], list[client.Binding]]] = Pending(
+            c.traps.max_pending if c.traps else 1
         )
-        self._dropped = 0
-        self._dropped_told = 0
         self.bad_values = 0
 
     async def setup(self) -> None:
@@ -75,9 +73,7 @@ class SnmpDriver(Driver):
         return self._traps.port if self._traps else 0
 
     def _on_trap(self, source: tuple[str, int], bindings: list[client.Binding]) -> None:
-        if len(self._pending) == self._pending.maxlen:
-            self._dropped += 1
-        self._pending.append((time.time_ns(), source, bindings))
+        self._pending.add((time.time_ns(), source, bindings))
 
     async def poll(self, emit: Emit) -> None:
         self._drain_traps(emit)
@@ -110,19 +106,11 @@ class SnmpDriver(Driver):
         emit(name, value, unit=spec.unit_for(kind), **kw)  # type: ignore[arg-type]
 
     def _drain_traps(self, emit: Emit) -> None:
-        if self._dropped != self._dropped_told:
-            self.ctx.log.warning(
-                "%d SNMP trap(s) dropped: more than traps.max_pending=%d arrived between two polls",
-                self._dropped - self._dropped_told, self._pending.maxlen,
-            )
-            self._dropped_told = self._dropped
-        if self._dropped:
-            emit("snmp.traps_dropped", self._dropped)
+        self._pending.report(self.ctx.log, emit, "snmp.traps_dropped", "SNMP trap(s)", "traps.max_pending")
         if self._traps is not None and self._traps.malformed:
             emit("snmp.traps_malformed", self._traps.malformed)
         host = self.config.host
-        while self._pending:
-            ts, (addr, _port), bindings = self._pending.popleft()
+        for ts, (addr, _port), bindings in self._pending.drain():
             node = None if addr == host or not addr else addr
             trap_oid = next((raw for oid, kind, raw in bindings if oid == SNMP_TRAP_OID and kind == "oid"), None)
             emit("trap", str(trap_oid) if trap_oid else "unknown", node=node, ts_ns=ts)

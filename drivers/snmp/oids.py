@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from drivers.scaling import scaled
+
 MAX_ARC = 2**32 - 1
 MAX_ARCS = 128  # RFC 2578 section 3.5: at most 128 sub-identifiers
 INTEGER_KINDS = frozenset({"integer", "unsigned", "counter32", "counter64", "gauge", "timeticks"})
@@ -83,15 +85,10 @@ class PointSpec:
 
 
 def _scaled(spec: PointSpec, n: int | float) -> int | float:
-    if spec.scale == 1.0 and spec.offset == 0.0 and spec.precision is None and isinstance(n, int):
-        return n
-    try:
-        v = n * float(spec.scale) + float(spec.offset)
-    except OverflowError:
-        raise BadValue(f"{spec.name}: {n} scaled is too large") from None
-    if not math.isfinite(v):
-        raise BadValue(f"{spec.name}: {n} scaled is not a finite number")
-    return round(v, spec.precision) if spec.precision is not None else v
+    v = scaled(n, spec.scale, spec.offset, spec.precision)
+    if v is None:
+        raise BadValue(f"{spec.name}: {n} (scaled) is not a finite number")
+    return v
 
 
 def _text(raw: bytes) -> str | None:

@@ -201,7 +201,7 @@ async def test_trap_burst_beyond_max_pending_is_counted_and_logged(caplog: pytes
         for i in range(5):
             await a.send_trap(port, f"{ENTERPRISE}.0.{i + 1}")
         d = driver_of(h)
-        await until(lambda: d._dropped == 3)
+        await until(lambda: d._pending.dropped == 3)
         h.runner.poll_now()
         await until(lambda: latest(h, "snmp.traps_dropped") == 3)
         assert [r.value for r in h.sink.points("trap")] == [f"{ENTERPRISE}.0.4", f"{ENTERPRISE}.0.5"]
