@@ -5,10 +5,11 @@ with priority, devices that go away, and hostile datagrams."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from drivers.bacnet import MANIFEST
 from drivers.bacnet.driver import BacnetDriver
 from gateway.driver_api import ConfigError, Path, Quality
-from gateway.testing import DriverHarness, run_driver
+from gateway.testing import DriverHarness, run_driver, wait_until
 from hil.devices.bacnet_device import BacnetNetwork
 from hil.devices.snmp_agent import free_udp_port
 
@@ -81,10 +82,7 @@ def ahu(instance: int = 1001, points: list[dict[str, Any]] | None = None, **kw: 
     return {"id": f"ahu-{instance}", "instance": instance, "points": points or POINTS, **kw}
 
 
-async def until(cond: Callable[[], bool], within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110 (conditions span sink, node tracker and device)
-            await asyncio.sleep(0.02)
+until = functools.partial(wait_until, within=15.0)  # generous: real stacks on a shared CI machine
 
 
 def latest(h: DriverHarness, point: str, node: str | None = None) -> Any:

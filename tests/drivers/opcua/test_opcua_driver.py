@@ -5,8 +5,9 @@ SignAndEncrypt with certificates made here, writes, and a server that goes away.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from drivers.opcua import MANIFEST
 from gateway.driver_api import ConfigError
 from gateway.driver_api import Path as IP
-from gateway.testing import DriverHarness, run_driver
+from gateway.testing import DriverHarness, run_driver, wait_until
 from hil.devices.opcua_server import OpcUaServer, make_certificate
 
 POINTS: list[dict[str, Any]] = [
@@ -58,10 +59,7 @@ async def client(
         yield h
 
 
-async def until(cond: Callable[[], bool], within: float = 20.0) -> None:
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110 (conditions span sink, runner and server)
-            await asyncio.sleep(0.02)
+until = functools.partial(wait_until, within=20.0)  # generous: real stacks on a shared CI machine
 
 
 def latest(h: DriverHarness, point: str) -> Any:

@@ -4,10 +4,11 @@ v2c and v3 polls with every SMI type, walks, an agent that goes away, and real t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from drivers.snmp import MANIFEST
 from drivers.snmp.driver import SnmpDriver
 from gateway.driver_api import Path
-from gateway.testing import DriverHarness, run_driver
+from gateway.testing import DriverHarness, run_driver, wait_until
 from hil.devices.snmp_agent import ENTERPRISE, OBJECTS, SnmpAgent
 
 V3 = {"version": "v3", "user": "sguser", "auth_protocol": "sha256", "auth_key": "authpassword1",
@@ -65,10 +66,7 @@ async def polling(a: SnmpAgent, **options: Any) -> AsyncIterator[DriverHarness]:
         yield h
 
 
-async def until(cond: Callable[[], bool], within: float = 15.0) -> None:
-    async with asyncio.timeout(within):
-        while not cond():  # noqa: ASYNC110 (conditions span sink, runner and device)
-            await asyncio.sleep(0.02)
+until = functools.partial(wait_until, within=15.0)  # generous: real stacks on a shared CI machine
 
 
 def latest(h: DriverHarness, point: str, node: str | None = None) -> Any:
