@@ -23,6 +23,8 @@ if [ "$what" = test ]; then
     [debootstrap]=debootstrap
     [ip]=iproute2
     [faketime]=faketime
+    [snmpd]=snmpd
+    [snmptrap]=snmp
   )
 fi
 
