@@ -87,13 +87,16 @@ class NodeTracker:
         self._log = logging.getLogger("sensegate.nodes")
 
     def set(self, node: str, online: bool, reason: str = "") -> None:
-        """Record a node's state; log and notify only when it changes."""
-        if self.state.get(node) == online:
+        """Record a node's state; log and notify only when it (or, while online, its reason) changes."""
+        before = self.state.get(node)
+        if before == online and (not online or self.reason.get(node, "") == reason):
             return
-        first = node not in self.state
         self.state[node] = online
         self.reason[node] = reason
-        if online and not first:
+        if before == online:  # still online, with news: e.g. "frame counter gap: 3 uplinks lost"
+            if reason:
+                self._log.info("node %s: %s", node, reason)
+        elif online and before is not None:
             self._log.info("node %s is back online", node)
         elif not online:
             self._log.warning("node %s is offline%s", node, f": {reason}" if reason else "")
