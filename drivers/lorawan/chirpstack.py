@@ -284,7 +284,9 @@ def event_from_dict(kind: str, doc: Any, app: str, eui: str) -> Event:
         )
     if kind == "txack":
         return TxAck(
-            **base, queue_item_id=_str(doc, "queueItemId"), f_cnt_down=_int(doc, "fCntDown"),
+            **base,
+            queue_item_id=_str(doc, "queueItemId"),
+            f_cnt_down=_int(doc, "fCntDown"),
             gateway_id=_str(doc, "gatewayId", 32),
         )
     if kind == "log":
@@ -307,8 +309,17 @@ def event_from_dict(kind: str, doc: Any, app: str, eui: str) -> Event:
 
 LOG_LEVELS = ("INFO", "WARNING", "ERROR")
 LOG_CODES = (
-    "UNKNOWN", "DOWNLINK_PAYLOAD_SIZE", "UPLINK_CODEC", "DOWNLINK_CODEC", "OTAA", "UPLINK_F_CNT_RESET",
-    "UPLINK_MIC", "UPLINK_F_CNT_RETRANSMISSION", "DOWNLINK_GATEWAY", "RELAY_NEW_END_DEVICE", "F_CNT_DOWN",
+    "UNKNOWN",
+    "DOWNLINK_PAYLOAD_SIZE",
+    "UPLINK_CODEC",
+    "DOWNLINK_CODEC",
+    "OTAA",
+    "UPLINK_F_CNT_RESET",
+    "UPLINK_MIC",
+    "UPLINK_F_CNT_RETRANSMISSION",
+    "DOWNLINK_GATEWAY",
+    "RELAY_NEW_END_DEVICE",
+    "F_CNT_DOWN",
     "EXPIRED",
 )  # integration.proto's LogCode, in number order
 
@@ -336,8 +347,13 @@ def parse_json(kind: str, payload: bytes, app: str, eui: str) -> Event:
 # -- Protobuf ---------------------------------------------------------------------------------------
 
 _MESSAGES = {
-    "up": "UplinkEvent", "join": "JoinEvent", "status": "StatusEvent", "ack": "AckEvent",
-    "txack": "TxAckEvent", "log": "LogEvent", "location": "LocationEvent",
+    "up": "UplinkEvent",
+    "join": "JoinEvent",
+    "status": "StatusEvent",
+    "ack": "AckEvent",
+    "txack": "TxAckEvent",
+    "log": "LogEvent",
+    "location": "LocationEvent",
 }
 
 

@@ -20,8 +20,11 @@ Metadata = Literal["rssi", "snr", "frame_counter", "data_rate", "frequency", "ga
 class FieldMap(Model):
     """How one value of the decoded object becomes a point."""
 
-    point: str = Field(default="", pattern=r"^$|^[A-Za-z0-9][-:./_A-Za-z0-9]{0,127}$",
-                       description="Point name (default: the object path, made SenML-safe).")
+    point: str = Field(
+        default="",
+        pattern=r"^$|^[A-Za-z0-9][-:./_A-Za-z0-9]{0,127}$",
+        description="Point name (default: the object path, made SenML-safe).",
+    )
     unit: str | None = Field(default=None, description="SenML unit of the value after scale, e.g. Cel.")
     scale: float = Field(default=1.0, description="Multiplier applied to a numeric value.")
 
@@ -51,8 +54,11 @@ class Device(Model):
     """One LoRaWAN device (one node, interface point IP3)."""
 
     eui: str = Field(description="DevEUI, 16 hex digits.")
-    node: str = Field(default="", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",
-                      description="Node id (default: node_prefix + DevEUI).")
+    node: str = Field(
+        default="",
+        pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$",
+        description="Node id (default: node_prefix + DevEUI).",
+    )
     codec: Codec | None = Field(default=None, description="Payload codec for this device (default: codec).")
     fields: dict[str, FieldMap] = Field(
         default_factory=dict, description="Object path (a.b.c) -> point, unit, scale; others keep their path."
@@ -82,25 +88,44 @@ class LorawanConfig(DriverConfig):
     """LoRaWAN devices through a ChirpStack v4 network server's MQTT integration."""
 
     broker: BrokerOptions = Field(default_factory=BrokerOptions, description="The broker ChirpStack publishes to.")
-    application: str = Field(default="+", pattern=r"^(\+|[^/#+\s]{1,64})$",
-                             description="ChirpStack application id to follow, or + for every application.")
-    topic_prefix: str = Field(default="application", pattern=r"^[^#+\s]{1,64}$",
-                              description="First level of ChirpStack's event topic (its event_topic template).")
+    application: str = Field(
+        default="+",
+        pattern=r"^(\+|[^/#+\s]{1,64})$",
+        description="ChirpStack application id to follow, or + for every application.",
+    )
+    topic_prefix: str = Field(
+        default="application",
+        pattern=r"^[^#+\s]{1,64}$",
+        description="First level of ChirpStack's event topic (its event_topic template).",
+    )
     encoding: Literal["json", "protobuf"] = Field(
-        default="json", description="ChirpStack's integration encoding (its mqtt json setting); protobuf needs "
-        "pip install 'sensegate[lorawan]'.")
-    codec: Codec = Field(default="object", description="Payload codec: object (ChirpStack's decoded object), "
-                         "cayenne_lpp, raw (the bytes), none (metadata only).")
+        default="json",
+        description="ChirpStack's integration encoding (its mqtt json setting); protobuf needs "
+        "pip install 'sensegate[lorawan]'.",
+    )
+    codec: Codec = Field(
+        default="object",
+        description="Payload codec: object (ChirpStack's decoded object), "
+        "cayenne_lpp, raw (the bytes), none (metadata only).",
+    )
     metadata: list[Metadata] = Field(
         default_factory=lambda: ["rssi", "snr", "frame_counter"],
         description="Radio metadata recorded per uplink: rssi (dBm, best gateway), snr (dB), frame_counter, "
-        "data_rate, frequency (Hz), gateways (how many heard it), f_port.")
+        "data_rate, frequency (Hz), gateways (how many heard it), f_port.",
+    )
     devices: list[Device] = Field(default_factory=list, description="Known devices and their options.")
-    accept_unknown: bool = Field(default=True, description="Devices not listed become nodes too (node_prefix + DevEUI).")
-    node_prefix: str = Field(default="lora-", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
-                             description="Prefix of derived node ids.")
-    offline_after: Duration = Field(default=7200.0, gt=0, description="A node is offline after this long without an uplink.")
-    max_frame_gap: int = Field(default=16384, ge=1, le=2**31, description="Larger frame-counter jumps are resets, not gaps.")
+    accept_unknown: bool = Field(
+        default=True, description="Devices not listed become nodes too (node_prefix + DevEUI)."
+    )
+    node_prefix: str = Field(
+        default="lora-", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", description="Prefix of derived node ids."
+    )
+    offline_after: Duration = Field(
+        default=7200.0, gt=0, description="A node is offline after this long without an uplink."
+    )
+    max_frame_gap: int = Field(
+        default=16384, ge=1, le=2**31, description="Larger frame-counter jumps are resets, not gaps."
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> LorawanConfig:

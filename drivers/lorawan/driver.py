@@ -121,8 +121,11 @@ class LorawanDriver(Driver):
                 emit("battery", event.battery, unit="%EL", node=node, ts_ns=ts)
             emit("margin", event.margin, unit="dB", node=node, ts_ns=ts)
             emit("external_power", event.external_power, node=node, ts_ns=ts)
-            battery = "external power" if event.external_power else (
-                f"battery {event.battery:g} %" if event.battery is not None else "battery level unknown")
+            battery = (
+                "external power"
+                if event.external_power
+                else (f"battery {event.battery:g} %" if event.battery is not None else "battery level unknown")
+            )
             self._heard(eui)
             self.ctx.node_status(node, True, f"status: {battery}, link margin {event.margin} dB")
         elif isinstance(event, cs.Ack):
@@ -131,14 +134,18 @@ class LorawanDriver(Driver):
             else:
                 self.ctx.count("downlinks_not_acknowledged")
                 self.ctx.node_status(
-                    node, eui in self._online,
-                    f"downlink {event.queue_item_id or '?'} (FCntDown {event.f_cnt_down}) not acknowledged")
+                    node,
+                    eui in self._online,
+                    f"downlink {event.queue_item_id or '?'} (FCntDown {event.f_cnt_down}) not acknowledged",
+                )
         elif isinstance(event, cs.TxAck):
             self.ctx.count("downlinks_sent")
         elif isinstance(event, cs.Log):
             self.ctx.count(f"log_{event.level.lower()}")
             if event.level in ("WARNING", "ERROR"):
-                self._report_once(eui, f"log:{event.code}", f"ChirpStack {event.level}: {event.code}: {event.description}")
+                self._report_once(
+                    eui, f"log:{event.code}", f"ChirpStack {event.level}: {event.code}: {event.description}"
+                )
         elif isinstance(event, cs.Location):
             emit("location", Location(lat=event.lat, lon=event.lon, alt=event.alt), node=node, ts_ns=ts)
 
@@ -159,7 +166,8 @@ class LorawanDriver(Driver):
         if seen.step == "gap":
             self.ctx.count("frames_lost", seen.lost)
             self.ctx.node_status(
-                node, True, f"frame counter gap: {seen.lost} uplink(s) lost ({seen.previous} -> {up.f_cnt})")
+                node, True, f"frame counter gap: {seen.lost} uplink(s) lost ({seen.previous} -> {up.f_cnt})"
+            )
         elif seen.step == "reset":
             self.ctx.count("frame_counter_resets")
             self.ctx.node_status(node, True, f"frame counter reset ({seen.previous} -> {up.f_cnt})")
@@ -213,8 +221,9 @@ class LorawanDriver(Driver):
             self.ctx.count("undecodable_payloads")
             self._report_once(eui, f"codec:{codec}", f"payload not decoded: {e}")
             return []
-        return [(p, Location(lat=v.lat, lon=v.lon, alt=v.alt) if isinstance(v, Position) else v, u)
-                for p, v, u in decoded]
+        return [
+            (p, Location(lat=v.lat, lon=v.lon, alt=v.alt) if isinstance(v, Position) else v, u) for p, v, u in decoded
+        ]
 
     def _map_object(self, leaves: list[tuple[str, Any]], device: Device | None) -> list[tuple[str, Value, str | None]]:
         fields = device.fields if device is not None else {}
@@ -240,7 +249,9 @@ class LorawanDriver(Driver):
 
     def _limit(self, eui: str) -> float:
         device = self._devices.get(eui)
-        return (device.offline_after if device is not None and device.offline_after else None) or self.config.offline_after
+        return (
+            device.offline_after if device is not None and device.offline_after else None
+        ) or self.config.offline_after
 
     def _next_offline(self, now: float) -> float:
         pending = [self._last_up[e] + self._limit(e) - now for e in self._online]
@@ -257,8 +268,9 @@ class LorawanDriver(Driver):
 
     async def write(self, point: str, value: Value) -> None:
         node, _, name = point.rpartition("/")
-        eui = self._by_node.get(node) or (node[len(self.config.node_prefix):] if node.startswith(
-            self.config.node_prefix) else "")
+        eui = self._by_node.get(node) or (
+            node[len(self.config.node_prefix) :] if node.startswith(self.config.node_prefix) else ""
+        )
         device = self._devices.get(eui)
         if device is None:
             raise ConfigError(f"{point!r}: write NODE/downlink or NODE/COMMAND for a device listed in devices")
@@ -288,16 +300,18 @@ class LorawanDriver(Driver):
             raise ConfigError(f"{point}: {value} outside [{command.min}, {command.max}]")
         await self._enqueue(eui, command.f_port, obj={command.field: value}, confirmed=command.confirmed)
 
-    async def _enqueue(self, eui: str, f_port: int, *, data: bytes | None = None,
-                       obj: dict[str, Any] | None = None, confirmed: bool) -> None:
+    async def _enqueue(
+        self, eui: str, f_port: int, *, data: bytes | None = None, obj: dict[str, Any] | None = None, confirmed: bool
+    ) -> None:
         app = self._apps.get(eui) or (self.config.application if self.config.application != "+" else "")
         if not app:
             raise PollError(f"application of device {eui} not known yet (no event seen): set application")
         if self._client is None:
             raise PollError("not connected to the broker")
         try:
-            payload = cs.encode_downlink(eui, f_port, data=data, obj=obj, confirmed=confirmed,
-                                         encoding=self.config.encoding)
+            payload = cs.encode_downlink(
+                eui, f_port, data=data, obj=obj, confirmed=confirmed, encoding=self.config.encoding
+            )
         except ValueError as e:
             raise ConfigError(str(e)) from e
         await self._client.publish(cs.down_topic(app, eui, self.config.topic_prefix), payload)

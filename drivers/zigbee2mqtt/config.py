@@ -15,22 +15,30 @@ class Zigbee2MqttConfig(DriverConfig):
     """Zigbee devices through a Zigbee2MQTT bridge: one node per device (IP3)."""
 
     broker: BrokerOptions = Field(default_factory=BrokerOptions, description="The broker Zigbee2MQTT publishes to.")
-    base_topic: str = Field(default="zigbee2mqtt", pattern=r"^[^#+\s]{1,64}$",
-                            description="Zigbee2MQTT's base_topic (its mqtt.base_topic setting).")
+    base_topic: str = Field(
+        default="zigbee2mqtt",
+        pattern=r"^[^#+\s]{1,64}$",
+        description="Zigbee2MQTT's base_topic (its mqtt.base_topic setting).",
+    )
     devices: list[str] = Field(
         default_factory=list,
-        description="Allow-list of friendly names or IEEE addresses (glob patterns); empty: every device.")
+        description="Allow-list of friendly names or IEEE addresses (glob patterns); empty: every device.",
+    )
     node_names: dict[str, str] = Field(
-        default_factory=dict, description="Node id per friendly name or IEEE address (default: node_prefix + IEEE).")
-    node_prefix: str = Field(default="zb-", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
-                             description="Prefix of derived node ids.")
+        default_factory=dict, description="Node id per friendly name or IEEE address (default: node_prefix + IEEE)."
+    )
+    node_prefix: str = Field(
+        default="zb-", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$", description="Prefix of derived node ids."
+    )
     exclude: list[str] = Field(
         default_factory=lambda: ["update.*", "update_available", "last_seen"],
-        description="State properties not recorded (glob patterns over dotted paths, e.g. update.*).")
+        description="State properties not recorded (glob patterns over dotted paths, e.g. update.*).",
+    )
     writable: list[str] = Field(
         default_factory=list,
         description="What write() may set, as NODE/PROPERTY glob patterns (e.g. zb-*/state); the device's "
-        "exposes must also allow it. Empty: nothing.")
+        "exposes must also allow it. Empty: nothing.",
+    )
 
     @field_validator("node_names")
     @classmethod

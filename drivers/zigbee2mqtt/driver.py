@@ -64,12 +64,15 @@ class Zigbee2MqttDriver(Driver):
             return False
         patterns = self.config.devices
         return not patterns or any(
-            fnmatch.fnmatchcase(device.friendly_name, p) or fnmatch.fnmatchcase(device.ieee, p.lower()) for p in patterns
+            fnmatch.fnmatchcase(device.friendly_name, p) or fnmatch.fnmatchcase(device.ieee, p.lower())
+            for p in patterns
         )
 
     def _node(self, device: z2m.Device) -> str:
         names = self.config.node_names
-        return names.get(device.friendly_name) or names.get(device.ieee) or f"{self.config.node_prefix}{device.ieee[2:]}"
+        return (
+            names.get(device.friendly_name) or names.get(device.ieee) or f"{self.config.node_prefix}{device.ieee[2:]}"
+        )
 
     def _set_online(self, device: z2m.Device, online: bool, reason: str = "") -> None:
         node = self._node(device)
@@ -96,7 +99,8 @@ class Zigbee2MqttDriver(Driver):
             elif kind == "bridge_event":
                 event, ieee, friendly = z2m.parse_event(payload)
                 device = self._devices.get(friendly) or next(
-                    (d for d in self._devices.values() if d.ieee == ieee), None)
+                    (d for d in self._devices.values() if d.ieee == ieee), None
+                )
                 if event == "device_leave" and device is not None and self._wanted(device):
                     self._set_online(device, False, "left the Zigbee network")
             elif kind == "availability":

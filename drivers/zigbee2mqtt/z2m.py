@@ -31,14 +31,40 @@ _IEEE_RE = re.compile(r"^0x[0-9a-fA-F]{16}$")
 
 # z2m unit -> (SenML unit, factor)
 _UNITS: dict[str, tuple[str, float]] = {
-    "°C": ("Cel", 1), "°F": ("Cel", 0),  # 0: Fahrenheit, converted by formula
-    "%": ("%", 1), "hPa": ("Pa", 100), "kPa": ("Pa", 1000), "Pa": ("Pa", 1), "lx": ("lx", 1),
-    "ppm": ("ppm", 1), "µg/m³": ("ug/m3", 1), "mg/m³": ("ug/m3", 1000),
-    "V": ("V", 1), "mV": ("V", 0.001), "A": ("A", 1), "mA": ("A", 0.001), "W": ("W", 1), "kW": ("W", 1000),
-    "Wh": ("Wh", 1), "kWh": ("Wh", 1000), "Hz": ("Hz", 1), "dB": ("dB", 1), "dBm": ("dBm", 1),
-    "s": ("s", 1), "min": ("s", 60), "h": ("s", 3600), "ms": ("s", 0.001),
-    "mm": ("m", 0.001), "cm": ("m", 0.01), "m": ("m", 1), "°": ("deg", 1),
-    "kg": ("kg", 1), "g": ("kg", 0.001), "L": ("l", 1), "m³": ("m3", 1), "m³/h": ("m3/s", 1 / 3600),
+    "°C": ("Cel", 1),
+    "°F": ("Cel", 0),  # 0: Fahrenheit, converted by formula
+    "%": ("%", 1),
+    "hPa": ("Pa", 100),
+    "kPa": ("Pa", 1000),
+    "Pa": ("Pa", 1),
+    "lx": ("lx", 1),
+    "ppm": ("ppm", 1),
+    "µg/m³": ("ug/m3", 1),
+    "mg/m³": ("ug/m3", 1000),
+    "V": ("V", 1),
+    "mV": ("V", 0.001),
+    "A": ("A", 1),
+    "mA": ("A", 0.001),
+    "W": ("W", 1),
+    "kW": ("W", 1000),
+    "Wh": ("Wh", 1),
+    "kWh": ("Wh", 1000),
+    "Hz": ("Hz", 1),
+    "dB": ("dB", 1),
+    "dBm": ("dBm", 1),
+    "s": ("s", 1),
+    "min": ("s", 60),
+    "h": ("s", 3600),
+    "ms": ("s", 0.001),
+    "mm": ("m", 0.001),
+    "cm": ("m", 0.01),
+    "m": ("m", 1),
+    "°": ("deg", 1),
+    "kg": ("kg", 1),
+    "g": ("kg", 0.001),
+    "L": ("l", 1),
+    "m³": ("m3", 1),
+    "m³/h": ("m3/s", 1 / 3600),
 }
 _PERCENT_UNITS = {"humidity": "%RH", "battery": "%EL"}
 
@@ -152,11 +178,21 @@ def _expose_leaves(items: Any, prefix: str, out: dict[str, Expose], depth: int =
         if kind == "binary":
             values = tuple(item[k] for k in ("value_on", "value_off", "value_toggle") if k in item)
         access = item.get("access", 1)
-        out.setdefault(path, Expose(
-            path=path, kind=kind, access=access if isinstance(access, int) else 1, unit=unit, factor=factor,
-            value_min=_number(item.get("value_min")), value_max=_number(item.get("value_max")),
-            values=values, value_on=item.get("value_on"), value_off=item.get("value_off"),
-        ))
+        out.setdefault(
+            path,
+            Expose(
+                path=path,
+                kind=kind,
+                access=access if isinstance(access, int) else 1,
+                unit=unit,
+                factor=factor,
+                value_min=_number(item.get("value_min")),
+                value_max=_number(item.get("value_max")),
+                values=values,
+                value_on=item.get("value_on"),
+                value_off=item.get("value_off"),
+            ),
+        )
 
 
 def _number(v: Any) -> float | None:
@@ -185,8 +221,16 @@ def parse_devices(payload: bytes) -> list[Device]:
         if isinstance(definition, dict):
             _expose_leaves(definition.get("exposes"), "", exposes)
             model = str(definition.get("model") or "")[:64]
-        out.append(Device(ieee=ieee.lower(), friendly_name=name, type=str(entry.get("type") or "")[:32],
-                          supported=bool(entry.get("supported", True)), model=model, exposes=exposes))
+        out.append(
+            Device(
+                ieee=ieee.lower(),
+                friendly_name=name,
+                type=str(entry.get("type") or "")[:32],
+                supported=bool(entry.get("supported", True)),
+                model=model,
+                exposes=exposes,
+            )
+        )
     return out
 
 
@@ -204,7 +248,11 @@ def parse_event(payload: bytes) -> tuple[str, str, str]:
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(doc, dict) or not isinstance(data, dict) or not isinstance(doc.get("type"), str):
         raise Z2mError("bridge/event is not {type, data}")
-    return doc["type"][:32], str(data.get("ieee_address") or "")[:24].lower(), str(data.get("friendly_name") or "")[:256]
+    return (
+        doc["type"][:32],
+        str(data.get("ieee_address") or "")[:24].lower(),
+        str(data.get("friendly_name") or "")[:256],
+    )
 
 
 def convert(value: float, expose: Expose | None) -> float:
@@ -223,7 +271,7 @@ def flatten_state(state: dict[str, Any], exposes: dict[str, Expose]) -> list[tup
     def walk(value: Any, path: str, depth: int) -> None:
         if len(out) >= MAX_LEAVES:
             return
-        if isinstance(value, bool) or isinstance(value, str):
+        if isinstance(value, bool | str):
             out.append((path, value[:256] if isinstance(value, str) else value, None))
         elif isinstance(value, int | float):
             if math.isfinite(value):

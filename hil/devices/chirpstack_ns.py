@@ -51,14 +51,16 @@ DOCUMENTED: dict[str, dict[str, Any]] = {
         "dr": 1,
         "fPort": 1,
         "data": "qg==",
-        "rxInfo": [{
-            "gatewayId": "0016c001f153a14c",
-            "uplinkId": 4217106255,
-            "rssi": -36,
-            "snr": 10.5,
-            "context": "E3OWOQ==",
-            "metadata": {"region_name": "eu868", "region_common_name": "EU868"},
-        }],
+        "rxInfo": [
+            {
+                "gatewayId": "0016c001f153a14c",
+                "uplinkId": 4217106255,
+                "rssi": -36,
+                "snr": 10.5,
+                "context": "E3OWOQ==",
+                "metadata": {"region_name": "eu868", "region_common_name": "EU868"},
+            }
+        ],
         "txInfo": {
             "frequency": 867100000,
             "modulation": {"lora": {"bandwidth": 125000, "spreadingFactor": 11, "codeRate": "CR_4_5"}},
@@ -95,8 +97,9 @@ DOCUMENTED: dict[str, dict[str, Any]] = {
         "txInfo": {
             "frequency": 867900000,
             "power": 14,
-            "modulation": {"lora": {"bandwidth": 125000, "spreadingFactor": 7, "codeRate": "CR_4_5",
-                                    "polarizationInversion": True}},
+            "modulation": {
+                "lora": {"bandwidth": 125000, "spreadingFactor": 7, "codeRate": "CR_4_5", "polarizationInversion": True}
+            },
             "timing": {"delay": {"delay": "1s"}},
             "context": "ICYVGw==",
         },
@@ -118,8 +121,13 @@ DOCUMENTED: dict[str, dict[str, Any]] = {
 }
 
 _PROTO_NAMES = {
-    "up": "UplinkEvent", "join": "JoinEvent", "status": "StatusEvent", "ack": "AckEvent",
-    "txack": "TxAckEvent", "log": "LogEvent", "location": "LocationEvent",
+    "up": "UplinkEvent",
+    "join": "JoinEvent",
+    "status": "StatusEvent",
+    "ack": "AckEvent",
+    "txack": "TxAckEvent",
+    "log": "LogEvent",
+    "location": "LocationEvent",
 }
 
 
@@ -163,8 +171,13 @@ class Downlink:
 class SimulatedChirpStack:
     """ChirpStack's MQTT integration for a set of simulated devices, on a real broker."""
 
-    def __init__(self, broker_url: str, application_id: str = APPLICATION_ID, encoding: str = "json",
-                 client_id: str = "chirpstack-sim") -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        application_id: str = APPLICATION_ID,
+        encoding: str = "json",
+        client_id: str = "chirpstack-sim",
+    ) -> None:
         self.url = broker_url
         self.application_id = application_id
         self.encoding = encoding
@@ -214,8 +227,18 @@ class SimulatedChirpStack:
         self._session.client.publish(topic, payload, qos=1)
         self.published += 1
 
-    def uplink(self, eui: str, data: bytes, *, f_port: int = 1, obj: dict[str, Any] | None = None,
-               rssi: int = -36, snr: float = 10.5, skip: int = 0, f_cnt: int | None = None) -> int:
+    def uplink(
+        self,
+        eui: str,
+        data: bytes,
+        *,
+        f_port: int = 1,
+        obj: dict[str, Any] | None = None,
+        rssi: int = -36,
+        snr: float = 10.5,
+        skip: int = 0,
+        f_cnt: int | None = None,
+    ) -> int:
         """An uplink event; ``skip`` frames are lost on the air first (the counter jumps). Its FCnt."""
         dev = self.devices[eui]
         dev.f_cnt = f_cnt if f_cnt is not None else dev.f_cnt + skip

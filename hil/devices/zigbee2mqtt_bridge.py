@@ -20,19 +20,39 @@ from typing import Any
 
 from gateway.mqtt import MqttSession, MqttSettings
 
-_STATE = {"type": "binary", "name": "state", "property": "state", "value_on": "ON", "value_off": "OFF",
-          "value_toggle": "TOGGLE", "access": 7}
-_LINKQUALITY = {"type": "numeric", "name": "linkquality", "property": "linkquality", "unit": "lqi",
-                "value_min": 0, "value_max": 255, "access": 1}
+_STATE = {
+    "type": "binary",
+    "name": "state",
+    "property": "state",
+    "value_on": "ON",
+    "value_off": "OFF",
+    "value_toggle": "TOGGLE",
+    "access": 7,
+}
+_LINKQUALITY = {
+    "type": "numeric",
+    "name": "linkquality",
+    "property": "linkquality",
+    "unit": "lqi",
+    "value_min": 0,
+    "value_max": 255,
+    "access": 1,
+}
 
 # The bridge/devices example of the documentation (my_plug, my_bulb, my_sensor, the coordinator)
 # with exposes written in the documented exposes format, and the documentation's climate sensor.
 DEVICES: list[dict[str, Any]] = [
     {
-        "ieee_address": "0x00158d00018255df", "type": "Router", "network_address": 29159, "supported": True,
+        "ieee_address": "0x00158d00018255df",
+        "type": "Router",
+        "network_address": 29159,
+        "supported": True,
         "friendly_name": "my_plug",
         "definition": {
-            "model": "ZNCZ02LM", "vendor": "Xiaomi", "description": "Mi power plug ZigBee", "options": [],
+            "model": "ZNCZ02LM",
+            "vendor": "Xiaomi",
+            "description": "Mi power plug ZigBee",
+            "options": [],
             "exposes": [
                 {"type": "switch", "features": [_STATE]},
                 {"type": "numeric", "name": "power", "property": "power", "unit": "W", "access": 5},
@@ -41,51 +61,107 @@ DEVICES: list[dict[str, Any]] = [
                 _LINKQUALITY,
             ],
         },
-        "power_source": "Mains (single phase)", "date_code": "02-28-2017", "model_id": "lumi.plug",
-        "interviewing": False, "interview_completed": True,
+        "power_source": "Mains (single phase)",
+        "date_code": "02-28-2017",
+        "model_id": "lumi.plug",
+        "interviewing": False,
+        "interview_completed": True,
     },
     {
-        "ieee_address": "0x90fd9ffffe6494fc", "type": "Router", "network_address": 57440, "supported": True,
+        "ieee_address": "0x90fd9ffffe6494fc",
+        "type": "Router",
+        "network_address": 57440,
+        "supported": True,
         "friendly_name": "my_bulb",
         "definition": {
-            "model": "LED1624G9", "vendor": "IKEA",
-            "description": "TRADFRI LED bulb E14/E26/E27 600 lumen, dimmable, color, opal white", "options": [],
+            "model": "LED1624G9",
+            "vendor": "IKEA",
+            "description": "TRADFRI LED bulb E14/E26/E27 600 lumen, dimmable, color, opal white",
+            "options": [],
             "exposes": [
-                {"type": "light", "features": [
-                    _STATE,
-                    {"type": "numeric", "name": "brightness", "property": "brightness", "value_min": 0,
-                     "value_max": 254, "access": 7},
-                    {"type": "numeric", "name": "color_temp", "property": "color_temp", "unit": "mired",
-                     "access": 7},
-                    {"type": "composite", "name": "color_xy", "property": "color", "features": [
-                        {"type": "numeric", "name": "x", "property": "x", "access": 7},
-                        {"type": "numeric", "name": "y", "property": "y", "access": 7},
-                    ]},
-                ]},
-                {"type": "enum", "name": "effect", "property": "effect", "values": ["blink", "breathe", "okay"],
-                 "access": 2},
+                {
+                    "type": "light",
+                    "features": [
+                        _STATE,
+                        {
+                            "type": "numeric",
+                            "name": "brightness",
+                            "property": "brightness",
+                            "value_min": 0,
+                            "value_max": 254,
+                            "access": 7,
+                        },
+                        {
+                            "type": "numeric",
+                            "name": "color_temp",
+                            "property": "color_temp",
+                            "unit": "mired",
+                            "access": 7,
+                        },
+                        {
+                            "type": "composite",
+                            "name": "color_xy",
+                            "property": "color",
+                            "features": [
+                                {"type": "numeric", "name": "x", "property": "x", "access": 7},
+                                {"type": "numeric", "name": "y", "property": "y", "access": 7},
+                            ],
+                        },
+                    ],
+                },
+                {
+                    "type": "enum",
+                    "name": "effect",
+                    "property": "effect",
+                    "values": ["blink", "breathe", "okay"],
+                    "access": 2,
+                },
                 _LINKQUALITY,
             ],
         },
-        "power_source": "Mains (single phase)", "software_build_id": "1.3.009",
-        "model_id": "TRADFRI bulb E27 CWS opal 600lm", "date_code": "20180410",
-        "interviewing": False, "interview_completed": True,
+        "power_source": "Mains (single phase)",
+        "software_build_id": "1.3.009",
+        "model_id": "TRADFRI bulb E27 CWS opal 600lm",
+        "date_code": "20180410",
+        "interviewing": False,
+        "interview_completed": True,
     },
     {
-        "ieee_address": "0x00169a00022256da", "type": "Router", "network_address": 22160, "supported": False,
-        "friendly_name": "my_sensor", "definition": None, "power_source": "Battery", "date_code": "04-28-2019",
-        "model_id": None, "interviewing": False, "interview_completed": True,
+        "ieee_address": "0x00169a00022256da",
+        "type": "Router",
+        "network_address": 22160,
+        "supported": False,
+        "friendly_name": "my_sensor",
+        "definition": None,
+        "power_source": "Battery",
+        "date_code": "04-28-2019",
+        "model_id": None,
+        "interviewing": False,
+        "interview_completed": True,
     },
     {
-        "ieee_address": "0x00124b00120144ae", "type": "Coordinator", "network_address": 0, "supported": False,
-        "friendly_name": "Coordinator", "definition": None, "power_source": None, "date_code": None,
-        "model_id": None, "interviewing": False, "interview_completed": True,
+        "ieee_address": "0x00124b00120144ae",
+        "type": "Coordinator",
+        "network_address": 0,
+        "supported": False,
+        "friendly_name": "Coordinator",
+        "definition": None,
+        "power_source": None,
+        "date_code": None,
+        "model_id": None,
+        "interviewing": False,
+        "interview_completed": True,
     },
     {
-        "ieee_address": "0x00158d0001d8e1d2", "type": "EndDevice", "network_address": 4321, "supported": True,
+        "ieee_address": "0x00158d0001d8e1d2",
+        "type": "EndDevice",
+        "network_address": 4321,
+        "supported": True,
         "friendly_name": "garden/climate",
         "definition": {
-            "model": "WSDCGQ01LM", "vendor": "Xiaomi", "description": "MiJia temperature & humidity sensor",
+            "model": "WSDCGQ01LM",
+            "vendor": "Xiaomi",
+            "description": "MiJia temperature & humidity sensor",
             "options": [],
             "exposes": [
                 {"type": "numeric", "name": "battery", "property": "battery", "unit": "%", "access": 1},
@@ -95,26 +171,37 @@ DEVICES: list[dict[str, Any]] = [
                 _LINKQUALITY,
             ],
         },
-        "power_source": "Battery", "interviewing": False, "interview_completed": True,
+        "power_source": "Battery",
+        "interviewing": False,
+        "interview_completed": True,
     },
 ]
 
 # Example states of the documentation (and of each device's exposes).
 STATES: dict[str, dict[str, Any]] = {
     "my_plug": {"state": "ON", "power": 12.5, "energy": 1.23, "voltage": 230, "linkquality": 120},
-    "my_bulb": {"state": "ON", "brightness": 215, "color_temp": 325, "color": {"x": 0.4573, "y": 0.41},
-                "linkquality": 90},
+    "my_bulb": {
+        "state": "ON",
+        "brightness": 215,
+        "color_temp": 325,
+        "color": {"x": 0.4573, "y": 0.41},
+        "linkquality": 90,
+    },
     "my_sensor": {"occupancy": True},
-    "garden/climate": {"temperature": 27.34, "humidity": 44.72, "pressure": 1013.2, "battery": 91,
-                       "linkquality": 42},
+    "garden/climate": {"temperature": 27.34, "humidity": 44.72, "pressure": 1013.2, "battery": 91, "linkquality": 42},
 }
 
 
 class SimulatedZigbee2Mqtt:
     """A Zigbee2MQTT bridge with the documentation's devices, on a real broker."""
 
-    def __init__(self, broker_url: str, base_topic: str = "zigbee2mqtt", legacy_availability: bool = True,
-                 client_id: str = "zigbee2mqtt-sim") -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        base_topic: str = "zigbee2mqtt",
+        legacy_availability: bool = True,
+        client_id: str = "zigbee2mqtt-sim",
+    ) -> None:
         self.url = broker_url
         self.base = base_topic
         self.legacy = legacy_availability
@@ -126,9 +213,11 @@ class SimulatedZigbee2Mqtt:
         self._session: MqttSession | None = None
 
     async def start(self) -> None:
-        session = MqttSession(MqttSettings.from_url(self.url, client_id=self.client_id, protocol="5"),
-                              on_message=self._on_set,
-                              will=(f"{self.base}/bridge/state", self._availability_payload(False)))
+        session = MqttSession(
+            MqttSettings.from_url(self.url, client_id=self.client_id, protocol="5"),
+            on_message=self._on_set,
+            will=(f"{self.base}/bridge/state", self._availability_payload(False)),
+        )
         await session.connect()
         self._session = session
         session.client.subscribe(f"{self.base}/+/set", qos=1)
@@ -167,8 +256,10 @@ class SimulatedZigbee2Mqtt:
     def leave(self, name: str) -> None:
         """The device leaves the network: an event, and bridge/devices without it."""
         dev = next(d for d in self.devices if d["friendly_name"] == name)
-        self.publish("bridge/event", {"type": "device_leave",
-                                       "data": {"ieee_address": dev["ieee_address"], "friendly_name": name}})
+        self.publish(
+            "bridge/event",
+            {"type": "device_leave", "data": {"ieee_address": dev["ieee_address"], "friendly_name": name}},
+        )
         self.devices.remove(dev)
         self.publish_devices()
 

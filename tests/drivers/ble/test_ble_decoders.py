@@ -228,7 +228,10 @@ def test_bthome_stops_at_unknown_object_id_and_says_so() -> None:
 def test_bthome_command_steps() -> None:
     # 0x3B: argument length (low 5 bits), opcode, arguments; step up/down carry the steps
     assert decode_bthome(bytes.fromhex("403B010305")) == [("command", "step_up", None), ("command_steps", 5, "count")]
-    assert decode_bthome(bytes.fromhex("403B010405")) == [("command", "step_down", None), ("command_steps", -5, "count")]
+    assert decode_bthome(bytes.fromhex("403B010405")) == [
+        ("command", "step_down", None),
+        ("command_steps", -5, "count"),
+    ]
     # an opcode this version does not name keeps its number; its arguments are skipped
     assert decode_bthome(bytes.fromhex("403B0209AABB" + "02CA09")) == [
         ("command", "opcode_0x09", None),

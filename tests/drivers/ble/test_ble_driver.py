@@ -7,15 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from types import SimpleNamespace
-
 from drivers.ble import MANIFEST
-from gateway import metrics
 from drivers.sim import MANIFEST as SIM_MANIFEST
+from gateway import metrics
 from gateway.driver_api import Path
 from gateway.testing import DriverHarness, run_driver
 from hil.devices.ble_bluez import SimulatedBlueZ

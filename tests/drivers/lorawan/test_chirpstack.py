@@ -21,19 +21,51 @@ DEVICE = {"dev_eui": EUI, "application_id": APP, "device_name": "Test device"}
 
 # What each documented example (chirpstack-docs src/chirpstack/integrations/events.md) says.
 EXPECTED: dict[str, cs.Event] = {
-    "up": cs.Uplink(kind="up", **DEVICE, time_ns=1658136855775023242, deduplication_id="3ac7e3c4-4401-4b8d-9386-a5c902f9202d",
-                    dev_addr="00189440", f_cnt=0, f_port=1, dr=1, data=b"\xaa", rssi=-36, snr=10.5, gateways=1,
-                    frequency=867100000),
+    "up": cs.Uplink(
+        kind="up",
+        **DEVICE,
+        time_ns=1658136855775023242,
+        deduplication_id="3ac7e3c4-4401-4b8d-9386-a5c902f9202d",
+        dev_addr="00189440",
+        f_cnt=0,
+        f_port=1,
+        dr=1,
+        data=b"\xaa",
+        rssi=-36,
+        snr=10.5,
+        gateways=1,
+        frequency=867100000,
+    ),
     "status": cs.Status(kind="status", **DEVICE, time_ns=1658136906927172638, margin=10, battery=88.3),
     "join": cs.Join(kind="join", **DEVICE, time_ns=1658136808823500726, dev_addr="00189440"),
-    "ack": cs.Ack(kind="ack", **DEVICE, time_ns=1658137129235700766, queue_item_id="1bbcab1d-6ec6-4136-b3f5-d63be1dc08de",
-                  acknowledged=True, f_cnt_down=3),
-    "txack": cs.TxAck(kind="txack", **DEVICE, time_ns=1658137068929184085,
-                      queue_item_id="42cb6459-a640-46ec-9623-bdff39dc4736", f_cnt_down=2, gateway_id="0016c001f153a14c"),
-    "log": cs.Log(kind="log", **DEVICE, time_ns=1658137197311414029, level="ERROR", code="UPLINK_MIC",
-                  description="MIC of join-request is invalid, make sure keys are correct",
-                  context={"deduplication_id": "4e91db13-5ce3-4c8c-ab0f-dfc626cf0771"}),
-    "location": cs.Location(kind="location", **DEVICE, time_ns=1658138111059481003, lat=37.344214, lon=-8.839375, alt=2),
+    "ack": cs.Ack(
+        kind="ack",
+        **DEVICE,
+        time_ns=1658137129235700766,
+        queue_item_id="1bbcab1d-6ec6-4136-b3f5-d63be1dc08de",
+        acknowledged=True,
+        f_cnt_down=3,
+    ),
+    "txack": cs.TxAck(
+        kind="txack",
+        **DEVICE,
+        time_ns=1658137068929184085,
+        queue_item_id="42cb6459-a640-46ec-9623-bdff39dc4736",
+        f_cnt_down=2,
+        gateway_id="0016c001f153a14c",
+    ),
+    "log": cs.Log(
+        kind="log",
+        **DEVICE,
+        time_ns=1658137197311414029,
+        level="ERROR",
+        code="UPLINK_MIC",
+        description="MIC of join-request is invalid, make sure keys are correct",
+        context={"deduplication_id": "4e91db13-5ce3-4c8c-ab0f-dfc626cf0771"},
+    ),
+    "location": cs.Location(
+        kind="location", **DEVICE, time_ns=1658138111059481003, lat=37.344214, lon=-8.839375, alt=2
+    ),
 }
 
 
@@ -53,15 +85,27 @@ def test_documented_examples_in_protobuf(kind: str) -> None:
 
 def test_proto_field_names_and_battery_unavailable() -> None:
     # a JSON-mapping parser must accept the proto field names as well as the lowerCamelCase ones
-    doc = {"device_info": {"dev_eui": EUI}, "margin": -3, "battery_level_unavailable": True, "batteryLevel": 0,
-           "external_power_source": True}
+    doc = {
+        "device_info": {"dev_eui": EUI},
+        "margin": -3,
+        "battery_level_unavailable": True,
+        "batteryLevel": 0,
+        "external_power_source": True,
+    }
     assert cs.parse_json("status", json.dumps(doc).encode(), APP, EUI) == cs.Status(
-        kind="status", dev_eui=EUI, application_id=APP, margin=-3, external_power=True, battery=None)
+        kind="status", dev_eui=EUI, application_id=APP, margin=-3, external_power=True, battery=None
+    )
 
 
 def test_uplink_best_gateway_object_and_url_safe_base64() -> None:
-    doc = dict(DOCUMENTED["up"], fCnt=7, confirmed=True, data=base64.urlsafe_b64encode(b"\xfb\xff").decode().rstrip("="),
-               object={"temperature": 21.5}, rxInfo=[{"rssi": -110, "snr": -7.5}, {"rssi": -80, "snr": 3.25}, {}])
+    doc = dict(
+        DOCUMENTED["up"],
+        fCnt=7,
+        confirmed=True,
+        data=base64.urlsafe_b64encode(b"\xfb\xff").decode().rstrip("="),
+        object={"temperature": 21.5},
+        rxInfo=[{"rssi": -110, "snr": -7.5}, {"rssi": -80, "snr": 3.25}, {}],
+    )
     up = cs.parse_json("up", json.dumps(doc).encode(), APP, EUI)
     assert isinstance(up, cs.Uplink)
     assert (up.f_cnt, up.confirmed, up.data, up.object) == (7, True, b"\xfb\xff", {"temperature": 21.5})
@@ -107,8 +151,9 @@ def test_events_refused(kind: str, doc: dict[str, Any], words: str) -> None:
         cs.parse_json(kind, json.dumps(doc).encode(), APP, EUI)
 
 
-@pytest.mark.parametrize("payload", [b"", b"not json", b"\xff\xfe", b"[" * 100_000, b"{" * 10, b"1e999999",
-                                     b"x" * (cs.MAX_PAYLOAD + 1)])
+@pytest.mark.parametrize(
+    "payload", [b"", b"not json", b"\xff\xfe", b"[" * 100_000, b"{" * 10, b"1e999999", b"x" * (cs.MAX_PAYLOAD + 1)]
+)
 def test_garbage_json(payload: bytes) -> None:
     with pytest.raises(cs.EventError):
         cs.parse_json("up", payload, APP, EUI)
@@ -125,9 +170,34 @@ def test_random_protobuf_only_raises_event_error(payload: bytes) -> None:
 
 json_docs = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda c: st.lists(c, max_size=3) | st.dictionaries(
-        st.sampled_from(["fCnt", "fPort", "data", "rxInfo", "rssi", "snr", "deviceInfo", "devEui", "object", "time",
-                         "margin", "batteryLevel", "location", "latitude", "level", "context", "x"]), c, max_size=5),
+    lambda c: (
+        st.lists(c, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "fCnt",
+                    "fPort",
+                    "data",
+                    "rxInfo",
+                    "rssi",
+                    "snr",
+                    "deviceInfo",
+                    "devEui",
+                    "object",
+                    "time",
+                    "margin",
+                    "batteryLevel",
+                    "location",
+                    "latitude",
+                    "level",
+                    "context",
+                    "x",
+                ]
+            ),
+            c,
+            max_size=5,
+        )
+    ),
     max_leaves=30,
 )
 

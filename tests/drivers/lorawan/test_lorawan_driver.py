@@ -41,10 +41,19 @@ def options(broker: Mosquitto, **extra: Any) -> dict[str, Any]:
         "broker": {"url": broker.url},
         "devices": [
             {"eui": PARKING, "node": "parking-7", "codec": "cayenne_lpp"},
-            {"eui": LAMP, "node": "lamp-12", "downlink": True,
-             "fields": {"temperature": {"unit": "Cel"}, "battery.voltage": {"point": "battery_voltage", "unit": "V"}},
-             "commands": {"dim": {"f_port": 10, "field": "level", "min": 0, "max": 100, "confirmed": True},
-                          "reboot": {"f_port": 11, "data": "ff"}}},
+            {
+                "eui": LAMP,
+                "node": "lamp-12",
+                "downlink": True,
+                "fields": {
+                    "temperature": {"unit": "Cel"},
+                    "battery.voltage": {"point": "battery_voltage", "unit": "V"},
+                },
+                "commands": {
+                    "dim": {"f_port": 10, "field": "level", "min": 0, "max": 100, "confirmed": True},
+                    "reboot": {"f_port": 11, "data": "ff"},
+                },
+            },
         ],
         **extra,
     }
@@ -84,9 +93,20 @@ async def test_uplinks_become_node_readings_with_radio_metadata(broker: Mosquitt
         await h.sink.wait_for(1, node="lamp-12", point="frame_counter", within=WITHIN)
         await h.sink.wait_for(1, node="parking-7", point="frame_counter", within=WITHIN)
         assert values(h, "parking-7") == {
-            "temperature_3": 27.2, "temperature_5": 25.5, "rssi": -97, "snr": -3.5, "frame_counter": 0}
+            "temperature_3": 27.2,
+            "temperature_5": 25.5,
+            "rssi": -97,
+            "snr": -3.5,
+            "frame_counter": 0,
+        }
         assert values(h, "lamp-12") == {
-            "temperature": 31.5, "battery_voltage": 3.61, "state": "on", "rssi": -36, "snr": 10.5, "frame_counter": 0}
+            "temperature": 31.5,
+            "battery_voltage": 3.61,
+            "state": "on",
+            "rssi": -36,
+            "snr": 10.5,
+            "frame_counter": 0,
+        }
         units = {(r.node, r.point): r.unit for r in h.sink.readings}
         assert units[("lamp-12", "temperature")] == "Cel" and units[("lamp-12", "battery_voltage")] == "V"
         assert units[("parking-7", "temperature_3")] == "Cel" and units[("parking-7", "rssi")] == "dBm"

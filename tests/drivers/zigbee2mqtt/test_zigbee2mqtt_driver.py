@@ -64,10 +64,21 @@ async def test_states_become_node_readings_and_availability_node_status(broker: 
         await h.sink.wait_for(1, node=CLIMATE, point="temperature", within=WITHIN)
         await h.sink.wait_for(1, node=BULB, point="brightness", within=WITHIN)
         climate = {r.point: (r.value, r.unit) for r in h.sink.points(node=CLIMATE)}
-        assert climate == {"temperature": (27.34, "Cel"), "humidity": (44.72, "%RH"), "pressure": (101320.0, "Pa"),
-                           "battery": (91, "%EL"), "linkquality": (42, None)}
-        assert latest(h, BULB) == {"state": "ON", "brightness": 215, "color_temp": 325, "color.x": 0.4573,
-                                   "color.y": 0.41, "linkquality": 90}
+        assert climate == {
+            "temperature": (27.34, "Cel"),
+            "humidity": (44.72, "%RH"),
+            "pressure": (101320.0, "Pa"),
+            "battery": (91, "%EL"),
+            "linkquality": (42, None),
+        }
+        assert latest(h, BULB) == {
+            "state": "ON",
+            "brightness": 215,
+            "color_temp": 325,
+            "color.x": 0.4573,
+            "color.y": 0.41,
+            "linkquality": 90,
+        }
         assert latest(h, PLUG)["energy"] == 1230.0  # kWh -> Wh
         assert all(r.path == Path.IP3 for r in h.sink.readings)
         assert h.nodes.state[CLIMATE] is True
@@ -128,8 +139,9 @@ async def test_set_commands_are_bounded_by_config_and_exposes(broker: Mosquitto)
 
 async def test_allow_list_node_names_and_hostile_messages(broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    options = opts(broker, devices=["my_*", "garden/*"], node_names={"my_sensor": "hall-motion"},
-                   exclude=["linkquality"])
+    options = opts(
+        broker, devices=["my_*", "garden/*"], node_names={"my_sensor": "hall-motion"}, exclude=["linkquality"]
+    )
     async with bridge(broker) as z, run_driver(MANIFEST, **options) as h:
         await ready(h, z)
         z.report("my_sensor")
