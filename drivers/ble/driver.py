@@ -27,6 +27,7 @@ from drivers.ble.config import BleConfig, GattPoll
 from drivers.ble.decoders import DecodeError, Encrypted, Partial, Unsupported, decode_advertisement, decode_struct
 from drivers.ble.nodes import NodeBook
 from gateway.driver_api import Driver, DriverContext, Emit, NotReady, PollError
+from gateway.logs import LogOnce
 
 BLUEZ = "org.bluez"
 ADAPTER_IFACE = "org.bluez.Adapter1"
@@ -36,7 +37,6 @@ OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
 # lets every LE advertiser through (the same trick Home Assistant's bluetooth stack uses).
 PASSIVE_PATTERNS = [OrPattern(0, AdvertisementDataType.FLAGS, bytes([f])) for f in (0x02, 0x04, 0x05, 0x06, 0x1A)]
 NO_RSSI = -127  # bleak's value when BlueZ did not report one
-MAX_REPORTED = 1024  # bound on remembered (address, problem) pairs logged once
 UNSEEN_RETRY = 5.0  # seconds between GATT attempts while the device has not been heard yet
 
 
@@ -66,7 +66,7 @@ class BleDriver(Driver):
         self._scanner: BleakScanner | None = None
         self._gone: asyncio.Event | None = None
         self._gone_reason = ""
-        self._reported: set[tuple[str, str]] = set()
+        self._log_once = LogOnce(ctx.log)
         self.mode = ""  # the scan mode in use: passive or active
 
     # -- lifecycle --------------------------------------------------------------------
@@ -234,13 +234,7 @@ class BleDriver(Driver):
 
     def _report_once(self, address: str, kind: str, message: str) -> None:
         """One log line per device and kind of problem, not one per advertisement."""
-        key = (address, kind)
-        if key in self._reported:
-            return
-        if len(self._reported) >= MAX_REPORTED:
-            self._reported.clear()
-        self._reported.add(key)
-        self.ctx.log.warning("%s: %s", address, message)
+        self._log_once(address, kind, f"{address}: {message}")
 
     # -- adapter watch ----------------------------------------------------------------
 
@@ -306,7 +300,7 @@ class BleDriver(Driver):
             self._gatt_failed(node, g, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
             return True
         emit(g.point, value, unit=g.unit, node=node)
-        self._reported.discard((g.address, f"gatt:{g.point}"))
+        self._log_once.forget(g.address, f"gatt:{g.point}")
         self.ctx.node_status(node, True)
         return True
 

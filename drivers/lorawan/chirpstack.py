@@ -346,7 +346,7 @@ def parse_json(kind: str, payload: bytes, app: str, eui: str) -> Event:
 
 # -- Protobuf ---------------------------------------------------------------------------------------
 
-_MESSAGES = {
+MESSAGES = {  # event type -> integration.proto message
     "up": "UplinkEvent",
     "join": "JoinEvent",
     "status": "StatusEvent",
@@ -372,12 +372,12 @@ def parse_protobuf(kind: str, payload: bytes, app: str, eui: str) -> Event:
     from google.protobuf.message import DecodeError
 
     pb = protobuf_module()
-    msg = getattr(pb, _MESSAGES[kind])()
+    msg = getattr(pb, MESSAGES[kind])()
     try:
         msg.ParseFromString(payload)
         doc = json_format.MessageToDict(msg)  # the JSON mapping: one reader for both encodings
     except (DecodeError, ValueError, TypeError, RecursionError) as e:
-        raise EventError(f"not a {_MESSAGES[kind]}: {str(e)[:80]}") from None
+        raise EventError(f"not a {MESSAGES[kind]}: {str(e)[:80]}") from None
     return event_from_dict(kind, doc, app, eui)
 
 

@@ -21,8 +21,8 @@ from drivers.lorawan.config import Device, LorawanConfig
 from drivers.lorawan.frames import FrameCounters
 from gateway.broker import BrokerClient
 from gateway.driver_api import ConfigError, Driver, DriverContext, Emit, Location, MissingExtra, PollError, Value
+from gateway.logs import LogOnce
 
-MAX_REPORTED = 1024  # bound on remembered (device, problem) pairs logged once
 _HEX_RE = re.compile(r"^([0-9a-fA-F]{2})*$")
 
 
@@ -40,7 +40,7 @@ class LorawanDriver(Driver):
         self._last_up: dict[str, float] = {}  # DevEUI -> monotonic time of its last uplink
         self._online: set[str] = set()
         self._last_dedup: dict[str, str] = {}
-        self._reported: set[tuple[str, str]] = set()
+        self._log_once = LogOnce(ctx.log)
         self._client: BrokerClient | None = None
         self._emit: Emit | None = None
         self._parse = cs.parse_json if config.encoding == "json" else cs.parse_protobuf
@@ -317,14 +317,6 @@ class LorawanDriver(Driver):
         await self._client.publish(cs.down_topic(app, eui, self.config.topic_prefix), payload)
         self.ctx.count("downlinks_enqueued")
 
-    # -- logging ----------------------------------------------------------------------------
-
     def _report_once(self, device: str, kind: str, message: str) -> None:
         """One log line per device and kind of problem, not one per event."""
-        key = (device, kind)
-        if key in self._reported:
-            return
-        if len(self._reported) >= MAX_REPORTED:
-            self._reported.clear()
-        self._reported.add(key)
-        self.ctx.log.warning("%s: %s", device, message)
+        self._log_once(device, kind, f"{device}: {message}")

@@ -28,6 +28,7 @@ from drivers.push import senml
 from drivers.push.config import PushConfig, Subscription
 from gateway.broker import BrokerClient
 from gateway.driver_api import Driver, DriverContext, Emit, MissingExtra, NotReady, PollError, Quality
+from gateway.logs import LogOnce
 
 if TYPE_CHECKING:
     from drivers.push.httpd import HttpServer, Request, Response
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 _POINT_RE = re.compile(r"^[A-Za-z0-9][-:./_A-Za-z0-9]{0,254}$")
 _NODE_RE = re.compile(r"^[A-Za-z0-9][-:._A-Za-z0-9]{0,127}$")
 _TEMPLATE_RE = re.compile(r"\{(\d+)\}")
-MAX_REPORTED = 1024
 MEDIA_TYPES = {"application/senml+json": "json", "application/senml+cbor": "cbor"}
 
 Reading = tuple[str, str, Any, str | None, int]  # node, point, value, unit, ts_ns
@@ -66,7 +66,7 @@ class PushDriver(Driver):
         self._online: set[str] = set()
         self._tokens = float(config.max_records)  # rate limit: a token bucket of records
         self._refilled = time.monotonic()
-        self._reported: set[tuple[str, str]] = set()
+        self._report_once = LogOnce(ctx.log)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -312,12 +312,3 @@ class PushDriver(Driver):
             if now - self._nodes[node] >= limit:
                 self._online.discard(node)
                 self.ctx.node_status(node, False, f"nothing pushed for {now - self._nodes[node]:.0f}s")
-
-    def _report_once(self, source: str, kind: str, message: str) -> None:
-        key = (source, kind)
-        if key in self._reported:
-            return
-        if len(self._reported) >= MAX_REPORTED:
-            self._reported.clear()
-        self._reported.add(key)
-        self.ctx.log.warning("%s", message)

@@ -17,8 +17,8 @@ from drivers.zigbee2mqtt import z2m
 from drivers.zigbee2mqtt.config import Zigbee2MqttConfig
 from gateway.broker import BrokerClient
 from gateway.driver_api import ConfigError, Driver, DriverContext, Emit, PollError, Quality, Value
+from gateway.logs import LogOnce
 
-MAX_REPORTED = 1024
 MAX_PENDING = 256  # state messages held for names bridge/devices has not listed yet
 _POINT_OK = str.maketrans({c: "_" for c in " \t#+%&?\"'<>\\|*,;=[]{}()!@$^~`"})
 
@@ -34,7 +34,7 @@ class Zigbee2MqttDriver(Driver):
         self._known = False  # bridge/devices has arrived
         self._pending: OrderedDict[str, tuple[bytes, bool]] = OrderedDict()
         self._online: set[str] = set()
-        self._reported: set[tuple[str, str]] = set()
+        self._report_once = LogOnce(ctx.log)
         self._client: BrokerClient | None = None
         self._emit: Emit | None = None
 
@@ -185,12 +185,3 @@ class Zigbee2MqttDriver(Driver):
         topic = f"{self.config.base_topic}/{device.friendly_name}/set"
         await self._client.publish(topic, z2m.encode_set(prop, payload_value))
         self.ctx.count("commands")
-
-    def _report_once(self, device: str, kind: str, message: str) -> None:
-        key = (device, kind)
-        if key in self._reported:
-            return
-        if len(self._reported) >= MAX_REPORTED:
-            self._reported.clear()
-        self._reported.add(key)
-        self.ctx.log.warning("%s", message)

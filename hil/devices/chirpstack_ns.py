@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from drivers.lorawan.chirpstack import MESSAGES  # event type -> integration.proto message name
 from gateway.mqtt import MqttSession, MqttSettings
 
 APPLICATION_ID = "17c82e96-be03-4f38-aef3-f83d48582d97"
@@ -120,15 +121,6 @@ DOCUMENTED: dict[str, dict[str, Any]] = {
     },
 }
 
-_PROTO_NAMES = {
-    "up": "UplinkEvent",
-    "join": "JoinEvent",
-    "status": "StatusEvent",
-    "ack": "AckEvent",
-    "txack": "TxAckEvent",
-    "log": "LogEvent",
-    "location": "LocationEvent",
-}
 
 
 def to_protobuf(kind: str, doc: dict[str, Any]) -> bytes:
@@ -136,7 +128,7 @@ def to_protobuf(kind: str, doc: dict[str, Any]) -> bytes:
     from chirpstack_api.integration import integration_pb2
     from google.protobuf import json_format
 
-    msg = getattr(integration_pb2, _PROTO_NAMES[kind])()
+    msg = getattr(integration_pb2, MESSAGES[kind])()
     return bytes(json_format.ParseDict(doc, msg, ignore_unknown_fields=False).SerializeToString())
 
 

@@ -61,9 +61,17 @@ DEVICES: list[dict[str, Any]] = [
                 _LINKQUALITY,
             ],
         },
+        "endpoints": {
+            "1": {
+                "bindings": [],
+                "configured_reportings": [],
+                "clusters": {"input": ["genOnOff", "genBasic"], "output": []},
+            }
+        },
         "power_source": "Mains (single phase)",
         "date_code": "02-28-2017",
         "model_id": "lumi.plug",
+        "scenes": [{"id": 3, "name": "Chill scene"}],
         "interviewing": False,
         "interview_completed": True,
     },
