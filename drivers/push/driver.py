@@ -81,7 +81,7 @@ class PushDriver(Driver):
                 self._token = text.strip().encode()
             try:
                 from drivers.push import httpd  # needs h11, the extra that brings the HTTP parser
-            except ImportError as e:  # pragma: no cover - only without the extra
+            except ImportError as e:
                 raise MissingExtra("push", "h11", "push") from e
             self._httpd = httpd
             host, port = http.host_port

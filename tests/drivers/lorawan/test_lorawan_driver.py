@@ -273,3 +273,12 @@ async def test_broker_missing_is_not_ready_naming_it(tmp_path: Any) -> None:
         await until(lambda: h.runner.stats.restarts >= 1)
         assert h.runner.stats.state == "unavailable"
         assert f"127.0.0.1:{port}" in h.runner.stats.last_error
+
+
+async def test_protobuf_without_chirpstack_api_names_the_extra(
+    broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "chirpstack_api", None)  # as if not installed
+    async with run_driver(MANIFEST, **options(broker, encoding="protobuf")) as h:
+        await until(lambda: h.runner.stats.state == "failed")
+        assert "pip install 'sensegate[lorawan]'" in h.runner.stats.last_error

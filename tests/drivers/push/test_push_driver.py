@@ -264,3 +264,13 @@ async def test_http_post_helper_against_a_real_pack() -> None:
         )
         assert reply.status == 200
         assert h.sink.readings[0].node == "gw-room"
+
+
+async def test_http_without_h11_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "h11", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "drivers.push.httpd", raising=False)
+    async with run_driver(MANIFEST, name="push", http={"listen": f"127.0.0.1:{free_port()}"}) as h:
+        await until(lambda: h.runner.stats.state == "failed")
+        assert "pip install 'sensegate[push]'" in h.runner.stats.last_error
