@@ -278,7 +278,12 @@ async def test_broker_missing_is_not_ready_naming_it(tmp_path: Any) -> None:
 async def test_protobuf_without_chirpstack_api_names_the_extra(
     broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(__import__("sys").modules, "chirpstack_api", None)  # as if not installed
+    import sys
+
+    for name in [m for m in sys.modules if m == "chirpstack_api" or m.startswith("chirpstack_api.")] or [
+        "chirpstack_api"
+    ]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
     async with run_driver(MANIFEST, **options(broker, encoding="protobuf")) as h:
         await until(lambda: h.runner.stats.state == "failed")
         assert "pip install 'sensegate[lorawan]'" in h.runner.stats.last_error

@@ -270,7 +270,10 @@ async def test_http_without_h11_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     import sys
 
     monkeypatch.setitem(sys.modules, "h11", None)  # as if not installed
+    import drivers.push
+
     monkeypatch.delitem(sys.modules, "drivers.push.httpd", raising=False)
+    monkeypatch.delattr(drivers.push, "httpd", raising=False)
     async with run_driver(MANIFEST, name="push", http={"listen": f"127.0.0.1:{free_port()}"}) as h:
         await until(lambda: h.runner.stats.state == "failed")
         assert "pip install 'sensegate[push]'" in h.runner.stats.last_error
