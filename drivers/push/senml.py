@@ -107,6 +107,8 @@ def _fields(record: Any, i: int, cbor: bool) -> dict[str, Any]:
             raise SenmlError(f"record {i}: field label {str(key)[:20]!r} is neither text nor an integer")
         if name in out:
             raise SenmlError(f"record {i}: field {name} given twice")
+        if value is None:
+            raise SenmlError(f"record {i}: field {name} is null")
         out[name] = value
     return out
 

@@ -98,6 +98,7 @@ def test_rfc_multiple_data_types() -> None:
         (b'[{"bver":11,"n":"a","v":1}]', "newer"),
         (b'[{"bver":"x","n":"a","v":1}]', "positive integer"),
         (b'[{"n":"a","v":1,"u":5}]', "text"),
+        (b'[{"bn":null,"s":1}]', "null"),  # found by hypothesis
         (b"[" * 100_000, "not JSON"),
         (b'[{"n":"a","v":1},{"n":"b"}]', "record 1"),  # one bad record refuses the pack
     ],
