@@ -162,7 +162,7 @@ async def test_hostile_http_clients(tmp_path: Path) -> None:
 async def test_bearer_token_and_rate_limit(tmp_path: Path) -> None:
     token = tmp_path / "push.token"
     token.write_text("s3cret\n")
-    async with endpoint(http={"token_file": str(token)}, max_rate=5, max_records=10) as (h, port):
+    async with endpoint(http={"token_file": str(token)}, max_rate=0.1, max_records=10) as (h, port):
         box = AirQualityBox("127.0.0.1", port)
         reply = await box.measure()
         assert reply.status == 401 and reply.headers["www-authenticate"].startswith("Bearer")
@@ -171,7 +171,7 @@ async def test_bearer_token_and_rate_limit(tmp_path: Path) -> None:
         box.token = "s3cret"
         assert (await box.measure()).status == 200  # 4 of the 10 records the bucket holds
         assert (await box.measure()).status == 200
-        reply = await box.measure()  # 12 records within a moment: over 5/s
+        reply = await box.measure()  # 4 more records; 2 are left in the bucket at 0.1/s
         assert reply.status == 429 and reply.headers["retry-after"] == "1"
         assert len(h.sink.readings) == 8
         assert h.runner.stats.extra["http_rejected_401"] == 2 and h.runner.stats.extra["http_rejected_429"] == 1
