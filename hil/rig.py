@@ -520,14 +520,31 @@ class _Zigbee2Mqtt(_BrokerSim):
         self.dev.report("garden/climate", temperature=round(20 + self.produced % 50 / 10, 1))
 
 
+def _listen_port() -> int:
+    """A free port below the ephemeral range, for a server the daemon opens later: a port from
+    the ephemeral range may meanwhile become some connection's local port (even the box's own
+    connection attempts to it), and the daemon could not listen there."""
+    import random
+    import socket
+
+    low = 20000
+    with contextlib.suppress(OSError, ValueError):
+        low = min(low, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - 2000)
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 8000), low)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    raise RigError("no free port below the ephemeral range")
+
+
 class _Push(SimDevice):
     """An air-quality box POSTing SenML every 0.5 s to the daemon's push endpoint."""
 
     async def start(self) -> None:
-        from gateway.testing.procs import free_port
         from hil.devices.push_device import AirQualityBox
 
-        self.env["port"] = free_port()
+        self.env["port"] = _listen_port()
         self.dev = AirQualityBox("127.0.0.1", self.env["port"], node="aq-17")
         self._noisy = False
         self._tick(1.0, self._post)
