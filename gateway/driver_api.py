@@ -151,6 +151,10 @@ class DriverContext(Protocol):
     def node_status(self, node: str, online: bool, reason: str = "") -> None:
         """Report a capillary node online/offline; the host logs and publishes transitions."""
 
+    def count(self, event: str, n: int = 1) -> None:
+        """Count a driver-specific event (an unreadable advert, a frame-counter gap); the counts
+        survive the instance's restarts and appear in metrics and the status report."""
+
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking library call in the host's executor, off the event loop."""
 

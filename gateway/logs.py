@@ -42,3 +42,29 @@ def setup_logging(level: str = "info", stream: object = None) -> None:
 def set_level(level: str) -> None:
     """Change the log level at run time (SIGHUP reload, remote command)."""
     logging.getLogger("sensegate").setLevel(level.upper())
+
+
+class LogOnce:
+    """Warn once per (source, kind) of problem, not once per message: for drivers whose input
+    keeps coming (adverts, uplinks, pushes). Bounded: past ``limit`` remembered pairs it starts
+    over, so a crowd of bad senders cannot grow memory, at worst repeating a line."""
+
+    def __init__(self, log: logging.Logger, limit: int = 1024) -> None:
+        self.log = log
+        self.limit = limit
+        self._seen: set[tuple[str, str]] = set()
+
+    def __call__(self, source: str, kind: str, message: str) -> bool:
+        """Log ``message`` at warning unless this (source, kind) was logged; True when it was logged now."""
+        key = (source, kind)
+        if key in self._seen:
+            return False
+        if len(self._seen) >= self.limit:
+            self._seen.clear()
+        self._seen.add(key)
+        self.log.warning("%s", message)
+        return True
+
+    def forget(self, source: str, kind: str) -> None:
+        """Log the next problem of this (source, kind) again (it recovered in between)."""
+        self._seen.discard((source, kind))

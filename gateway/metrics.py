@@ -78,6 +78,7 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             "latency_sum_s": s.latency_sum,
             "latency_max_s": s.latency_max,
             "last_error": s.last_error,
+            "events": dict(s.extra),
         }
     out["drivers"] = drivers
     nodes = getattr(daemon, "nodes", None)
@@ -174,6 +175,10 @@ def render(s: dict[str, Any]) -> str:
         fam("sensegate_driver_up", "gauge", "1 while the driver instance is running normally.").add(
             d.get("state") == "running", **labels
         )
+        for event, n in sorted((d.get("events") or {}).items()):
+            fam("sensegate_driver_events_total", "counter",
+                "Driver-specific events per instance (decode errors, frame-counter gaps, ...).").add(
+                n, **labels, event=event)
     for node, online in s.get("nodes", {}).items():
         fam("sensegate_node_online", "gauge", "1 if the node is online, 0 if offline.").add(bool(online), node=node)
     buf = s.get("buffer") or {}

@@ -87,13 +87,16 @@ class NodeTracker:
         self._log = logging.getLogger("sensegate.nodes")
 
     def set(self, node: str, online: bool, reason: str = "") -> None:
-        """Record a node's state; log and notify only when it changes."""
-        if self.state.get(node) == online:
+        """Record a node's state; log and notify only when it (or, while online, its reason) changes."""
+        before = self.state.get(node)
+        if before == online and (not online or self.reason.get(node, "") == reason):
             return
-        first = node not in self.state
         self.state[node] = online
         self.reason[node] = reason
-        if online and not first:
+        if before == online:  # still online, with news: e.g. "frame counter gap: 3 uplinks lost"
+            if reason:
+                self._log.info("node %s: %s", node, reason)
+        elif online and before is not None:
             self._log.info("node %s is back online", node)
         elif not online:
             self._log.warning("node %s is offline%s", node, f": {reason}" if reason else "")
@@ -115,7 +118,7 @@ class Stats:
     latency_sum: float = 0.0
     latency_max: float = 0.0
     latency_last: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # driver-specific event counters (ctx.count)
 
 
 class Backoff:
@@ -140,13 +143,17 @@ class Backoff:
 class _Context:
     """The DriverContext the host hands each instance."""
 
-    def __init__(self, instance: str, logger: logging.Logger, nodes: NodeTracker) -> None:
+    def __init__(self, instance: str, logger: logging.Logger, nodes: NodeTracker, stats: Stats) -> None:
         self.instance = instance
         self.log = logger
         self._nodes = nodes
+        self._events = stats.extra
 
     def node_status(self, node: str, online: bool, reason: str = "") -> None:
         self._nodes.set(node, online, reason)
+
+    def count(self, event: str, n: int = 1) -> None:
+        self._events[event] = self._events.get(event, 0) + n
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -174,7 +181,7 @@ class InstanceRunner:
         self._sink = sink
         # one name everywhere: the logger is named after the driver, then the instance
         self._log = logging.getLogger(f"sensegate.driver.{inst.manifest.name}.{inst.name}")
-        self._ctx = _Context(inst.name, self._log, nodes)
+        self._ctx = _Context(inst.name, self._log, nodes, self.stats)
         self._backoff = Backoff(*backoff)
         self._lock = asyncio.Lock()  # one call at a time into the driver
         self._driver: Driver | None = None

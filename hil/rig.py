@@ -428,6 +428,152 @@ class _Ble(SimDevice):
         self._noisy = on
 
 
+class _BrokerSim(SimDevice):
+    """A network that reaches the gateway through its own MQTT broker (ChirpStack, Zigbee2MQTT):
+    a private mosquitto for it; unplugged, the broker and the network server go away."""
+
+    async def _start_broker(self) -> None:
+        self.broker = Mosquitto(self.workdir / "broker", persistence=False)
+        await asyncio.to_thread(self.broker.start)
+        self.env["broker_url"] = self.broker.url
+
+    async def _start_net(self) -> None:
+        raise NotImplementedError
+
+    async def _stop_net(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await self._start_broker()
+        try:
+            await self._start_net()
+        except BaseException:
+            await asyncio.to_thread(self.broker.stop)
+            raise
+        self._noisy = False
+        self._tick(1.0, self._step)
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        await self._stop_ticker()
+        with contextlib.suppress(Exception):
+            await self._stop_net()
+        await asyncio.to_thread(self.broker.stop)
+
+    async def unplug(self) -> None:
+        await self._stop_ticker()
+        await self._stop_net()
+        await asyncio.to_thread(self.broker.stop)
+        self.plugged = False
+
+    async def plug(self) -> None:
+        await asyncio.to_thread(self.broker.start)
+        await self._start_net()
+        self._tick(1.0, self._step)
+        self.plugged = True
+
+    def noise(self, on: bool = True) -> None:
+        self._noisy = on
+
+
+class _ChirpStack(_BrokerSim):
+    """ChirpStack's MQTT integration: a parking sensor uplinking Cayenne LPP every 0.5 s."""
+
+    EUI = "0101010101010101"
+
+    async def _start_net(self) -> None:
+        from hil.devices.chirpstack_ns import SimulatedChirpStack
+
+        self.dev = SimulatedChirpStack(self.broker.url)
+        await self.dev.start()
+        self.dev.add_device(self.EUI, "parking sensor")
+
+    async def _stop_net(self) -> None:
+        await self.dev.stop()
+
+    def _step(self) -> None:
+        self.produced += 1
+        if self._noisy:  # events ChirpStack would never send: not JSON, a cut Cayenne payload
+            self.dev.publish_doc("up", self.EUI, b"\xff not json")
+            self.dev.uplink(self.EUI, bytes.fromhex("0367"))
+        self.dev.uplink(self.EUI, bytes([3, 0x67]) + (200 + self.produced % 50).to_bytes(2, "big"))
+
+
+class _Zigbee2Mqtt(_BrokerSim):
+    """A Zigbee2MQTT bridge: its climate sensor reports every 0.5 s."""
+
+    async def _start_net(self) -> None:
+        from hil.devices.zigbee2mqtt_bridge import SimulatedZigbee2Mqtt
+
+        self.dev = SimulatedZigbee2Mqtt(self.broker.url)
+        await self.dev.start()
+
+    async def _stop_net(self) -> None:
+        await self.dev.stop()
+
+    def _step(self) -> None:
+        self.produced += 1
+        if self._noisy:
+            self.dev.publish("garden/climate", b"{not json")
+        self.dev.report("garden/climate", temperature=round(20 + self.produced % 50 / 10, 1))
+
+
+def _listen_port() -> int:
+    """A free port below the ephemeral range, for a server the daemon opens later: a port from
+    the ephemeral range may meanwhile become some connection's local port (even the box's own
+    connection attempts to it), and the daemon could not listen there."""
+    import random
+    import socket
+
+    low = 20000
+    with contextlib.suppress(OSError, ValueError):
+        low = min(low, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - 2000)
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 8000), low)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    raise RigError("no free port below the ephemeral range")
+
+
+class _Push(SimDevice):
+    """An air-quality box POSTing SenML every 0.5 s to the daemon's push endpoint."""
+
+    async def start(self) -> None:
+        from hil.devices.push_device import AirQualityBox
+
+        self.env["port"] = _listen_port()
+        self.dev = AirQualityBox("127.0.0.1", self.env["port"], node="aq-17")
+        self._noisy = False
+        self._tick(1.0, self._post)
+
+    async def _post(self) -> None:
+        from hil.devices.push_device import post_raw
+
+        if not self.plugged:
+            return
+        if self._noisy:  # what a broken device sends: not SenML, a lying length
+            with contextlib.suppress(Exception):
+                await post_raw("127.0.0.1", self.env["port"], b"POST /senml HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Type: application/senml+json\r\nContent-Length: 9\r\n\r\n[{garbage", 2)
+        try:
+            await self.dev.measure()
+        except OSError:
+            return  # the daemon is not listening (yet, or any more): the box tries again
+        self.produced += 1
+
+    def unplug(self) -> None:  # the box loses power: it goes silent
+        self.plugged = False
+
+    def plug(self) -> None:
+        self.plugged = True
+
+    def noise(self, on: bool = True) -> None:
+        self._noisy = on
+
+
 SIMULATORS: dict[str, type[SimDevice]] = {
     "example": _Example,
     "modbus-rtu": _ModbusRtu,
@@ -437,6 +583,9 @@ SIMULATORS: dict[str, type[SimDevice]] = {
     "rdm6300": _Rfid,
     "barcode": _Barcode,
     "ble": _Ble,
+    "chirpstack": _ChirpStack,
+    "zigbee2mqtt": _Zigbee2Mqtt,
+    "push": _Push,
 }
 
 

@@ -12,11 +12,15 @@ Nothing else escapes: advertisements are hostile input.
 
 Formats (specifications these follow):
 
-- BTHome v2 (https://bthome.io/format/), service UUID 0xFCD2. Parsing stops at the first
-  unknown object id, as the spec tells receivers to. Repeated measurements get ``_2``,
-  ``_3`` suffixes in order. Pressure is reported in Pa, mass in kg, conductivity in S/m,
-  volume in l and flow in m3/s (SenML units); the packet id and device-info objects are
-  consumed, not reported.
+- BTHome v2 (https://bthome.io/format/), service UUID 0xFCD2. Every object of the format
+  page's tables (checked factor by factor against its examples and the reference parser's
+  test vectors, tests/drivers/ble/test_ble_decoders.py). A device-info byte with the MAC flag
+  (bit 1) carries the device's address in the next 6 bytes, before the objects. Parsing
+  stops at the first unknown object id, as the spec tells receivers to, and says so
+  (``Partial``, with the readings before it). Repeated measurements get ``_2``, ``_3``
+  suffixes in order. Pressure is reported in Pa, mass in kg, conductivity in S/m, volume in
+  l, flow in m3/s and rotational speed in 1/min (SenML units); the packet id, device-info
+  objects and the embedded MAC are consumed, not reported.
 - Ruuvi data format 5 / RAWv2 (docs.ruuvi.com), manufacturer 0x0499. Fields set to the
   documented "not available" value are left out. Acceleration is converted from mG to m/s2.
 - iBeacon, Apple manufacturer 0x004C, type 0x02 length 0x15.
@@ -54,6 +58,15 @@ class Unsupported(DecodeError):
 
 class Encrypted(Unsupported):
     """The payload is encrypted (BTHome with the encryption flag, Eddystone eTLM)."""
+
+
+class Partial(DecodeError):
+    """Only the start of the payload could be read (e.g. an object id from a newer BTHome
+    version): ``readings`` holds what came before, which is valid and should be kept."""
+
+    def __init__(self, message: str, readings: list[Decoded]) -> None:
+        super().__init__(message)
+        self.readings = readings
 
 
 # -- BTHome v2 ----------------------------------------------------------------------------
@@ -133,7 +146,13 @@ _BTHOME_NUM: dict[int, _Num] = {
     0x5C: _n("power", 4, True, "0.01", "W"),
     0x5D: _n("current", 2, True, "0.001", "A"),
     0x5E: _n("direction", 2, False, "0.01", "deg"),
-    0x5F: _n("precipitation", 2, False, "1", "mm"),
+    0x5F: _n("precipitation", 2, False, "0.1", "mm"),
+    0x60: _n("channel", 1, False, "1", None),
+    0x61: _n("rotational_speed", 2, False, "1", "1/min"),  # rpm
+    0x62: _n("speed", 4, True, "0.000001", "m/s"),
+    0x63: _n("acceleration", 4, True, "0.000001", "m/s2"),
+    0x64: _n("light_level", 1, False, "1", None),  # 0 dark, 1 twilight, 2 bright
+    0x65: _n("settings_revision", 1, False, "1", None),
 }
 
 # Binary sensors: one byte, 0 or 1 (https://bthome.io/format/, "Binary Sensor data").
@@ -178,7 +197,10 @@ _BUTTON_EVENTS = {
     0x80: "hold_press",
     0xFE: "hold_press",  # Shelly firmware before 1.0.20
 }
+# Command object 0x3B opcodes; step up/down carry the number of steps as their argument.
+_COMMANDS = {0x00: "off", 0x01: "on", 0x02: "toggle", 0x03: "step_up", 0x04: "step_down"}
 _SKIP_SIZE = {0x00: 1, 0xF0: 2, 0xF1: 4, 0xF2: 3}  # packet id, device type id, firmware versions
+MAC_FLAG = 0x02  # device info bit 1: the device's MAC address (6 bytes, reversed) precedes the objects
 
 
 def _scaled(raw: int, num: int, den: int) -> int | float:
@@ -197,6 +219,11 @@ def decode_bthome(data: bytes) -> list[Decoded]:
         raise Unsupported(f"BTHome version {version} (only v2 is read)")
     if info & 0x01:
         raise Encrypted("BTHome payload is encrypted (bindkey decryption is not supported)")
+    start = 1
+    if info & MAC_FLAG:
+        if len(data) < 7:
+            raise DecodeError("BTHome: MAC address truncated")
+        start = 7
     out: list[Decoded] = []
     seen: dict[str, int] = {}
 
@@ -205,7 +232,7 @@ def decode_bthome(data: bytes) -> list[Decoded]:
         seen[point] = n
         out.append((point if n == 1 else f"{point}_{n}", value, unit))
 
-    i, end = 1, len(data)
+    i, end = start, len(data)
     while i < end:
         oid = data[i]
         i += 1
@@ -255,8 +282,21 @@ def decode_bthome(data: bytes) -> list[Decoded]:
                 add("dimmer", -steps if event == 1 else steps, "count")
             else:
                 seen["dimmer"] = seen.get("dimmer", 0) + 1
-        else:
-            break  # unknown object id: the spec says to stop parsing here
+        elif oid == 0x3B:  # command: argument length (low 5 bits), opcode, arguments
+            if i + 2 > end or i + 2 + (data[i] & 0x1F) > end:
+                raise DecodeError("BTHome: command object truncated")
+            nargs, opcode = data[i] & 0x1F, data[i + 1]
+            args = data[i + 2 : i + 2 + nargs]
+            i += 2 + nargs
+            add("command", _COMMANDS.get(opcode, f"opcode_0x{opcode:02x}"), None)
+            if opcode in (0x03, 0x04) and nargs == 1:
+                add("command_steps", args[0] if opcode == 0x03 else -args[0], "count")
+        else:  # unknown object id: the spec says to stop parsing here; say what was left unread
+            raise Partial(
+                f"BTHome: unknown object id 0x{oid:02X} at byte {i - 1}: {end - i + 1} byte(s) not read "
+                "(an object of a newer BTHome version?)",
+                out,
+            )
     return out
 
 
@@ -405,6 +445,9 @@ def decode_advertisement(
     for fn, payload in jobs:
         try:
             got = fn(payload)  # type: ignore[operator]
+        except Partial as e:  # the readings before the unreadable part are good
+            problems.append(e)
+            got = e.readings
         except DecodeError as e:
             problems.append(e)
             continue

@@ -24,9 +24,10 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from drivers.ble.config import BleConfig, GattPoll
-from drivers.ble.decoders import DecodeError, Encrypted, Unsupported, decode_advertisement, decode_struct
+from drivers.ble.decoders import DecodeError, Encrypted, Partial, Unsupported, decode_advertisement, decode_struct
 from drivers.ble.nodes import NodeBook
 from gateway.driver_api import Driver, DriverContext, Emit, NotReady, PollError
+from gateway.logs import LogOnce
 
 BLUEZ = "org.bluez"
 ADAPTER_IFACE = "org.bluez.Adapter1"
@@ -36,7 +37,6 @@ OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
 # lets every LE advertiser through (the same trick Home Assistant's bluetooth stack uses).
 PASSIVE_PATTERNS = [OrPattern(0, AdvertisementDataType.FLAGS, bytes([f])) for f in (0x02, 0x04, 0x05, 0x06, 0x1A)]
 NO_RSSI = -127  # bleak's value when BlueZ did not report one
-MAX_REPORTED = 1024  # bound on remembered (address, problem) pairs logged once
 UNSEEN_RETRY = 5.0  # seconds between GATT attempts while the device has not been heard yet
 
 
@@ -66,9 +66,8 @@ class BleDriver(Driver):
         self._scanner: BleakScanner | None = None
         self._gone: asyncio.Event | None = None
         self._gone_reason = ""
-        self._reported: set[tuple[str, str]] = set()
+        self._log_once = LogOnce(ctx.log)
         self.mode = ""  # the scan mode in use: passive or active
-        self.counts = {"adverts": 0, "duplicates": 0, "decode_errors": 0, "unsupported": 0, "gatt_errors": 0}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -184,7 +183,7 @@ class BleDriver(Driver):
         try:
             self._handle_advert(device, adv)
         except Exception as e:  # a bug must not kill the scanner: log once per device, count
-            self.counts["decode_errors"] += 1
+            self.ctx.count("decode_errors")
             self._report_once(device.address, "crash", f"advertisement handling failed: {type(e).__name__}: {e}")
 
     def _handle_advert(self, device: BLEDevice, adv: AdvertisementData) -> None:
@@ -203,7 +202,7 @@ class BleDriver(Driver):
             self._decode_problem(address, p)
         if not readings and not listed:
             return  # open mode takes only devices that advertise something we can read
-        self.counts["adverts"] += 1
+        self.ctx.count("adverts")
         payload = (tuple(sorted(adv.manufacturer_data.items())), tuple(sorted(adv.service_data.items())))
         heard = self._book.heard(address, payload, time.monotonic())
         if heard.forgotten:
@@ -211,7 +210,7 @@ class BleDriver(Driver):
         if heard.came_online:
             self.ctx.node_status(heard.node, True)
         if heard.duplicate:
-            self.counts["duplicates"] += 1
+            self.ctx.count("duplicates")
             return
         ts = time.time_ns()
         for point, value, unit in readings:
@@ -220,23 +219,22 @@ class BleDriver(Driver):
             emit("rssi", adv.rssi, unit="dBm", node=heard.node, ts_ns=ts)
 
     def _decode_problem(self, address: str, e: DecodeError) -> None:
+        """Count every advert we could not (fully) read and log it once per device and kind."""
+        if isinstance(e, Partial):  # the readings before the unreadable part were kept
+            self.ctx.count("partly_decoded")
+            self._report_once(address, "partial", f"{e}; the readings before it are kept")
+            return
         if isinstance(e, Unsupported):
-            self.counts["unsupported"] += 1
+            self.ctx.count("unsupported")
             kind = "encrypted" if isinstance(e, Encrypted) else "unsupported"
         else:
-            self.counts["decode_errors"] += 1
+            self.ctx.count("decode_errors")
             kind = "malformed"
         self._report_once(address, kind, f"{e} (ignored)")
 
     def _report_once(self, address: str, kind: str, message: str) -> None:
         """One log line per device and kind of problem, not one per advertisement."""
-        key = (address, kind)
-        if key in self._reported:
-            return
-        if len(self._reported) >= MAX_REPORTED:
-            self._reported.clear()
-        self._reported.add(key)
-        self.ctx.log.warning("%s: %s", address, message)
+        self._log_once(address, kind, f"{address}: {message}")
 
     # -- adapter watch ----------------------------------------------------------------
 
@@ -302,13 +300,13 @@ class BleDriver(Driver):
             self._gatt_failed(node, g, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
             return True
         emit(g.point, value, unit=g.unit, node=node)
-        self._reported.discard((g.address, f"gatt:{g.point}"))
+        self._log_once.forget(g.address, f"gatt:{g.point}")
         self.ctx.node_status(node, True)
         return True
 
     def _gatt_failed(self, node: str, g: GattPoll, why: str) -> None:
         """A node heard advertising stays online (logged once); a GATT-only node goes offline."""
-        self.counts["gatt_errors"] += 1
+        self.ctx.count("gatt_errors")
         message = f"GATT read of {g.point} ({g.characteristic[4:8]}) failed: {why}"
         entry = self._book.entries.get(g.address)
         if entry is not None and entry.online:

@@ -50,3 +50,16 @@ def test_cli_checks_every_builtin_driver() -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{len(DRIVER_DIRS)} of {len(DRIVER_DIRS)} driver(s) ok" in res.stdout
+
+
+def test_sample_passes_sensegate_check(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The sample as a user pastes it into a gateway's config: `sensegate check` accepts it."""
+    import yaml
+
+    from gateway.cli import main
+
+    sections = yaml.safe_load((folder / "sample.yaml").read_text())
+    config = tmp_path / "sensegate.yaml"
+    config.write_text(yaml.safe_dump({"gateway": {"id": "gw-1", "state_dir": str(tmp_path / "state")},
+                                      "drivers": sections}))
+    assert main(["check", str(config)]) == 0, capsys.readouterr().out

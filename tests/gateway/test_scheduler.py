@@ -176,3 +176,20 @@ def test_node_tracker_logs_transitions_once(caplog: pytest.LogCaptureFixture) ->
     assert seen == [("rtu-1", True), ("rtu-1", False), ("rtu-1", True)]
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == ["node rtu-1 is offline: timeout", "node rtu-1 is back online"]
+
+
+def test_node_tracker_publishes_a_new_reason_while_online(caplog: pytest.LogCaptureFixture) -> None:
+    """A driver's news about an online node (a frame-counter gap) reaches the status topic once."""
+    caplog.set_level(logging.INFO)
+    nodes = NodeTracker()
+    seen: list[tuple[str, bool, str]] = []
+    nodes.listeners.append(lambda n, ok, why: seen.append((n, ok, why)))
+    nodes.set("lora-1", True)
+    nodes.set("lora-1", True, "frame counter gap: 3 uplink(s) lost (10 -> 14)")
+    nodes.set("lora-1", True, "frame counter gap: 3 uplink(s) lost (10 -> 14)")
+    nodes.set("lora-1", False, "no uplink for 7200s")
+    nodes.set("lora-1", False, "still nothing")  # offline stays offline: no second line
+    assert seen == [("lora-1", True, ""), ("lora-1", True, "frame counter gap: 3 uplink(s) lost (10 -> 14)"),
+                    ("lora-1", False, "no uplink for 7200s")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "node lora-1: frame counter gap: 3 uplink(s) lost (10 -> 14)", "node lora-1 is offline: no uplink for 7200s"]

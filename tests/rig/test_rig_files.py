@@ -14,7 +14,7 @@ from hil.rig import RIGS, RigError, fill, load_rig
 
 # what simulated devices hand out, for validating sim.yaml's placeholders
 DUMMY = {"port": 5020, "path": "/dev/ttyACM0", "device": "/dev/ttyUSB0",
-         "url": "http://127.0.0.1:8080/snapshot.jpg", "base_path": "/tmp/w1"}
+         "url": "http://127.0.0.1:8080/snapshot.jpg", "base_path": "/tmp/w1", "broker_url": "mqtt://127.0.0.1:1884"}
 
 
 @pytest.mark.parametrize("rig_file", sorted(p.name for p in RIGS.glob("*.yaml")))

@@ -17,6 +17,7 @@ from drivers.ble.decoders import (
     EDDYSTONE_UUID,
     DecodeError,
     Encrypted,
+    Partial,
     Unsupported,
     decode_advertisement,
     decode_bthome,
@@ -163,7 +164,13 @@ BTHOME_TABLE = [
     ("4632", "uv_index", 5.0, None),
     ("4F87562A01", "water", 19551.879, "l"),
     ("5E9F8C", "direction", 359.99, "deg"),
-    ("5FA00F", "precipitation", 4000, "mm"),
+    ("5FA00F", "precipitation", 400.0, "mm"),  # 0.1 mm steps (issue 16: was read as 4000)
+    ("6001", "channel", 1, None),
+    ("61AC0D", "rotational_speed", 3500, "1/min"),  # rpm
+    ("624099DFFF", "speed", -2.123456, "m/s"),
+    ("630057D0FF", "acceleration", -3.123456, "m/s2"),
+    ("6402", "light_level", 2, None),  # 0 dark, 1 twilight, 2 bright
+    ("6503", "settings_revision", 3, None),
     ("1501", "battery_low", True, None),
     ("1A00", "door", False, None),
     ("2100", "motion", False, None),
@@ -172,6 +179,9 @@ BTHOME_TABLE = [
     ("3A04", "button", "long_press", None),
     ("3C0103", "dimmer", -3, "count"),  # rotate left 3 steps
     ("3C020A", "dimmer", 10, "count"),  # rotate right 10 steps
+    ("3B0000", "command", "off", None),
+    ("3B0001", "command", "on", None),
+    ("3B0002", "command", "toggle", None),
 ]
 
 
@@ -204,8 +214,151 @@ def test_bthome_no_event_keeps_its_slot() -> None:
     assert decode_bthome(bytes.fromhex("403A003A01")) == [("button_2", "press", None)]
 
 
-def test_bthome_stops_at_unknown_object_id() -> None:
-    assert decode_bthome(bytes.fromhex("40" + "02CA09" + "FE0102" + "03BF13")) == [("temperature", 25.06, "Cel")]
+def test_bthome_stops_at_unknown_object_id_and_says_so() -> None:
+    # the spec: stop at an object id this receiver does not know; what came before still counts,
+    # and the rest of the payload is reported, not silently thrown away
+    with pytest.raises(Partial, match=r"unknown object id 0xFE at byte 4: 6 byte\(s\) not read") as e:
+        decode_bthome(bytes.fromhex("40" + "02CA09" + "FE0102" + "03BF13"))
+    assert e.value.readings == [("temperature", 25.06, "Cel")]
+    with pytest.raises(Partial) as e:
+        decode_bthome(bytes.fromhex("40FECA09"))  # nothing readable at all
+    assert e.value.readings == []
+
+
+def test_bthome_command_steps() -> None:
+    # 0x3B: argument length (low 5 bits), opcode, arguments; step up/down carry the steps
+    assert decode_bthome(bytes.fromhex("403B010305")) == [("command", "step_up", None), ("command_steps", 5, "count")]
+    assert decode_bthome(bytes.fromhex("403B010405")) == [
+        ("command", "step_down", None),
+        ("command_steps", -5, "count"),
+    ]
+    # an opcode this version does not name keeps its number; its arguments are skipped
+    assert decode_bthome(bytes.fromhex("403B0209AABB" + "02CA09")) == [
+        ("command", "opcode_0x09", None),
+        ("temperature", 25.06, "Cel"),
+    ]
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_bthome(bytes.fromhex("403B0503"))
+
+
+def test_bthome_mac_address_flag() -> None:
+    # device info bit 1: the device's MAC (6 bytes, reversed) precedes the objects
+    data = bytes.fromhex("42" + "B2188D38C1A4" + "04138A01")
+    assert decode_bthome(data) == [("pressure", 100883, "Pa")]  # 1008.83 hPa
+    with pytest.raises(DecodeError, match="MAC address truncated"):
+        decode_bthome(bytes.fromhex("42B2188D38"))
+
+
+# -- BTHome v2: the vectors of the reference parser's tests (Bluetooth-Devices/bthome-ble,
+# tests/test_parser_v2.py): service data after the UUID, and its values in our points and SenML
+# units (hPa -> Pa, uS/cm -> S/m, mL -> l, lb -> kg, m3/h -> m3/s; timestamps as epoch seconds).
+# Where that parser numbers repeated measurements temperature_1, temperature_2, we follow the
+# BTHome format page: temperature, temperature_2.
+BTHOME_REFERENCE: list[tuple[str, str, list[tuple[str, Any, str | None]]]] = [
+    ("mac_as_name", "4004138a01", [("pressure", 100883, "Pa")]),
+    ("sleepy_device", "4404138a01", [("pressure", 100883, "Pa")]),
+    ("with_mac", "42b2188d38c1a404138a01", [("pressure", 100883, "Pa")]),
+    ("shelly_blu_ht_display_zb", "40002e01641e012e34451601",
+     [("battery", 100, "%EL"), ("light", True, None), ("humidity", 52, "%RH"), ("temperature", 27.8, "Cel")]),
+    ("packet_id_temperature_humidity_battery", "400009015d025d0903b718",
+     [("battery", 93, "%EL"), ("temperature", 23.97, "Cel"), ("humidity", 63.27, "%RH")]),
+    ("temperature_humidity", "4002ca0903bf13", [("temperature", 25.06, "Cel"), ("humidity", 50.55, "%RH")]),
+    ("identical_packet_id", "400009", []),
+    ("illuminance", "4005138a14", [("illuminance", 13460.67, "lx")]),
+    ("mass_kilograms", "40065e1f", [("mass", 80.3, "kg")]),
+    ("mass_pounds", "40073e1d", [("mass", 7486 * 45359237 / 10**10, "kg")]),
+    ("dew_point", "4008ca06", [("dewpoint", 17.38, "Cel")]),
+    ("count", "400960", [("count", 96, "count")]),
+    ("energy", "400a138a14", [("energy", 1346.067, "kWh")]),
+    ("power", "400b021b00", [("power", 69.14, "W")]),
+    ("voltage", "400c020c", [("voltage", 3.074, "V")]),
+    ("binary_sensor", "400f01", [("generic_boolean", True, None)]),
+    ("binary_sensor_power", "401001", [("power_on", True, None)]),
+    ("binary_sensor_opening", "401100", [("opening", False, None)]),
+    ("binary_sensor_window", "402d01", [("window", True, None)]),
+    ("pm", "400d120c0e021c", [("pm2_5", 3090, "ug/m3"), ("pm10", 7170, "ug/m3")]),
+    ("co2", "4012e204", [("co2", 1250, "ppm")]),
+    ("voc", "40133301", [("tvoc", 307, "ug/m3")]),
+    ("moisture", "4014020c", [("moisture", 30.74, "%")]),
+    ("event_button_long_press", "403a04", [("button", "long_press", None)]),
+    ("event_triple_button_device", "403a003a013a03", [("button_2", "press", None), ("button_3", "triple_press", None)]),
+    ("event_button_hold_press", "403a80", [("button", "hold_press", None)]),
+    ("event_dimmer_rotate_left_3_steps", "403c0103", [("dimmer", -3, "count")]),
+    ("rotation", "403f020c", [("rotation", 307.4, "deg")]),
+    ("distance_millimeters", "40400c00", [("distance", 12, "mm")]),
+    ("distance_meters", "40414e00", [("distance", 7.8, "m")]),
+    ("duration", "40424e3400", [("duration", 13.39, "s")]),
+    ("current", "40434e34", [("current", 13.39, "A")]),
+    ("speed", "40444e34", [("speed", 133.9, "m/s")]),
+    ("speed_signed", "40624099dfff", [("speed", -2.123456, "m/s")]),
+    ("temperature_2", "40451101", [("temperature", 27.3, "Cel")]),
+    ("uv_index", "404632", [("uv_index", 5.0, None)]),
+    ("volume_liters", "40478756", [("volume", 2215.1, "l")]),
+    ("volume_milliliters", "4048dc87", [("volume", 34.78, "l")]),
+    ("volume_flow_rate", "4049dc87", [("volume_flow_rate", 34.78 / 3600, "m3/s")]),
+    ("voltage_2", "404a020c", [("voltage", 307.4, "V")]),
+    ("gas", "404b138a14", [("gas", 1346.067, "m3")]),
+    ("gas_2", "404c41018a01", [("gas", 25821.505, "m3")]),
+    ("energy_2", "404d12138a14", [("energy", 344593.17, "kWh")]),
+    ("volume_liters_2", "404e87562a01", [("volume", 19551.879, "l")]),
+    ("volume_water", "404f87562a01", [("water", 19551.879, "l")]),
+    ("timestamp", "44505d396164", [("timestamp", 1684093277, "s")]),  # 2023-05-14T19:41:17Z
+    ("acceleration", "44518756", [("acceleration", 22.151, "m/s2")]),
+    ("acceleration_signed", "40630057d0ff", [("acceleration", -3.123456, "m/s2")]),
+    ("gyroscope", "44528756", [("gyroscope", 22.151, None)]),
+    ("text", "44530c48656c6c6f20576f726c6421", [("text", "Hello World!", None)]),
+    ("raw", "44540c48656c6c6f20576f726c6421", [("raw", b"Hello World!", None)]),
+    ("volume_storage", "405587562a01", [("volume_storage", 19551.879, "l")]),
+    ("conductivity", "4056e803", [("conductivity", 0.1, "S/m")]),
+    ("temperature_1_byte", "4057ea", [("temperature", -22, "Cel")]),
+    ("temperature_1_byte_2", "4058ea", [("temperature", -7.7, "Cel")]),
+    ("count_signed", "4059ea", [("count", -22, "count")]),
+    ("count_signed_2_bytes", "405aeaea", [("count", -5398, "count")]),
+    ("count_signed_4_bytes", "405bea0234ea", [("count", -365690134, "count")]),
+    ("power_signed", "405c02fbffff", [("power", -12.78, "W")]),
+    ("current_signed", "405d02ea", [("current", -5.63, "A")]),
+    ("double_temperature", "4002ca0902cf09", [("temperature", 25.06, "Cel"), ("temperature_2", 25.11, "Cel")]),
+    ("triple_temperature_double_humidity_battery", "4002ca0902cf0902cf0803b71803b717015d",
+     [("temperature", 25.06, "Cel"), ("temperature_2", 25.11, "Cel"), ("temperature_3", 22.55, "Cel"),
+      ("humidity", 63.27, "%RH"), ("humidity_2", 60.71, "%RH"), ("battery", 93, "%EL")]),
+    ("double_voltage_different_object_id", "4000010b0000004a0d0901330ce90c",
+     [("power", 0.0, "W"), ("voltage", 231.7, "V"), ("battery", 51, "%EL"), ("voltage_2", 3.305, "V")]),
+    ("shelly_button", "40005201643a01", [("battery", 100, "%EL"), ("button", "press", None)]),
+    ("shelly_button_press", "440021015e3a01", [("battery", 94, "%EL"), ("button", "press", None)]),
+    ("shelly_button_no_press", "440023015e3a00", [("battery", 94, "%EL")]),
+    ("bthome_test", "4000a70c780b1000", [("voltage", 2.936, "V"), ("power_on", False, None)]),
+    ("direction_precipitation", "405e3f755f11d5", [("direction", 300.15, "deg"), ("precipitation", 5454.5, "mm")]),
+    ("channel", "406001", [("channel", 1, None)]),
+    ("revolutions_per_minute", "4061ac0d", [("rotational_speed", 3500, "1/min")]),
+    ("light_level", "406402", [("light_level", 2, None)]),
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), [r[1:] for r in BTHOME_REFERENCE], ids=[r[0] for r in BTHOME_REFERENCE])
+def test_bthome_reference_parser_vectors(data: str, expected: list[tuple[str, Any, str | None]]) -> None:
+    got = decode_bthome(bytes.fromhex(data))
+    assert got == expected
+    assert [type(v) for _, v, _ in got] == [type(v) for _, v, _ in expected]
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "readings"),
+    [
+        pytest.param("40feca09", Partial, [], id="wrong_object_id"),
+        pytest.param("40015dfe5d0903b718", Partial, [("battery", 93, "%EL")], id="battery_wrong_object_id_humidity"),
+        pytest.param("e102000c0404138a01", Unsupported, None, id="has_incorrect_version"),
+        pytest.param("00", Unsupported, None, id="incorrect_bthome_version"),
+        pytest.param("4002ca0903bf", DecodeError, None, id="invalid_object_payload_data_length"),
+        pytest.param("44530187", DecodeError, None, id="text_invalid"),
+        pytest.param("41a47266c95f730011223378237214", Encrypted, None, id="bindkey_correct (encrypted)"),
+        pytest.param("450aeb84467f85ba0100003188788c", Encrypted, None, id="encrypted_shelly_blu_button_event"),
+    ],
+)
+def test_bthome_reference_parser_refusals(data: str, error: type[DecodeError], readings: list[Any] | None) -> None:
+    with pytest.raises(error) as e:
+        decode_bthome(bytes.fromhex(data))
+    if readings is not None:
+        assert e.value.readings == readings  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -316,6 +469,12 @@ def test_decode_advertisement_combines_and_collects_problems() -> None:
     only_ruuvi, _ = decode_advertisement({}, {BTHOME_UUID: bytes.fromhex("4002C409")}, formats=["ruuvi"])
     assert only_ruuvi == []
     assert decode_advertisement({0x004C: bytes.fromhex("1005031C6E1F59")}, {}) == ([], [])
+
+
+def test_decode_advertisement_keeps_a_partial_payloads_readings_and_reports_it() -> None:
+    readings, problems = decode_advertisement({}, {BTHOME_UUID: bytes.fromhex("40015dfe5d0903b718")})
+    assert readings == [("battery", 93, "%EL")]
+    assert len(problems) == 1 and isinstance(problems[0], Partial)
 
 
 # -- GATT values ----------------------------------------------------------------------------

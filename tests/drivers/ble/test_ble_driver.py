@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from drivers.ble import MANIFEST
 from drivers.sim import MANIFEST as SIM_MANIFEST
+from gateway import metrics
 from gateway.driver_api import Path
 from gateway.testing import DriverHarness, run_driver
 from hil.devices.ble_bluez import SimulatedBlueZ
@@ -118,7 +120,7 @@ async def test_allow_list_and_deduplication(monkeypatch: pytest.MonkeyPatch) -> 
             assert [r.value for r in h.sink.points("temperature", ruuvi_node)] == [24.3, 163.835]
             assert [r.value for r in h.sink.points("rssi", ruuvi_node)] == [-60, -67]
             assert {r.node for r in h.sink.readings} == {ruuvi_node, bthome_node}
-            assert h.runner._driver.counts["duplicates"] == 2  # type: ignore[union-attr]
+            assert h.runner.stats.extra["duplicates"] == 2
             # active mode: discovery with an LE filter instead of a monitor
             assert await sim.method_calls("/org/bluez/hci0", "StartDiscovery")
             assert await sim.method_calls("/org/bluez/hci0", "SetDiscoveryFilter")
@@ -149,9 +151,42 @@ async def test_hostile_and_encrypted_adverts_are_counted_not_fatal(monkeypatch: 
             await sim.advertise(BTHOME, service_data={0xFCD2: bytes.fromhex("41A4720C")})  # encrypted flag
             await sim.advertise(BTHOME, service_data={0xFCD2: BTHOME_EXAMPLE})
             await h.sink.wait_for(1, node="ble-a4c138000002", point="temperature", within=WITHIN)
-            driver = h.runner._driver
-            assert driver.counts["decode_errors"] >= 1 and driver.counts["unsupported"] >= 1  # type: ignore[union-attr]
+            events = h.runner.stats.extra
+            assert events["decode_errors"] >= 1 and events["unsupported"] >= 1
             assert h.runner.stats.state == "running" and h.runner.stats.errors == 0
+
+
+async def test_unreadable_adverts_are_counted_in_metrics_and_logged_once_per_device(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16 defect 6: an advert with the MAC flag decodes; one the decoder cannot read
+    (in part or at all) is counted where ops see it and logged once per device."""
+    async with simulated_bluez(monkeypatch) as sim:
+        await sim.add_device(BTHOME, "DIY-sensor")
+        await sim.add_device(RUUVI, "DIY-other")
+        async with run_driver(MANIFEST, name="ble", names=["DIY-*"], dedup_window=0) as h:
+            await until(lambda: h.runner.stats.state == "running")
+            node = "ble-a4c138000002"
+            # bthome-ble's test vector: device info 0x42 (v2, MAC included), the MAC, 1008.83 hPa
+            await sim.advertise(BTHOME, service_data={0xFCD2: bytes.fromhex("42b2188d38c1a404138a01")})
+            await h.sink.wait_for(1, node=node, point="pressure", within=WITHIN)
+            assert values(h, node)["pressure"] == (100883, "Pa")
+            # battery, then an object id this version does not know: battery kept, the rest reported
+            for _ in range(3):
+                await sim.advertise(BTHOME, service_data={0xFCD2: bytes.fromhex("40015dfe5d0903b718")})
+                await sim.advertise(RUUVI, service_data={0xFCD2: bytes.fromhex("40feca09")})
+            await sim.advertise(BTHOME, service_data={0xFCD2: BTHOME_EXAMPLE})  # D-Bus keeps order
+            await h.sink.wait_for(1, node=node, point="temperature", within=WITHIN)
+            assert [r.value for r in h.sink.points("battery", node)] == [93, 93, 93]
+            assert h.runner.stats.extra["partly_decoded"] == 6
+            summary = metrics.summary(SimpleNamespace(supervisor=SimpleNamespace(runners={"ble": h.runner})))
+            assert summary["drivers"]["ble"]["events"]["partly_decoded"] == 6
+            text = metrics.render(summary)
+            assert 'sensegate_driver_events_total{instance="ble",driver="ble",event="partly_decoded"} 6' in text
+            warned = [r.getMessage() for r in caplog.records if "unknown object id" in r.getMessage()]
+            assert len(warned) == 2, warned  # once per device, not once per advert
+            assert any(m.startswith(BTHOME) and "0xFE at byte 3" in m for m in warned)
+            assert any(m.startswith(RUUVI) and "0xFE at byte 1" in m for m in warned)
 
 
 async def test_adapter_missing_then_plugged_in(monkeypatch: pytest.MonkeyPatch) -> None:
