@@ -16,7 +16,7 @@ import cbor2
 
 from gateway.buffer import Batch
 from gateway.config.schema import MqttUplink as MqttUplinkConfig
-from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, node_topic, status_topic
+from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, insecurities, node_topic, status_topic
 from gateway.scheduler import Backoff, NodeTracker
 
 log = logging.getLogger("sensegate.uplink.mqtt")
@@ -83,6 +83,8 @@ class MqttUplink:
         return len(self._inflight)
 
     async def start(self) -> None:
+        for warning, fix in insecurities(self.settings):  # once per start, not per reconnect
+            log.warning("%s: %s; %s", self.name, warning, fix)
         self._task = asyncio.create_task(self._run(), name=f"uplink:{self.name}")
 
     def _status(self, state: str, health: dict[str, Any] | None = None) -> bytes:

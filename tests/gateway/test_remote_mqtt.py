@@ -72,7 +72,7 @@ async def test_pushes_applied_refused_rolled_back_while_data_keeps_flowing(tmp_p
     stranger, _ = ops_key(tmp_path, "stranger")
     path = bootstrap(tmp_path, "gw-r1", broker.url, pub)
     b = Broker.from_url(broker.url)
-    rx = MqttReceiver(broker.url, tmp_path / "gw-r1/keys/device.pub.pem")
+    rx = MqttReceiver(broker.url, tmp_path / "gw-r1/keys/device.pub.pem", gateway="gw-r1")
 
     async def push(doc: dict[str, Any] | bytes, rev: int, k: Any = key) -> dict[str, Any]:
         """Sign and push a config, or push a document (bytes) exactly as given."""
