@@ -62,11 +62,13 @@ class _BoundedSpool(Block1Spool):  # type: ignore[misc]
     def feed_and_take(self, req: Any) -> Any:
         block1 = req.opt.block1
         if block1 is not None:
-            if block1.start + len(req.payload) > self.limit or (req.opt.size1 or 0) > self.limit:
-                raise _TooLarge(self.limit)
             pending = getattr(self._assemblies, "_items", None)  # aiocoap 0.4: a dict in arrival order
+            mine = _extract_block_key(req)
+            if block1.start + len(req.payload) > self.limit or (req.opt.size1 or 0) > self.limit:
+                if isinstance(pending, dict):
+                    pending.pop(mine, None)  # what it sent so far goes now, not at aiocoap's timeout
+                raise _TooLarge(self.limit)
             if isinstance(pending, dict):
-                mine = _extract_block_key(req)
                 held = sum(len(m.payload) for m in pending.values()) + len(req.payload)
                 for key in [k for k in pending if k != mine]:  # the sender of one forgotten gets 4.08
                     if held <= self.limit:
@@ -78,12 +80,10 @@ class _BoundedSpool(Block1Spool):  # type: ignore[misc]
 class _Counting(resource.Resource):  # type: ignore[misc]
     """Counts requests and Block1 blocks as they arrive (before reassembly)."""
 
-    LIMIT = MAX_MESSAGE
-
-    def __init__(self, server: CoapReceiverServer) -> None:
+    def __init__(self, server: CoapReceiverServer, limit: int) -> None:
         super().__init__()
         self.server = server
-        self._block1 = _BoundedSpool(self.LIMIT)
+        self._block1 = _BoundedSpool(limit)
 
     async def render_to_pipe(self, pipe: Any) -> None:
         self.server.requests += 1
@@ -118,8 +118,6 @@ class BatchResource(_Counting):
 class BlobResource(_Counting, resource.PathCapable):  # type: ignore[misc]
     """PUT <blob path>/<sha256 hex> with CBOR [0, 1, content_type, bytes]."""
 
-    LIMIT = MAX_BLOB + 1024
-
     async def render_put(self, request: Any) -> Any:
         refused = self.refused(request)
         if refused is not None:
@@ -152,7 +150,11 @@ class CoapReceiverServer:
         key_file: str = "",
         ca_file: str = "",
         blob_path: str = "/sensegate/blob",
+        max_batch: int = MAX_MESSAGE,
+        max_blob: int = MAX_BLOB + 1024,
     ) -> None:
+        """``max_batch`` / ``max_blob``: the largest request body taken (block-wise ones too),
+        which is also what all unfinished block-wise transfers to that resource may hold together."""
         self.url = coap.CoapUrl.parse(url)
         self.on_batch = on_batch
         self.on_blob = on_blob or getattr(receiver, "feed_blob", None)
@@ -161,6 +163,7 @@ class CoapReceiverServer:
         self.require_oscore = bool(oscore)
         self.tls = (cert_file, key_file, ca_file)
         self.blob_path = blob_path
+        self.limits = (max_batch, max_blob)
         self.requests = 0
         self.blocks = 0  # Block1 blocks received (a block-wise batch shows here)
         self._ctx: Any = None
@@ -171,8 +174,8 @@ class CoapReceiverServer:
 
     async def start(self) -> None:
         site = resource.Site()
-        site.add_resource(_segments(self.url.path), BatchResource(self))
-        site.add_resource(_segments(self.blob_path), BlobResource(self))
+        site.add_resource(_segments(self.url.path), BatchResource(self, self.limits[0]))
+        site.add_resource(_segments(self.blob_path), BlobResource(self, self.limits[1]))
         root: Any = site
         creds = coap.Credentials()
         if self.oscore_dir:
