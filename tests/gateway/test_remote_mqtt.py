@@ -264,6 +264,22 @@ async def test_modbus_write_command_reaches_the_device_and_a_replay_is_refused(
         await sim.stop()
 
 
+async def test_a_command_with_a_nan_expiry_is_refused_every_time(tmp_path: Path, broker: Mosquitto) -> None:
+    """exp = NaN passed the expiry and TTL checks and was forgotten at once: the same signed
+    bytes ran each time they were sent. Now the gateway refuses them, every time."""
+    key, pub = ops_key(tmp_path)
+    path = bootstrap(tmp_path, "gw-nan", broker.url, pub)
+    b = Broker.from_url(broker.url)
+    body = cbor2.dumps({"id": "nan-1", "op": "ping", "args": {}, "exp": float("nan")}, canonical=True)
+    raw = sign(key, "command", "gw-nan", body)
+    async with daemon(path) as d:
+        await connected(d)
+        for _ in range(2):
+            _, _, ans = await send_command(b, key, "ping", {}, to="gw-nan", cmd_id="nan-1", raw=raw)
+            res = ans.by_gateway["gw-nan"]
+            assert res["status"] == "refused" and "finite time" in res["reason"], res
+
+
 async def test_a_driver_that_does_not_come_up_is_rolled_back(tmp_path: Path, broker: Mosquitto) -> None:
     key, pub = ops_key(tmp_path)
     path = bootstrap(tmp_path, "gw-d", broker.url, pub, driver_timeout="1500ms")
