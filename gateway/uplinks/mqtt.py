@@ -21,6 +21,9 @@ from gateway.scheduler import Backoff, NodeTracker
 
 log = logging.getLogger("sensegate.uplink.mqtt")
 BLOB_CHUNK = 64 * 1024
+# MQTT 5 Maximum Packet Size of the downlink: pushed documents are at most 1 MiB
+# (remote.max_document_bytes), so the broker never hands the gateway a larger message to read
+MAX_DOWNLINK_PACKET = 1024 * 1024 + 64 * 1024
 
 
 def _noop_ack(batch: Batch) -> None:
@@ -60,6 +63,7 @@ class MqttUplink:
             client_id=cfg.client_id or f"sensegate-{gateway_id}",
             protocol=cfg.protocol,
             keepalive=int(cfg.keepalive),
+            max_packet=MAX_DOWNLINK_PACKET,
         )
         self.topic = batch_topic(cfg.topic_prefix, gateway_id)
         self.status = status_topic(cfg.topic_prefix, gateway_id)

@@ -25,6 +25,7 @@ from gateway.mqtt import MqttSession, MqttSettings
 from gateway.receiver import KeyBindings, Receiver
 from gateway.receiver.header import MAX_UINT
 from gateway.testing.batches import T0, Chain, sign_batch
+from gateway.testing.procs import peak_rss_mib
 from hil.mosquitto import Mosquitto
 from tests.gateway.coaputil import CoapReceiver, coap_url
 from tests.gateway.helpers import until
@@ -128,13 +129,6 @@ def test_window_duplicates_conflicts_and_chain() -> None:
     assert (s.chain_breaks, s.reordered, s.duplicates, s.gaps) == (2, 2, 3, 0)  # the conflict and the bad link
 
 
-def _vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 async def _publish(url: str, topic: str, payloads: list[bytes]) -> None:
     s = MqttSession(MqttSettings.from_url(url, client_id="junk-publisher"))
     await s.connect()
@@ -161,7 +155,7 @@ async def test_a_huge_message_is_never_read_whole(tmp_path: Path, broker: Mosqui
         await asyncio.sleep(1.0)  # subscribed (its persistent session would queue what it missed anyway)
         await _publish(broker.url, f"sensegate/{GW}/batch", [b"\x00" * (100 * 1024 * 1024), Chain(key, GW).next(3)])
         await until(lambda: out.exists() and len(out.read_text().splitlines()) == 3, within=30)
-        peak_mib = _vm_hwm_kib(proc.pid) / 1024
+        peak_mib = peak_rss_mib(proc.pid)
         proc.terminate()
         stdout, _ = await asyncio.wait_for(proc.communicate(), 30)
     finally:

@@ -7,7 +7,9 @@ the right retained status while the data keeps flowing, verified and without a g
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,11 @@ import yaml
 
 from gateway.daemon import Daemon
 from gateway.keys import init_key, load_private_key
+from gateway.mqtt import MqttSession, MqttSettings
 from gateway.remote import topics
 from gateway.remote.envelope import encode_command, sign
 from gateway.remote.ops import Broker, gateway_status, push_config, send_command
+from gateway.testing.procs import peak_rss_mib
 from hil.devices.modbus_slave import ModbusSim, Slave
 from hil.mosquitto import Mosquitto
 from tests.gateway.helpers import MqttReceiver, running_daemon
@@ -278,6 +282,34 @@ async def test_a_command_with_a_nan_expiry_is_refused_every_time(tmp_path: Path,
             _, _, ans = await send_command(b, key, "ping", {}, to="gw-nan", cmd_id="nan-1", raw=raw)
             res = ans.by_gateway["gw-nan"]
             assert res["status"] == "refused" and "finite time" in res["reason"], res
+
+
+async def test_a_huge_message_on_a_downlink_topic_is_never_read(tmp_path: Path, broker: Mosquitto) -> None:
+    """100 MB on the gateway's command topic: the uplink tells the broker its Maximum Packet Size
+    (MQTT 5), so the daemon never holds it; the next command is answered."""
+    key, pub = ops_key(tmp_path)
+    path = bootstrap(tmp_path, "gw-big", broker.url, pub)
+    b = Broker.from_url(broker.url)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "-c", str(path),
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await gateway_status(b, ["gw-big"], within=30)  # online
+        _, _, ans = await send_command(b, key, "ping", {}, to="gw-big")  # subscribed and answering
+        assert ans.by_gateway["gw-big"]["status"] == "done"
+        junk = MqttSession(MqttSettings.from_url(broker.url, client_id="junk"))
+        await junk.connect()
+        try:
+            info = junk.client.publish(topics.command_request("sensegate", "gw-big"), b"\0" * (100 << 20), qos=1)
+            await until(info.is_published, within=60)
+        finally:
+            await junk.close()
+        _, _, ans = await send_command(b, key, "ping", {}, to="gw-big")
+        assert ans.by_gateway["gw-big"]["status"] == "done"
+        peak = peak_rss_mib(proc.pid)
+        assert peak < 90, f"the daemon peaked at {peak:.0f} MiB"
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 async def test_a_driver_that_does_not_come_up_is_rolled_back(tmp_path: Path, broker: Mosquitto) -> None:
