@@ -101,13 +101,17 @@ class BlobTracker:
             self.bad += 1
             return "bad"
         self._keep(sha_hex, ctype, data)
-        if sha_hex in self._named:
-            del self._named[sha_hex]
+        self._meet(sha_hex, self._named, self._received)
+        return "verified"
+
+    def _meet(self, sha_hex: str, other_half: _Lru, waiting: _Lru) -> None:
+        """One half (bytes, or a batch naming them) arrived: verified if the other half waits, else wait."""
+        if sha_hex in other_half:
+            del other_half[sha_hex]
             self.verified += 1
             self._done.put(sha_hex)
         else:
-            self._received.put(sha_hex)
-        return "verified"
+            waiting.put(sha_hex)
 
     def _forget_partial(self, sha_hex: str) -> None:
         parts = self._parts.pop(sha_hex, {})
@@ -129,14 +133,8 @@ class BlobTracker:
             b64 = vs.removeprefix(NI_PREFIX)
             with contextlib.suppress(ValueError):
                 sha_hex = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
-                if sha_hex in self._done or sha_hex in self._named or sha_hex in self.recent_drops:
-                    continue
-                if sha_hex in self._received:
-                    del self._received[sha_hex]
-                    self.verified += 1
-                    self._done.put(sha_hex)
-                else:
-                    self._named.put(sha_hex)
+                if sha_hex not in self._done and sha_hex not in self._named and sha_hex not in self.recent_drops:
+                    self._meet(sha_hex, self._received, self._named)
 
     def declared_dropped(self, shas: Iterable[bytes]) -> None:
         """Blobs the gateway declared dropped: no longer missing, counted once."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import sys
 import tracemalloc
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiocoap
+import cbor2
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 from hypothesis import given
@@ -22,7 +24,7 @@ from gateway.coap import COSE_SIGN1
 from gateway.driver_api import Reading
 from gateway.keys import Ed25519PrivateKey, init_key, load_private_key
 from gateway.mqtt import MqttSession, MqttSettings
-from gateway.receiver import KeyBindings, Receiver
+from gateway.receiver import KeyBindings, Receiver, blobs
 from gateway.receiver.header import MAX_UINT
 from gateway.testing.batches import T0, Chain, sign_batch
 from gateway.testing.procs import peak_rss_mib
@@ -254,3 +256,21 @@ async def test_coap_answers_forbidden_for_a_key_of_another_gateway(tmp_path: Pat
         await ctx.shutdown()
     assert res.code == Code.FORBIDDEN and b"signed by the key of gateway 'gw-A'" in res.payload
     assert rx.statuses == ["forged"] and rx.rx.summary().forged == 1
+
+
+def test_blob_state_is_bounded() -> None:
+    """Verified blobs' bytes, incomplete uploads and unmatched hashes stay within their bounds
+    (every verified blob's bytes used to be kept for ever)."""
+    rx = receiver()
+    mib = 1024 * 1024
+    for i in range(70):  # 70 MiB of verified images, none named by a batch yet
+        data = i.to_bytes(4, "big") * (mib // 4)
+        assert rx.feed_blob(hashlib.sha256(data).hexdigest(), cbor2.dumps([0, 1, "image/jpeg", data])) == "verified"
+    t = rx.blob_tracker
+    assert sum(len(d) for _, d in rx.blobs.values()) <= blobs.MAX_KEPT_BYTES < 70 * mib
+    for i in range(70):  # 70 uploads left half done (1 MiB of 2 each)
+        sha = hashlib.sha256(b"never %d" % i).hexdigest()
+        assert rx.feed_blob(sha, cbor2.dumps([0, 2, "image/jpeg", bytes(mib)])) == "partial"
+    assert t._partial_bytes <= blobs.MAX_PARTIAL_BYTES and len(t._parts) < 70
+    s = rx.summary()
+    assert (s.blobs_unreferenced, s.blobs_verified, s.blobs_bad, s.malformed) == (70, 0, 0, 0)
