@@ -84,9 +84,13 @@ def _sleep_sampling(probe: Probe, seconds: float, until: Callable[[], bool] | No
 
 # -- the processes -----------------------------------------------------------------------------
 
+def _gateway_id(name: str) -> str:
+    return f"bench-{name}".replace("_", "-")
+
+
 def _gateway(work: Path, name: str, drivers: list[dict[str, Any]], uplink: dict[str, Any],
              **sections: Any) -> Path:
-    cfg: dict[str, Any] = {"gateway": {"id": f"bench-{name}".replace("_", "-"), "state_dir": str(work / "state")},
+    cfg: dict[str, Any] = {"gateway": {"id": _gateway_id(name), "state_dir": str(work / "state")},
                            "uplinks": [uplink], "drivers": drivers, **sections}
     path = work / "gateway.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -124,8 +128,9 @@ def _spawn_daemon(config: Path, env: dict[str, str] | None = None, plain: bool =
                             env={**_daemon_env(plain), **(env or {})})
 
 
-def _spawn_receiver(url: str, pub: Path, timeout: float, count: int = 0) -> subprocess.Popen[str]:
-    args = [PY, "-m", "bench.receiver", "--url", url, "--trust", str(pub), "--timeout", str(timeout)]
+def _spawn_receiver(url: str, pub: Path, name: str, timeout: float, count: int = 0) -> subprocess.Popen[str]:
+    args = [PY, "-m", "bench.receiver", "--url", url, "--trust", f"{_gateway_id(name)}={pub}",
+            "--timeout", str(timeout)]
     if url.startswith("mqtt"):
         args += ["--client-id", "bench-rx"]  # a persistent session: nothing lost while it subscribes
     if count:
@@ -184,7 +189,7 @@ def run_load(name: str, work: Path, seconds: float, drivers: list[dict[str, Any]
             info = init_key(work / "state" / "keys", force=True)
             up, url = _uplink(uplink, broker)
             config = _gateway(work, name, drivers, up, **(sections or {}))
-            rx = _spawn_receiver(url, info.public_path, seconds + warmup + 60)
+            rx = _spawn_receiver(url, info.public_path, name, seconds + warmup + 60)
             time.sleep(0.8)  # subscribed (MQTT) / listening (CoAP)
             spawned_ns = time.time_ns()
             gw = _spawn_daemon(config, env)
@@ -262,7 +267,7 @@ def run_drain(work: Path, backlog_n: int, fill_rate: tuple[int, str, int] = (200
     _stop(gw)
     have = backlog(db)[0]
     with broker:
-        rx = _spawn_receiver(broker.url, info.public_path, 300, count=have)
+        rx = _spawn_receiver(broker.url, info.public_path, "drain", 300, count=have)
         time.sleep(0.8)
         started = time.monotonic()
         gw = _spawn_daemon(_gateway(work, "drain", [], up))

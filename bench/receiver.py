@@ -4,7 +4,7 @@ the summary plus the wall-clock time (ns) the first verified batch arrived. SIGU
 progress line (time, readings so far, latency since the previous mark) and restarts the
 latency histogram, so the bench can measure a steady window.
 
-    python -m bench.receiver --url mqtt://127.0.0.1:1883 --trust gw.pub.pem --timeout 30
+    python -m bench.receiver --url mqtt://127.0.0.1:1883 --trust GW-ID=gw.pub.pem --timeout 30
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import json
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from gateway.cli import build_parser
@@ -26,16 +25,15 @@ from gateway.receiver.core import Feed, Receiver
 class _FirstBatch(Receiver):
     first_ok_ns = 0
 
-    def feed(self, data: bytes) -> Feed:
-        result = super().feed(data)
+    def feed(self, data: bytes, topic_gateway: str | None = None) -> Feed:
+        result = super().feed(data, topic_gateway)
         if result.status == "ok" and not self.first_ok_ns:
             self.first_ok_ns = time.time_ns()
         return result
 
 
 async def _run(args: Any) -> dict[str, Any]:
-    keys = [rcli.load_public_key(Path(p)) for p in args.trust]
-    rx = _FirstBatch(keys, keep_readings=False, latency=True)
+    rx = _FirstBatch(rcli.load_trust(args.trust), keep_readings=False, latency=True)
     run = (rcli.CoapReceiveRun if rcli._is_coap(args.url) else rcli.ReceiveRun)(args, rx, None)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -57,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     recv = sub.add_parser("receive", help="reference receiver: verify batches and check completeness")
     recv.add_argument("--url", required=True, help="mqtt://HOST:PORT[/TOPIC-PREFIX] or mqtts://... to subscribe; "
                       "coap://HOST:PORT[/PATH], coap+tcp://... or coaps+tcp://... to listen (docs/coap.md)")
-    recv.add_argument("--trust", action="append", required=True, help="gateway public key (PEM); repeatable")
-    recv.add_argument("--count", type=int, default=0, help="stop after N readings (0: run until interrupted)")
-    recv.add_argument("--batches", type=int, default=0, help="stop after N batches")
+    recv.add_argument("--trust", action="append", required=True, metavar="DIR|FILE|GATEWAY-ID=FILE",
+                      help="which key speaks for which gateway: a directory of <gateway-id>.pub.pem files, one "
+                      "such file, or GATEWAY-ID=FILE; repeatable (docs/wire-format.md)")
+    recv.add_argument("--count", type=int, default=0, help="stop after N readings (0: run until interrupted); "
+                      "exit 1 if fewer arrived")
+    recv.add_argument("--batches", type=int, default=0, help="stop after N batches; exit 1 if fewer arrived")
     recv.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
     recv.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     recv.add_argument("--out", default="-", help="where to write readings as JSON lines ('-' stdout, '' none)")

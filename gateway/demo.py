@@ -20,11 +20,13 @@ from typing import Any
 
 import yaml
 
-from gateway.keys import init_key, load_public_key
-from gateway.mqtt import MqttError, MqttSession, MqttSettings
-from gateway.receiver import Receiver
+from gateway.keys import init_key
+from gateway.mqtt import MqttError, MqttSession
+from gateway.receiver import KeyBindings, Receiver
 from gateway.receiver.cli import format_summary
+from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
 
+GATEWAY_ID = "demo-gw-1"
 
 class DemoDevices:
     """The simulated field devices the demo starts, each only if its driver is installed."""
@@ -136,7 +138,7 @@ async def run_demo(workdir: Path, seconds: float) -> int:
         await field.start()
         info = init_key(workdir / "state" / "keys", force=True)
         config = {
-            "gateway": {"id": "demo-gw-1", "site": "sensegate demo", "state_dir": str(workdir / "state")},
+            "gateway": {"id": GATEWAY_ID, "site": "sensegate demo", "state_dir": str(workdir / "state")},
             "uplinks": [{"type": "mqtt", "url": broker.url}],
             "drivers": demo_drivers(port) + field.sections,
         }
@@ -144,7 +146,7 @@ async def run_demo(workdir: Path, seconds: float) -> int:
         cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
         print(f"demo: broker {broker.url}, work dir {workdir}")
         print(f"demo: device key fingerprint {info.fingerprint}")
-        rx = Receiver([load_public_key(info.public_path)])
+        rx = Receiver(KeyBindings.files(GATEWAY_ID, info.public_path))
 
         def on_message(msg: Any) -> None:
             if "/blob/" in msg.topic:
@@ -153,7 +155,7 @@ async def run_demo(workdir: Path, seconds: float) -> int:
                     ctype, data = rx.blobs[sha]
                     print(f"image {sha[:16]}... {ctype}, {len(data)} bytes: uploaded, SHA-256 verified")
                 return
-            res = rx.feed(bytes(msg.payload))
+            res = rx.feed(bytes(msg.payload), topic_gateway(msg.topic))
             if res.status != "ok":
                 print(f"  !! batch rejected: {res.status} {res.reason}")
                 return
@@ -161,11 +163,10 @@ async def run_demo(workdir: Path, seconds: float) -> int:
             for r in res.readings:
                 print(_fmt(r))
 
-        session = MqttSession(MqttSettings.from_url(broker.url, client_id="sensegate-demo-receiver"),
-                              on_message=on_message)
+        session = MqttSession(receiver_settings(broker.url), on_message=on_message)
         await session.connect()
-        session.client.subscribe("sensegate/+/batch", qos=1)
-        session.client.subscribe("sensegate/+/blob/+", qos=1)
+        for topic in receiver_topics():
+            session.client.subscribe(topic, qos=1)
         if field.skipped:
             print("demo: not simulated: " + ", ".join(field.skipped))
         log = open(workdir / "daemon.log", "wb")  # noqa: SIM115, ASYNC230 (kept for the child's lifetime)

@@ -516,8 +516,11 @@ def _peer_cert_unverified(host: str, port: int, timeout: float) -> Any:
 
 
 def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
-    """Each MQTT uplink's broker: reachable, TLS verified, certificates not expiring, CONNECT accepted."""
+    """Each MQTT uplink's broker: not open to eavesdropping or impersonation, reachable, TLS
+    verified, certificates not expiring, CONNECT accepted."""
     from cryptography import x509
+
+    from gateway.mqtt import MqttSettings, insecurities
 
     out: list[Finding] = []
     gid = cfg.config.gateway.id
@@ -530,6 +533,8 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
         name = f"broker {up.name}"
         tls = up.tls
         mark = len(out)  # warnings found on the way replace the final "ok"
+        unsafe = insecurities(MqttSettings.from_url(up.url, insecure=bool(tls and tls.insecure)))
+        out += [Finding(name, "warn", warning, fix) for warning, fix in unsafe]
         # the client certificate first: it can be checked with no network at all
         if tls is not None and tls.cert_file:
             try:
@@ -637,6 +642,8 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
             )
             continue
         if not tls_on:
+            if unsafe:  # not this machine: said above
+                continue
             out.append(
                 Finding(
                     name,

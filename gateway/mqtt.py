@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -63,6 +64,10 @@ class MqttSettings:
     protocol: str = "5"
     keepalive: int = 30
     persistent: bool = False  # keep the session (and queued QoS 1 messages) across reconnects
+    session_expiry: int = 3600  # MQTT 5: how long (s) the broker keeps a persistent session; 0xFFFFFFFF: for ever
+    # MQTT 5 Maximum Packet Size: the broker never sends this client a larger packet (it discards
+    # it as delivered), so a huge message cannot be read into memory here; 0: no limit
+    max_packet: int = 0
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> MqttSettings:
@@ -72,6 +77,34 @@ class MqttSettings:
             raise MqttError(f"{url!r} is not an mqtt:// or mqtts:// URL")
         tls = parts.scheme == "mqtts"
         return cls(host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls, **kw)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (localhost, 127.0.0.0/8, ::1), without resolving names."""
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def insecurities(s: MqttSettings) -> list[tuple[str, str]]:
+    """What makes a connection open to eavesdropping or impersonation: (warning, fix) pairs.
+
+    Shared by the uplink (logged once at start) and ``sensegate doctor`` (a finding each).
+    """
+    where = f"{s.host}:{s.port}"
+    out: list[tuple[str, str]] = []
+    if not s.tls and not is_loopback(s.host):
+        out.append((f"plain mqtt:// to {where}, which is not this machine: readings, status and the ops "
+                    "commands and config pushes are readable and the broker's identity is not checked",
+                    "use mqtts:// with the broker's CA (sensegate provision --ca BROKER-CA.pem)"))
+    if s.tls and s.insecure:
+        out.append((f"tls.insecure is set for {where}: the broker's host name is not checked, so any "
+                    "certificate from that CA (another gateway's, say) can pose as the broker",
+                    "remove tls.insecure and use the host name the broker's certificate was made for"))
+    return out
 
 
 def _describe_connect_error(e: BaseException, s: MqttSettings) -> str:
@@ -152,9 +185,12 @@ class MqttSession:
         s = self.settings
         if s.protocol == "5":
             props = None
-            if s.persistent:
+            if s.persistent or s.max_packet:
                 props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = 3600
+                if s.persistent:
+                    props.SessionExpiryInterval = s.session_expiry
+                if s.max_packet:
+                    props.MaximumPacketSize = s.max_packet
             self.client.connect(s.host, s.port, keepalive=s.keepalive, clean_start=not s.persistent,
                                 properties=props)
         else:

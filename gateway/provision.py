@@ -4,7 +4,9 @@ One command for the technician, safe to run again (it keeps an existing device k
 
 1. writes the gateway id (and site, broker URL) into the config, changing only those values
    in the file (comments and layout stay) and refusing a result that does not validate;
-2. makes the device signing key (mode 0600, owned by the service user) if there is none;
+2. makes the device signing key (mode 0600, owned by the service user) if there is none, and
+   exports its public key as ``<keys dir>/<gateway-id>.pub.pem``: the file ops give the
+   receiver, which binds the key to this gateway by that name (``sensegate receive --trust``);
 3. optionally makes a TLS client key and a CSR for the broker's CA (mutual TLS);
 4. installs the broker's CA certificate and the ops public keys (for signed config and commands);
 5. runs `sensegate doctor` and returns its verdict.
@@ -28,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.config import ConfigInvalid, GatewayConfig, load_config_bytes
-from gateway.keys import KeyError_, fingerprint, init_key, load_private_key, load_public_key, public_pem
+from gateway.keys import KeyError_, PublicKey, fingerprint, init_key, load_private_key, load_public_key, public_pem
+from gateway.receiver.trust import DEFAULT_KEY_NAME, PUB_SUFFIX
 from gateway.registry import Registry
 
 DEFAULT_CONFIG = """\
@@ -216,13 +219,30 @@ def ensure_device_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
         result.done.append(f"kept the existing device key {path}, fingerprint {fingerprint(key.public_key())}")
     else:
         info = init_key(path.parent, alg=cfg.config.batch.alg, name=path.name.removesuffix(".key"))
+        key = load_private_key(info.private_path)
         result.done.append(f"made the device key {info.private_path} ({info.alg}), fingerprint {info.fingerprint}")
-        result.next_steps.append(
-            f"register the public key {info.public_path} (fingerprint above) with the receiver as this gateway's key"
-        )
-    owned = [p for p in (path.parent, path, path.with_name(path.name.removesuffix(".key") + ".pub.pem")) if p.exists()]
+    exported = export_public_key(cfg, key.public_key(), path.parent)
+    result.done.append(f"exported the public key as {exported}")
+    result.next_steps.append(
+        f"give {exported} to whoever runs the receiver: its name binds the key to gateway "
+        f"{cfg.config.gateway.id!r} (sensegate receive --trust DIR-OF-GATEWAY-KEYS; fingerprint above)"
+    )
+    owned = [p for p in (path.parent, path, path.with_name(path.name.removesuffix(".key") + ".pub.pem"), exported)
+             if p.exists()]
     if all(_chown(p, plan.service_user) for p in owned):
         result.done.append(f"{path.parent} belongs to {plan.service_user}")
+
+
+def export_public_key(cfg: GatewayConfig, pub: PublicKey, keys_dir: Path) -> Path:
+    """Write ``<gateway-id>.pub.pem`` (what a receiver trusts for this gateway); remove exports of
+    the same key under a former id, so no stale file binds it to another gateway."""
+    pem = public_pem(pub)
+    dest = keys_dir / f"{cfg.config.gateway.id}{PUB_SUFFIX}"
+    for old in keys_dir.glob(f"*{PUB_SUFFIX}"):
+        if old != dest and old.name != f"{DEFAULT_KEY_NAME}{PUB_SUFFIX}" and old.read_bytes() == pem:
+            old.unlink()
+    _write_atomic(dest, pem, 0o644)
+    return dest
 
 
 def make_csr(cfg: GatewayConfig, plan: Plan, result: Result) -> None:

@@ -22,7 +22,8 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    """Start/stop/restart a private broker; optional TLS listener, passwords, persistence."""
+    """Start/stop/restart a private broker; optional TLS listener (client certificates as user
+    names), passwords, an ACL file (docs/topics.md, "Broker ACL"), persistence."""
 
     def __init__(
         self,
@@ -31,11 +32,15 @@ class Mosquitto:
         tls: dict[str, str] | None = None,
         passwords: dict[str, str] | None = None,
         persistence: bool = True,
+        acl: str | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
-        self.tls = tls  # {"cafile", "certfile", "keyfile", "require_certificate": "true"/"false"}
+        # {"cafile", "certfile", "keyfile", "require_certificate": "true"/"false",
+        #  "use_identity_as_username": "true" (the client certificate's CN is the user name)}
+        self.tls = tls
         self.passwords = passwords
+        self.acl = acl  # the text of a mosquitto acl_file
         self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "mosquitto.log"
@@ -58,12 +63,21 @@ class Mosquitto:
             pwfile.chmod(0o600)
             subprocess.run(["mosquitto_passwd", "-U", str(pwfile)], check=True, capture_output=True)
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
+        elif self.tls and self.tls.get("use_identity_as_username") == "true":
+            lines.append("allow_anonymous false")
         else:
             lines.append("allow_anonymous true")
+        if self.acl is not None:
+            aclfile = self.workdir / "acl"
+            aclfile.write_text(self.acl)
+            aclfile.chmod(0o600)
+            lines.append(f"acl_file {aclfile}")
         if self.tls:
             lines += [f"cafile {self.tls['cafile']}", f"certfile {self.tls['certfile']}",
                       f"keyfile {self.tls['keyfile']}",
                       f"require_certificate {self.tls.get('require_certificate', 'false')}"]
+            if "use_identity_as_username" in self.tls:
+                lines.append(f"use_identity_as_username {self.tls['use_identity_as_username']}")
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf

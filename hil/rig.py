@@ -39,9 +39,10 @@ from typing import Any
 
 import yaml
 
-from gateway.keys import init_key, load_public_key
-from gateway.mqtt import MqttSettings, subscribe_forever
-from gateway.receiver import Receiver
+from gateway.keys import init_key
+from gateway.mqtt import subscribe_forever
+from gateway.receiver import KeyBindings, Receiver
+from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
 from gateway.registry import Registry
 from gateway.senml import DecodedReading
 from gateway.service import service_env
@@ -632,11 +633,11 @@ class Received:
 class RigReceiver:
     """The reference receiver over MQTT (persistent session), keeping each reading's boot."""
 
-    def __init__(self, url: str, pub: Path, client_id: str = "rig-receiver") -> None:
-        self.rx = Receiver([load_public_key(pub)])
+    def __init__(self, url: str, pub: Path, gateway: str, client_id: str = "rig-receiver") -> None:
+        self.rx = Receiver(KeyBindings.files(gateway, pub))
         self.got: list[Received] = []
         self.statuses: dict[str, int] = {}
-        self.settings = MqttSettings.from_url(url, client_id=client_id, protocol="3.1.1", persistent=True)
+        self.settings = receiver_settings(url, client_id=client_id)
         self.changed = asyncio.Event()
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -645,7 +646,7 @@ class RigReceiver:
         if "/blob/" in msg.topic:
             self.rx.feed_blob(msg.topic.rsplit("/", 1)[-1], bytes(msg.payload))
         elif msg.topic.endswith("/batch"):
-            res = self.rx.feed(bytes(msg.payload))
+            res = self.rx.feed(bytes(msg.payload), topic_gateway(msg.topic))
             self.statuses[res.status] = self.statuses.get(res.status, 0) + 1
             now = time.monotonic()
             boot = int(res.header.get("bo", 0))
@@ -653,7 +654,7 @@ class RigReceiver:
         self.changed.set()
 
     async def _run(self) -> None:
-        await subscribe_forever(self.settings, ["sensegate/+/batch", "sensegate/+/blob/+"], self._on,
+        await subscribe_forever(self.settings, receiver_topics(), self._on,
                                 connected=self.connected)
 
     async def start(self) -> None:
@@ -816,7 +817,7 @@ class RigRun:
                     await dev.stop()
                 continue
             self.devices[d.name] = dev
-        self.receiver = RigReceiver(self.broker_url, self.state / "keys" / "device.pub.pem")
+        self.receiver = RigReceiver(self.broker_url, self.state / "keys" / "device.pub.pem", self.spec.gateway_id)
         await self.receiver.start()
 
     async def close(self) -> None:

@@ -14,7 +14,11 @@ from gateway.units import ByteSize, Duration
 CONFIG_VERSION = 1
 """The config format this build writes and reads; older versions are migrated on load."""
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+"""A gateway or group id: it is a topic level and a file name, so no / + # or spaces."""
+_ID = ID_PATTERN
+MAX_BATCH_READINGS = 100_000
+"""The most readings one batch may carry; receivers refuse a batch whose ``sq`` range is larger."""
 
 
 class Section(Model):
@@ -74,7 +78,8 @@ class BufferSection(Section):
 class BatchSection(Section):
     """How readings are grouped into signed batches."""
 
-    max_readings: int = Field(default=5000, ge=1, le=100_000, description="Close a batch at this many readings.")
+    max_readings: int = Field(default=5000, ge=1, le=MAX_BATCH_READINGS,
+                              description="Close a batch at this many readings.")
     max_bytes: ByteSize = Field(default=256 * 1024, ge=1024, description="Close a batch near this encoded size.")
     max_age: Duration = Field(
         default=0.5,

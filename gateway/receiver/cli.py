@@ -1,7 +1,8 @@
 """`sensegate receive`: subscribe, verify, check continuity, print readings and a summary.
 
 Exit status: 0 when everything received verified and no gap was found, 1 when the summary
-shows gaps, bad signatures, malformed batches or chain breaks, 2 when it could not run.
+shows gaps, bad signatures, forged or malformed batches or chain breaks, or when ``--count``
+/ ``--batches`` asked for more than arrived; 2 when it could not run.
 """
 
 from __future__ import annotations
@@ -16,12 +17,24 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from gateway.keys import KeyError_, load_public_key
-from gateway.mqtt import MqttSettings, subscribe_forever
+from gateway.mqtt import subscribe_forever
 from gateway.receiver.core import Feed, Receiver, Summary
+from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
+from gateway.receiver.trust import KeyBindings, TrustError
 
 
-def format_summary(s: Summary) -> str:
+def verdict(s: Summary, shortfall: str = "") -> str:
+    """One line: OK, problems found, nothing received, or fewer than asked for (``shortfall``)."""
+    if not s.ok:
+        return "PROBLEMS FOUND"
+    if shortfall:
+        return f"INCOMPLETE: {shortfall}"
+    if not s.received:
+        return "NOTHING RECEIVED: no batch arrived"
+    return "OK: complete and verified"
+
+
+def format_summary(s: Summary, shortfall: str = "") -> str:
     """The human-readable summary."""
     lines = [
         f"batches:        {s.batches}",
@@ -31,13 +44,14 @@ def format_summary(s: Summary) -> str:
         f"skipped:        {s.skipped} (numbers skipped after an unclean stop: lost in it, or never used)",
         f"duplicates:     {s.duplicates} batches, {s.duplicate_readings} readings",
         f"bad signatures: {s.bad_signatures}",
+        f"forged:         {s.forged} (a key or topic of another gateway)",
         f"malformed:      {s.malformed}",
         f"reordered:      {s.reordered}",
         f"chain breaks:   {s.chain_breaks}",
         f"restarts:       {s.restarts}",
         f"blobs:          {s.blobs_verified} verified, {s.blobs_unreferenced} not (yet) in a batch, {s.blobs_bad} bad, "
         f"{s.blobs_dropped} declared dropped, {s.blobs_missing} not (yet) received",
-        "verdict:        " + ("OK: complete and verified" if s.ok else "PROBLEMS FOUND"),
+        "verdict:        " + verdict(s, shortfall),
     ]
     return "\n".join(lines)
 
@@ -61,11 +75,9 @@ class ReceiveRun:
         """MQTT: the topic prefix and the session settings."""
         parts = urlsplit(args.url)
         self.prefix = parts.path.strip("/") or "sensegate"
-        self.settings = MqttSettings.from_url(
-            args.url, ca_file=args.ca, cert_file=args.cert, key_file=args.key, username=args.username,
-            password=args.password, client_id=getattr(args, "client_id", "") or "",
-            protocol="3.1.1", persistent=bool(getattr(args, "client_id", "")),
-        )
+        self.settings = receiver_settings(
+            args.url, client_id=getattr(args, "client_id", "") or "", ca_file=args.ca, cert_file=args.cert,
+            key_file=args.key, username=args.username, password=args.password)
 
     def on_message(self, msg: Any) -> None:
         topic: str = msg.topic
@@ -76,10 +88,10 @@ class ReceiveRun:
                 ext = {"image/jpeg": ".jpg", "image/png": ".png"}.get(ctype, ".bin")
                 (self.blob_dir / f"{sha_hex}{ext}").write_bytes(data)
             return
-        self.on_batch(bytes(msg.payload))
+        self.on_batch(bytes(msg.payload), topic_gateway(topic))
 
-    def on_batch(self, payload: bytes) -> Feed:
-        result: Feed = self.rx.feed(payload)
+    def on_batch(self, payload: bytes, topic_gw: str | None = None) -> Feed:
+        result: Feed = self.rx.feed(payload, topic_gw)
         if result.status == "ok" and self.out is not None:
             lines = []
             for r in result.readings:
@@ -99,9 +111,8 @@ class ReceiveRun:
         return result
 
     async def run(self) -> None:
-        topics = [f"{self.prefix}/+/batch", f"{self.prefix}/+/blob/+"]
         sub = asyncio.ensure_future(subscribe_forever(
-            self.settings, topics, self.on_message, backoff=(0.5, 10.0),
+            self.settings, receiver_topics(self.prefix), self.on_message, backoff=(0.5, 10.0),
             on_error=lambda e: print(f"receive: {e}; retrying", file=sys.stderr)))
         try:
             await self.done.wait()
@@ -152,12 +163,31 @@ def _is_coap(url: str) -> bool:
     return url.startswith(("coap://", "coap+tcp://", "coaps+tcp://"))
 
 
-async def _main(args: argparse.Namespace) -> Summary:
+def load_trust(specs: list[str]) -> KeyBindings:
+    """The --trust values as bindings (gateway id -> keys); exit 2 with the reason when unusable."""
     try:
-        keys = [load_public_key(Path(p)) for p in args.trust]
-    except KeyError_ as e:
-        raise SystemExit(f"receive: {e}") from None
-    rx = Receiver(keys, keep_readings=bool(args.out), latency=bool(getattr(args, "latency", False)))
+        trust = KeyBindings.from_specs(specs)
+    except TrustError as e:
+        print(f"receive: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    bound = trust.gateways
+    names = ", ".join(sorted(bound)[:5]) + (f" and {len(bound) - 5} more" if len(bound) > 5 else "")
+    print(f"receive: trusting {len(bound)} gateway(s): {names}", file=sys.stderr)
+    return trust
+
+
+def shortfall(args: argparse.Namespace, s: Summary) -> str:
+    """What --count / --batches asked for and did not get ("" when reached or not asked)."""
+    if args.count and s.readings < args.count:
+        return f"{s.readings} of {args.count} readings arrived"
+    if args.batches and s.batches < args.batches:
+        return f"{s.batches} of {args.batches} batches arrived"
+    return ""
+
+
+async def _main(args: argparse.Namespace) -> Summary:
+    rx = Receiver(load_trust(args.trust), keep_readings=bool(args.out),
+                  latency=bool(getattr(args, "latency", False)))
     out: IO[str] | None = None
     if args.out == "-":
         out = sys.stdout
@@ -197,13 +227,11 @@ def main(args: argparse.Namespace) -> int:
         print("receive: --oscore only applies to coap URLs", file=sys.stderr)
         return 2
     summary = asyncio.run(_main(args))
+    short = shortfall(args, summary)
     if args.json:
-        print(json.dumps(summary.to_json()))
+        d = summary.to_json()
+        d["verdict"] = verdict(summary, short)
+        print(json.dumps(d))
     else:
-        print(format_summary(summary), file=sys.stdout if args.out != "-" else sys.stderr)
-    return 0 if summary.ok else 1
-
-
-def summary_dict(s: Summary) -> dict[str, Any]:
-    """The summary as the JSON object `--json` prints."""
-    return s.to_json()
+        print(format_summary(summary, short), file=sys.stdout if args.out != "-" else sys.stderr)
+    return 0 if summary.ok and not short else 1

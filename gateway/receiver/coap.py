@@ -3,25 +3,29 @@
 Answers (docs/coap.md): 2.04 Changed for a verified batch and for a duplicate (the gateway
 may forget it); 4.00 Bad Request with a diagnostic payload for a malformed batch, a failing
 signature or a conflicting re-use of a batch number (the gateway dead-letters it); 4.03
-Forbidden when the signing key is not trusted here (a configuration matter: the gateway keeps
-the batch and retries); 4.15 for another content-format; 4.01 without OSCORE when OSCORE is
-required. Block-wise requests are reassembled by aiocoap before they reach the resource.
+Forbidden when the signing key is not trusted here or not for the gateway the batch claims (a
+configuration matter: the gateway keeps the batch and retries); 4.15 for another
+content-format; 4.01 without OSCORE when OSCORE is required. Block-wise requests are
+reassembled by aiocoap before they reach the resource, within a size limit per transfer and in
+all (4.13 Request Entity Too Large, with Size1 saying the limit): a huge or never-ending
+transfer cannot fill the receiver's memory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import aiocoap
 import aiocoap.resource as resource
-import cbor2
+from aiocoap.blockwise import Block1Spool, _extract_block_key
+from aiocoap.error import RequestEntityTooLarge
 from aiocoap.numbers.codes import Code
 
 from gateway import coap
-from gateway.cose import CoseError, parse_sign1
+from gateway.cose import MAX_MESSAGE
+from gateway.receiver.blobs import MAX_BLOB
 from gateway.receiver.core import Feed, Receiver
 
 TEXT_PLAIN = 0
@@ -34,12 +38,52 @@ def _answer(code: Any, text: str = "") -> Any:
     return aiocoap.Message(code=code, payload=text.encode("utf-8")[:512], content_format=TEXT_PLAIN)
 
 
+class _TooLarge(RequestEntityTooLarge):  # type: ignore[misc]
+    """4.13 with Size1 = the limit (RFC 7959 section 2.9.3)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"over the limit of {limit} bytes")
+        self.limit = limit
+
+    def to_message(self) -> Any:
+        m = super().to_message()
+        m.opt.size1 = self.limit
+        return m
+
+
+class _BoundedSpool(Block1Spool):  # type: ignore[misc]
+    """aiocoap's Block1 reassembly, refusing a transfer over ``limit`` bytes before it grows
+    and forgetting the oldest unfinished transfers while all of them hold more than ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def feed_and_take(self, req: Any) -> Any:
+        block1 = req.opt.block1
+        if block1 is not None:
+            pending = getattr(self._assemblies, "_items", None)  # aiocoap 0.4: a dict in arrival order
+            mine = _extract_block_key(req)
+            if block1.start + len(req.payload) > self.limit or (req.opt.size1 or 0) > self.limit:
+                if isinstance(pending, dict):
+                    pending.pop(mine, None)  # what it sent so far goes now, not at aiocoap's timeout
+                raise _TooLarge(self.limit)
+            if isinstance(pending, dict):
+                held = sum(len(m.payload) for m in pending.values()) + len(req.payload)
+                for key in [k for k in pending if k != mine]:  # the sender of one forgotten gets 4.08
+                    if held <= self.limit:
+                        break
+                    held -= len(pending.pop(key).payload)
+        return super().feed_and_take(req)
+
+
 class _Counting(resource.Resource):  # type: ignore[misc]
     """Counts requests and Block1 blocks as they arrive (before reassembly)."""
 
-    def __init__(self, server: CoapReceiverServer) -> None:
+    def __init__(self, server: CoapReceiverServer, limit: int) -> None:
         super().__init__()
         self.server = server
+        self._block1 = _BoundedSpool(limit)
 
     async def render_to_pipe(self, pipe: Any) -> None:
         self.server.requests += 1
@@ -66,7 +110,7 @@ class BatchResource(_Counting):
         result = self.server.on_batch(data)
         if result.status in ("ok", "duplicate"):
             return aiocoap.Message(code=Code.CHANGED)
-        if result.status == "bad_signature" and not self.server.trusts(data):
+        if result.status in ("untrusted", "forged"):
             return _answer(Code.FORBIDDEN, f"not trusted here: {result.reason}")
         return _answer(Code.BAD_REQUEST, f"{result.status}: {result.reason}")
 
@@ -106,7 +150,11 @@ class CoapReceiverServer:
         key_file: str = "",
         ca_file: str = "",
         blob_path: str = "/sensegate/blob",
+        max_batch: int = MAX_MESSAGE,
+        max_blob: int = MAX_BLOB + 1024,
     ) -> None:
+        """``max_batch`` / ``max_blob``: the largest request body taken (block-wise ones too),
+        which is also what all unfinished block-wise transfers to that resource may hold together."""
         self.url = coap.CoapUrl.parse(url)
         self.on_batch = on_batch
         self.on_blob = on_blob or getattr(receiver, "feed_blob", None)
@@ -115,6 +163,7 @@ class CoapReceiverServer:
         self.require_oscore = bool(oscore)
         self.tls = (cert_file, key_file, ca_file)
         self.blob_path = blob_path
+        self.limits = (max_batch, max_blob)
         self.requests = 0
         self.blocks = 0  # Block1 blocks received (a block-wise batch shows here)
         self._ctx: Any = None
@@ -123,16 +172,10 @@ class CoapReceiverServer:
         if quiet.level == logging.NOTSET:  # aiocoap logs every block-wise "Continue" at INFO
             quiet.setLevel(logging.WARNING)
 
-    def trusts(self, data: bytes) -> bool:
-        """Whether the batch names a key this receiver trusts (a bad signature by one is tampering)."""
-        with contextlib.suppress(CoseError, ValueError, TypeError, cbor2.CBORDecodeError):
-            return (parse_sign1(data).kid or b"") in self.rx.keys
-        return True
-
     async def start(self) -> None:
         site = resource.Site()
-        site.add_resource(_segments(self.url.path), BatchResource(self))
-        site.add_resource(_segments(self.blob_path), BlobResource(self))
+        site.add_resource(_segments(self.url.path), BatchResource(self, self.limits[0]))
+        site.add_resource(_segments(self.blob_path), BlobResource(self, self.limits[1]))
         root: Any = site
         creds = coap.Credentials()
         if self.oscore_dir:

@@ -1,10 +1,11 @@
-"""Verification and completeness tracking, independent of any transport."""
+"""Verification and completeness tracking, independent of any transport.
+
+State is bounded (gateway/receiver/state.py): per stream, merged number ranges and a fixed
+window of the latest batch hashes; blobs in gateway/receiver/blobs.py.
+"""
 
 from __future__ import annotations
 
-import base64
-import bisect
-import contextlib
 import hashlib
 import time
 from collections import Counter
@@ -14,10 +15,12 @@ from typing import Any
 import cbor2
 
 from gateway import cose, senml
-from gateway.keys import PublicKey, key_id
+from gateway.receiver.blobs import BlobTracker
+from gateway.receiver.header import UNCLEAN_STOP, Header, parse_header
+from gateway.receiver.state import WINDOW, HashWindow, Stream
+from gateway.receiver.trust import Trust, Untrusted
 
-MAX_DECLARED = 64  # drop ranges one batch may declare
-UNCLEAN_STOP = "unclean_stop"  # the drop reason of numbers a gateway skipped after an unclean stop
+MAX_REASONS = 32  # distinct drop reasons counted by name; more are counted as "other"
 
 
 @dataclass
@@ -35,7 +38,8 @@ class Summary:
     skipped: int = 0
     duplicates: int = 0  # batches received again (replays, re-sends)
     duplicate_readings: int = 0
-    bad_signatures: int = 0
+    bad_signatures: int = 0  # unknown key, or a signature that does not verify
+    forged: int = 0  # a trusted key speaking for a gateway it is not bound to, or a batch on another's topic
     malformed: int = 0
     reordered: int = 0
     chain_breaks: int = 0
@@ -51,12 +55,19 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        return not (self.gaps or self.bad_signatures or self.malformed or self.chain_breaks or self.blobs_bad)
+        return not (self.gaps or self.bad_signatures or self.forged or self.malformed or self.chain_breaks
+                    or self.blobs_bad)
+
+    @property
+    def received(self) -> bool:
+        """Whether any batch message arrived at all (accepted or not)."""
+        return bool(self.batches or self.duplicates or self.bad_signatures or self.forged or self.malformed)
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["gap_ranges"] = [list(r) for r in self.gap_ranges]
         d["ok"] = self.ok
+        d["received"] = self.received
         if d["latency_ms"] is None:
             del d["latency_ms"]
         return d
@@ -64,9 +75,11 @@ class Summary:
 
 @dataclass
 class Feed:
-    """The outcome of one message: accepted (with its new readings), duplicate, or rejected."""
+    """The outcome of one message: accepted (with its new readings), duplicate, or refused."""
 
-    status: str  # "ok", "duplicate", "bad_signature", "malformed", "conflict"
+    # "ok", "duplicate", "malformed", "untrusted" (unknown key), "forged" (key or topic of another
+    # gateway), "bad_signature", "conflict" (a batch number seen with other content)
+    status: str
     readings: list[senml.DecodedReading] = field(default_factory=list)
     reason: str = ""
     gateway: str = ""
@@ -74,139 +87,76 @@ class Feed:
     header: dict[str, Any] = field(default_factory=dict)
 
 
-class _Ranges:
-    """A set of integers kept as sorted, merged, inclusive ranges."""
-
-    def __init__(self) -> None:
-        self.r: list[list[int]] = []
-
-    def add(self, a: int, b: int) -> int:
-        """Add [a, b]; return how many of its members were already present."""
-        if b < a:
-            return 0
-        overlap = self.overlap(a, b)
-        i = bisect.bisect_left(self.r, [a])
-        if i > 0 and self.r[i - 1][1] >= a - 1:
-            i -= 1
-        j = i
-        lo, hi = a, b
-        while j < len(self.r) and self.r[j][0] <= b + 1:
-            lo, hi = min(lo, self.r[j][0]), max(hi, self.r[j][1])
-            j += 1
-        self.r[i:j] = [[lo, hi]]
-        return overlap
-
-    def overlap(self, a: int, b: int) -> int:
-        """How many members of [a, b] are present."""
-        return sum(max(0, min(b, y) - max(a, x) + 1) for x, y in self._near(a, b))
-
-    def _near(self, a: int, b: int) -> list[list[int]]:
-        i = max(0, bisect.bisect_left(self.r, [a]) - 1)
-        out = []
-        while i < len(self.r) and self.r[i][0] <= b:
-            if self.r[i][1] >= a:
-                out.append(self.r[i])
-            i += 1
-        return out
-
-    def contains(self, x: int) -> bool:
-        i = bisect.bisect_right(self.r, [x, float("inf")]) - 1
-        return i >= 0 and self.r[i][0] <= x <= self.r[i][1]
-
-    def holes(self) -> list[tuple[int, int]]:
-        return [(self.r[k][1] + 1, self.r[k + 1][0] - 1) for k in range(len(self.r) - 1)]
-
-
-@dataclass
-class _Stream:
-    got: _Ranges = field(default_factory=_Ranges)
-    covered: _Ranges = field(default_factory=_Ranges)  # received or declared dropped
-    unclean: _Ranges = field(default_factory=_Ranges)  # declared skipped after an unclean stop
-    hashes: dict[int, bytes] = field(default_factory=dict)
-    prevs: dict[int, bytes] = field(default_factory=dict)
-    max_bseq: int = 0
-    boot: int | None = None
-
-
 class Receiver:
-    """Feed it batch messages from any transport; ask for the summary at any time."""
+    """Feed it batch messages from any transport; ask for the summary at any time.
 
-    MAX_PARTIAL_BLOBS = 32
-    MAX_BLOB = 64 * 1024 * 1024
+    ``trust`` answers which key may speak for which gateway (gateway.receiver.trust:
+    ``KeyBindings`` for key files, or a fleet registry). ``keep_readings=False``: verify and
+    count only (Feed.readings stays empty), with every check of the full decoder but no object
+    per reading. ``latency=True``: keep a histogram (1 ms buckets) of reading timestamp to
+    arrival, reported in the summary. ``window``: batch hashes kept per stream for the duplicate,
+    conflict and chain checks (gateway/receiver/state.py).
+    """
 
-    def __init__(self, trusted: list[PublicKey], keep_readings: bool = True, latency: bool = False) -> None:
-        """``keep_readings=False``: verify and count only (Feed.readings stays empty), with every
-        check of the full decoder but no object per reading. ``latency=True``: keep a histogram
-        (1 ms buckets) of reading timestamp to arrival, reported in the summary."""
-        self.keys = {key_id(k): k for k in trusted}
+    def __init__(self, trust: Trust, keep_readings: bool = True, latency: bool = False,
+                 window: int = WINDOW) -> None:
+        if not hasattr(trust, "lookup"):
+            raise TypeError("Receiver(trust): give a gateway.receiver.KeyBindings (gateway id -> keys), "
+                            "not a list of keys: a key speaks for one gateway only")
+        self.trust = trust
         self.keep_readings = keep_readings
+        self.window = window
         self.latency: Counter[int] | None = Counter() if latency else None
-        self.streams: dict[tuple[str, int], _Stream] = {}
+        self.streams: dict[tuple[str, int], Stream] = {}
+        self.blob_tracker = BlobTracker()
         self._s = Summary()
-        self.blobs: dict[str, tuple[str, bytes]] = {}  # sha256 hex -> (content type, bytes), hash checked
-        self.referenced: set[str] = set()  # sha256 hex named by verified batches
-        self.blob_drops: set[str] = set()  # sha256 hex the gateway declared dropped
-        self._parts: dict[str, dict[int, bytes]] = {}
+
+    @property
+    def blobs(self) -> dict[str, tuple[str, bytes]]:
+        """The latest verified blobs: sha256 hex -> (content type, bytes); bounded."""
+        return self.blob_tracker.blobs
 
     def feed_blob(self, sha_hex: str, payload: bytes) -> str:
         """Take one blob chunk (``[index, count, content_type, bytes]``); returns "partial",
         "verified" (complete, hash matches), "bad" or "malformed"."""
-        try:
-            sha = bytes.fromhex(sha_hex)
-            index, count, ctype, chunk = cbor2.loads(payload)
-            if (len(sha) != 32 or type(index) is not int or type(count) is not int or not 0 <= index < count
-                    or count > 4096 or not isinstance(ctype, str) or not isinstance(chunk, bytes)):
-                raise ValueError("bad chunk header")
-        except (ValueError, TypeError, cbor2.CBORDecodeError):
+        status = self.blob_tracker.feed(sha_hex, payload)
+        if status == "malformed":
             self._s.malformed += 1
-            return "malformed"
-        if sha_hex in self.blobs:
-            return "verified"
-        parts = self._parts.get(sha_hex)
-        if parts is None:
-            if len(self._parts) >= self.MAX_PARTIAL_BLOBS:  # bounded memory: forget the oldest partial
-                self._parts.pop(next(iter(self._parts)))
-            parts = self._parts[sha_hex] = {}
-        parts[index] = chunk
-        if sum(len(c) for c in parts.values()) > self.MAX_BLOB:
-            del self._parts[sha_hex]
-            self._s.blobs_bad += 1
-            return "bad"
-        if len(parts) < count:
-            return "partial"
-        del self._parts[sha_hex]
-        data = b"".join(parts[i] for i in range(count))
-        if hashlib.sha256(data).digest() != sha:
-            self._s.blobs_bad += 1
-            return "bad"
-        self.blobs[sha_hex] = (ctype, data)
-        return "verified"
+        return status
 
-    def feed(self, data: bytes) -> Feed:
-        """Verify and account for one batch message."""
+    def feed(self, data: bytes, topic_gateway: str | None = None) -> Feed:
+        """Verify and account for one batch message. ``topic_gateway``: the gateway part of the
+        MQTT topic it came on, which must equal the gateway the batch claims."""
         s = self._s
         arrived = time.time_ns()
         try:
-            msg = cose.parse_sign1(data)
-        except cose.CoseError as e:
+            msg = cose.parse_sign1(data)  # refuses an oversized message before decoding it
+            h = parse_header(msg.protected)
+        except (cose.CoseError, ValueError) as e:
             s.malformed += 1
             return Feed("malformed", reason=str(e))
-        key = self.keys.get(msg.kid or b"")
-        if key is None:
+        if topic_gateway is not None and topic_gateway != h.gw:
+            s.forged += 1
+            return Feed("forged", reason=f"published on the topic of gateway {topic_gateway!r} but claims {h.gw!r}",
+                        gateway=h.gw, bseq=h.bs)
+        key = self.trust.lookup(h.gw, msg.kid or b"")
+        if isinstance(key, Untrusted):
+            if key.forged:
+                s.forged += 1
+                return Feed("forged", reason=key.reason, gateway=h.gw, bseq=h.bs)
             s.bad_signatures += 1
-            return Feed("bad_signature", reason="signed by a key that is not trusted (unknown kid)")
+            return Feed("untrusted", reason=key.reason, gateway=h.gw, bseq=h.bs)
         try:
             cose.verify(msg, key)
         except cose.CoseError as e:
             s.bad_signatures += 1
-            return Feed("bad_signature", reason=str(e))
+            return Feed("bad_signature", reason=str(e), gateway=h.gw, bseq=h.bs)
         readings: list[senml.DecodedReading] = []
         blob_refs: list[tuple[int, Any]] = []
         stamps: list[int] | None = [] if self.latency is not None else None
+        first, last = h.sq
         try:
-            h = self._header(msg.protected)
             pack = cbor2.loads(msg.payload)
-            first, last = h["sq"]
             if self.keep_readings:
                 readings = senml.decode_pack(pack, first)
                 n = len(readings)
@@ -219,40 +169,12 @@ class Receiver:
         except (senml.SenmlError, ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as e:
             # signed by a trusted key yet malformed: a gateway bug, reported as such
             s.malformed += 1
-            return Feed("malformed", reason=str(e))
-        gw, bseq = h["gw"], h["bs"]
-        st = self.streams.get((gw, h["st"]))
-        if st is None:
-            st = self.streams[(gw, h["st"])] = _Stream()
-            s.streams += 1
-        digest = hashlib.sha256(data).digest()
-        if bseq in st.hashes:
-            if st.hashes[bseq] == digest:
-                s.duplicates += 1
-                return Feed("duplicate", gateway=gw, bseq=bseq, header=h)
-            s.chain_breaks += 1
-            return Feed("conflict", reason=f"batch {bseq} seen before with other content", gateway=gw, bseq=bseq)
-        if st.boot is not None and h["bo"] != st.boot:
-            s.restarts += 1
-        st.boot = h["bo"]
-        if bseq < st.max_bseq:
-            s.reordered += 1
-        # the chain: our predecessor's hash, and our successor's claim on us
-        if bseq - 1 in st.hashes and st.hashes[bseq - 1] != h["pv"]:
-            s.chain_breaks += 1
-        if bseq + 1 in st.prevs and st.prevs[bseq + 1] != digest:
-            s.chain_breaks += 1
-        st.hashes[bseq] = digest
-        st.prevs[bseq] = h["pv"]
-        st.max_bseq = max(st.max_bseq, bseq)
-        for a, b, reason in h.get("dr", []):
-            if reason == UNCLEAN_STOP:  # counted at summary time: those of them that never arrive
-                st.covered.add(a, b)
-                st.unclean.add(a, b)
-                continue
-            declared = b - a + 1 - st.covered.add(a, b)
-            s.dropped += declared
-            s.drop_reasons[reason] = s.drop_reasons.get(reason, 0) + declared
+            return Feed("malformed", reason=str(e), gateway=h.gw, bseq=h.bs)
+        refused = self._chain(h, hashlib.sha256(data).digest())
+        if refused is not None:
+            return refused
+        self._declared(h)
+        st = self.streams[(h.gw, h.st)]
         if self.keep_readings:
             fresh = [r for r in readings if not st.got.contains(r.seq)]
             blob_refs = [(r.seq, r.value) for r in fresh if r.kind == "blob"]
@@ -262,47 +184,64 @@ class Receiver:
         again = st.got.add(first, last)  # how many of these readings arrived before
         s.duplicate_readings += again
         st.covered.add(first, last)
-        for sha, _reason in h.get("bd", []):
-            self.blob_drops.add(sha.hex())
-        for _, vs in blob_refs:
-            if isinstance(vs, str) and vs.startswith("ni:///sha-256;"):
-                b64 = vs.removeprefix("ni:///sha-256;")
-                with contextlib.suppress(ValueError):
-                    self.referenced.add(base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex())
+        self.blob_tracker.named(vs for _, vs in blob_refs)
         if stamps and self.latency is not None:
             self.latency.update((arrived - ts) // 1_000_000 for ts in stamps)
         s.batches += 1
         s.readings += n - again
-        return Feed("ok", fresh, gateway=gw, bseq=bseq, header=h)
+        return Feed("ok", fresh, gateway=h.gw, bseq=h.bs, header=h.to_json())
 
-    @staticmethod
-    def _header(p: dict[Any, Any]) -> dict[str, Any]:
-        if p.get("sg") != 1:
-            raise ValueError(f"unknown batch format {p.get('sg')!r}")
-        gw, bs, st, bo, pv, sq = (p.get(k) for k in ("gw", "bs", "st", "bo", "pv", "sq"))
-        if not isinstance(gw, str) or not senml.NAME_RE.match(gw):
-            raise ValueError("bad gateway id")
-        if not all(type(x) is int and x >= 0 for x in (bs, st, bo)):
-            raise ValueError("bad batch numbers")
-        if not (isinstance(pv, bytes) and len(pv) == 32):
-            raise ValueError("bad previous-batch hash")
-        if not (isinstance(sq, list | tuple) and len(sq) == 2 and all(type(x) is int for x in sq)
-                and 1 <= sq[0] <= sq[1] + 1):
-            raise ValueError("bad sequence range")
-        dr = p.get("dr", [])
-        if not isinstance(dr, list | tuple) or len(dr) > MAX_DECLARED or not all(
-            isinstance(d, list | tuple) and len(d) == 3 and type(d[0]) is int and type(d[1]) is int
-            and 1 <= d[0] <= d[1] and isinstance(d[2], str) for d in dr
-        ):
-            raise ValueError("bad drop list")
-        bd = p.get("bd", [])
-        if not isinstance(bd, list | tuple) or len(bd) > MAX_DECLARED or not all(
-            isinstance(d, list | tuple) and len(d) == 2 and isinstance(d[0], bytes) and len(d[0]) == 32
-            and isinstance(d[1], str) for d in bd
-        ):
-            raise ValueError("bad blob drop list")
-        return {"gw": gw, "bs": bs, "st": st, "bo": bo, "pv": pv, "sq": list(sq), "dr": [list(d) for d in dr],
-                "bd": [list(d) for d in bd]}
+    def _chain(self, h: Header, digest: bytes) -> Feed | None:
+        """Duplicate, conflict, order, restart and chain checks of a verified batch; a Feed
+        when it is not accepted."""
+        s = self._s
+        st = self.streams.get((h.gw, h.st))
+        if st is None:
+            st = self.streams[(h.gw, h.st)] = Stream(window=HashWindow(self.window))
+            s.streams += 1
+        bseq = h.bs
+        known = st.window.get(bseq)
+        if known is not None:
+            if known[0] == digest:
+                s.duplicates += 1
+                return Feed("duplicate", gateway=h.gw, bseq=bseq, header=h.to_json())
+            s.chain_breaks += 1
+            return Feed("conflict", reason=f"batch {bseq} seen before with other content", gateway=h.gw, bseq=bseq)
+        if st.batches.contains(bseq):  # seen, but older than the window: its content cannot be compared
+            s.duplicates += 1
+            return Feed("duplicate", reason=f"batch {bseq} seen before, more than {self.window} batches ago "
+                        "(content not compared)", gateway=h.gw, bseq=bseq, header=h.to_json())
+        if st.boot is not None and h.bo != st.boot:
+            s.restarts += 1
+        st.boot = h.bo
+        if bseq < st.max_bseq:
+            s.reordered += 1
+        # the chain: our predecessor's hash, and our successor's claim on us
+        before, after = st.window.get(bseq - 1), st.window.get(bseq + 1)
+        if before is not None and before[0] != h.pv:
+            s.chain_breaks += 1
+        if after is not None and after[1] != digest:
+            s.chain_breaks += 1
+        st.window.put(bseq, digest, h.pv)
+        st.batches.add(bseq, bseq)
+        st.max_bseq = max(st.max_bseq, bseq)
+        return None
+
+    def _declared(self, h: Header) -> None:
+        """Account for the readings and blobs a verified batch declares dropped."""
+        s = self._s
+        st = self.streams[(h.gw, h.st)]
+        for a, b, reason in h.dr:
+            if reason == UNCLEAN_STOP:  # counted at summary time: those of them that never arrive
+                st.covered.add(a, b)
+                st.unclean.add(a, b)
+                continue
+            declared = b - a + 1 - st.covered.add(a, b)
+            s.dropped += declared
+            if reason not in s.drop_reasons and len(s.drop_reasons) >= MAX_REASONS:
+                reason = "other"
+            s.drop_reasons[reason] = s.drop_reasons.get(reason, 0) + declared
+        self.blob_tracker.declared_dropped(sha for sha, _ in h.bd)
 
     def summary(self) -> Summary:
         """Current totals; gaps are holes in what was received or declared dropped."""
@@ -313,10 +252,9 @@ class Receiver:
         s.gap_ranges = gaps
         s.gaps = sum(b - a + 1 for a, b in gaps)
         s.skipped = sum(b - a + 1 - st.got.overlap(a, b) for st in self.streams.values() for a, b in st.unclean.r)
-        s.blobs_verified = sum(1 for h in self.blobs if h in self.referenced)
-        s.blobs_unreferenced = len(self.blobs) - s.blobs_verified
-        s.blobs_dropped = len(self.blob_drops)
-        s.blobs_missing = len(self.referenced - self.blobs.keys() - self.blob_drops)
+        b = self.blob_tracker
+        s.blobs_verified, s.blobs_unreferenced, s.blobs_bad = b.verified, b.unreferenced, b.bad
+        s.blobs_dropped, s.blobs_missing = b.dropped, b.missing
         if self.latency is not None:
             s.latency_ms = _percentiles(self.latency)
         return s

@@ -419,6 +419,7 @@ class RemoteAgent:
 
                     cmd_id = peek_id(cose.parse_sign1(data).payload)
                 raise
+            cmd_id = peek_id(signed.payload)  # a refusal of its body is answered under its id
             cmd = parse_command(signed.payload)
             cmd_id = cmd.id
             self.commands.take(cmd, time.time(), self.settings.max_command_ttl)

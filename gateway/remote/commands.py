@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import cbor2
 from gateway.config.validate import GatewayConfig
 from gateway.driver_api import ConfigError
 from gateway.logs import set_level
-from gateway.remote.envelope import Rejected
+from gateway.remote.envelope import MAX_UINT, Rejected, check_numbers
 from gateway.remote.store import write_atomic
 from gateway.remote.topics import COMMAND_ID
 from gateway.scheduler import InstanceRunner, Supervisor
@@ -83,6 +84,9 @@ def parse_command(payload: bytes) -> Command:
         raise Rejected("args must be a map with text keys")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise Rejected("command needs an expiry (exp, Unix seconds)")
+    if not (math.isfinite(exp) and 0 <= exp <= MAX_UINT):  # NaN would pass every expiry check
+        raise Rejected(f"expiry (exp) must be a finite time in Unix seconds, not {exp!r}")
+    check_numbers(args, "args")
     return Command(cid, op, args, float(exp))
 
 
@@ -96,7 +100,7 @@ class CommandLog:
     def open(self) -> None:
         try:
             raw = json.loads(self.path.read_bytes())
-            self.ids = {str(k): float(v) for k, v in raw.items()}
+            self.ids = {str(k): float(v) for k, v in raw.items() if math.isfinite(float(v))}
         except FileNotFoundError:
             self.ids = {}
         except (ValueError, TypeError, AttributeError) as e:
@@ -105,6 +109,8 @@ class CommandLog:
 
     def take(self, cmd: Command, now: float, max_ttl: float) -> None:
         """Refuse an expired, too-long-lived or already-seen command; else record it durably."""
+        if not math.isfinite(cmd.expires):  # parse_command refuses it too; a NaN passes every check below
+            raise Rejected(f"expiry {cmd.expires!r} is not a finite time")
         if cmd.expires <= now:
             raise Rejected(f"expired {now - cmd.expires:.0f} s ago")
         if cmd.expires > now + max_ttl:

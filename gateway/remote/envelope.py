@@ -4,10 +4,15 @@ The protected header carries, besides ``alg`` and ``kid``: ``"sgk"`` the kind (`
 ``command``, so one kind can never be replayed as the other), ``"to"`` the target (a gateway id
 or ``group/<name>``), ``"iat"`` when it was signed, and for configs ``"rv"`` the push revision
 (anti-rollback: a gateway applies only revisions newer than any it has seen).
+
+Every number in a signed document is an integer (``rv``, ``iat``: 0..2^63-1) or, in a
+command's body, a finite number (``check_numbers``): a NaN compares false with everything and
+would slip past the expiry, TTL and min/max checks, a bignum past any bound.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +24,9 @@ import cbor2
 from gateway import cose
 from gateway.keys import KeyError_, PrivateKey, PublicKey, fingerprint, key_id, load_public_key
 
+MAX_UINT = 2**63 - 1  # revisions, signing times: they fit a signed 64-bit integer everywhere
+MAX_INT_ARG = 2**64 - 1  # integers in a command's arguments: a 64-bit register, signed or unsigned
+MAX_DEPTH = 8
 Kind = Literal["config", "command"]
 KIND, TARGET, REVISION, ISSUED = "sgk", "to", "rv", "iat"
 CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor"}
@@ -38,6 +46,35 @@ class Signed:
     issued: int
     payload: bytes
     signer: str  # the ops key's fingerprint
+
+
+def check_numbers(value: Any, where: str, depth: int = 0) -> None:
+    """Refuse (Rejected) a NaN or infinite float or an integer beyond 64 bits anywhere in ``value``."""
+    if depth > MAX_DEPTH:
+        raise Rejected(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, bool) or value is None or isinstance(value, str | bytes):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Rejected(f"{where}: {value!r} is not a finite number")
+    elif isinstance(value, int):
+        if not -MAX_INT_ARG <= value <= MAX_INT_ARG:
+            raise Rejected(f"{where}: integer {value} is beyond 64 bits")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            check_numbers(k, where, depth + 1)
+            check_numbers(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_numbers(v, f"{where}[{i}]", depth + 1)
+
+
+def _uint(h: Mapping[Any, Any], label: str, name: str) -> int:
+    """An optional header integer 0..2^63-1 (absent: 0); Rejected for a float, NaN, bool or bignum."""
+    value = h.get(label, 0)
+    if type(value) is not int or not 0 <= value <= MAX_UINT:
+        raise Rejected(f"{name} must be a whole number 0..2^63-1, not {value!r}")
+    return value
 
 
 def group_target(group: str) -> str:
@@ -95,13 +132,11 @@ def open_signed(data: bytes, trusted: Mapping[bytes, PublicKey], kind: Kind, tar
     target = h.get(TARGET)
     if not isinstance(target, str) or target not in targets:
         raise Rejected(f"addressed to {target!r}, not to this gateway or its groups")
-    revision = h.get(REVISION, 0)
-    issued = h.get(ISSUED, 0)
-    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
-        raise Rejected(f"revision must be a whole number >= 0, not {revision!r}")
+    revision = _uint(h, REVISION, "revision")
+    issued = _uint(h, ISSUED, "signing time (iat)")
     if kind == "config" and revision < 1:
         raise Rejected("a config push needs a revision >= 1")
-    return Signed(kind, target, revision, issued if isinstance(issued, int) else 0, msg.payload, fingerprint(pub))
+    return Signed(kind, target, revision, issued, msg.payload, fingerprint(pub))
 
 
 def encode_command(cmd_id: str, op: str, args: Mapping[str, Any], expires: float) -> bytes:

@@ -45,3 +45,11 @@ def children(pid: int | None = None) -> dict[int, str]:
             continue
         found[int(entry.name)] = cmd
     return found
+
+
+def peak_rss_mib(pid: int) -> float:
+    """A live process's peak resident memory so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise ProcessLookupError(f"no VmHWM for process {pid}")

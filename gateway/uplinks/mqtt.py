@@ -16,11 +16,14 @@ import cbor2
 
 from gateway.buffer import Batch
 from gateway.config.schema import MqttUplink as MqttUplinkConfig
-from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, node_topic, status_topic
+from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, insecurities, node_topic, status_topic
 from gateway.scheduler import Backoff, NodeTracker
 
 log = logging.getLogger("sensegate.uplink.mqtt")
 BLOB_CHUNK = 64 * 1024
+# MQTT 5 Maximum Packet Size of the downlink: pushed documents are at most 1 MiB
+# (remote.max_document_bytes), so the broker never hands the gateway a larger message to read
+MAX_DOWNLINK_PACKET = 1024 * 1024 + 64 * 1024
 
 
 def _noop_ack(batch: Batch) -> None:
@@ -60,6 +63,7 @@ class MqttUplink:
             client_id=cfg.client_id or f"sensegate-{gateway_id}",
             protocol=cfg.protocol,
             keepalive=int(cfg.keepalive),
+            max_packet=MAX_DOWNLINK_PACKET,
         )
         self.topic = batch_topic(cfg.topic_prefix, gateway_id)
         self.status = status_topic(cfg.topic_prefix, gateway_id)
@@ -83,6 +87,8 @@ class MqttUplink:
         return len(self._inflight)
 
     async def start(self) -> None:
+        for warning, fix in insecurities(self.settings):  # once per start, not per reconnect
+            log.warning("%s: %s; %s", self.name, warning, fix)
         self._task = asyncio.create_task(self._run(), name=f"uplink:{self.name}")
 
     def _status(self, state: str, health: dict[str, Any] | None = None) -> bytes:

@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from gateway.keys import load_public_key
-from gateway.receiver import Feed, Receiver
+from gateway.receiver import Feed, KeyBindings, Receiver
 from gateway.receiver.coap import CoapReceiverServer
 from gateway.testing import free_port
 
@@ -23,9 +22,9 @@ def coap_url(scheme: str = "coap") -> str:
 class CoapReceiver:
     """CoapReceiverServer + the library receiver; records every answer it gave."""
 
-    def __init__(self, url: str, pub: Path, **server: Any) -> None:
+    def __init__(self, url: str, pub: Path, gateway: str = "gw-test", **server: Any) -> None:
         self.url = url
-        self.rx = Receiver([load_public_key(pub)])
+        self.rx = Receiver(KeyBindings.files(gateway, pub))
         self.readings: list[Any] = []
         self.statuses: list[str] = []
         self.changed = asyncio.Event()

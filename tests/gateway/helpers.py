@@ -11,9 +11,10 @@ from typing import Any
 import yaml
 
 from gateway.config import GatewayConfig, load_config_bytes
-from gateway.keys import init_key, load_public_key
-from gateway.mqtt import MqttSettings, subscribe_forever
-from gateway.receiver import Receiver
+from gateway.keys import init_key
+from gateway.mqtt import subscribe_forever
+from gateway.receiver import KeyBindings, Receiver
+from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
 from gateway.registry import Registry
 
 REGISTRY = Registry.discover()
@@ -75,14 +76,15 @@ async def until(cond: Any, within: float = 10.0) -> None:
 class MqttReceiver:
     """The library receiver subscribed over a real broker, in the test's loop."""
 
-    def __init__(self, url: str, pub: Path, client_id: str = "test-receiver", blobs: bool = False) -> None:
-        self.rx = Receiver([load_public_key(pub)])
+    def __init__(self, url: str, pub: Path, client_id: str = "test-receiver", blobs: bool = False,
+                 gateway: str = "gw-test") -> None:
+        self.rx = Receiver(KeyBindings.files(gateway, pub))
         self.blobs = blobs
         self.blob_states: dict[str, str] = {}  # sha256 hex -> last feed_blob answer
         self.readings: list[Any] = []
         self.statuses: list[str] = []
         self.boots: set[int] = set()  # boot counters seen in verified batch headers
-        self.settings = MqttSettings.from_url(url, client_id=client_id, protocol="3.1.1", persistent=True)
+        self.settings = receiver_settings(url, client_id=client_id)
         self.changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -91,7 +93,7 @@ class MqttReceiver:
             sha = msg.topic.rsplit("/", 1)[-1]
             self.blob_states[sha] = self.rx.feed_blob(sha, bytes(msg.payload))
         elif msg.topic.endswith("/batch"):
-            res = self.rx.feed(bytes(msg.payload))
+            res = self.rx.feed(bytes(msg.payload), topic_gateway(msg.topic))
             self.statuses.append(res.status)
             self.readings.extend(res.readings)
             if res.status == "ok":
@@ -99,8 +101,7 @@ class MqttReceiver:
         self.changed.set()
 
     async def _run(self) -> None:
-        topics = ["sensegate/+/batch"] + (["sensegate/+/blob/+"] if self.blobs else [])
-        await subscribe_forever(self.settings, topics, self._on)
+        await subscribe_forever(self.settings, receiver_topics(blobs=self.blobs), self._on)
 
     async def wait_boot(self, boot: int, within: float = 20.0) -> None:
         """Wait for a verified batch signed during daemon run number ``boot``."""

@@ -9,8 +9,8 @@ import pytest
 
 from gateway.buffer import Buffer, BufferError_, backlog
 from gateway.driver_api import Reading
-from gateway.keys import load_private_key, load_public_key
-from gateway.receiver import Receiver
+from gateway.keys import load_private_key
+from gateway.receiver import KeyBindings, Receiver
 from tests.gateway.helpers import make_config
 
 T0 = 1_795_000_000_000_000_000
@@ -52,7 +52,7 @@ async def test_numbering_and_outbox_survive_restart(tmp_path: Path) -> None:
     assert b3 is not None and (b3.bseq, b3.first_seq) == (3, 151)
     assert backlog(state / "buffer.db")[0] == 1
     await buf.close()
-    rx = Receiver([load_public_key(state / "keys/device.pub.pem")])
+    rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
     for b in (b1, b2, b3):
         assert rx.feed(b.data).status == "ok"
     s = rx.summary()
@@ -65,7 +65,7 @@ async def test_full_buffer_drops_by_policy_and_reports_it(tmp_path: Path, policy
     state = tmp_path / "s"
     buf, key = _buffer(state, max_bytes="1MiB", policy=policy)
     await buf.open()
-    rx = Receiver([load_public_key(state / "keys/device.pub.pem")])
+    rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
     first = await buf.make_batch(key)  # nothing yet
     assert first is None
     for round_ in range(30):  # ~30 x 100 readings x ~1 KiB = ~3 MiB offered to a 1 MiB buffer
@@ -102,7 +102,7 @@ async def test_expired_readings_are_dropped_and_reported(tmp_path: Path) -> None
     b = await buf.make_batch(key)  # type: ignore[arg-type]
     await buf.close()
     assert b is not None and (b.first_seq, b.last_seq) == (11, 15)
-    rx = Receiver([load_public_key(state / "keys/device.pub.pem")])
+    rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
     rx.feed(b.data)
     s = rx.summary()
     assert (s.dropped, s.drop_reasons, s.gaps) == (10, {"expired": 10}, 0)
@@ -160,7 +160,7 @@ async def test_blob_store_bound_drops_oldest_and_declares_it(tmp_path: Path) -> 
         buf.put(Reading("gw-test", "image", T0 + i, Blob(img, "image/jpeg")))
         await buf.commit()
     assert buf.stats.blobs_dropped == 2
-    rx = Receiver([load_public_key(state / "keys/device.pub.pem")])
+    rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
     while (b := await buf.make_batch(key)) is not None:  # type: ignore[arg-type]
         assert rx.feed(b.data).status == "ok"
     sha, ctype, data = await buf.next_blob()  # type: ignore[misc]
@@ -169,7 +169,7 @@ async def test_blob_store_bound_drops_oldest_and_declares_it(tmp_path: Path) -> 
     await buf.close()
     s = rx.summary()
     assert (s.blobs_verified, s.blobs_dropped, s.blobs_missing) == (1, 2, 0)
-    assert {hashlib.sha256(images[i]).hexdigest() for i in (0, 1)} == rx.blob_drops
+    assert {hashlib.sha256(images[i]).hexdigest() for i in (0, 1)} == set(rx.blob_tracker.recent_drops)
 
 
 async def test_many_drop_ranges_are_merged_and_declared_at_most_64_per_batch(tmp_path: Path) -> None:
@@ -187,7 +187,7 @@ async def test_many_drop_ranges_are_merged_and_declared_at_most_64_per_batch(tmp
         for i in range(8):
             buf.put(Reading("gw-test", "n", T0 + i, i))
         await buf.commit()
-    rx = Receiver([load_public_key(state / "keys/device.pub.pem")])
+    rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
     batches = 0
     while (b := await buf.make_batch(key)) is not None:  # type: ignore[arg-type]
         assert rx.feed(b.data).status == "ok"

@@ -24,8 +24,8 @@ import pytest
 
 from gateway.buffer import UNCLEAN_STOP, Batch, Buffer
 from gateway.driver_api import Reading
-from gateway.keys import load_private_key, load_public_key
-from gateway.receiver import Receiver
+from gateway.keys import load_private_key
+from gateway.receiver import KeyBindings, Receiver
 from tests.gateway.helpers import make_config
 
 T0 = 1_795_000_000_000_000_000
@@ -61,7 +61,7 @@ class Upstream:
     """The receiver side: every batch that left, verified; readings by number, to catch reuse."""
 
     def __init__(self, state: Path) -> None:
-        self.rx = Receiver([load_public_key(state / "keys/device.pub.pem")])
+        self.rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
         self.values: dict[int, Any] = {}
 
     def take(self, batch: Batch) -> None:
@@ -244,7 +244,7 @@ async def test_the_receiver_counts_skipped_numbers_whatever_the_arrival_order(tm
     await again.close()
     assert before is not None and after is not None
     resv = after.first_seq - 1
-    rx = Receiver([load_public_key(state / "keys/device.pub.pem")])
+    rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
     for b in ([before, after] if order == "in_order" else [after, before]):
         assert rx.feed(b.data).status == "ok"
     s = rx.summary()

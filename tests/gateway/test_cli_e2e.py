@@ -48,7 +48,8 @@ def test_daemon_refuses_a_world_readable_key(tmp_path: Path) -> None:
 
 def test_run_and_receive_report_a_complete_verified_stream(tmp_path: Path, broker: Mosquitto) -> None:
     config = _config(tmp_path, broker.url)
-    rx = subprocess.Popen([*SG, "receive", "--url", broker.url, "--trust", str(tmp_path / "state/keys/device.pub.pem"),
+    trust = f"gw-cli={tmp_path / 'state/keys/device.pub.pem'}"
+    rx = subprocess.Popen([*SG, "receive", "--url", broker.url, "--trust", trust,
                            "--count", "30", "--timeout", "30", "--json", "--out", str(tmp_path / "r.jsonl")],
                           stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)

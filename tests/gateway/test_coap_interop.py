@@ -41,8 +41,8 @@ async def test_coap_client_posts_batch_files_to_our_receiver(tmp_path: Path) -> 
     (tmp_path / "big.cose").write_bytes(big)
     url = coap_url()
     receiver = asyncio.create_task(_run(
-        sys.executable, "-m", "gateway", "receive", "--url", url, "--trust", str(pub),
-        "--trust", str(tmp_path / "b/state/keys/device.pub.pem"), "--batches", "2", "--json", "--out", "",
+        sys.executable, "-m", "gateway", "receive", "--url", url, "--trust", f"gw-test={pub}",
+        "--trust", f"gw-test={tmp_path / 'b/state/keys/device.pub.pem'}", "--batches", "2", "--json", "--out", "",
         "--timeout", "60", within=90))
     try:
         for name in ("small.cose", "big.cose"):
@@ -68,7 +68,7 @@ async def test_coap_client_sees_a_tampered_batch_refused(tmp_path: Path) -> None
     (tmp_path / "bad.cose").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     url = coap_url()
     receiver = asyncio.create_task(_run(
-        sys.executable, "-m", "gateway", "receive", "--url", url, "--trust", str(pub), "--json", "--out", "",
+        sys.executable, "-m", "gateway", "receive", "--url", url, "--trust", f"gw-test={pub}", "--json", "--out", "",
         "--timeout", "4", within=60))
     try:
         for _ in range(100):

@@ -91,11 +91,14 @@ async def test_receive_command_over_coap_end_to_end(tmp_path: Path) -> None:
     cfg = make_config(tmp_path / "s", uplinks=[{"type": "coap", "url": url, "reconnect_max": 1, "timeout": 3}],
                       batch={"max_readings": 40})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "receive", "--url", url, "--trust", str(tmp_path / "s/keys/device.pub.pem"),
+        sys.executable, "-m", "gateway", "receive", "--url", url,
+        "--trust", f"gw-test={tmp_path / 's/keys/device.pub.pem'}",
         "--count", "200", "--json", "--out", str(tmp_path / "readings.jsonl"), "--timeout", "60",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         assert proc.stderr is not None
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert line == b"receive: trusting 1 gateway(s): gw-test\n", line
         line = await asyncio.wait_for(proc.stderr.readline(), 30)
         assert b"listening on coap://127.0.0.1" in line, line
         async with pipeline(cfg) as p:
@@ -117,7 +120,7 @@ async def test_receive_command_says_when_it_cannot_listen(tmp_path: Path) -> Non
     init_key(tmp_path / "k")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "receive", "--url", "coap://127.0.0.1:1/x", "--oscore",
-        str(tmp_path / "missing"), "--trust", str(tmp_path / "k/device.pub.pem"),
+        str(tmp_path / "missing"), "--trust", f"gw-test={tmp_path / 'k/device.pub.pem'}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2

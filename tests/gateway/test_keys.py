@@ -148,7 +148,7 @@ async def test_the_running_daemon_does_not_load_cryptography(tmp_path: Path, bro
         "drivers": [{"driver": "sim", "name": "s", "interval": "50ms",
                      "points": [{"name": "n", "pattern": "counter"}]}],
     }))
-    rx = MqttReceiver(broker.url, info.public_path, client_id="maps-receiver")
+    rx = MqttReceiver(broker.url, info.public_path, client_id="maps-receiver", gateway="gw-maps")
     async with rx.running():
         await asyncio.sleep(0.3)
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "-c", str(cfg), cwd=ROOT,

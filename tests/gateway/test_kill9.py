@@ -44,7 +44,7 @@ async def _daemon(config: Path) -> asyncio.subprocess.Process:
 async def test_kill_dash_nine_loop_delivers_or_declares_every_number(tmp_path: Path, broker: Mosquitto) -> None:
     config = _config(tmp_path, broker.url)
     rng = random.Random(9)
-    rx = MqttReceiver(broker.url, tmp_path / "state/keys/device.pub.pem")
+    rx = MqttReceiver(broker.url, tmp_path / "state/keys/device.pub.pem", gateway="gw-kill")
     async with rx.running():
         for run in range(1, KILLS + 1):
             proc = await _daemon(config)

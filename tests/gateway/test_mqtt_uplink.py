@@ -93,6 +93,30 @@ async def test_untrusted_broker_certificate_is_a_clear_error_and_retried(
     assert sum("not trusted" in m for m in msgs) == 1, "an outage is logged once, not per retry"
 
 
+async def test_insecure_transport_is_warned_once_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """tls.insecure and plain mqtt:// to another machine each get one warning per start, not per reconnect."""
+    pki = make_pki(tmp_path / "pki")
+    tls = {"cafile": pki["ca"], "certfile": pki["server_cert"], "keyfile": pki["server_key"]}
+    with Mosquitto(tmp_path / "m", tls=tls) as m:
+        cfg = make_config(tmp_path / "s", uplinks=[{"type": "mqtt", "url": m.url, "reconnect_max": 1,
+                                                    "tls": {"ca_file": pki["ca"], "insecure": True}}])
+        async with pipeline(cfg) as p:
+            await until(lambda: p.uplink.connected)
+            await asyncio.to_thread(m.restart, 0.5)
+            await until(lambda: p.uplink.errors >= 1 and p.uplink.connected, within=20)  # type: ignore[attr-defined]
+    cfg = make_config(tmp_path / "s2", uplinks=[{"type": "mqtt", "url": "mqtt://no-such-host.invalid:1883",
+                                                 "reconnect_max": 1}])
+    async with pipeline(cfg) as p:
+        await until(lambda: p.uplink.errors >= 2)  # type: ignore[attr-defined]
+    async with pipeline(make_config(tmp_path / "s3", uplinks=[{"type": "mqtt", "url": m.url.replace(
+            "mqtts", "mqtt"), "reconnect_max": 1}])):
+        pass  # plain to this machine (a local broker or bridge): nothing to warn about
+    msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("tls.insecure is set for 127.0.0.1" in x for x in msgs) == 1, msgs
+    assert sum("plain mqtt:// to no-such-host.invalid:1883, which is not this machine" in x for x in msgs) == 1, msgs
+    assert not any("plain mqtt:// to 127.0.0.1" in x for x in msgs), msgs
+
+
 async def test_wrong_password_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with Mosquitto(tmp_path / "m", passwords={"gw": "right"}) as m:
         cfg = make_config(tmp_path / "s", uplinks=[{"type": "mqtt", "url": m.url, "reconnect_max": 1,

@@ -28,7 +28,7 @@ async def test_blob_upload_survives_a_full_disk(tmp_path: Path, broker: Mosquitt
     caplog.set_level(logging.INFO, "sensegate")
     with DiskFull(tmp_path / "s", size="4m") as disk:
         cfg = make_config(tmp_path / "s", broker.url)
-        rx = RigReceiver(broker.url, tmp_path / "s/keys/device.pub.pem")
+        rx = RigReceiver(broker.url, tmp_path / "s/keys/device.pub.pem", "gw-test")
         await rx.start()
         await asyncio.to_thread(broker.stop)  # the image waits in the blob store
         p = BufferedPipeline(cfg, NodeTracker())

@@ -13,8 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import load_config
-from gateway.keys import init_key, load_private_key
+from gateway.keys import init_key, key_id, load_private_key
 from gateway.provision import DEFAULT_CONFIG, Plan, ProvisionError, provision, set_values
+from gateway.receiver import KeyBindings, Untrusted
 from gateway.registry import Registry
 
 REG = Registry.discover()
@@ -39,7 +40,14 @@ def test_fresh_gateway(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         assert key.stat().st_uid == __import__("pwd").getpwnam("nobody").pw_uid
     assert any("made the device key" in d for d in result.done)
-    assert any("device.pub.pem" in n for n in result.next_steps)
+    exported = tmp_path / "state" / "keys" / "gw-0042.pub.pem"  # what the receiver trusts, by its name
+    assert any(str(exported) in n and "binds the key to gateway 'gw-0042'" in n for n in result.next_steps)
+    kid = key_id(load_private_key(key).public_key())
+    trust = KeyBindings.from_specs([str(exported)])  # bound to the gateway its name says
+    assert trust.gateways == {"gw-0042": 1} and not isinstance(trust.lookup("gw-0042", kid), Untrusted)
+    assert isinstance(trust.lookup("gw-other", kid), Untrusted)
+    provision(plan(tmp_path, gateway_id="gw-0043"), REG)  # renamed: the old export must not bind it any more
+    assert not exported.exists() and (exported.parent / "gw-0043.pub.pem").exists()
 
 
 def test_second_run_keeps_the_key_and_changes_only_what_is_asked(tmp_path: Path) -> None:

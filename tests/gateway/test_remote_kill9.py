@@ -67,7 +67,7 @@ async def test_kill_dash_nine_during_apply_always_boots_old_or_new(tmp_path: Pat
     b = Broker.from_url(broker.url)
     rng = random.Random(7)
     state = tmp_path / "state/remote/state.json"
-    rx = MqttReceiver(broker.url, tmp_path / "state/keys/device.pub.pem")
+    rx = MqttReceiver(broker.url, tmp_path / "state/keys/device.pub.pem", gateway="gw-k")
     running: int | None = None
     outcomes = {"old": 0, "new": 0, "mid-apply": 0}
     async with rx.running():

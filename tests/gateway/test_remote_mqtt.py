@@ -7,7 +7,9 @@ the right retained status while the data keeps flowing, verified and without a g
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,11 @@ import yaml
 
 from gateway.daemon import Daemon
 from gateway.keys import init_key, load_private_key
+from gateway.mqtt import MqttSession, MqttSettings
 from gateway.remote import topics
 from gateway.remote.envelope import encode_command, sign
 from gateway.remote.ops import Broker, gateway_status, push_config, send_command
+from gateway.testing.procs import peak_rss_mib
 from hil.devices.modbus_slave import ModbusSim, Slave
 from hil.mosquitto import Mosquitto
 from tests.gateway.helpers import MqttReceiver, running_daemon
@@ -72,7 +76,7 @@ async def test_pushes_applied_refused_rolled_back_while_data_keeps_flowing(tmp_p
     stranger, _ = ops_key(tmp_path, "stranger")
     path = bootstrap(tmp_path, "gw-r1", broker.url, pub)
     b = Broker.from_url(broker.url)
-    rx = MqttReceiver(broker.url, tmp_path / "gw-r1/keys/device.pub.pem")
+    rx = MqttReceiver(broker.url, tmp_path / "gw-r1/keys/device.pub.pem", gateway="gw-r1")
 
     async def push(doc: dict[str, Any] | bytes, rev: int, k: Any = key) -> dict[str, Any]:
         """Sign and push a config, or push a document (bytes) exactly as given."""
@@ -262,6 +266,50 @@ async def test_modbus_write_command_reaches_the_device_and_a_replay_is_refused(
             assert slave.holding[5] == 0
     finally:
         await sim.stop()
+
+
+async def test_a_command_with_a_nan_expiry_is_refused_every_time(tmp_path: Path, broker: Mosquitto) -> None:
+    """exp = NaN passed the expiry and TTL checks and was forgotten at once: the same signed
+    bytes ran each time they were sent. Now the gateway refuses them, every time."""
+    key, pub = ops_key(tmp_path)
+    path = bootstrap(tmp_path, "gw-nan", broker.url, pub)
+    b = Broker.from_url(broker.url)
+    body = cbor2.dumps({"id": "nan-1", "op": "ping", "args": {}, "exp": float("nan")}, canonical=True)
+    raw = sign(key, "command", "gw-nan", body)
+    async with daemon(path) as d:
+        await connected(d)
+        for _ in range(2):
+            _, _, ans = await send_command(b, key, "ping", {}, to="gw-nan", cmd_id="nan-1", raw=raw)
+            res = ans.by_gateway["gw-nan"]
+            assert res["status"] == "refused" and "finite time" in res["reason"], res
+
+
+async def test_a_huge_message_on_a_downlink_topic_is_never_read(tmp_path: Path, broker: Mosquitto) -> None:
+    """100 MB on the gateway's command topic: the uplink tells the broker its Maximum Packet Size
+    (MQTT 5), so the daemon never holds it; the next command is answered."""
+    key, pub = ops_key(tmp_path)
+    path = bootstrap(tmp_path, "gw-big", broker.url, pub)
+    b = Broker.from_url(broker.url)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "run", "-c", str(path),
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await gateway_status(b, ["gw-big"], within=30)  # online
+        _, _, ans = await send_command(b, key, "ping", {}, to="gw-big")  # subscribed and answering
+        assert ans.by_gateway["gw-big"]["status"] == "done"
+        junk = MqttSession(MqttSettings.from_url(broker.url, client_id="junk"))
+        await junk.connect()
+        try:
+            info = junk.client.publish(topics.command_request("sensegate", "gw-big"), b"\0" * (100 << 20), qos=1)
+            await until(info.is_published, within=60)
+        finally:
+            await junk.close()
+        _, _, ans = await send_command(b, key, "ping", {}, to="gw-big")
+        assert ans.by_gateway["gw-big"]["status"] == "done"
+        peak = peak_rss_mib(proc.pid)
+        assert peak < 90, f"the daemon peaked at {peak:.0f} MiB"
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 async def test_a_driver_that_does_not_come_up_is_rolled_back(tmp_path: Path, broker: Mosquitto) -> None:

@@ -132,3 +132,50 @@ def test_command_log_refuses_replays_expired_and_far_future(tmp_path: Path) -> N
         reopened.take(Command("a", "ping", {}, now + 30), now + 2, 60)
     reopened.take(Command("d", "ping", {}, now + 100), now + 40, 120)  # "a" expired and was forgotten
     assert set(reopened.ids) == {"d"}
+
+
+NON_FINITE = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+HUGE = st.integers(min_value=2**64, max_value=2**300) | st.integers(max_value=-(2**64))
+
+
+def _command(exp: object, args: object = None) -> bytes:
+    return cbor2.dumps({"id": "c-1", "op": "write", "args": args or {"instance": "x", "point": "p", "value": 1},
+                        "exp": exp})
+
+
+@given(NON_FINITE | HUGE | st.floats(min_value=2.0**63) | st.floats(max_value=-1e-9))
+def test_a_command_expiry_must_be_a_finite_time(exp: float) -> None:
+    """exp = NaN compared false with every bound: it skipped the expiry and TTL checks, and the
+    command log forgot it at once, so the same signed bytes ran again."""
+    with pytest.raises(Rejected, match=r"expiry \(exp\) must be a finite time"):
+        parse_command(_command(exp))
+
+
+@given(NON_FINITE | HUGE, st.sampled_from(["value", "nested"]))
+def test_command_arguments_must_be_finite_64_bit_numbers(bad: object, where: str) -> None:
+    args = {"instance": "x", "point": "p", "value": bad} if where == "value" else {"deep": [{"v": [1, bad]}]}
+    with pytest.raises(Rejected, match=r"finite number|beyond 64 bits"):
+        parse_command(_command(time.time() + 30, args))
+
+
+def test_a_nan_expiry_cannot_be_replayed(tmp_path: Path) -> None:
+    log = CommandLog(tmp_path / "c.json")
+    log.open()
+    for _ in range(2):  # both takes ran before: NaN passed expiry and TTL, and was pruned at once
+        with pytest.raises(Rejected, match="not a finite time"):
+            log.take(Command("n", "ping", {}, float("nan")), 1_000_000.0, 60)
+    assert log.ids == {}
+
+
+@given(st.sampled_from(["rv", "iat"]), NON_FINITE | HUGE | st.floats(allow_nan=False) | st.booleans()
+       | st.integers(min_value=2**63, max_value=2**300) | st.integers(max_value=-1) | st.text(max_size=3))
+def test_envelope_numbers_are_whole_and_in_range(ops: tuple[object, dict[bytes, object]], label: str,
+                                                 value: object) -> None:
+    from gateway import cose
+
+    key, trusted = ops
+    extra = {cose.CONTENT_TYPE: "application/yaml", "sgk": "config", "to": "gw-1", "iat": 1, "rv": 7, label: value}
+    protected = cose.protected_header(key, key_id(key.public_key()), extra)  # type: ignore[attr-defined,arg-type]
+    doc = cose.encode_sign1(protected, b"{}", cose.sign(key, protected, b"{}"))  # type: ignore[arg-type]
+    with pytest.raises(Rejected, match=r"must be a whole number 0\.\.2\^63-1"):
+        open_signed(doc, trusted, "config", {"gw-1"}, 10_000)  # type: ignore[arg-type]

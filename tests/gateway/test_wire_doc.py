@@ -11,7 +11,7 @@ from gateway import cose, senml
 from gateway.driver_api import Path as IPath
 from gateway.driver_api import Reading
 from gateway.keys import Ed25519PrivateKey, Ed25519PublicKey, key_id, public_key_from_pem
-from gateway.receiver import Receiver
+from gateway.receiver import KeyBindings, Receiver
 
 DOC = (Path(__file__).parents[2] / "docs" / "wire-format.md").read_text()
 
@@ -25,7 +25,7 @@ def test_worked_example_verifies_and_decodes() -> None:
     pub = public_key_from_pem(pem.encode())
     assert isinstance(pub, Ed25519PublicKey)
     message = bytes.fromhex("".join(_blocks()[-1].split()))
-    rx = Receiver([pub])
+    rx = Receiver(KeyBindings({"gw-example": [pub]}))
     res = rx.feed(message)
     assert res.status == "ok", res.reason
     a, b = res.readings

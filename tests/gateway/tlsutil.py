@@ -21,8 +21,9 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) 
     return str(cp), str(kp)
 
 
-def make_pki(d: Path, name: str = "ca") -> dict[str, str]:
-    """CA + server cert for 127.0.0.1/localhost + client cert; returns file paths."""
+def make_pki(d: Path, name: str = "ca", clients: list[str] | None = None) -> dict[str, str]:
+    """CA + server cert for 127.0.0.1/localhost + client cert (and one per name in ``clients``,
+    with that CN, as ``<cn>_cert`` / ``<cn>_key``); returns file paths."""
     d.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -47,4 +48,6 @@ def make_pki(d: Path, name: str = "ca") -> dict[str, str]:
 
     out["server_cert"], out["server_key"] = leaf("server", True)
     out["client_cert"], out["client_key"] = leaf("client", False)
+    for cn in clients or []:
+        out[f"{cn}_cert"], out[f"{cn}_key"] = leaf(cn, False)
     return out

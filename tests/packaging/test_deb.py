@@ -131,7 +131,7 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path, debian_root: Path, 
     first = sh(root, "/usr/lib/sensegate/sensegate-firstboot")
     assert "made the device key" in first.stdout, first.stdout + first.stderr
     assert (boot / "provision.conf.done").exists() and not (boot / "provision.conf").exists()
-    assert (boot / "device.pub.pem").exists() and (boot / "tls.csr").exists()
+    assert (boot / "gw-deb-1.pub.pem").exists() and (boot / "tls.csr").exists()
     assert "[ ok ] identity: gateway gw-deb-1" in (boot / "provision-report.txt").read_text()
     assert sh(root, "/usr/lib/sensegate/sensegate-firstboot").returncode == 0  # once only: now a no-op
     prov = sh(
