@@ -40,6 +40,10 @@ class TokenError(KeyError_):
     """The token, its PIN or its key cannot be used; the message says what to check."""
 
 
+class NoTokenKey(TokenError):
+    """The token is there and the PIN works, but it holds no key by the URI's label/id."""
+
+
 def _missing() -> TokenError:
     return TokenError("a pkcs11: key needs python-pkcs11: pip install 'sensegate[pkcs11]'")
 
@@ -191,7 +195,7 @@ class TokenKey(Signer):
             priv = _find(session, self.uri, pkcs11.ObjectClass.PRIVATE_KEY)
             pub = _find(session, self.uri, pkcs11.ObjectClass.PUBLIC_KEY)
             if priv is None:
-                raise TokenError(f"no private key {self.uri.describe()}: make it with "
+                raise NoTokenKey(f"no {self.uri.describe()}: make it with "
                                  f"sensegate keys init --pkcs11 '{_shown(self.uri)}'")
             if pub is None:
                 raise TokenError(f"the token has the private key but no public key object for "

@@ -23,6 +23,7 @@ if [ "$what" = test ]; then
     [debootstrap]=debootstrap
     [ip]=iproute2
     [faketime]=faketime
+    [softhsm2-util]=softhsm2
   )
 fi
 
