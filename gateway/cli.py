@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulated devices + local broker + daemon + receiver")
     demo.add_argument("--seconds", type=float, default=15.0, help="how long to run (0: until Ctrl-C)")
     demo.add_argument("--dir", default="", help="work directory (default: a temporary one)")
+    demo.add_argument("--pkcs11", action="store_true",
+                      help="keep the device key on a SoftHSM2 token (a simulated secure element), signing ES256")
 
     doctor = sub.add_parser("doctor", help="say what stops this gateway from working, with a fix for each")
     doctor.add_argument("-c", "--config", default=None, help="config file (default /etc/sensegate/sensegate.yaml)")

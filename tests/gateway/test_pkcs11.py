@@ -323,3 +323,13 @@ def test_the_receiver_cli_verifies_a_token_signed_stream(softhsm: SoftHsm, tmp_p
     summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     assert rx.returncode == 0 and summary["ok"] and summary["readings"] >= 40
     assert summary["bad_signatures"] == 0 and summary["gaps"] == 0
+
+
+def test_the_demo_signs_on_a_softhsm_token(tmp_path: Path) -> None:
+    r = subprocess.run([*SG, "demo", "--pkcs11", "--seconds", "3", "--dir", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "device key made on a SoftHSM2 token" in r.stdout
+    assert "signature verified" in r.stdout and "OK: complete and verified" in r.stdout
+    assert "pkcs11:" in (tmp_path / "sensegate.yaml").read_text()
+    assert not list((tmp_path / "state").glob("keys/*.key")), "no private key file anywhere"
