@@ -328,11 +328,15 @@ def create_key(spec: str, alg: Alg, force: bool = False) -> Created:
         key_id = uri.id if uri.id is not None else os.urandom(8)
         try:
             domain = session.create_domain_parameters(kind, {Attribute.EC_PARAMS: params}, local=True)
+            # the key's other uses are left to the token: tpm2-pkcs11 refuses a template that
+            # turns off what its TPM object has (decrypt/derive), and nothing here asks for them
+            keep = pkcs11.constants.DEFAULT
             pub, _ = domain.generate_keypair(
                 store=True, label=uri.object, id=key_id,
                 private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: True,
-                                  Attribute.PRIVATE: True, Attribute.DERIVE: False},
-                public_template={Attribute.VERIFY: True})
+                                  Attribute.PRIVATE: True, Attribute.DECRYPT: keep, Attribute.UNWRAP: keep,
+                                  Attribute.DERIVE: keep},
+                public_template={Attribute.VERIFY: True, Attribute.ENCRYPT: keep, Attribute.WRAP: keep})
         except pkcs11.exceptions.MechanismInvalid:
             raise TokenError(f"the token cannot make {alg} keys; use --alg es256 (every token that signs "
                              "has P-256)") from None
