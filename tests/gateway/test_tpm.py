@@ -52,7 +52,8 @@ async def test_the_daemon_signs_through_the_tpm(tpm: SimulatedTpm, tmp_path: Pat
         "gateway": {"id": "gw-tpm", "state_dir": str(tmp_path / "state"), "key_file": tpm.uri("daemon")},
         "batch": {"alg": "es256"},
         "uplinks": [{"type": "mqtt", "url": broker.url, "reconnect_max": 1}],
-        "drivers": [{"driver": "sim", "name": "s", "interval": "20ms", "points": [{"name": "n", "pattern": "counter"}]}],
+        "drivers": [{"driver": "sim", "name": "s", "interval": "20ms",
+                     "points": [{"name": "n", "pattern": "counter"}]}],
     }))
     rx = MqttReceiver(broker.url, tmp_path / "device.pub.pem", client_id="tpm-receiver")
     async with rx.running():
