@@ -272,20 +272,16 @@ def test_provision_makes_the_token_key_once_and_writes_its_public_key(softhsm: S
 # -- the daemon, end to end -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("alg", ["es256", "ed25519"])
-async def test_the_daemon_signs_on_the_token_end_to_end(softhsm: SoftHsm, tmp_path: Path, broker: Mosquitto,
-                                                        alg: str) -> None:
-    uri = softhsm.uri(f"daemon-{alg}")
-    made = await asyncio.to_thread(create_key, uri, alg)  # type: ignore[arg-type]
-    (tmp_path / "device.pub.pem").write_bytes(__import__("gateway.keys", fromlist=["x"]).public_pem(made.public))
-    cfg = _token_config(tmp_path, uri, alg, broker.url)
-    rx = MqttReceiver(broker.url, tmp_path / "device.pub.pem", client_id=f"hsm-receiver-{alg}")
+async def daemon_delivers(cfg: Path, env: dict[str, str], pub: Path, url: str, n: int) -> str:
+    """Run the daemon on ``cfg`` until a verifying receiver has its first ``n`` readings, complete and
+    in order; stop it (it must exit 0) and return its memory maps, read while it signed."""
+    rx = MqttReceiver(url, pub, client_id=f"token-receiver-{os.getpid()}-{cfg.parent.name}")
     async with rx.running():
         await asyncio.sleep(0.3)
-        proc = await asyncio.create_subprocess_exec(*SG, "run", "-c", str(cfg), cwd=ROOT, env=softhsm.env(),
+        proc = await asyncio.create_subprocess_exec(*SG, "run", "-c", str(cfg), cwd=ROOT, env=env,
                                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            await rx.wait_readings(60, within=30)
+            await rx.wait_readings(n, within=40)
             maps = await asyncio.to_thread(Path(f"/proc/{proc.pid}/maps").read_text)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -293,7 +289,18 @@ async def test_the_daemon_signs_on_the_token_end_to_end(softhsm: SoftHsm, tmp_pa
     assert proc.returncode == 0, err.decode()[-2000:]
     s = rx.rx.summary()
     assert s.bad_signatures == 0 and s.gaps == 0 and s.batches >= 2 and set(rx.statuses) == {"ok"}
-    assert [r.value for r in rx.readings[:60]] == list(range(60))
+    assert [r.value for r in rx.readings[:n]] == list(range(n))
+    return maps
+
+
+@pytest.mark.parametrize("alg", ["es256", "ed25519"])
+async def test_the_daemon_signs_on_the_token_end_to_end(softhsm: SoftHsm, tmp_path: Path, broker: Mosquitto,
+                                                        alg: str) -> None:
+    uri = softhsm.uri(f"daemon-{alg}")
+    made = await asyncio.to_thread(create_key, uri, alg)  # type: ignore[arg-type]
+    (tmp_path / "device.pub.pem").write_bytes(__import__("gateway.keys", fromlist=["x"]).public_pem(made.public))
+    cfg = _token_config(tmp_path, uri, alg, broker.url)
+    maps = await daemon_delivers(cfg, softhsm.env(), tmp_path / "device.pub.pem", broker.url, 60)
     assert "libsofthsm2" in maps and "_pkcs11" in maps, "the token library signs in the daemon"
 
 

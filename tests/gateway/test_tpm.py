@@ -6,7 +6,6 @@ signs through the TPM end to end to a real broker and the verifying receiver."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,9 +17,8 @@ import yaml
 from gateway.keys import fingerprint, load_public_key
 from hil.mosquitto import Mosquitto
 from hil.swtpm import SimulatedTpm
-from tests.gateway.helpers import MqttReceiver
+from tests.gateway.test_pkcs11 import daemon_delivers
 
-ROOT = Path(__file__).resolve().parents[2]
 SG = [sys.executable, "-m", "gateway"]
 
 
@@ -55,19 +53,5 @@ async def test_the_daemon_signs_through_the_tpm(tpm: SimulatedTpm, tmp_path: Pat
         "drivers": [{"driver": "sim", "name": "s", "interval": "20ms",
                      "points": [{"name": "n", "pattern": "counter"}]}],
     }))
-    rx = MqttReceiver(broker.url, tmp_path / "device.pub.pem", client_id="tpm-receiver")
-    async with rx.running():
-        await asyncio.sleep(0.3)
-        proc = await asyncio.create_subprocess_exec(*SG, "run", "-c", str(cfg), cwd=ROOT, env=tpm.env(),
-                                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            await rx.wait_readings(50, within=40)
-            maps = await asyncio.to_thread(Path(f"/proc/{proc.pid}/maps").read_text)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    s = rx.rx.summary()
-    assert s.bad_signatures == 0 and s.gaps == 0 and set(rx.statuses) == {"ok"}
-    assert [r.value for r in rx.readings[:50]] == list(range(50))
+    maps = await daemon_delivers(cfg, tpm.env(), tmp_path / "device.pub.pem", broker.url, 50)
     assert "libtpm2_pkcs11" in maps, "the daemon signs through tpm2-pkcs11"
