@@ -78,7 +78,7 @@ fuzz: test-venv
 	  mkdir -p out/fuzz/corpus/$$t; \
 	  $(BIN)/python -m tests.fuzz.run $$t out/fuzz/corpus/$$t tests/fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
 	    -artifact_prefix=out/fuzz/$$t- > out/fuzz/$$t.log 2>&1 || status=1; \
-	  echo "$$t: $$(grep -E '#[0-9]+ +DONE' out/fuzz/$$t.log | tail -1 || echo 'CRASH, see out/fuzz/'$$t'.log')"; \
+	  echo "$$t: $$(grep -E '#[0-9]+[[:space:]]+DONE' out/fuzz/$$t.log | tail -1 || echo 'CRASH, see out/fuzz/'$$t'.log')"; \
 	done; exit $$status
 
 clean:
