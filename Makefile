@@ -8,7 +8,7 @@ RIG_ARGS ?= --soak-seconds 60
 RIG_OUT ?= out/rig
 DEB_OUT ?= dist
 
-.PHONY: help demo test lint typecheck pytest rig bench deps venv test-venv clean deb
+.PHONY: help demo test lint typecheck pytest rig bench deps venv test-venv clean deb fuzz
 
 help:
 	@echo "make demo   - simulated devices + local mosquitto + daemon + receiver, verified batches"
@@ -17,6 +17,7 @@ help:
 	@echo "make rig    - the rig scenarios on RIG=sim (or RIG=hil/rigs/bench-pi.yaml); report in out/rig/"
 	@echo "make bench  - the end-to-end benchmark (figures in bench/results/)"
 	@echo "make deb    - the Debian package (dist/sensegate_*_ARCH.deb); DEB_ARCH=arm64 for a Pi"
+	@echo "make fuzz   - every parser's fuzz target for FUZZ_SECONDS each (default 60); finds in out/fuzz/"
 
 # Two stamps: the runtime (for demo/bench/deb) and the test tools, which need Debian headers
 # (dbus-python for python-dbusmock) installed first by hil/system-deps.sh.
@@ -67,6 +68,18 @@ bench: venv
 # The .deb for flashing: agent + dependencies as a wheelhouse, installed offline into a venv.
 deb: venv
 	deploy/debian/build.sh $(DEB_OUT)
+
+# Coverage-guided fuzzing (tests/fuzz/README.md): new inputs go to out/fuzz/corpus/<target>, crashes
+# to out/fuzz/<target>-crash-*; the repository's corpus is read, never written.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= nmea modbus rfid ble camera yaml cose senml remote receiver
+fuzz: test-venv
+	@mkdir -p out/fuzz; status=0; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p out/fuzz/corpus/$$t; \
+	  $(BIN)/python -m tests.fuzz.run $$t out/fuzz/corpus/$$t tests/fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=out/fuzz/$$t- > out/fuzz/$$t.log 2>&1 || status=1; \
+	  echo "$$t: $$(grep -E '#[0-9]+[[:space:]]+DONE' out/fuzz/$$t.log | tail -1 || echo 'CRASH, see out/fuzz/'$$t'.log')"; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info bench/results

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--name", default="device", help="file name stem (device.key, device.pub.pem)")
     init.add_argument("--force", action="store_true", help="replace an existing key")
     init.add_argument("--ops", action="store_true", help="make an ops key (signs config pushes and commands)")
+    init.add_argument("--pkcs11", metavar="URI", default="",
+                      help="make the key on a PKCS#11 token (secure element, TPM, SoftHSM2) named by an RFC 7512 "
+                      "URI; it never leaves the token. The public key goes to --dir (docs/security.md)")
 
     recv = sub.add_parser("receive", help="reference receiver: verify batches and check completeness")
     recv.add_argument("--url", required=True, help="mqtt://HOST:PORT[/TOPIC-PREFIX] or mqtts://... to subscribe; "
@@ -78,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulated devices + local broker + daemon + receiver")
     demo.add_argument("--seconds", type=float, default=15.0, help="how long to run (0: until Ctrl-C)")
     demo.add_argument("--dir", default="", help="work directory (default: a temporary one)")
+    demo.add_argument("--pkcs11", action="store_true",
+                      help="keep the device key on a SoftHSM2 token (a simulated secure element), signing ES256")
 
     doctor = sub.add_parser("doctor", help="say what stops this gateway from working, with a fix for each")
     doctor.add_argument("-c", "--config", default=None, help="config file (default /etc/sensegate/sensegate.yaml)")
@@ -199,6 +204,8 @@ def _keys(args: argparse.Namespace) -> int:
 
     directory = args.dir or (DEFAULT_OPS_DIR if args.ops else "/var/lib/sensegate/keys")
     name = "ops" if args.ops and args.name == "device" else args.name
+    if args.pkcs11:
+        return _keys_on_token(args, Path(directory) / f"{name}.pub.pem")
     try:
         info = init_key(Path(directory), alg=args.alg, name=name, force=args.force)
     except KeyError_ as e:
@@ -210,6 +217,32 @@ def _keys(args: argparse.Namespace) -> int:
     print(f"fingerprint: {info.fingerprint}")
     if args.ops:
         print(f"trust it on each gateway: sensegate provision --ops-key {info.public_path}")
+    return 0
+
+
+def _keys_on_token(args: argparse.Namespace, public_path: Path) -> int:
+    """`keys init --pkcs11 URI`: the key pair is made by the token; only the public key is written."""
+    from gateway.keys import KeyError_, public_pem
+
+    try:
+        from gateway.hsm import create_key
+
+        made = create_key(args.pkcs11, alg=args.alg, force=args.force)
+    except KeyError_ as e:
+        print(f"sensegate keys: {e}", file=sys.stderr)
+        return 1
+    try:
+        public_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        public_path.write_bytes(public_pem(made.public))
+    except OSError as e:
+        print(f"sensegate keys: the key is on the token, but {public_path} could not be written: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"private key: on the token ({'replaced' if made.replaced else 'new'}, not extractable)")
+    print(f"public key:  {public_path}")
+    print(f"algorithm:   {made.alg}")
+    print(f"fingerprint: {made.fingerprint}")
+    print(f"use it: gateway.key_file: '{args.pkcs11}' (and batch.alg: {made.alg})")
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import cbor2
 
-from gateway.keys import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature, PrivateKey, PublicKey, alg_of
+from gateway.keys import Ed25519PublicKey, InvalidSignature, PrivateKey, PublicKey, alg_of, as_signer
 
 COSE_SIGN1_TAG = 18
 ALG, CRIT, CONTENT_TYPE, KID = 1, 2, 3, 4
@@ -28,15 +28,7 @@ class CoseError(ValueError):
 def sign(key: PrivateKey, protected: bytes, payload: bytes) -> bytes:
     """The signature over Sig_structure ["Signature1", protected, h'', payload]."""
     tbs = cbor2.dumps(["Signature1", protected, b"", payload])
-    if isinstance(key, Ed25519PrivateKey):
-        return key.sign(tbs)
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
-    der = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-    r, s = decode_dss_signature(der)
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return as_signer(key).sign(tbs)
 
 
 def protected_header(key: PrivateKey, kid: bytes, extra: dict[Any, Any]) -> bytes:
@@ -118,25 +110,27 @@ def parse_sign1(data: bytes) -> Sign1:
 def verify(msg: Sign1, key: PublicKey) -> None:
     """Check the signature with ``key``; raise CoseError if it does not verify."""
     alg = msg.protected.get(ALG)
-    tbs = cbor2.dumps(["Signature1", msg.protected_raw, b"", msg.payload])
+    if alg != ALG_IDS[alg_of(key)]:
+        raise CoseError(f"alg {alg} does not match {'an Ed25519' if alg_of(key) == 'ed25519' else 'a P-256'} key")
+    verify_signature(key, msg.signature, cbor2.dumps(["Signature1", msg.protected_raw, b"", msg.payload]))
+
+
+def verify_signature(key: PublicKey, signature: bytes, tbs: bytes) -> None:
+    """Raise CoseError unless ``signature`` is ``key``'s over ``tbs`` (Ed25519, or ES256's r || s)."""
     if isinstance(key, Ed25519PublicKey):
-        if alg != EDDSA:
-            raise CoseError(f"alg {alg} does not match an Ed25519 key")
         try:
-            key.verify(msg.signature, tbs)
+            key.verify(signature, tbs)
         except InvalidSignature:
             raise CoseError("signature does not verify") from None
         return
-    if alg != ES256:
-        raise CoseError(f"alg {alg} does not match a P-256 key")
-    if len(msg.signature) != 64:
+    if len(signature) != 64:
         raise CoseError("ES256 signature must be 64 bytes")
     from cryptography.exceptions import InvalidSignature as EcInvalid
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    der = encode_dss_signature(int.from_bytes(msg.signature[:32], "big"), int.from_bytes(msg.signature[32:], "big"))
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
     try:
         key.verify(der, tbs, ec.ECDSA(hashes.SHA256()))
     except EcInvalid:

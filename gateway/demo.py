@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from gateway.keys import init_key
+from gateway.keys import KeyError_, init_key, load_public_key
 from gateway.mqtt import MqttError, MqttSession
 from gateway.receiver import KeyBindings, Receiver
 from gateway.receiver.cli import format_summary
@@ -118,7 +118,23 @@ def _fmt(r: Any) -> str:
     return f"  {r.node + '/' + r.point:<28} = {v!s:<12}{unit:<5} seq {r.seq}"
 
 
-async def run_demo(workdir: Path, seconds: float) -> int:
+async def _token_key(workdir: Path) -> tuple[dict[str, Any], Any, str, dict[str, str]]:
+    """`demo --pkcs11`: a SoftHSM2 token in the work dir holds the device key (ES256), as a secure
+    element would; returns the config's gateway/batch settings, the public key, its fingerprint and
+    the daemon's environment."""
+    import os
+
+    from gateway.hsm import create_key
+    from hil.softhsm import SoftHsm
+
+    hsm = await asyncio.to_thread(SoftHsm(workdir / "softhsm").start)
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)  # this process makes the key on it
+    made = await asyncio.to_thread(create_key, hsm.uri("device"), "es256", True)
+    print(f"demo: device key made on a SoftHSM2 token ({hsm.uri('device')})")
+    return {"key_file": hsm.uri("device"), "alg": "es256"}, made.public, made.fingerprint, hsm.env()
+
+
+async def run_demo(workdir: Path, seconds: float, pkcs11: bool = False) -> int:
     """Run the whole chain; returns 0 when readings arrived, all verified, with no gap."""
     from hil.devices.example_device import ExampleDevice
     from hil.mosquitto import Mosquitto
@@ -136,17 +152,24 @@ async def run_demo(workdir: Path, seconds: float) -> int:
     try:
         port = await device.start()
         await field.start()
-        info = init_key(workdir / "state" / "keys", force=True)
-        config = {
+        config: dict[str, Any] = {
             "gateway": {"id": GATEWAY_ID, "site": "sensegate demo", "state_dir": str(workdir / "state")},
             "uplinks": [{"type": "mqtt", "url": broker.url}],
             "drivers": demo_drivers(port) + field.sections,
         }
+        daemon_env = None
+        if pkcs11:
+            token, public, fp, daemon_env = await _token_key(workdir)
+            config["gateway"]["key_file"] = token["key_file"]
+            config["batch"] = {"alg": token["alg"]}
+        else:
+            info = init_key(workdir / "state" / "keys", force=True)
+            public, fp = load_public_key(info.public_path), info.fingerprint
         cfg_path = workdir / "sensegate.yaml"
         cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
         print(f"demo: broker {broker.url}, work dir {workdir}")
-        print(f"demo: device key fingerprint {info.fingerprint}")
-        rx = Receiver(KeyBindings.files(GATEWAY_ID, info.public_path))
+        print(f"demo: device key fingerprint {fp}")
+        rx = Receiver(KeyBindings({GATEWAY_ID: [public]}))
 
         def on_message(msg: Any) -> None:
             if "/blob/" in msg.topic:
@@ -171,7 +194,7 @@ async def run_demo(workdir: Path, seconds: float) -> int:
             print("demo: not simulated: " + ", ".join(field.skipped))
         log = open(workdir / "daemon.log", "wb")  # noqa: SIM115, ASYNC230 (kept for the child's lifetime)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "-c", str(cfg_path), stdout=log, stderr=log)
+            sys.executable, "-m", "gateway", "run", "-c", str(cfg_path), stdout=log, stderr=log, env=daemon_env)
         log.close()
         print(f"demo: daemon started (pid {proc.pid}); running for {seconds:g} s, Ctrl-C to stop early\n")
         stop = asyncio.Event()
@@ -192,7 +215,7 @@ async def run_demo(workdir: Path, seconds: float) -> int:
                   + (workdir / "daemon.log").read_text()[-3000:], file=sys.stderr)
             return 1
         return 0 if s.ok and s.readings > 0 else 1
-    except MqttError as e:
+    except (MqttError, KeyError_, RuntimeError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
     finally:
@@ -211,11 +234,11 @@ def main(args: argparse.Namespace) -> int:
     if args.dir:
         workdir = Path(args.dir)
         workdir.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(run_demo(workdir, args.seconds))
+        return asyncio.run(run_demo(workdir, args.seconds, args.pkcs11))
     tmp = Path(tempfile.mkdtemp(prefix="sensegate-demo-"))
     started = time.monotonic()
     try:
-        return asyncio.run(run_demo(tmp, args.seconds))
+        return asyncio.run(run_demo(tmp, args.seconds, args.pkcs11))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"demo: done in {time.monotonic() - started:.1f} s")

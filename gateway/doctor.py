@@ -262,6 +262,80 @@ def check_key(cfg: GatewayConfig, env: Environment) -> Finding:
     )
 
 
+def check_token_key(cfg: GatewayConfig, env: Environment) -> list[Finding]:
+    """A key on a PKCS#11 token: the library and token are there, the PIN is readable by the service
+    user alone, and the key signs (a probe, verified with its public key) with batch.alg."""
+    import threading
+
+    from gateway.keys import KeyError_, fingerprint
+    from gateway.pkcs11uri import UriError, parse
+
+    spec = cfg.config.gateway.key_file
+    try:
+        uri = parse(spec, resolve_module=True)
+    except UriError as e:
+        return [Finding("signing key", "fail", f"gateway.key_file: {e}", "fix the pkcs11: URI (docs/security.md)")]
+    out: list[Finding] = []
+    if not os.path.isfile(uri.module):
+        return [Finding("token", "fail", f"no PKCS#11 module at {uri.module}",
+                        "install the token's package (SoftHSM2: softhsm2; TPM 2.0: libtpm2-pkcs11-1; "
+                        "ATECC608: cryptoauthlib) or fix module-path in gateway.key_file")]
+    pin_file = uri.pin_file()
+    user = _user(env.service_user)
+    if pin_file is None:
+        var = uri.pin_source[4:]
+        out.append(Finding("token PIN", "ok" if var in os.environ else "warn",
+                           f"the PIN comes from the environment variable {var}"
+                           + ("" if var in os.environ else ", which is not set here"),
+                           f"set {var} in the service's environment (systemd: an EnvironmentFile= of mode 0600), "
+                           "or use pin-source=file:/etc/sensegate/token.pin"))
+    else:
+        try:
+            st = pin_file.stat()
+        except OSError as e:
+            return [*out, Finding("token PIN", "fail", f"cannot read the PIN file {pin_file}: {e.strerror or e}",
+                                  f"write the user PIN into {pin_file} (mode 0600, owned by {user.name})")]
+        if st.st_mode & 0o077:
+            out.append(Finding("token PIN", "fail", f"{pin_file} is readable by others "
+                               f"(mode {stat.S_IMODE(st.st_mode):04o})", f"sudo chmod 600 {pin_file}"))
+        elif not _access(st, user, 4):
+            out.append(Finding("token PIN", "fail", f"{pin_file} is not readable by {user.name}",
+                               f"sudo chown {user.name}: {pin_file}"))
+        else:
+            out.append(Finding("token PIN", "ok", f"{pin_file} (mode {stat.S_IMODE(st.st_mode):04o}, "
+                               f"readable by {user.name} only)"))
+    result: list[Any] = []
+
+    def probe() -> None:
+        from gateway.hsm import open_token_key
+
+        try:
+            key = open_token_key(spec)
+        except KeyError_ as e:
+            result.append(e)
+            return
+        result.append(key)
+        key.close()
+
+    worker = threading.Thread(target=probe, name="doctor-token", daemon=True)
+    worker.start()
+    worker.join(env.connect_timeout * 5)
+    if not result:
+        return [*out, Finding("signing key", "fail", f"{uri.describe()}: the token did not answer within "
+                              f"{env.connect_timeout * 5:g} s", "check the token is plugged in and its daemon runs")]
+    if isinstance(result[0], KeyError_):
+        return [*out, Finding("signing key", "fail", str(result[0]),
+                              "check the token is present and the URI's token=/object= match "
+                              "(pkcs11-tool --module MODULE --list-objects --login)")]
+    key = result[0]
+    want = cfg.config.batch.alg
+    if key.alg != want:
+        return [*out, Finding("signing key", "fail", f"{uri.describe()} is an {key.alg} key but batch.alg is {want}",
+                              f"set batch.alg: {key.alg} in the config")]
+    return [*out, Finding("signing key", "ok", f"{uri.describe()} ({key.alg}, signs on the token), "
+                          f"fingerprint {fingerprint(key.public_key())}")]
+
+
 def check_devices(cfg: GatewayConfig, env: Environment) -> list[Finding]:
     """Every /dev path named by a `port` or `device` option exists and the service user may use it."""
     user = _user(env.service_user)
@@ -723,7 +797,8 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
     findings = [first]
     if cfg is not None:
         findings.append(check_identity(cfg))
-        findings.append(check_key(cfg, env))
+        findings += check_token_key(cfg, env) if cfg.config.gateway.key_file.startswith("pkcs11:") \
+            else [check_key(cfg, env)]
         findings += check_devices(cfg, env)
         ble = check_bluetooth(cfg, env)
         if ble is not None:

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import os
 import stat
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -69,10 +70,38 @@ class Ed25519PublicKey:
         return hash(self.raw)
 
 
-class Ed25519PrivateKey:
+class Signer(ABC):
+    """A private key as signing needs it, wherever it lives (a PEM file, a PKCS#11 token).
+
+    ``sign`` returns the COSE signature bytes (RFC 9053: Ed25519's 64 bytes, ES256's r || s) and
+    may block (a token is a device): callers sign on a worker thread, never on the event loop.
+    """
+
+    __slots__ = ()
+    alg: Alg
+
+    @abstractmethod
+    def sign(self, data: bytes) -> bytes:
+        """The COSE signature over ``data``."""
+
+    @abstractmethod
+    def public_key(self) -> PublicKey:
+        """The public half, for kid, fingerprint and the receivers."""
+
+    @property
+    def kid(self) -> bytes:
+        """The COSE ``kid`` of this key (``key_id`` of its public half)."""
+        return key_id(self.public_key())
+
+    def close(self) -> None:  # noqa: B027 (a no-op unless the key holds something, like a token session)
+        """Release what the key holds (a token's session); nothing for a key read from a file."""
+
+
+class Ed25519PrivateKey(Signer):
     """An Ed25519 signing key (its 32-byte seed), signing with libsodium."""
 
     __slots__ = ("_pub", "_sk")
+    alg: Alg = "ed25519"
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != 32:
@@ -95,8 +124,30 @@ class Ed25519PrivateKey:
         return bytes(self._sk)
 
 
+class P256Signer(Signer):
+    """A P-256 key from a PEM file, signing ES256 through cryptography."""
+
+    __slots__ = ("_key",)
+    alg: Alg = "es256"
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self._key = key
+
+    def sign(self, data: bytes) -> bytes:
+        """ECDSA over SHA-256 of ``data``, as COSE's fixed-size r || s (RFC 9053 2.1)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._key.public_key()
+
+
 if TYPE_CHECKING:
-    PrivateKey: TypeAlias = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+    PrivateKey: TypeAlias = Signer | ec.EllipticCurvePrivateKey
     PublicKey: TypeAlias = Ed25519PublicKey | ec.EllipticCurvePublicKey
 else:  # annotations only at run time: naming the P-256 types would import cryptography
     PrivateKey = PublicKey = object
@@ -164,7 +215,9 @@ def fingerprint(pub: PublicKey) -> str:
 
 def alg_of(key: PrivateKey | PublicKey) -> Alg:
     """Which signature algorithm a key is for."""
-    if isinstance(key, Ed25519PrivateKey | Ed25519PublicKey):
+    if isinstance(key, Signer):
+        return key.alg
+    if isinstance(key, Ed25519PublicKey):
         return "ed25519"
     curve = getattr(key, "curve", None)
     if curve is not None and curve.name == "secp256r1":
@@ -182,9 +235,11 @@ def generate(alg: Alg) -> PrivateKey:
 
 
 def private_pem(key: PrivateKey) -> bytes:
-    """The private key as unencrypted PKCS#8 PEM."""
+    """The private key as unencrypted PKCS#8 PEM (a token's key has none: it never leaves the token)."""
     if isinstance(key, Ed25519PrivateKey):
         return _pem("PRIVATE KEY", _PKCS8_ED25519 + key.seed())
+    if isinstance(key, Signer):
+        raise KeyError_(f"a {type(key).__name__} cannot be written out")
     from cryptography.hazmat.primitives import serialization
 
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -254,6 +309,24 @@ def private_key_from_pem(raw: bytes, where: str = "key") -> PrivateKey:
         raise KeyError_(f"{where}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
     alg_of(key)
     return key
+
+
+def as_signer(key: PrivateKey) -> Signer:
+    """Any private key as a ``Signer`` (a P-256 key from cryptography gets its wrapper)."""
+    return key if isinstance(key, Signer) else P256Signer(key)
+
+
+def load_signing_key(spec: str | Path) -> Signer:
+    """The device key a config names: a PEM file, or a key on a PKCS#11 token (a pkcs11: URI).
+
+    Opening a token may block (library load, login): call it off the event loop. The PKCS#11
+    library is imported only here, only for a URI, so a PEM gateway never loads it."""
+    text = str(spec)
+    if text.startswith("pkcs11:"):
+        from gateway.hsm import open_token_key
+
+        return open_token_key(text)
+    return as_signer(load_private_key(Path(text)))
 
 
 def load_public_key(path: Path) -> PublicKey:

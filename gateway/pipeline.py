@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,11 +35,14 @@ from typing import Any
 from gateway.buffer import Batch, Buffer
 from gateway.config.validate import GatewayConfig
 from gateway.driver_api import Reading
-from gateway.keys import KeyError_, alg_of, load_private_key
+from gateway.keys import KeyError_, Signer, alg_of, load_signing_key
+from gateway.pkcs11uri import is_pkcs11
 from gateway.scheduler import NodeTracker
 from gateway.uplinks import Uplink
 
 log = logging.getLogger("sensegate.pipeline")
+TOKEN_OPEN_TIMEOUT = 30.0
+"""Longest a start waits for a PKCS#11 token to load, log in and sign its probe."""
 
 
 class PipelineError(Exception):
@@ -46,9 +50,44 @@ class PipelineError(Exception):
 
 
 def key_path(cfg: GatewayConfig) -> Path:
-    """The device key file a config uses."""
+    """The device key file a config uses (for a token key: the directory its public key goes to)."""
     g = cfg.config.gateway
-    return Path(g.key_file) if g.key_file else Path(g.state_dir) / "keys" / "device.key"
+    return Path(g.key_file) if g.key_file and not is_pkcs11(g.key_file) else Path(g.state_dir) / "keys" / "device.key"
+
+
+async def open_device_key(cfg: GatewayConfig) -> Signer:
+    """The signing key a config names: a PEM file, or a PKCS#11 token's key opened on a thread of
+    its own (loading a token library and logging in block, and a hung token must not hang start)."""
+    spec = cfg.config.gateway.key_file
+    if not is_pkcs11(spec):
+        return load_signing_key(key_path(cfg))
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Signer] = loop.create_future()
+
+    def settle(key: Signer | None, error: BaseException | None) -> None:
+        if done.done():  # start gave up waiting; a key that came late is closed again
+            if key is not None:
+                key.close()
+        elif error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(key)  # type: ignore[arg-type]
+
+    def opener() -> None:
+        try:
+            key = load_signing_key(spec)
+        except Exception as e:
+            loop.call_soon_threadsafe(settle, None, e)
+        else:
+            loop.call_soon_threadsafe(settle, key, None)
+
+    threading.Thread(target=opener, name="token-open", daemon=True).start()
+    try:
+        async with asyncio.timeout(TOKEN_OPEN_TIMEOUT):
+            return await asyncio.shield(done)
+    except TimeoutError:
+        done.cancel()
+        raise KeyError_(f"the PKCS#11 token did not answer within {TOKEN_OPEN_TIMEOUT:g} s") from None
 
 
 def buffer_path(cfg: GatewayConfig) -> Path:
@@ -123,14 +162,14 @@ class BufferedPipeline:
         return [lane.uplink for lane in self.lanes]
 
     async def start(self) -> None:
-        path = key_path(self.cfg)
         try:
-            self.key = load_private_key(path)
+            self.key = await open_device_key(self.cfg)
         except KeyError_ as e:
             raise PipelineError(str(e)) from None
         want = self.cfg.config.batch.alg
         if alg_of(self.key) != want:
-            raise PipelineError(f"batch.alg is {want} but {path} is an {alg_of(self.key)} key")
+            where = self.cfg.config.gateway.key_file or key_path(self.cfg)
+            raise PipelineError(f"batch.alg is {want} but {where} is an {alg_of(self.key)} key")
         self.buffer.on_commit = self._committed
         self.buffer.on_pending = self._readings_waiting
         await self.buffer.open()
@@ -425,3 +464,5 @@ class BufferedPipeline:
         for lane in self.lanes:
             await lane.uplink.close()
         await self.buffer.close()
+        if self.key is not None:
+            self.key.close()  # a token's session; nothing for a PEM key

@@ -245,6 +245,44 @@ def export_public_key(cfg: GatewayConfig, pub: PublicKey, keys_dir: Path) -> Pat
     return dest
 
 
+def ensure_token_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
+    """A key on the PKCS#11 token the config names (made there unless it exists); its public key
+    written beside the state for ops, the PIN file given to the service user alone."""
+    from gateway.hsm import NoTokenKey, create_key, open_token_key
+    from gateway.pipeline import key_path
+    from gateway.pkcs11uri import parse
+
+    spec = cfg.config.gateway.key_file
+    public_path = key_path(cfg).with_name("device.pub.pem")
+    try:
+        key = open_token_key(spec)
+        public, alg = key.public_key(), key.alg
+        key.close()
+        result.done.append(f"kept the existing device key on the token ({alg}), fingerprint {fingerprint(public)}")
+    except NoTokenKey:
+        made = create_key(spec, alg=cfg.config.batch.alg)
+        public, alg = made.public, made.alg
+        result.done.append(f"made the device key on the token ({alg}, not extractable), "
+                           f"fingerprint {made.fingerprint}")
+    except KeyError_ as e:
+        raise ProvisionError(f"{e}\n(the device key is on a PKCS#11 token: check the token and the URI)") from None
+    if alg != cfg.config.batch.alg:
+        raise ProvisionError(f"the token's key is {alg} but batch.alg is {cfg.config.batch.alg}; set batch.alg: {alg}")
+    public_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_atomic(public_path, public_pem(public), 0o644)
+    exported = export_public_key(cfg, public, public_path.parent)
+    result.done.append(f"wrote the device public key {public_path} and exported it as {exported}")
+    result.next_steps.append(
+        f"give {exported} to whoever runs the receiver: its name binds the key to gateway "
+        f"{cfg.config.gateway.id!r} (sensegate receive --trust DIR-OF-GATEWAY-KEYS; fingerprint above)"
+    )
+    pin_file = parse(spec).pin_file()
+    if pin_file is not None and pin_file.exists():
+        os.chmod(pin_file, 0o600)
+        if _chown(pin_file, plan.service_user):
+            result.done.append(f"{pin_file} (the token PIN) belongs to {plan.service_user}, mode 0600")
+
+
 def make_csr(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
     """A P-256 TLS client key and a CSR (CN = gateway id) for the broker's CA."""
     from gateway.pipeline import key_path
@@ -321,7 +359,10 @@ def provision(plan: Plan, registry: Registry | None = None) -> tuple[Result, Gat
     if not plan.config.exists() and not plan.gateway_id:
         raise ProvisionError(f"{plan.config} does not exist yet: give the gateway id with --id")
     cfg = write_identity(plan, registry, result)
-    ensure_device_key(cfg, plan, result)
+    if cfg.config.gateway.key_file.startswith("pkcs11:"):
+        ensure_token_key(cfg, plan, result)
+    else:
+        ensure_device_key(cfg, plan, result)
     if plan.csr:
         make_csr(cfg, plan, result)
     if plan.ca is not None:

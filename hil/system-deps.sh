@@ -25,13 +25,21 @@ if [ "$what" = test ]; then
     [faketime]=faketime
     [snmpd]=snmpd
     [snmptrap]=snmp
+    [softhsm2-util]=softhsm2
+    # a TPM 2.0 simulator behind tpm2-pkcs11 (tests/gateway/test_tpm.py)
+    [swtpm]=swtpm
+    [tpm2-abrmd]=tpm2-abrmd
+    [tpm2_ptool]=libtpm2-pkcs11-tools
+    ['/usr/lib/*/pkcs11/libtpm2_pkcs11.so']=libtpm2-pkcs11-1
+    ['/usr/lib/*/libtss2-tcti-tabrmd.so.0']=libtss2-tcti-tabrmd0
+    ['/usr/lib/*/libtss2-tcti-swtpm.so.0']=libtss2-tcti-swtpm0
   )
 fi
 
 missing=()
 for probe in "${!need[@]}"; do
   if [[ $probe == /* ]]; then
-    [ -e "$probe" ] || missing+=("${need[$probe]}")
+    compgen -G "$probe" >/dev/null || missing+=("${need[$probe]}")  # a path, or a glob of paths
   else
     command -v "$probe" >/dev/null 2>&1 || [ -x "/usr/sbin/$probe" ] || missing+=("${need[$probe]}")
   fi
@@ -45,7 +53,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   # the packaged mosquitto/gpsd services are not wanted: tests start their own on free ports
-  for svc in mosquitto gpsd gpsd.socket; do
+  for svc in mosquitto gpsd gpsd.socket tpm2-abrmd; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 else

@@ -82,3 +82,19 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Any:
     m.start()
     yield m
     m.stop()
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One SoftHSM2 token for the session (a process reads SOFTHSM2_CONF once, when the library
+    starts): set for this process; child processes get ``softhsm.env()``."""
+    from hil.softhsm import SoftHsm
+
+    hsm = SoftHsm(tmp_path_factory.mktemp("softhsm")).start()
+    before = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    yield hsm
+    if before is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = before

@@ -302,6 +302,13 @@ def parse_connection_event(body: bytes) -> int | None:
     return None
 
 
+def _fixed(fmt: str, value: bytes, name: str) -> int:
+    """A fixed-size field; a TLV parameter can carry a TV type's number with any length."""
+    if len(value) != struct.calcsize(fmt):
+        raise LlrpError(f"{name} of {len(value)} bytes, not {struct.calcsize(fmt)}")
+    return int(struct.unpack(fmt, value)[0])
+
+
 def _tag_read(data: bytes) -> TagRead:
     epc: str | None = None
     antenna = rssi = first = count = None
@@ -317,13 +324,13 @@ def _tag_read(data: bytes) -> TagRead:
                 raise LlrpError(f"EPCData of {bits} bits truncated")
             epc = value[2 : 2 + nbytes].hex().upper()
         elif ptype == TV_ANTENNA_ID:
-            antenna = struct.unpack("!H", value)[0]
+            antenna = _fixed("!H", value, "AntennaID")
         elif ptype == TV_PEAK_RSSI:
-            rssi = struct.unpack("!b", value)[0]
+            rssi = _fixed("!b", value, "PeakRSSI")
         elif ptype == TV_FIRST_SEEN_UTC:
-            first = struct.unpack("!Q", value)[0]
+            first = _fixed("!Q", value, "FirstSeenTimestampUTC")
         elif ptype == TV_TAG_SEEN_COUNT:
-            count = struct.unpack("!H", value)[0]
+            count = _fixed("!H", value, "TagSeenCount")
     if not epc:
         raise LlrpError("TagReportData without an EPC")
     return TagRead(epc, antenna, rssi, first, count)

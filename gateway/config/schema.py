@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from gateway.schema import Field, Model, model_validator
+from gateway.schema import Field, Model, field_validator, model_validator
 from gateway.units import ByteSize, Duration
 
 CONFIG_VERSION = 1
@@ -35,11 +35,24 @@ class GatewaySection(Section):
     )
     key_file: str = Field(
         default="",
-        description="Device signing key (PEM, mode 0600); default <state_dir>/keys/device.key.",
+        description="Device signing key: a PEM file (mode 0600; default <state_dir>/keys/device.key), or a "
+        "key on a PKCS#11 token (secure element, TPM 2.0) as an RFC 7512 URI, e.g. 'pkcs11:token=sensegate;"
+        "object=device?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/sensegate/token.pin' "
+        "(docs/security.md).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Least severe log level written."
     )
+
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_uri(cls, value: str) -> str:
+        if value.startswith("pkcs11:"):
+            from gateway.pkcs11uri import parse
+
+            parse(value)  # UriError (a ValueError) says which part is wrong; no I/O here
+        return value
 
 
 class BufferSection(Section):

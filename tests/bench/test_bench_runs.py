@@ -18,3 +18,15 @@ def test_bench_tiny(tmp_path: Path) -> None:
     data = json.loads(out.read_text())["results"]["tiny"]
     assert data["readings_received"] > 0 and data["verified_ok"] and data["gaps"] == 0
     assert "readings_per_s" in r.stdout
+
+
+def test_signing_bench_tiny(tmp_path: Path) -> None:
+    """bench/signing.py runs every key kind (PEM, SoftHSM2, the simulated TPM) and prints its table."""
+    out = tmp_path / "signing.json"
+    r = subprocess.run([sys.executable, "-m", "bench.signing", "--tiny", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads(out.read_text())["results"]
+    assert {"PEM ed25519", "PEM es256", "SoftHSM2 es256", "SoftHSM2 ed25519"} <= results.keys()
+    assert all(results[k]["signatures"] >= 3 for k in ("SoftHSM2 es256", "SoftHSM2 ed25519"))
+    assert "ceiling readings/s" in r.stdout

@@ -1,5 +1,5 @@
 """Keys: our Ed25519 (PyNaCl) keys and files are interchangeable with cryptography's, hostile key
-files get a KeyError_, and the running daemon never maps cryptography's OpenSSL."""
+files get a KeyError_, and the running daemon never maps cryptography's OpenSSL (nor PKCS#11)."""
 
 from __future__ import annotations
 
@@ -162,4 +162,5 @@ async def test_the_running_daemon_does_not_load_cryptography(tmp_path: Path, bro
     assert proc.returncode == 0, err.decode()[-2000:]
     assert "_sodium" in maps, "signing goes through libsodium"
     assert "cryptography" not in maps, [line for line in maps.splitlines() if "cryptography" in line][:3]
+    assert "pkcs11" not in maps, "a PEM gateway never loads python-pkcs11 or a token library"
     assert rx.rx.summary().bad_signatures == 0
