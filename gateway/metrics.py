@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import __version__
+from gateway.bounded import settle
 
 log = logging.getLogger("sensegate.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -264,12 +265,12 @@ class MetricsServer:
         log.info("metrics on http://%s/metrics", want)
 
     async def close(self) -> None:
-        """Stop listening and wait for open requests to finish."""
+        """Stop listening and wait (bounded: requests have REQUEST_TIMEOUT) for open requests to finish."""
         server, self._server = self._server, None
         self.listen = ""
         if server is not None:
             server.close()
-            await server.wait_closed()
+            await settle(server.wait_closed(), self.REQUEST_TIMEOUT, "closing the metrics endpoint")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

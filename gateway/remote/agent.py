@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.bounded import abandon, settle, stop_task
 from gateway.config import ConfigInvalid, GatewayConfig
 from gateway.config.apply import Plan, plan
 from gateway.config.loader import LoadError, load_yaml
@@ -33,6 +34,7 @@ from gateway.scheduler import Supervisor
 log = logging.getLogger("sensegate.remote")
 QUEUE = 4  # config pushes waiting while one applies; more are refused as busy
 MAX_COMMANDS = 16  # commands running at once
+CLOSE_WAIT = 2.0  # at a stop, for the apply or command running, and for the CoAP server
 
 
 class Host(Protocol):
@@ -227,17 +229,18 @@ class RemoteAgent:
         return True
 
     async def close(self) -> None:
-        """Stop taking pushes and commands (an apply in progress is cancelled: pending stays on disk)."""
+        """Stop taking pushes and commands (an apply in progress is cancelled: pending stays on disk).
+
+        Bounded: a task that will not stop is left behind (gateway.bounded), logged once."""
         tasks = [t for t in (self._worker, *self._tasks) if t is not None]
         self._worker = None
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        if self._coap is not None:
-            await self._coap.close()
-            self._coap = None
+        stopped = await asyncio.gather(*(stop_task(t, (CLOSE_WAIT,)) for t in tasks))
+        for t, ok in zip(tasks, stopped, strict=True):
+            if not ok:
+                abandon(t, f"remote task {t.get_name()} would not stop", log)
+        coap, self._coap = self._coap, None
+        if coap is not None:
+            await settle(coap.close(), CLOSE_WAIT, "closing the CoAP config server")
 
     def _downlink(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/config/set"):

@@ -504,6 +504,7 @@ async def test_sigterm_after_first_delivery(rig_spec: RigSpec, rig_report: RigRe
                              f"(SIGKILL after {STOP_WITHIN:g} s):\n{daemon.log_text()[-4000:]}")
         await finish(rig, result)
         assert_counter_contiguous(rig)
+        assert rig.receiver.rx.summary().skipped == 0, "every stop was clean: the buffer returned its reserved numbers"
         result.note(f"{stops} SIGTERMs right after the first delivery: every run exited 0; "
                     f"stop took max {max(took):.1f} s, median {sorted(took)[len(took) // 2]:.1f} s")
         result.faults.append(FaultRecord(f"SIGTERM after first delivery x{stops}", "SIGTERM"))
