@@ -107,6 +107,7 @@ class Daemon:
         self.hard_exit_after: float | None = None  # set by run_process: the process's last resort
         self._closing: asyncio.Task[None] | None = None  # the shutdown of the drivers and the pipeline
         self._stop_at: float | None = None  # loop time of the stop request
+        self._health: asyncio.Task[None] | None = None  # publishes the health summary (metrics.status_interval)
 
     def request_stop(self) -> None:
         """Ask the daemon to stop (signal-safe: called from the loop)."""
@@ -136,15 +137,13 @@ class Daemon:
         ):
             loop.add_signal_handler(sig, handler)
         watchdog: asyncio.Task[None] | None = None
-        health: asyncio.Task[None] | None = None
         try:
             await self._start(cfg)
             log.info("sensegate started: gateway %s, %d driver instance(s)", cfg.config.gateway.id, len(cfg.instances))
-            await self.metrics.apply(cfg.config.metrics.enabled, cfg.config.metrics.listen)
+            await self._apply_metrics(cfg)
             self.ready.set()
             self.notifier.ready(status_line(self))
             watchdog = asyncio.create_task(self.notifier.watchdog_loop(lambda: status_line(self)), name="watchdog")
-            health = asyncio.create_task(self._health_loop(), name="health")
             while not self._stop.is_set():
                 stop = asyncio.ensure_future(self._stop.wait())
                 reload = asyncio.ensure_future(self._reload.wait())
@@ -155,12 +154,11 @@ class Daemon:
                     self._reload.clear()
                     self.notifier.reloading()
                     await self.reload()
-                    if self.cfg is not None:
-                        await self.metrics.apply(self.cfg.config.metrics.enabled, self.cfg.config.metrics.listen)
                     self.notifier.ready(status_line(self))
         finally:
             self.notifier.stopping()
             deadline = (self._stop_at or loop.time()) + SHUTDOWN_DEADLINE
+            health, self._health = self._health, None
             for task in (watchdog, health):
                 if task is not None:
                     await stop_task(task, (SIDE_CLOSE,))
@@ -173,14 +171,19 @@ class Daemon:
         log.info("sensegate stopped")
         return 0
 
-    async def _health_loop(self) -> None:
-        """Publish the health summary on the status topic of each MQTT uplink, periodically."""
+    async def _apply_metrics(self, cfg: GatewayConfig) -> None:
+        """The metrics section: the endpoint starts, stops or moves; the status timer restarts."""
+        m = cfg.config.metrics
+        await self.metrics.apply(m.enabled, m.listen)
+        if self._health is not None:
+            await stop_task(self._health, (SIDE_CLOSE,))
+        self._health = asyncio.create_task(self._health_loop(m.status_interval), name="health")
+
+    async def _health_loop(self, interval: float) -> None:
+        """Publish the health summary on the status topic of each MQTT uplink, every ``interval`` s."""
         from gateway.metrics import summary
 
-        while True:
-            interval = self.cfg.config.metrics.status_interval if self.cfg is not None else 60.0
-            if not interval:
-                return
+        while interval:
             await asyncio.sleep(interval)
             for up in getattr(self.pipeline, "uplinks", []):
                 if hasattr(up, "publish_health"):
@@ -245,15 +248,19 @@ class Daemon:
         return True
 
     async def apply_config(self, new: GatewayConfig) -> None:
-        """Run ``new``: restart only the instances whose sections changed (or all, with the pipeline)."""
+        """Run ``new``: every section that changed takes effect as gateway.config.apply.APPLY says
+        (only the instances whose sections changed restart, or all of them with the pipeline)."""
         set_level(new.config.gateway.log_level)
         if self.cfg is None or self.supervisor is None or self.pipeline is None:
             await self._shutdown()  # an earlier apply failed half way: start from scratch
             await self._start(new)
+            await self._apply_metrics(new)
             return
         p = plan(self.cfg, new)
+        if p.metrics:
+            await self._apply_metrics(new)
         if p.restart_pipeline:
-            log.info("reload: gateway, buffer or uplinks changed; restarting the pipeline")
+            log.info("reload: %s changed; restarting the pipeline", ", ".join(p.restart_for))
             await self._shutdown()
             await self._start(new)
             return

@@ -235,7 +235,8 @@ class MetricsServer:
 
     def __init__(self, daemon: _Daemon) -> None:
         self.daemon = daemon
-        self.listen = ""
+        self.listen = ""  # where it listens now ("" when it does not)
+        self.error = ""  # why the last apply could not listen where the config asked
         self._server: asyncio.Server | None = None
 
     @property
@@ -251,13 +252,15 @@ class MetricsServer:
         if want == self.listen and (self._server is not None or not want):
             return
         await self.close()
+        self.error = ""
         if not want:
             return
         host, port = parse_listen(want)
         try:
             self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
         except OSError as e:
-            log.error("metrics endpoint not started: cannot listen on %s: %s", want, e.strerror or e)
+            self.error = f"cannot listen on {want}: {e.strerror or e}"
+            log.error("metrics endpoint not started: %s", self.error)
             return
         self.listen = want
         if host not in ("127.0.0.1", "::1", "localhost"):
