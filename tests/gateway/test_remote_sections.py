@@ -189,3 +189,9 @@ async def test_a_group_push_reaches_a_group_added_by_sighup(tmp_path: Path, brok
         _, answers = await push_config(b, key, yaml.safe_dump(new).encode(), group="district-9", within=30)
         assert answers.by_gateway["gw-g"]["state"] == "applied", answers.by_gateway
         assert set(d.supervisor.runners) == {"counter", "g"}  # type: ignore[union-attr]
+
+
+def test_docs_say_how_each_section_is_applied() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "remote.md").read_text()
+    missing = [k for k in APPLY if f"| `{k}` |" not in text]
+    assert not missing, f"docs/remote.md's table does not say how these sections apply: {missing}"
