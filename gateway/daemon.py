@@ -47,6 +47,7 @@ SHUTDOWN_DEADLINE = 20.0
 HARD_EXIT_AFTER = 25.0
 SIDE_CLOSE = 3.0  # metrics endpoint, remote config, background tasks: each closes within this
 LEFTOVER_WAIT = 1.0  # after the daemon returned: tasks and executor threads still running
+PIPELINE_FLOOR = 3.0  # the pipeline's close (the buffer's last commit) gets at least this
 
 
 class Pipeline(Protocol):
@@ -232,7 +233,10 @@ class Daemon:
         if supervisor is not None:
             await supervisor.stop_all()  # bounded by each runner's own waits (scheduler.STOP_WAITS)
         if pipeline is not None:
-            await settle(pipeline.close(), deadline - loop.time(), "closing the pipeline (buffer and uplinks)")
+            # the buffer's close commits what the drivers emitted: it gets its time even when the
+            # steps before took theirs (HARD_EXIT_AFTER still bounds the whole)
+            within = max(deadline - loop.time(), PIPELINE_FLOOR)
+            await settle(pipeline.close(), within, "closing the pipeline (buffer and uplinks)")
 
     async def reload(self) -> bool:
         """Re-read the config file and apply what changed; keep running on a bad file."""

@@ -293,6 +293,7 @@ class InstanceRunner:
     def _honour_stop(self) -> None:
         """Raise the cancellation a driver (or a library under it) may have swallowed."""
         if self._stopping:
+            self._log.debug("%s: a cancellation was swallowed under the driver; stopping now", self.name)
             raise asyncio.CancelledError(f"driver instance {self.name!r} is stopping")
 
     def poll_now(self) -> None:

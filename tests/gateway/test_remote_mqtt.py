@@ -36,7 +36,7 @@ def gateway_doc(tmp: Path, gw: str, url: str, drivers: list[dict[str, Any]] | No
     return {
         "gateway": {"id": gw, "state_dir": str(tmp / gw)},
         "uplinks": [{"type": "mqtt", "url": url, "reconnect_max": 1}],
-        "drivers": drivers if drivers is not None else [SIM],
+        "drivers": drivers if drivers is not None else [dict(SIM)],  # a copy: callers change it
         **extra,
     }
 
