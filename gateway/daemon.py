@@ -45,7 +45,7 @@ DEFAULT_CONFIG = "/etc/sensegate/sensegate.yaml"
 # past HARD_EXIT_AFTER (a loop blocked for good), faulthandler dumps every thread and exits.
 SHUTDOWN_DEADLINE = 20.0
 HARD_EXIT_AFTER = 25.0
-SIDE_CLOSE = 3.0  # metrics endpoint, remote config, background tasks: each closes within this
+SIDE_CLOSE = 6.0  # metrics endpoint and remote config (together), background tasks: closed within this
 LEFTOVER_WAIT = 1.0  # after the daemon returned: tasks and executor threads still running
 PIPELINE_FLOOR = 3.0  # the pipeline's close (the buffer's last commit) gets at least this
 
@@ -165,8 +165,8 @@ class Daemon:
                     await stop_task(task, (SIDE_CLOSE,))
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            await settle(self.metrics.close(), SIDE_CLOSE, "closing the metrics endpoint")
-            await settle(self.remote.close(), SIDE_CLOSE, "closing remote config")
+            await asyncio.gather(settle(self.metrics.close(), SIDE_CLOSE, "closing the metrics endpoint"),
+                                 settle(self.remote.close(), SIDE_CLOSE, "closing remote config"))
             await self._shutdown(deadline)
             self.notifier.close()
         log.info("sensegate stopped")

@@ -246,9 +246,14 @@ class InstanceRunner:
                 sink_put(Reading(node, point, ts_ns or time_ns(), value, unit, quality, Path.IP3, instance))
             stats.readings += 1
 
+        refused = 0
+
         def refuse(reading: Reading) -> None:
-            log.warning("%s: refused a reading emitted after the instance was stopped (%s/%s); "
-                        "cancelling it again", instance, reading.node, reading.point)
+            nonlocal refused
+            refused += 1
+            if refused == 1:  # once: a driver that catches the cancellation may keep trying
+                log.warning("%s: refused a reading emitted after the instance was stopped (%s/%s); "
+                            "cancelling it again", instance, reading.node, reading.point)
             raise asyncio.CancelledError(f"driver instance {instance!r} was stopped")
 
         def cut() -> None:
