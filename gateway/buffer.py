@@ -220,7 +220,9 @@ class Buffer:
                 await self._run(self._close_sync)
         finally:
             self._disarm()  # (a commit that failed just now armed its retry)
-            self._pool.shutdown(wait=True)
+            # never block the loop on the database thread: idle, it ends at once; still in a
+            # statement (this close was cancelled by the shutdown deadline), it ends after it
+            self._pool.shutdown(wait=False)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -121,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 @command("run")
 def _run(args: argparse.Namespace) -> int:
     from gateway.config import ConfigInvalid
-    from gateway.daemon import DEFAULT_CONFIG, Daemon
+    from gateway.daemon import DEFAULT_CONFIG, run_process
     from gateway.logs import setup_logging
 
     setup_logging("info")
@@ -130,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     from gateway.pipeline import PipelineError
 
     try:
-        return asyncio.run(Daemon(path).run())
+        return run_process(path)
     except ConfigInvalid as e:
         print(e, file=sys.stderr)
         return 1

@@ -4,6 +4,10 @@ SIGTERM/SIGINT stop cleanly (drivers closed, pending readings flushed). SIGHUP r
 config file: an invalid file is reported and the running config kept; a valid one restarts
 only the driver instances whose sections changed (see gateway.config.apply).
 
+A stop is bounded: every step waits a limited time (gateway.bounded), the whole shutdown has
+``SHUTDOWN_DEADLINE``, and ``run_process`` (what ``sensegate run`` calls) exits even when a
+task or a thread would not stop, well before systemd's ``TimeoutStopSec`` would SIGKILL it.
+
 The file given with -c is also the trust anchor for remote config (gateway.remote): when a
 signed pushed config is current, the daemon boots that one and the file is the fallback.
 """
@@ -12,11 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
+import os
 import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Protocol
 
+from gateway.bounded import settle, stop_task
 from gateway.config import ConfigInvalid, GatewayConfig, load_config
 from gateway.config.apply import plan
 from gateway.driver_api import Reading
@@ -31,6 +40,14 @@ from gateway.sinks import JsonlSink
 
 log = logging.getLogger("sensegate.daemon")
 DEFAULT_CONFIG = "/etc/sensegate/sensegate.yaml"
+# From SIGTERM to exit. systemd/sensegate.service has TimeoutStopSec=30s (then SIGKILL, and an
+# unclean buffer); a test keeps these under it. The shutdown's steps share SHUTDOWN_DEADLINE;
+# past HARD_EXIT_AFTER (a loop blocked for good), faulthandler dumps every thread and exits.
+SHUTDOWN_DEADLINE = 20.0
+HARD_EXIT_AFTER = 25.0
+SIDE_CLOSE = 6.0  # metrics endpoint and remote config (together), background tasks: closed within this
+LEFTOVER_WAIT = 1.0  # after the daemon returned: tasks and executor threads still running
+PIPELINE_FLOOR = 3.0  # the pipeline's close (the buffer's last commit) gets at least this
 
 
 class Pipeline(Protocol):
@@ -88,9 +105,19 @@ class Daemon:
         self.ready = asyncio.Event()
         self.notifier = Notifier()  # sd_notify; a no-op outside systemd
         self.metrics = MetricsServer(self)
+        self.hard_exit_after: float | None = None  # set by run_process: the process's last resort
+        self._closing: asyncio.Task[None] | None = None  # the shutdown of the drivers and the pipeline
+        self._stop_at: float | None = None  # loop time of the stop request
+        self._health: asyncio.Task[None] | None = None  # publishes the health summary (metrics.status_interval)
 
     def request_stop(self) -> None:
         """Ask the daemon to stop (signal-safe: called from the loop)."""
+        if self._stop.is_set():
+            return
+        self._stop_at = asyncio.get_running_loop().time()
+        if self.hard_exit_after is not None:
+            # should the loop itself be wedged, the stop still ends (with every thread's stack)
+            faulthandler.dump_traceback_later(self.hard_exit_after, exit=True)
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -114,11 +141,10 @@ class Daemon:
         try:
             await self._start(cfg)
             log.info("sensegate started: gateway %s, %d driver instance(s)", cfg.config.gateway.id, len(cfg.instances))
-            await self.metrics.apply(cfg.config.metrics.enabled, cfg.config.metrics.listen)
+            await self._apply_metrics(cfg)
             self.ready.set()
             self.notifier.ready(status_line(self))
             watchdog = asyncio.create_task(self.notifier.watchdog_loop(lambda: status_line(self)), name="watchdog")
-            health = asyncio.create_task(self._health_loop(), name="health")
             while not self._stop.is_set():
                 stop = asyncio.ensure_future(self._stop.wait())
                 reload = asyncio.ensure_future(self._reload.wait())
@@ -129,32 +155,36 @@ class Daemon:
                     self._reload.clear()
                     self.notifier.reloading()
                     await self.reload()
-                    if self.cfg is not None:
-                        await self.metrics.apply(self.cfg.config.metrics.enabled, self.cfg.config.metrics.listen)
                     self.notifier.ready(status_line(self))
         finally:
             self.notifier.stopping()
-            if watchdog is not None:
-                watchdog.cancel()
-                health.cancel()
-                await asyncio.gather(watchdog, health, return_exceptions=True)
+            deadline = (self._stop_at or loop.time()) + SHUTDOWN_DEADLINE
+            health, self._health = self._health, None
+            for task in (watchdog, health):
+                if task is not None:
+                    await stop_task(task, (SIDE_CLOSE,))
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            await self.metrics.close()
-            await self.remote.close()
-            await self._shutdown()
+            await asyncio.gather(settle(self.metrics.close(), SIDE_CLOSE, "closing the metrics endpoint"),
+                                 settle(self.remote.close(), SIDE_CLOSE, "closing remote config"))
+            await self._shutdown(deadline)
             self.notifier.close()
         log.info("sensegate stopped")
         return 0
 
-    async def _health_loop(self) -> None:
-        """Publish the health summary on the status topic of each MQTT uplink, periodically."""
+    async def _apply_metrics(self, cfg: GatewayConfig) -> None:
+        """The metrics section: the endpoint starts, stops or moves; the status timer restarts."""
+        m = cfg.config.metrics
+        await self.metrics.apply(m.enabled, m.listen)
+        if self._health is not None:
+            await stop_task(self._health, (SIDE_CLOSE,))
+        self._health = asyncio.create_task(self._health_loop(m.status_interval), name="health")
+
+    async def _health_loop(self, interval: float) -> None:
+        """Publish the health summary on the status topic of each MQTT uplink, every ``interval`` s."""
         from gateway.metrics import summary
 
-        while True:
-            interval = self.cfg.config.metrics.status_interval if self.cfg is not None else 60.0
-            if not interval:
-                return
+        while interval:
             await asyncio.sleep(interval)
             for up in getattr(self.pipeline, "uplinks", []):
                 if hasattr(up, "publish_health"):
@@ -174,21 +204,39 @@ class Daemon:
         try:
             await pipeline.start()
         except BaseException:
-            with contextlib.suppress(Exception):
-                await pipeline.close()
+            await settle(pipeline.close(), SHUTDOWN_DEADLINE, "closing a pipeline that did not start")
             raise
         self.pipeline = pipeline
         self.supervisor = Supervisor(cfg.config.gateway.id, self.pipeline, self.nodes)
         for inst in cfg.instances:
             self.supervisor.start(inst)
 
-    async def _shutdown(self) -> None:
-        if self.supervisor is not None:
-            await self.supervisor.stop_all()
-        if self.pipeline is not None:
-            await self.pipeline.close()
+    async def _shutdown(self, deadline: float | None = None) -> None:
+        """Stop the drivers, then close the pipeline (which commits what they emitted), by ``deadline``.
+
+        Runs to its end in a task of its own even when the caller is cancelled (an apply cancelled
+        by a stop), so a pipeline is never left half closed; a later call waits for it first."""
+        if self._closing is not None and not self._closing.done():
+            await asyncio.shield(self._closing)
+        if self.supervisor is None and self.pipeline is None:
+            return
+        self._closing = asyncio.create_task(self._close_parts(deadline), name="daemon-shutdown")
+        await asyncio.shield(self._closing)
+
+    async def _close_parts(self, deadline: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + SHUTDOWN_DEADLINE
+        supervisor, pipeline = self.supervisor, self.pipeline
         self.supervisor = None
         self.pipeline = None
+        if supervisor is not None:
+            await supervisor.stop_all()  # bounded by each runner's own waits (scheduler.STOP_WAITS)
+        if pipeline is not None:
+            # the buffer's close commits what the drivers emitted: it gets its time even when the
+            # steps before took theirs (HARD_EXIT_AFTER still bounds the whole)
+            within = max(deadline - loop.time(), PIPELINE_FLOOR)
+            await settle(pipeline.close(), within, "closing the pipeline (buffer and uplinks)")
 
     async def reload(self) -> bool:
         """Re-read the config file and apply what changed; keep running on a bad file."""
@@ -204,15 +252,19 @@ class Daemon:
         return True
 
     async def apply_config(self, new: GatewayConfig) -> None:
-        """Run ``new``: restart only the instances whose sections changed (or all, with the pipeline)."""
+        """Run ``new``: every section that changed takes effect as gateway.config.apply.APPLY says
+        (only the instances whose sections changed restart, or all of them with the pipeline)."""
         set_level(new.config.gateway.log_level)
         if self.cfg is None or self.supervisor is None or self.pipeline is None:
             await self._shutdown()  # an earlier apply failed half way: start from scratch
             await self._start(new)
+            await self._apply_metrics(new)
             return
         p = plan(self.cfg, new)
+        if p.metrics:
+            await self._apply_metrics(new)
         if p.restart_pipeline:
-            log.info("reload: gateway, buffer or uplinks changed; restarting the pipeline")
+            log.info("reload: %s changed; restarting the pipeline", ", ".join(p.restart_for))
             await self._shutdown()
             await self._start(new)
             return
@@ -227,3 +279,67 @@ class Daemon:
             len([n for n in p.stop if n not in p.start]),
             len(p.keep),
         )
+
+
+def run_process(config_path: str | Path) -> int:
+    """Run the daemon in this process until it is stopped: ``asyncio.run`` with every wait of
+    the exit bounded.
+
+    ``asyncio.run`` waits without a limit for the tasks left at the end and for the default
+    executor's threads, and the interpreter joins every executor thread at exit: one driver
+    task that swallows its cancellation, or one thread stuck in a blocking call, would keep the
+    process alive until systemd kills it. Here what is left gets ``LEFTOVER_WAIT``; whatever
+    still runs after that is named in the log and the process exits without waiting for it
+    (the buffer was closed and committed before; nothing stored is at risk)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    daemon = Daemon(config_path)
+    daemon.hard_exit_after = HARD_EXIT_AFTER
+    status = 1
+    left: list[str] = []
+    try:
+        status = loop.run_until_complete(daemon.run())
+    finally:
+        try:
+            left = loop.run_until_complete(_leftovers(LEFTOVER_WAIT))
+        finally:
+            if left:
+                log.error("exiting with %s still running (they would not stop)", ", ".join(left))
+                logging.shutdown()
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                os._exit(status)
+            faulthandler.cancel_dump_traceback_later()
+            asyncio.set_event_loop(None)
+            loop.close()
+    return status
+
+
+async def _leftovers(within: float) -> list[str]:
+    """Cancel the tasks still running and shut the default executor down, each for at most
+    ``within`` s; the names of the tasks and non-daemon threads still running after that."""
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=within)
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            log.warning("task %s ended with %r", t.get_name(), t.exception())
+    gens = asyncio.ensure_future(loop.shutdown_asyncgens())
+    pool = asyncio.ensure_future(loop.shutdown_default_executor())
+    await asyncio.wait({gens, pool}, timeout=within)
+    end = loop.time() + within  # threads a finished shutdown joined may take a moment to be gone
+    while (threads := _threads()) and loop.time() < end:  # noqa: ASYNC110 (a thread's end sets no event)
+        await asyncio.sleep(0.01)
+    stuck = [t.get_name() for t in tasks if not t.done()]
+    stuck += [what for what, f in (("closing async generators", gens), ("the default executor", pool)) if not f.done()]
+    return stuck + [f"thread {n}" for n in threads]
+
+
+def _threads() -> list[str]:
+    """Threads the interpreter would wait for at exit."""
+    return [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]

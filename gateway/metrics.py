@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway import __version__
+from gateway.bounded import settle
 
 log = logging.getLogger("sensegate.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -239,7 +240,8 @@ class MetricsServer:
 
     def __init__(self, daemon: _Daemon) -> None:
         self.daemon = daemon
-        self.listen = ""
+        self.listen = ""  # where it listens now ("" when it does not)
+        self.error = ""  # why the last apply could not listen where the config asked
         self._server: asyncio.Server | None = None
 
     @property
@@ -255,13 +257,15 @@ class MetricsServer:
         if want == self.listen and (self._server is not None or not want):
             return
         await self.close()
+        self.error = ""
         if not want:
             return
         host, port = parse_listen(want)
         try:
             self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
         except OSError as e:
-            log.error("metrics endpoint not started: cannot listen on %s: %s", want, e.strerror or e)
+            self.error = f"cannot listen on {want}: {e.strerror or e}"
+            log.error("metrics endpoint not started: %s", self.error)
             return
         self.listen = want
         if host not in ("127.0.0.1", "::1", "localhost"):
@@ -269,12 +273,12 @@ class MetricsServer:
         log.info("metrics on http://%s/metrics", want)
 
     async def close(self) -> None:
-        """Stop listening and wait for open requests to finish."""
+        """Stop listening and wait (bounded: requests have REQUEST_TIMEOUT) for open requests to finish."""
         server, self._server = self._server, None
         self.listen = ""
         if server is not None:
             server.close()
-            await server.wait_closed()
+            await settle(server.wait_closed(), self.REQUEST_TIMEOUT, "closing the metrics endpoint")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

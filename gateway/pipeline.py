@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.bounded import abandon, settle, stop_task
 from gateway.buffer import Batch, Buffer
 from gateway.config.validate import GatewayConfig
 from gateway.driver_api import Reading
@@ -43,6 +44,7 @@ from gateway.uplinks import Uplink
 log = logging.getLogger("sensegate.pipeline")
 TOKEN_OPEN_TIMEOUT = 30.0
 """Longest a start waits for a PKCS#11 token to load, log in and sign its probe."""
+CLOSE_STEP = 2.0  # each step of a close before the buffer's (tasks, last acknowledgements, each uplink)
 
 
 class PipelineError(Exception):
@@ -448,21 +450,22 @@ class BufferedPipeline:
         }
 
     async def close(self, grace: float = 3.0) -> None:
-        """Flush for up to ``grace`` seconds, then stop: nothing unsent is lost, it stays buffered."""
+        """Flush for up to ``grace`` seconds, then stop: nothing unsent is lost, it stays buffered.
+
+        Each step before the buffer's close is bounded (CLOSE_STEP, gateway.bounded), so the
+        buffer's last commit of what the drivers emitted is reached whatever an uplink does; the
+        caller bounds the whole (the daemon's shutdown deadline)."""
         if grace and self._task is not None:
             await self.drain(grace)
         for timer in (self._timer, self._spacing_timer):
             if timer is not None:
                 timer.cancel()
         for task in (self._task, self._blob_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        with contextlib.suppress(Exception):
-            await self._handle_events()
-        for lane in self.lanes:
-            await lane.uplink.close()
+            if task is not None and not await stop_task(task, (CLOSE_STEP,)):
+                abandon(task, f"pipeline task {task.get_name()} would not stop")
+        await settle(self._handle_events(), CLOSE_STEP, "recording the last acknowledgements")
+        await asyncio.gather(*(settle(lane.uplink.close(), CLOSE_STEP, f"closing uplink {lane.uplink.name}")
+                               for lane in self.lanes))
         await self.buffer.close()
         if self.key is not None:
             self.key.close()  # a token's session; nothing for a PEM key

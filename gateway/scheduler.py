@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from tenacity import RetryCallState, wait_exponential, wait_random
 
+from gateway.bounded import abandon, stop_task
 from gateway.config.validate import Instance
 from gateway.driver_api import (
     Blob,
@@ -36,6 +37,9 @@ from gateway.registry import load_driver_class
 T = TypeVar("T")
 _VALUE_TYPES = (float, int, bool, str, bytes, Location, Blob)
 CLOSE_TIMEOUT = 5.0
+# Stopping an instance: cancel, wait (its close, itself bounded by CLOSE_TIMEOUT, included),
+# cancel again, wait, then leave the task behind. At most 7 s, whatever the driver does.
+STOP_WAITS = (CLOSE_TIMEOUT + 1.0, 1.0)
 MAX_INLINE = 64 * 1024  # str/bytes readings beyond this must be Blobs (uploaded apart from batches)
 _POINT_RE = re.compile(r"^[A-Za-z0-9][-:./_A-Za-z0-9]{0,254}$")
 _NODE_RE = re.compile(r"^[A-Za-z0-9][-:._A-Za-z0-9]{0,127}$")
@@ -148,9 +152,11 @@ class _Context:
         self.log = logger
         self._nodes = nodes
         self._events = stats.extra
+        self.cut = False  # set when the instance was left behind at a stop: its reports no longer count
 
     def node_status(self, node: str, online: bool, reason: str = "") -> None:
-        self._nodes.set(node, online, reason)
+        if not self.cut:
+            self._nodes.set(node, online, reason)
 
     def count(self, event: str, n: int = 1) -> None:
         self._events[event] = self._events.get(event, 0) + n
@@ -172,6 +178,7 @@ class InstanceRunner:
         nodes: NodeTracker,
         backoff: tuple[float, float] = (1.0, 60.0),
         clock: Clock | None = None,
+        stop_waits: tuple[float, ...] = STOP_WAITS,
     ) -> None:
         self.inst = inst
         self.clock: Clock = clock or LoopClock()
@@ -188,13 +195,18 @@ class InstanceRunner:
         self._task: asyncio.Task[None] | None = None
         self._available: bool | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
+        self.stop_waits = stop_waits
         cfg = inst.config
         self._node = cfg.node or gateway_id
         self._path = Path.IP3 if cfg.path == "ip3" else Path.IP2
-        self.emit = self._make_emit()
+        self.emit, self._cut_emit = self._make_emit()
 
-    def _make_emit(self) -> Callable[..., None]:
+    def _make_emit(self) -> tuple[Callable[..., None], Callable[[], None]]:
+        """The driver's emit, and the switch that makes it refuse readings once the instance
+        was left behind at a stop (so a task that would not stop cannot feed a closed pipeline)."""
         sink_put = self._sink.put
+        log = self._log
         stats = self.stats
         default_node = self._node
         path = self._path
@@ -241,20 +253,60 @@ class InstanceRunner:
                 sink_put(Reading(node, point, ts_ns or time_ns(), value, unit, quality, Path.IP3, instance))
             stats.readings += 1
 
-        return emit
+        refused = 0
+
+        def refuse(reading: Reading) -> None:
+            nonlocal refused
+            refused += 1
+            if refused == 1:  # once: a driver that catches the cancellation may keep trying
+                log.warning("%s: refused a reading emitted after the instance was stopped (%s/%s); "
+                            "cancelling it again", instance, reading.node, reading.point)
+            raise asyncio.CancelledError(f"driver instance {instance!r} was stopped")
+
+        def cut() -> None:
+            nonlocal sink_put
+            sink_put = refuse
+
+        return emit, cut
 
     def start(self) -> None:
         """Start the supervising task."""
         self._task = asyncio.create_task(self._main(), name=f"driver:{self.name}")
 
-    async def stop(self) -> None:
-        """Cancel the task and close the driver; safe to call twice."""
+    async def stop(self) -> bool:
+        """Cancel the task and close the driver, in bounded time (``stop_waits``); safe to call twice.
+
+        A task that will not stop (a driver, or a library under it, swallowing cancellation) is
+        cancelled again, then left behind: logged once with where it is stuck, its readings
+        refused and its node reports ignored from then on. Returns False in that case."""
         task, self._task = self._task, None
+        self._stopping = True  # a swallowed cancellation is honoured at the poll loop's next turn
+        self._wake.set()
+        stopped = True
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                stopped = await stop_task(task, self.stop_waits)
+            except asyncio.CancelledError:  # the caller gave up waiting: the task must not run on unsupervised
+                self._leave_behind()
+                raise
+            if not stopped:
+                self._leave_behind()
+                self.stats.last_error = "would not stop"
+                abandon(task, f"driver instance {self.name} ({self.inst.manifest.name}) would not stop: cancelled "
+                        f"{len(self.stop_waits)} times in {sum(self.stop_waits):.3g} s; its readings are refused "
+                        "from now on", self._log)
         self.stats.state = "stopped"
+        return stopped
+
+    def _leave_behind(self) -> None:
+        self._cut_emit()
+        self._ctx.cut = True
+
+    def _honour_stop(self) -> None:
+        """Raise the cancellation a driver (or a library under it) may have swallowed."""
+        if self._stopping:
+            self._log.debug("%s: a cancellation was swallowed under the driver; stopping now", self.name)
+            raise asyncio.CancelledError(f"driver instance {self.name!r} is stopping")
 
     def poll_now(self) -> None:
         """Ask for an extra poll as soon as the current one (if any) finishes."""
@@ -303,6 +355,7 @@ class InstanceRunner:
             return
         try:
             while True:
+                self._honour_stop()
                 try:
                     self._driver = cls(self.inst.config, self._ctx)
                     async with self._lock, asyncio.timeout(self.inst.config.timeout):
@@ -342,6 +395,7 @@ class InstanceRunner:
         failures = 0
         next_at = clock.time()
         while True:
+            self._honour_stop()
             start = clock.time()
             try:
                 async with self._lock, asyncio.timeout(cfg.timeout):
@@ -374,6 +428,7 @@ class InstanceRunner:
             now = clock.time()
             if next_at < now:  # overran: skip missed ticks rather than burst
                 next_at = now
+            self._honour_stop()  # (stop() sets _wake too, but it is cleared here)
             self._wake.clear()
             await clock.wait(self._wake, next_at - now)
 
@@ -400,13 +455,13 @@ class Supervisor:
         return runner
 
     async def stop(self, name: str) -> None:
-        """Stop one instance."""
+        """Stop one instance (bounded: see InstanceRunner.stop)."""
         runner = self.runners.pop(name, None)
         if runner is not None:
             await runner.stop()
 
     async def stop_all(self) -> None:
-        """Stop every instance, concurrently."""
+        """Stop every instance, concurrently (bounded: see InstanceRunner.stop)."""
         runners = list(self.runners.values())
         self.runners.clear()
         await asyncio.gather(*(r.stop() for r in runners))

@@ -1,25 +1,53 @@
-"""Work out what a new config changes, so only the affected parts restart."""
+"""Work out what a new config changes, so only the affected parts restart.
+
+Every top-level section of the config (gateway.config.schema.Config) says here how it takes
+effect when it changes, by SIGHUP or by a remote push (``APPLY``). A section added to the schema
+without an entry fails a test: a section nobody applies would be accepted and silently ignored.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from gateway.config.validate import GatewayConfig
+
+How = Literal["read", "pipeline", "metrics", "instances"]
+
+APPLY: dict[str, tuple[How, str]] = {
+    "config_version": ("read", "the file's format version: read at load (older files are migrated); "
+                               "nothing runs on it"),
+    "gateway": ("pipeline", "the pipeline restarts (identity: id, state_dir and key_file cannot be pushed); "
+                            "log_level alone changes the log level at once"),
+    "buffer": ("pipeline", "the pipeline restarts on the same buffer file"),
+    "batch": ("pipeline", "the pipeline restarts"),
+    "uplinks": ("pipeline", "the pipeline restarts with the new uplinks"),
+    "uplink_mode": ("pipeline", "the pipeline restarts in the new mode"),
+    "metrics": ("metrics", "the endpoint starts, stops or moves; the status interval restarts its timer"),
+    "remote": ("pipeline", "local file only (a push that changes it is refused); on SIGHUP the pipeline "
+                           "restarts so the uplinks subscribe for the new groups, and the CoAP listener moves"),
+    "drivers": ("instances", "only the instances whose sections changed restart"),
+}
+LIVE_GATEWAY = {"log_level"}  # gateway fields applied without a restart
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Instances to stop and start, and whether the pipeline (buffer/uplinks) must restart."""
+    """What changes: instances to stop and start, the pipeline, the metrics endpoint, the log level."""
 
     stop: tuple[str, ...]
     start: tuple[str, ...]
     keep: tuple[str, ...]
     restart_pipeline: bool
+    metrics: bool = False
+    log_level: bool = False
+    sections: tuple[str, ...] = ()  # the top-level sections that differ
+    restart_for: tuple[str, ...] = ()  # the sections that restart the pipeline
 
     @property
     def empty(self) -> bool:
         """Nothing changes."""
-        return not (self.stop or self.start or self.restart_pipeline)
+        return not (self.stop or self.start or self.restart_pipeline or self.metrics or self.log_level)
 
 
 def plan(old: GatewayConfig, new: GatewayConfig) -> Plan:
@@ -34,5 +62,10 @@ def plan(old: GatewayConfig, new: GatewayConfig) -> Plan:
     start = [n for n in new_by if n not in old_by or n in stop]
     keep = [n for n in new_by if n in old_by and n not in stop]
     a, b = old.config, new.config
-    restart_pipeline = (a.gateway, a.buffer, a.batch, a.uplinks) != (b.gateway, b.buffer, b.batch, b.uplinks)
-    return Plan(tuple(stop), tuple(start), tuple(keep), restart_pipeline)
+    sections = tuple(k for k in APPLY if getattr(a, k) != getattr(b, k))
+    lives = {f: getattr(b.gateway, f) for f in LIVE_GATEWAY}
+    gateway_restart = a.gateway.model_copy(update=lives) != b.gateway
+    restart_for = tuple(k for k in sections if APPLY[k][0] == "pipeline" and (k != "gateway" or gateway_restart))
+    return Plan(tuple(stop), tuple(start), tuple(keep), bool(restart_for),
+                metrics="metrics" in sections, log_level=a.gateway.log_level != b.gateway.log_level,
+                sections=sections, restart_for=restart_for)

@@ -2,9 +2,11 @@
 
 A push is checked completely (size, signature, target, revision, YAML, schema, every driver
 section, identity) before anything is touched, staged on disk, applied by restarting only what
-changed, and then held to a health gate: the uplink must be connected and restarted drivers
-running within set times. It then commits, or the previous config is put back. Each step
-ends in a retained status message (docs/remote.md).
+changed, and then held to a health gate: the uplinks must answer (every one of them in
+``uplink_mode: all``), restarted drivers be running and a metrics endpoint listen within set
+times. It then commits, or the previous config is put back. Each step ends in a retained
+status message (docs/remote.md). Pushes come over the MQTT downlink and, with
+``remote.coap_listen``, by CoAP PUT (gateway.remote.coap_resource).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.bounded import abandon, settle, stop_task
 from gateway.config import ConfigInvalid, GatewayConfig
 from gateway.config.apply import Plan, plan
 from gateway.config.loader import LoadError, load_yaml
 from gateway.config.validate import validate_document
+from gateway.metrics import MetricsServer
 from gateway.registry import Registry
 from gateway.remote import topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
@@ -33,6 +37,7 @@ from gateway.scheduler import Supervisor
 log = logging.getLogger("sensegate.remote")
 QUEUE = 4  # config pushes waiting while one applies; more are refused as busy
 MAX_COMMANDS = 16  # commands running at once
+CLOSE_WAIT = 2.0  # at a stop, for the apply or command running, and for the CoAP server
 
 
 class Host(Protocol):
@@ -42,6 +47,7 @@ class Host(Protocol):
     pipeline: Any
     supervisor: Supervisor | None
     apply_lock: asyncio.Lock
+    metrics: MetricsServer
 
     async def apply_config(self, new: GatewayConfig) -> None: ...
 
@@ -57,6 +63,9 @@ class Downlink(Protocol):
 
     @property
     def connected(self) -> bool: ...
+
+    @property
+    def reachable(self) -> bool: ...
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool: ...
 
@@ -96,7 +105,6 @@ class RemoteAgent:
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE)
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._uplink_changed = asyncio.Event()
         self._unsent: bytes | None = None  # a status no uplink could take yet
         self._coap: Any = None  # CoapConfigServer when remote.coap_listen is set
 
@@ -185,8 +193,9 @@ class RemoteAgent:
                 raise Rejected(f"{what} cannot be changed remotely ({x!r} here, {y!r} pushed)")
         if "remote" in b.model_fields_set and b.remote != a.remote:
             raise Rejected("the remote: section (trusted keys, groups, limits) can only be changed in the local file")
-        if not any(u.type == "mqtt" for u in b.uplinks):
-            raise Rejected("the pushed config has no MQTT uplink: the gateway would lock itself out")
+        if not any(u.type == "mqtt" for u in b.uplinks) and not a.remote.coap_listen:
+            raise Rejected("the pushed config has no MQTT uplink and this gateway has no remote.coap_listen: "
+                           "it would lock itself out")
         config = b.model_copy(update={"remote": a.remote})
         return GatewayConfig(config, new.instances, new.source)
 
@@ -204,19 +213,34 @@ class RemoteAgent:
 
             def on_state(connected: bool, before: Callable[[bool], None] = before, up: Downlink = up) -> None:
                 before(connected)
-                self._uplink_changed.set()
                 if connected:
                     self._flush(up)
 
             up.on_state = on_state
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="remote-config")
-        if self.settings.coap_listen and self._coap is None:
-            from gateway.remote.coap_resource import CoapConfigServer
+        self._sync_coap()
 
-            self._coap = CoapConfigServer(self.settings.coap_listen, self._take_coap,
-                                          int(self.settings.max_document_bytes))
-            self._tasks.add(asyncio.create_task(self._coap.start(), name="remote-coap"))
+    def _sync_coap(self) -> None:
+        """Listen for CoAP pushes where ``remote.coap_listen`` says (it may have moved on SIGHUP)."""
+        want = self.settings.coap_listen
+        old = self._coap
+        if (old.listen if old is not None else "") == want:
+            return
+        from gateway.remote.coap_resource import CoapConfigServer
+
+        self._coap = new = CoapConfigServer(want, self._take_coap, int(self.settings.max_document_bytes)) \
+            if want else None
+
+        async def move() -> None:
+            if old is not None:
+                await settle(old.close(), CLOSE_WAIT, "closing the CoAP config server")
+            if new is not None:
+                await new.start()
+
+        task = asyncio.create_task(move(), name="remote-coap")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _take_coap(self, payload: bytes) -> bool:
         """A push PUT over CoAP joins the same queue as MQTT pushes; False when it is full."""
@@ -227,17 +251,18 @@ class RemoteAgent:
         return True
 
     async def close(self) -> None:
-        """Stop taking pushes and commands (an apply in progress is cancelled: pending stays on disk)."""
+        """Stop taking pushes and commands (an apply in progress is cancelled: pending stays on disk).
+
+        Bounded: a task that will not stop is left behind (gateway.bounded), logged once."""
         tasks = [t for t in (self._worker, *self._tasks) if t is not None]
         self._worker = None
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        if self._coap is not None:
-            await self._coap.close()
-            self._coap = None
+        stopped = await asyncio.gather(*(stop_task(t, (CLOSE_WAIT,)) for t in tasks))
+        for t, ok in zip(tasks, stopped, strict=True):
+            if not ok:
+                abandon(t, f"remote task {t.get_name()} would not stop", log)
+        coap, self._coap = self._coap, None
+        if coap is not None:
+            await settle(coap.close(), CLOSE_WAIT, "closing the CoAP config server")
 
     def _downlink(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/config/set"):
@@ -357,7 +382,13 @@ class RemoteAgent:
     def _describe(p: Plan) -> str:
         if p.empty:
             return "nothing (no change)"
-        parts = ["pipeline (gateway/buffer/batch/uplinks changed)"] if p.restart_pipeline else []
+        parts = []
+        if p.restart_pipeline:
+            parts.append(f"pipeline ({', '.join(p.restart_for)} changed)")
+        if p.metrics:
+            parts.append("metrics")
+        if p.log_level:
+            parts.append("log level")
         if p.start:
             parts.append("drivers " + ", ".join(p.start))
         stopped = [n for n in p.stop if n not in p.start]
@@ -366,17 +397,15 @@ class RemoteAgent:
         return "; ".join(parts)
 
     async def _health(self, p: Plan, new: GatewayConfig) -> str | None:
-        """None when the uplink is up and restarted drivers came up in time; else why not."""
+        """None when the uplinks answer, restarted drivers came up and the metrics endpoint
+        listens, each in time; else why not."""
         s = self.settings
-        try:
-            async with asyncio.timeout(s.uplink_timeout):  # one MQTT uplink up: pushes can reach us
-                while True:
-                    self._uplink_changed.clear()
-                    if any(u.connected for u in downlinks(self.host.pipeline)):
-                        break
-                    await self._uplink_changed.wait()
-        except TimeoutError:
-            return f"the uplink did not connect within {s.uplink_timeout:g} s (the gateway would be locked out)"
+        why = await self._uplinks_up(new)
+        if why is not None:
+            return why
+        m = new.config.metrics
+        if m.enabled and self.host.metrics.listen != m.listen:
+            return f"the metrics endpoint did not start: {self.host.metrics.error or 'not listening on ' + m.listen}"
         # instances whose sections changed must come up; unchanged ones restarted with the pipeline
         # must only not fail (a device that was offline before is not the new config's fault)
         names = [i.name for i in new.instances] if p.restart_pipeline else list(p.start)
@@ -403,6 +432,46 @@ class RemoteAgent:
                     for n in names if sup is not None and n in sup.runners
                     and sup.runners[n].stats.state not in want(n)]
             return f"driver instance(s) not up within {s.driver_timeout:g} s: {', '.join(late)}"
+
+    async def _uplinks_up(self, new: GatewayConfig) -> str | None:
+        """The uplink part of the health gate (docs/remote.md): with ``uplink_mode: all`` every
+        uplink must answer (one that never does would hold every batch); with ``failover`` one
+        must, and it must carry the MQTT downlink when pushes cannot come over CoAP."""
+        s = self.settings
+        ups = list(getattr(self.host.pipeline, "uplinks", []))
+        if not ups:  # JSON lines only: nothing to reach
+            return None
+        need_all = new.config.uplink_mode == "all"
+        need_downlink = not s.coap_listen
+        probes: dict[str, asyncio.Task[None]] = {}
+
+        def missing() -> list[str]:
+            if need_all:
+                return [u.name for u in ups if not u.reachable]
+            if need_downlink and not any(u.reachable for u in downlinks(self.host.pipeline)):
+                return [u.name for u in downlinks(self.host.pipeline)] or ["an MQTT uplink"]
+            return [] if any(u.reachable for u in ups) else [u.name for u in ups]
+
+        try:
+            async with asyncio.timeout(s.uplink_timeout):
+                while late := missing():
+                    for u in ups:  # nothing to send yet: ask the far end (a CoAP GET)
+                        if u.connected and not u.reachable and (u.name not in probes or probes[u.name].done()):
+                            probes[u.name] = asyncio.create_task(u.probe(), name=f"probe:{u.name}")
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            if need_all:
+                return (f"uplink(s) {', '.join(late)} did not connect within {s.uplink_timeout:g} s "
+                        "(uplink_mode all would hold every batch for them)")
+            if need_downlink:
+                return (f"the uplink did not connect within {s.uplink_timeout:g} s "
+                        f"({', '.join(late)}; the gateway would be locked out)")
+            return f"no uplink connected within {s.uplink_timeout:g} s ({', '.join(late)})"
+        finally:
+            for t in probes.values():
+                t.cancel()
+            await asyncio.gather(*probes.values(), return_exceptions=True)
+        return None
 
     # -- commands -----------------------------------------------------------------------
 

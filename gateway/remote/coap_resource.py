@@ -60,6 +60,7 @@ class CoapConfigServer:
     """The aiocoap server context; one per daemon, on its loop."""
 
     def __init__(self, listen: str, take: Callable[[bytes], bool], max_bytes: int) -> None:
+        self.listen = listen
         host, _, port = listen.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
         self.status = StatusResource()

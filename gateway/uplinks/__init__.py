@@ -19,6 +19,15 @@ class Uplink(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    @property
+    def reachable(self) -> bool:
+        """The far end answered since the uplink last came up (MQTT: the broker's CONNACK, the
+        same as ``connected``; CoAP over UDP, where ``connected`` is optimistic: an answer)."""
+
+    async def probe(self) -> None:
+        """Ask the far end for an answer when there is nothing to send, so that ``reachable`` or
+        a loss of ``connected`` follows soon (the remote-config health gate asks)."""
+
     async def start(self) -> None: ...
 
     def send(self, batch: Batch) -> None:

@@ -78,6 +78,23 @@ class CoapUplink:
         return self._up
 
     @property
+    def reachable(self) -> bool:
+        return self._up and not self._probing
+
+    async def probe(self) -> None:
+        """A GET on the batch resource: any answer (4.05 Method Not Allowed is the usual one)
+        shows the server is there; none within ``timeout`` marks the uplink down, as a POST would."""
+        if not self._up or not self._probing or self._ctx is None:
+            return
+        try:
+            async with asyncio.timeout(self.cfg.timeout):
+                await self._ctx.request(aiocoap.Message(code=aiocoap.GET, uri=self.uri)).response
+        except (TimeoutError, aiocoap.error.Error, OSError) as e:
+            self._failed(f"probe: {coap.describe_error(e)}")
+            return
+        self._answered()
+
+    @property
     def window(self) -> int:
         return 1 if self._probing else self._window
 

@@ -83,6 +83,13 @@ class MqttUplink:
         return self._session is not None
 
     @property
+    def reachable(self) -> bool:
+        return self._session is not None  # a session exists once the broker's CONNACK came
+
+    async def probe(self) -> None:
+        """Nothing to ask: the session (keepalive included) says whether the broker is there."""
+
+    @property
     def inflight(self) -> int:
         return len(self._inflight)
 

@@ -18,6 +18,17 @@ from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gate
 from gateway.registry import Registry
 
 REGISTRY = Registry.discover()
+TESTDRIVERS = Path(__file__).parents[1] / "fixtures" / "sgtestdrivers"
+
+
+def install_test_driver(site: Path, dist: str, entry_points: dict[str, str]) -> None:
+    """Register a test fixture as an installed distribution: a ``.dist-info`` with its
+    ``sensegate.drivers`` entry points in ``site`` (which goes on the path with the fixture)."""
+    info = site / f"{dist}-0.0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.0.1\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[sensegate.drivers]\n{lines}")
 
 
 def make_config(state: Path, url: str = "", **sections: Any) -> GatewayConfig:

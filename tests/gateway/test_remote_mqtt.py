@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+import pytest
 import yaml
 
 from gateway.daemon import Daemon
@@ -26,7 +27,7 @@ from gateway.remote.ops import Broker, gateway_status, push_config, send_command
 from gateway.testing.procs import peak_rss_mib
 from hil.devices.modbus_slave import ModbusSim, Slave
 from hil.mosquitto import Mosquitto
-from tests.gateway.helpers import MqttReceiver, running_daemon
+from tests.gateway.helpers import TESTDRIVERS, MqttReceiver, install_test_driver, running_daemon
 from tests.gateway.helpers import until as poll_until
 
 SIM = {"driver": "sim", "name": "counter", "interval": "20ms", "jitter": 0,
@@ -38,7 +39,7 @@ def gateway_doc(tmp: Path, gw: str, url: str, drivers: list[dict[str, Any]] | No
     return {
         "gateway": {"id": gw, "state_dir": str(tmp / gw)},
         "uplinks": [{"type": "mqtt", "url": url, "reconnect_max": 1}],
-        "drivers": drivers if drivers is not None else [SIM],
+        "drivers": drivers if drivers is not None else [dict(SIM)],  # a copy: callers change it
         **extra,
     }
 
@@ -332,3 +333,45 @@ async def test_a_driver_that_does_not_come_up_is_rolled_back(tmp_path: Path, bro
 def test_topics_are_single_levels() -> None:
     assert topics.command_result("p", "gw", "abc") == "p/gw/cmd/res/abc"
     assert cbor2.loads(encode_command("a", "ping", {}, 5)) == {"id": "a", "op": "ping", "args": {}, "exp": 5}
+
+
+async def test_a_driver_that_will_not_stop_cannot_hang_an_apply_or_a_rollback(
+        tmp_path: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: an instance that swallows every cancellation is removed by a push (applied),
+    and another is stopped by a rollback (rolled back): both end in their status."""
+    site = tmp_path / "site"
+    install_test_driver(site, "sgtestdrivers", {"stubborn": "sgtestdrivers:STUBBORN"})
+    monkeypatch.syspath_prepend(str(TESTDRIVERS))
+    monkeypatch.syspath_prepend(str(site))
+    hold = tmp_path / "hold"
+    hold.touch()
+    stuck = {"driver": "stubborn", "name": "stuck", "interval": "1h", "timeout": "1h", "hold_file": str(hold)}
+    key, pub = ops_key(tmp_path)
+    path = bootstrap(tmp_path, "gw-st", broker.url, pub, drivers=[SIM, stuck])
+    b = Broker.from_url(broker.url)
+    rx = MqttReceiver(broker.url, tmp_path / "gw-st/keys/device.pub.pem")
+    up = [{"type": "mqtt", "url": broker.url, "reconnect_max": 1}]
+    async with rx.running(), daemon(path) as d:
+        await connected(d)
+        await until(lambda: (tmp_path / "hold.stuck").exists())  # in its poll, swallowing
+        _, answers = await push_config(b, key, yaml.safe_dump({"uplinks": up, "drivers": [SIM]}).encode(),
+                                       to="gw-st", within=30)
+        assert not answers.timed_out, "the apply hung on the driver that would not stop"
+        st = answers.by_gateway["gw-st"]
+        assert st["state"] == "applied" and "stopped stuck" in st["reason"], st
+        assert set(d.supervisor.runners) == {"counter"}  # type: ignore[union-attr]
+        # a push whose uplink cannot connect, with a stuck instance: the rollback must stop it
+        lost = [{"type": "mqtt", "url": "mqtt://127.0.0.1:1", "reconnect_max": 1}]
+        doc = {"uplinks": lost, "drivers": [SIM, {**stuck, "name": "stuck2"}]}
+        _, answers = await push_config(b, key, yaml.safe_dump(doc).encode(), to="gw-st", within=40)
+        assert not answers.timed_out, "the rollback hung on the driver that would not stop"
+        st = answers.by_gateway["gw-st"]
+        assert st["state"] == "rolled_back" and "uplink did not connect" in st["reason"], st
+        assert set(d.supervisor.runners) == {"counter"}  # type: ignore[union-attr]
+        n = len(rx.readings)
+        await rx.wait_readings(n + 5)  # data flows on the old config
+    left = [t for t in asyncio.all_tasks() if t.get_name() in ("driver:stuck", "driver:stuck2")]
+    assert len(left) == 2, "both really would not stop"
+    hold.unlink()  # released, they end: the cancellation they swallowed is honoured
+    async with asyncio.timeout(10):
+        await asyncio.wait(left)

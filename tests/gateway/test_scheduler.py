@@ -193,3 +193,72 @@ def test_node_tracker_publishes_a_new_reason_while_online(caplog: pytest.LogCapt
                     ("lora-1", False, "no uplink for 7200s")]
     assert [r.getMessage() for r in caplog.records] == [
         "node lora-1: frame counter gap: 3 uplink(s) lost (10 -> 14)", "node lora-1 is offline: no uplink for 7200s"]
+
+
+# -- stopping is bounded whatever the driver does (issue 16) ------------------------------------
+
+HOLD = {"interval": 3600, "timeout": 3600, "jitter": 0}
+
+
+async def test_stop_honours_a_swallowed_cancellation(td) -> None:  # type: ignore[no-untyped-def]
+    """pymodbus under asyncio.wait_for swallows a cancellation that meets its reply: the poll
+    returns as if nothing happened, and the stop must still end (it hung for ever before)."""
+    sink = RecordingSink()
+    runner = InstanceRunner(make_instance(td.STUBBORN, name="mb", swallow=1, **HOLD), "gw-t", sink, NodeTracker())
+    runner.start()
+    await sink.wait_for(1, point="n")  # inside its poll now, waiting on its "device"
+    async with asyncio.timeout(30):  # a hang guard, not a timing assertion
+        assert await runner.stop() is True
+    assert runner.stats.state == "stopped"
+    assert [r.value for r in sink.points("n")] == [1], "no further poll after the stop"
+
+
+async def test_stop_gives_up_on_a_driver_that_never_stops(td, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
+    sink = RecordingSink()
+    nodes = NodeTracker()
+    inst = make_instance(td.STUBBORN, name="stuck", hold_file=str(hold), **HOLD)
+    runner = InstanceRunner(inst, "gw-t", sink, nodes, stop_waits=(0.2, 0.2))
+    runner.start()
+    await sink.wait_for(1, point="n")
+    async with asyncio.timeout(30):
+        assert await runner.stop() is False
+    left = [t for t in asyncio.all_tasks() if t.get_name() == "driver:stuck"]
+    assert len(left) == 1 and not left[0].done(), "it really would not stop"
+    assert runner.stats.state == "stopped" and runner.stats.last_error == "would not stop"
+    said = [r for r in caplog.records if "would not stop" in r.getMessage()]
+    assert len(said) == 1, "logged once"
+    assert said[0].name == "sensegate.driver.stubborn.stuck"
+    assert "cancelled 2 times" in said[0].getMessage() and "sgtestdrivers" in said[0].getMessage(), \
+        "the log says where it is stuck"
+    # left behind: its node reports no longer count
+    runner._ctx.node_status("rtu-9", False, "late")
+    assert "rtu-9" not in nodes.state
+    # released, it ends on its own (the cancellation it swallowed is honoured); nothing more arrived
+    hold.unlink()
+    async with asyncio.timeout(30):
+        await asyncio.wait(left)
+    assert [r.value for r in sink.points("n")] == [1]
+
+
+async def test_a_driver_left_behind_cannot_emit_into_the_pipeline(td, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
+    sink = RecordingSink()
+    inst = make_instance(td.STUBBORN, name="chatty", hold_file=str(hold), chatter=True, **HOLD)
+    runner = InstanceRunner(inst, "gw-t", sink, NodeTracker(), stop_waits=(0.2, 0.2))
+    runner.start()
+    await sink.wait_for(2, point="held")
+    async with asyncio.timeout(30):
+        assert await runner.stop() is False
+    before = len(sink.points("held"))
+    left = [t for t in asyncio.all_tasks() if t.get_name() == "driver:chatty"]
+    async with asyncio.timeout(30):  # its next emit is refused with a cancellation it does not catch
+        await asyncio.wait(left)
+    assert left[0].cancelled()
+    assert len(sink.points("held")) == before, "no reading got through after it was left behind"
+    assert any("refused a reading emitted after the instance was stopped" in r.getMessage() for r in caplog.records)
+    hold.unlink()

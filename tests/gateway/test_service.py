@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from gateway.service import Notifier, service_env
+from tests.gateway.helpers import TESTDRIVERS, install_test_driver
 
 ROOT = Path(__file__).parents[2]
 UNIT = ROOT / "systemd" / "sensegate.service"
@@ -157,28 +159,28 @@ async def test_watchdog_loop_pings_until_cancelled(listener: Listener) -> None:
 # -- the real daemon under a pretend service manager ------------------------------------------
 
 
-def _install_wedge(tmp: Path) -> str:
-    """Register tests/fixtures/sgwedge as an installed distribution (entry point `wedge`)."""
+def _install_drivers(tmp: Path) -> str:
+    """tests/fixtures/sgwedge (`wedge`) and sgtestdrivers (`tick`, `stubborn`), as installed drivers."""
     site = tmp / "site"
-    info = site / "sgwedge-0.0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sgwedge\nVersion: 0.0.1\n")
-    (info / "entry_points.txt").write_text("[sensegate.drivers]\nwedge = sgwedge:WEDGE\n")
-    return os.pathsep.join([str(site), str(WEDGE), str(ROOT)])
+    install_test_driver(site, "sgwedge", {"wedge": "sgwedge:WEDGE"})
+    install_test_driver(site, "sgtestdrivers", {"tick": "sgtestdrivers:TICK", "stubborn": "sgtestdrivers:STUBBORN"})
+    return os.pathsep.join([str(site), str(WEDGE), str(TESTDRIVERS), str(ROOT)])
 
 
-def _start(tmp: Path, listener: Listener, drivers: str, watchdog_usec: int) -> subprocess.Popen[bytes]:
+def _start(tmp: Path, listener: Listener, drivers: str, watchdog_usec: int,
+           uplink: str = "") -> subprocess.Popen[bytes]:
     cfg = tmp / "gw.yaml"
+    uplink = uplink or f"{{type: jsonl, path: {tmp / 'out.jsonl'}}}"
     cfg.write_text(
         f"gateway: {{id: gw-wd, state_dir: {tmp}}}\n"
-        f"uplinks: [{{type: jsonl, path: {tmp / 'out.jsonl'}}}]\n"
+        f"uplinks: [{uplink}]\n"
         f"drivers:\n{drivers}"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
     env.update(
         NOTIFY_SOCKET=listener.env,
         WATCHDOG_USEC=str(watchdog_usec),
-        PYTHONPATH=_install_wedge(tmp),
+        PYTHONPATH=_install_drivers(tmp),
         **service_env(tmp / "pycache"),  # as the unit runs it: optimised byte code
     )
     return subprocess.Popen(
@@ -240,6 +242,80 @@ def test_wedged_loop_stops_pinging_and_is_caught(tmp_path: Path, listener: Liste
     # faulthandler (enabled with the watchdog) shows where the loop was stuck
     assert "Fatal Python error: Aborted" in err
     assert re.search(r'sgwedge\.py", line \d+ in poll', err), err
+
+
+def _wait_file(path: Path, proc: subprocess.Popen[bytes], within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not path.exists():
+        assert proc.poll() is None, "the daemon exited"
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.02)
+
+
+def test_sighup_and_sigterm_do_not_hang_on_a_driver_that_will_not_stop(tmp_path: Path, listener: Listener) -> None:
+    """Two drivers swallow every cancellation for good: a reload that removes one, then SIGTERM,
+    each end within their bounds; the stop still commits every reading the drivers emitted
+    (the uplink is down: all of them wait in the buffer) and closes the buffer cleanly."""
+    from gateway.daemon import HARD_EXIT_AFTER
+    from gateway.keys import init_key
+    from gateway.testing import free_port
+
+    init_key(tmp_path / "keys")
+    hold = tmp_path / "hold"
+    hold.touch()  # never removed: these two are stuck until the process ends
+    stuck = f"{{driver: stubborn, interval: 1h, timeout: 1h, hold_file: {hold}"
+    tick = "  - {driver: tick, name: tick, interval: 20ms, jitter: 0}\n"
+    drivers = f"  - {stuck}, name: gone}}\n  - {stuck}, name: stays}}\n{tick}"
+    uplink = f"{{type: mqtt, url: 'mqtt://127.0.0.1:{free_port()}', reconnect_max: 1}}"
+    proc = _start(tmp_path, listener, drivers, watchdog_usec=0, uplink=uplink)
+    try:
+        listener.wait_for("READY")
+        for name in ("gone", "stays"):
+            _wait_file(tmp_path / f"hold.{name}", proc)
+        cfg = tmp_path / "gw.yaml"
+        cfg.write_text(cfg.read_text().replace(f"  - {stuck}, name: gone}}\n", ""))
+        proc.send_signal(signal.SIGHUP)
+        listener.wait_for("RELOADING")
+        listener.wait_for("READY", timeout=30)  # it hung here for ever before (issue 16)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        listener.wait_for("STOPPING")
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=HARD_EXIT_AFTER + 5)  # well under TimeoutStopSec, checked below
+        took = time.monotonic() - t0
+        err = _stop(proc).decode(errors="replace")
+    finally:
+        _stop(proc)
+    assert rc == 0, err
+    assert took < HARD_EXIT_AFTER, f"ended by the last-resort exit, not by the shutdown: {err}"
+    for name in ("gone", "stays"):
+        said = [ln for ln in err.splitlines() if f"driver instance {name} (stubborn) would not stop" in ln]
+        assert len(said) == 1, err
+    assert "sgtestdrivers/__init__.py" in err, "the log says where it is stuck"
+    assert "reload: 0 instance(s) restarted, 1 stopped, 2 unchanged" in err
+    assert re.search(r"exiting with .*driver:stays.* still running", err), err
+    db = sqlite3.connect(tmp_path / "buffer.db")
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        stored = db.execute("SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM segments").fetchone()[0]
+    finally:
+        db.close()
+    numbered = int(meta["next_seq"]) - 1
+    assert numbered > 10 and stored == numbered, "every reading the drivers emitted was committed"
+    assert int(meta["seq_resv"]) == numbered, "a clean close (an unclean one leaves numbers reserved)"
+
+
+def test_stop_deadlines_are_under_the_units_stop_timeout() -> None:
+    from gateway.daemon import HARD_EXIT_AFTER, PIPELINE_FLOOR, SHUTDOWN_DEADLINE, SIDE_CLOSE
+    from gateway.scheduler import STOP_WAITS
+
+    stop = next(ln.split("=", 1)[1].strip() for ln in UNIT.read_text().splitlines() if ln.startswith("TimeoutStopSec="))
+    assert stop.endswith("s")
+    timeout = float(stop[:-1])
+    # the steps of a stop, each at its worst, fit the shutdown's deadline
+    assert SIDE_CLOSE + sum(STOP_WAITS) + PIPELINE_FLOOR <= SHUTDOWN_DEADLINE
+    assert SHUTDOWN_DEADLINE < HARD_EXIT_AFTER <= timeout - 5, (
+        "the daemon ends its stop on its own, with time to spare, before systemd would SIGKILL it")
 
 
 # -- the unit file -----------------------------------------------------------------------------

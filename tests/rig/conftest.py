@@ -24,6 +24,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--rig-report", default="out/rig", help="directory for the rig summary (summary.md)")
     g.addoption("--soak-seconds", type=float, default=60.0, help="how long the soak scenario runs")
     g.addoption("--rig-kills", type=int, default=50, help="kill -9 cycles in the kill loop scenario")
+    g.addoption("--rig-stops", type=int, default=20, help="SIGTERM cycles in the stop loop scenario")
 
 
 _REPORT: list[RigReport] = []

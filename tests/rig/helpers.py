@@ -10,6 +10,7 @@ from hil.rig import RigRun
 
 WITHIN = 60.0  # generous bound for anything to happen on a busy 2-core machine; never a timing assertion
 BURST_POINT = "burst_n"
+STOP_WITHIN = 30.0  # SIGTERM to exit: systemd's TimeoutStopSec (systemd/sensegate.service) would SIGKILL after that
 
 
 def burst_section(rate: int, name: str = "burst") -> dict[str, Any]:

@@ -21,6 +21,7 @@ from hil.report import RigReport, ScenarioResult
 from hil.rig import RigRun, RigSpec
 from tests.rig.helpers import (
     BURST_POINT,
+    STOP_WITHIN,
     WITHIN,
     assert_counter_contiguous,
     burst_section,
@@ -481,3 +482,29 @@ async def test_soak(rig_spec: RigSpec, rig_report: RigReport, result: ScenarioRe
         assert not all(s["buffered"] > max(buf_mid, 5000) for s in last), "the buffer keeps growing with the uplink up"
         await finish(rig, result)
         assert_counter_contiguous(rig)
+
+
+async def test_sigterm_after_first_delivery(rig_spec: RigSpec, rig_report: RigReport, result: ScenarioResult,
+                                            tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    """SIGTERM right after the first delivered batch, in a loop: every stop is clean and bounded."""
+    stops = int(pytestconfig.getoption("--rig-stops"))
+    async with RigRun(rig_spec, tmp_path) as rig:
+        note_skipped(rig, result, rig_report.skipped_devices)
+        assert rig.receiver is not None
+        took: list[float] = []
+        for i in range(stops):
+            n = len(rig.receiver.got)
+            daemon = await rig.start_daemon(write_config=i == 0)
+            await rig.receiver.wait(lambda n=n: len(rig.receiver.got) > n, within=WITHIN,  # type: ignore[misc, union-attr]
+                                    what=f"the first delivery of run {i + 1}")
+            t0 = time.monotonic()
+            rc = await daemon.stop(within=STOP_WITHIN)
+            took.append(time.monotonic() - t0)
+            assert rc == 0, (f"run {i + 1} of {stops}: daemon exited with {rc} after SIGTERM "
+                             f"(SIGKILL after {STOP_WITHIN:g} s):\n{daemon.log_text()[-4000:]}")
+        await finish(rig, result)
+        assert_counter_contiguous(rig)
+        assert rig.receiver.rx.summary().skipped == 0, "every stop was clean: the buffer returned its reserved numbers"
+        result.note(f"{stops} SIGTERMs right after the first delivery: every run exited 0; "
+                    f"stop took max {max(took):.1f} s, median {sorted(took)[len(took) // 2]:.1f} s")
+        result.faults.append(FaultRecord(f"SIGTERM after first delivery x{stops}", "SIGTERM"))
