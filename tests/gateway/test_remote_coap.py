@@ -113,7 +113,7 @@ async def test_the_health_gate_covers_every_uplink(tmp_path: Path, broker: Mosqu
     b = Broker.from_url(broker.url)
     mqtt = {"type": "mqtt", "url": broker.url, "reconnect_max": 1}
     dead = {"type": "coap", "name": "coap", "url": coap_url(), "timeout": "1s", "reconnect_max": 1}
-    rx = CoapReceiver(coap_url(), tmp_path / "gw-all/keys/device.pub.pem")
+    rx = CoapReceiver(coap_url(), tmp_path / "gw-all/keys/device.pub.pem", gateway="gw-all")
 
     async def push(doc: dict[str, object]) -> dict[str, object]:
         _, answers = await push_config(b, key, yaml.safe_dump(doc).encode(), to="gw-all", within=30)
@@ -143,7 +143,7 @@ async def test_a_coap_only_gateway_takes_pushes_over_coap(tmp_path: Path) -> Non
     """No broker anywhere: CoAP uplink to a real receiver, pushes by CoAP PUT to its own resource."""
     key, pub = ops_key(tmp_path)
     init_key(tmp_path / "gw-c" / "keys")
-    rx = CoapReceiver(coap_url(), tmp_path / "gw-c/keys/device.pub.pem")
+    rx = CoapReceiver(coap_url(), tmp_path / "gw-c/keys/device.pub.pem", gateway="gw-c")
     port = free_port(socket.SOCK_DGRAM)
     up = {"type": "coap", "url": rx.url, "timeout": "2s", "reconnect_max": 1}
     local = {"gateway": {"id": "gw-c", "state_dir": str(tmp_path / "gw-c")}, "uplinks": [up], "drivers": [SIM],

@@ -349,7 +349,7 @@ async def test_a_driver_that_will_not_stop_cannot_hang_an_apply_or_a_rollback(
     key, pub = ops_key(tmp_path)
     path = bootstrap(tmp_path, "gw-st", broker.url, pub, drivers=[SIM, stuck])
     b = Broker.from_url(broker.url)
-    rx = MqttReceiver(broker.url, tmp_path / "gw-st/keys/device.pub.pem")
+    rx = MqttReceiver(broker.url, tmp_path / "gw-st/keys/device.pub.pem", gateway="gw-st")
     up = [{"type": "mqtt", "url": broker.url, "reconnect_max": 1}]
     async with rx.running(), daemon(path) as d:
         await connected(d)
