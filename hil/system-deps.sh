@@ -23,12 +23,17 @@ if [ "$what" = test ]; then
     [debootstrap]=debootstrap
     [ip]=iproute2
     [faketime]=faketime
+    # the fleet ingest's tests: a NATS cluster (JetStream, MQTT) and PostgreSQL from initdb
+    [nats-server]=nats-server
+    [glob:/usr/lib/postgresql/*/bin/initdb]=postgresql
   )
 fi
 
 missing=()
 for probe in "${!need[@]}"; do
-  if [[ $probe == /* ]]; then
+  if [[ $probe == glob:* ]]; then
+    compgen -G "${probe#glob:}" >/dev/null || missing+=("${need[$probe]}")
+  elif [[ $probe == /* ]]; then
     [ -e "$probe" ] || missing+=("${need[$probe]}")
   else
     command -v "$probe" >/dev/null 2>&1 || [ -x "/usr/sbin/$probe" ] || missing+=("${need[$probe]}")
@@ -42,8 +47,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  # the packaged mosquitto/gpsd services are not wanted: tests start their own on free ports
-  for svc in mosquitto gpsd gpsd.socket; do
+  # the packaged services are not wanted: tests start their own on free ports
+  for svc in mosquitto gpsd gpsd.socket nats-server postgresql; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 else
