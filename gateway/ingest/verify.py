@@ -28,6 +28,7 @@ from gateway.ingest.contract import (
 from gateway.receiver.core import Receiver
 
 MAX_BLOB_CHUNKS = 4096
+MAX_TS_NS = 253_402_300_799 * 10**9  # 9999-12-31T23:59:59Z: beyond it no database keeps a timestamp
 
 
 def topic_parts(topic: str) -> tuple[str, str, str]:
@@ -72,6 +73,8 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
         readings = senml.decode_pack(pack, first)
         if len(readings) != last - first + 1:
             raise senml.SenmlError(f"pack holds {len(readings)} records but sq says {last - first + 1}")
+        if readings and not 0 <= min(r.ts_ns for r in readings) <= max(r.ts_ns for r in readings) <= MAX_TS_NS:
+            raise senml.SenmlError("a reading's time is before 1970 or after 9999")
     except (senml.SenmlError, ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as e:
         return refuse(MALFORMED, f"signed by {claimed}'s key but not a valid batch: {e}", claimed, kid)
     if topic_gw != claimed:
