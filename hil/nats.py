@@ -29,7 +29,7 @@ CLUSTER_NAME = "sensegate"
 
 def nats_binary() -> str:
     """Path of nats-server, or a clear error naming the Debian package."""
-    found = shutil.which("nats-server") or ("/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else None)
+    found = shutil.which("nats-server") or next((p for p in ("/usr/sbin/nats-server",) if os.path.exists(p)), None)
     if not found:
         raise RuntimeError("nats-server is not installed: sudo apt-get install nats-server")
     return found

@@ -17,7 +17,6 @@ while others reach it directly.
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import pwd
 import selectors

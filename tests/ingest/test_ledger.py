@@ -69,7 +69,7 @@ def run(transactions: list[list[VerifiedBatch]]) -> tuple[ledger.StreamLedger, l
         last = ledger.plan(Work(batches=batches), ledgers, loaded)
         for key, v in loaded.items():
             links.setdefault(key, {}).update(v)
-        for b, fresh in last.readings:
+        for _, fresh in last.readings:
             inserted += [r.seq for r in fresh]
     return ledgers.get((GW, 7), ledger.StreamLedger(GW, 7)), inserted, last
 

@@ -219,7 +219,7 @@ async def test_blob_chunks_from_two_workers_make_one_verified_blob(tmp_path: Pat
     try:
         reports = await asyncio.gather(stores[0].store(c.Work(chunks=chunks[::2])),  # type: ignore[arg-type]
                                        stores[1].store(c.Work(chunks=chunks[1::2])))  # type: ignore[arg-type]
-        again = await stores[0].store(c.Work(chunks=chunks[:1] + [bad]))  # type: ignore[list-item]
+        again = await stores[0].store(c.Work(chunks=[*chunks[:1], bad]))  # type: ignore[list-item]
     finally:
         for s in stores:
             await s.close()
