@@ -22,7 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gateway.testing.procs import free_port, wait_port
+from gateway.testing.procs import wait_port
+from hil.ports import stable_port
 
 CLUSTER_NAME = "sensegate"
 
@@ -42,10 +43,10 @@ class NatsNode:
         self.index = index
         self.name = f"sg-n{index + 1}"
         self.workdir = workdir
-        self.port = free_port()
-        self.cluster_port = free_port()
-        self.mqtt_port = free_port()
-        self.http_port = free_port()
+        self.port = stable_port()
+        self.cluster_port = stable_port()
+        self.mqtt_port = stable_port()
+        self.http_port = stable_port()
         self.store = workdir / "jetstream"
         self.log = workdir / "nats.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -100,6 +101,15 @@ class NatsNode:
                 return bool(json.loads(r.read()).get("status") == "ok")
         except (OSError, ValueError, urllib.error.URLError):
             return False
+
+    def joined(self) -> bool:
+        """True when the node sees a JetStream meta leader (it is part of a working cluster again;
+        its streams and consumers may still be catching up)."""
+        try:
+            meta = self.jsz().get("meta_cluster")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+        return isinstance(meta, dict) and bool(meta.get("leader"))
 
     def jsz(self) -> dict[str, object]:
         """The node's /jsz monitoring document (JetStream state), for tests and reports."""
@@ -186,9 +196,16 @@ class NatsCluster:
         self.nodes[node].stop()
 
     def start_node(self, node: int, within: float = 60.0) -> None:
-        """Start a stopped or killed node again, on its ports and store; wait until it is healthy."""
-        self.nodes[node].start(self._confs[node])
-        self.wait_healthy(within, nodes=[node])
+        """Start a stopped or killed node again, on its ports and store; wait until it has joined
+        the cluster (a meta leader is known). Its replicas catch up in the background, as in
+        production; ``wait_healthy`` waits for that too."""
+        n = self.nodes[node]
+        n.start(self._confs[node])
+        deadline = time.monotonic() + within
+        while not n.joined():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"NATS node {n.name} did not rejoin within {within}s:\n{n.log.read_text()[-1500:]}")
+            time.sleep(0.2)
 
     def restart(self, node: int, down_for: float = 0.0) -> None:
         self.stop_node(node)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.testing.procs import free_port, wait_port
+from hil.ports import stable_port
 
 SUPERUSER = "sensegate"
 DATABASE = "sensegate"
@@ -52,7 +53,7 @@ class Postgres:
 
     def __init__(self, log_dir: Path | None = None, port: int = 0, fsync: bool = True,
                  settings: dict[str, str] | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or stable_port()
         self.fsync = fsync
         self.settings = settings or {}
         self.root = Path(tempfile.mkdtemp(prefix="sensegate-pg-"))

@@ -1,0 +1,28 @@
+"""Loopback ports for servers that tests kill and start again on the same port."""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+from gateway.testing.procs import free_port
+
+
+def stable_port() -> int:
+    """A free loopback port below the kernel's ephemeral range: a server killed and started again
+    gets its port back, because no outgoing connection is ever given a port from there (a port
+    from ``free_port`` can be taken by one meanwhile, and the restart fails: address in use)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randint(10_000, max(10_001, low - 1))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
