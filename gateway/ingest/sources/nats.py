@@ -118,7 +118,7 @@ class NatsSource:
     async def fetch(self, max_messages: int, wait: float) -> Sequence[NatsDelivery]:
         try:
             msgs = await self._sub.fetch(batch=max_messages, timeout=wait)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nothing within ``wait`` (nats-py raises its own subclass, or the builtin)
             return []
         now = time.time_ns()
         out = []
