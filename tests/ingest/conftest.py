@@ -29,13 +29,9 @@ def pg_dsn(pg_server: Postgres) -> Iterator[str]:
 
     name = f"t_{secrets.token_hex(6)}"
     admin = pg_server.dsn.rsplit("/", 1)[0] + "/postgres"
-    if pg_server.pid is None:  # a test restarted or killed it
-        pg_server.start()
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f"CREATE DATABASE {name}")
     yield pg_server.dsn.rsplit("/", 1)[0] + f"/{name}"
-    if pg_server.pid is None:
-        pg_server.start()
     with psycopg.connect(admin, autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -47,3 +43,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
         return f"sqlite:{tmp_path / 'ingest.db'}"
     dsn: str = request.getfixturevalue("pg_dsn")
     return dsn
+
+
+@pytest.fixture
+def pg_own(tmp_path: Any) -> Iterator[Postgres]:
+    """A PostgreSQL of the test's own, for tests that restart or kill the server."""
+    pg = Postgres(log_dir=tmp_path, fsync=False)
+    pg.start()
+    yield pg
+    pg.destroy()
