@@ -78,7 +78,8 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
     except (senml.SenmlError, ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as e:
         return refuse(MALFORMED, f"signed by {claimed}'s key but not a valid batch: {e}", claimed, kid)
     if topic_gw != claimed:
-        return refuse(TOPIC_MISMATCH, f"published on {topic!r} but signed for gateway {claimed!r}", claimed, kid)
+        # reported under the topic's gateway: someone published on its topic what it did not sign
+        return refuse(TOPIC_MISMATCH, f"published on {topic!r} but signed for gateway {claimed!r}", topic_gw, kid)
     return VerifiedBatch(
         gateway=claimed, kid=kid, stream=h["st"], boot=h["bo"], bseq=h["bs"], prev=h["pv"],
         digest=hashlib.sha256(data).digest(), first_seq=first, last_seq=last,

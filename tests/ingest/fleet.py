@@ -21,6 +21,7 @@ import yaml
 from gateway.ingest.ledger import StreamLedger
 from gateway.ingest.stores import open_storage
 from gateway.keys import init_key
+from gateway.mqtt import MqttError, MqttSession, MqttSettings
 
 PYTHON_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -34,8 +35,11 @@ class Proc:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> Proc:
-        with open(self.log, "ab") as out:
+        out = open(self.log, "ab")  # noqa: ASYNC230, SIM115 (a local file, opened once per start)
+        try:
             self.proc = await asyncio.create_subprocess_exec(*self.argv, stdout=out, stderr=out, env=PYTHON_ENV)
+        finally:
+            out.close()
         return self
 
     @property
@@ -108,7 +112,7 @@ class Gateway(Proc):
     async def connected(self, times: int = 1, within: float = 60.0) -> None:
         """Until the daemon's uplink has connected ``times`` times in all."""
         async with asyncio.timeout(within):
-            while self.text().count("connected to") < times:
+            while self.text().count("connected to") < times:  # noqa: ASYNC110 (a log file: no event to wait on)
                 await asyncio.sleep(0.1)
 
     async def stop_delivered(self, tries: int = 4) -> tuple[int, int]:
@@ -216,3 +220,33 @@ def check_exactly_once(db: str, want: dict[str, tuple[int, int]], got: dict[str,
             f"{g}: {led.readings} received + {led.dropped} dropped + {led.skipped} skipped != {last} issued"
         out.append(v)
     return out
+
+
+async def publish(url: str, topic: str, payload: bytes, within: float, client_id: str = "test-pub") -> bool:
+    """One QoS 1 publish on a fresh MQTT 3.1.1 connection; True when the PUBACK came in time."""
+    acked = asyncio.Event()
+    session = MqttSession(MqttSettings.from_url(url, client_id=client_id, protocol="3.1.1"),
+                          on_publish=lambda mid: acked.set())
+    try:
+        await session.connect(within=within)
+        session.client.publish(topic, payload, qos=1)
+        done = asyncio.ensure_future(acked.wait())
+        closed = asyncio.ensure_future(session.closed.wait())
+        await asyncio.wait({done, closed}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        for f in (done, closed):
+            f.cancel()
+        await asyncio.gather(done, closed, return_exceptions=True)
+        return acked.is_set()
+    except MqttError:
+        return False
+    finally:
+        await session.close()
+
+
+async def publish_until_acked(url: str, topic: str, payload: bytes, within: float = 60.0) -> int:
+    """Publish as a gateway does: again on a new connection until a PUBACK comes; returns the tries."""
+    async with asyncio.timeout(within):
+        tries = 1
+        while not await publish(url, topic, payload, within=5):
+            tries += 1
+        return tries

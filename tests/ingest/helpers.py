@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +25,8 @@ class GatewayFeed:
         init_key(self.state / "keys", alg=alg)
         self.cfg = make_config(self.state, gateway={"id": gateway, "state_dir": str(self.state)}, batch={"alg": alg})
         self.key = load_private_key(self.state / "keys" / "device.key")
-        self.pub = self.state / "keys" / "device.pub.pem"
+        self.pub = self.state / f"{gateway}.pub.pem"  # what provisioning hands ops to enrol
+        shutil.copy(self.state / "keys" / "device.pub.pem", self.pub)
         self.topic = f"sensegate/{gateway}/batch"
         self.buffer: Buffer | None = None
         self.n = 0

@@ -22,8 +22,8 @@ import pytest
 from nats.js.api import StreamConfig
 
 from gateway.ingest.sources.nats import STREAM, NatsSource
-from gateway.mqtt import MqttError, MqttSession, MqttSettings
 from hil.nats import NatsCluster
+from tests.ingest.fleet import publish, publish_until_acked
 
 TOPIC = "sensegate/gw-n/batch"
 
@@ -34,36 +34,6 @@ def cluster(tmp_path: Path) -> NatsCluster:
     c.start()
     yield c  # type: ignore[misc]
     c.stop()
-
-
-async def publish(url: str, payload: bytes, within: float) -> bool:
-    """One QoS 1 publish on a fresh MQTT 3.1.1 connection; True when the PUBACK came in time."""
-    acked = asyncio.Event()
-    session = MqttSession(MqttSettings.from_url(url, client_id="test-pub", protocol="3.1.1"),
-                          on_publish=lambda mid: acked.set())
-    try:
-        await session.connect(within=within)
-        session.client.publish(TOPIC, payload, qos=1)
-        done = asyncio.ensure_future(acked.wait())
-        closed = asyncio.ensure_future(session.closed.wait())
-        await asyncio.wait({done, closed}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-        for f in (done, closed):
-            f.cancel()
-        await asyncio.gather(done, closed, return_exceptions=True)
-        return acked.is_set()
-    except MqttError:
-        return False
-    finally:
-        await session.close()
-
-
-async def publish_until_acked(url: str, payload: bytes, within: float) -> int:
-    """Publish as a gateway does: again on a new connection until a PUBACK comes; returns the tries."""
-    async with asyncio.timeout(within):
-        tries = 1
-        while not await publish(url, payload, within=5):
-            tries += 1
-        return tries
 
 
 @contextlib.asynccontextmanager
@@ -100,10 +70,10 @@ async def stream_messages(cluster: NatsCluster, name: str) -> int:
 
 
 async def test_a_puback_with_no_consumer_keeps_nothing(cluster: NatsCluster) -> None:
-    assert await publish(cluster.mqtt_url(0), b"before the ingest", within=10)
+    assert await publish(cluster.mqtt_url(0), TOPIC, b"before the ingest", within=10)
     assert await stream_messages(cluster, STREAM) == 0, "acknowledged, and forgotten: nobody was interested"
     async with consumer(cluster) as src:  # what `sensegate ingest` makes first, and keeps
-        assert await publish(cluster.mqtt_url(1), b"after", within=10)
+        assert await publish(cluster.mqtt_url(1), TOPIC, b"after", within=10)
         assert await fetch_all(src) == [b"after"]
 
 
@@ -116,9 +86,9 @@ async def test_no_puback_while_the_stream_has_no_quorum(cluster: NatsCluster) ->
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     while loop.time() - t0 < 12:  # a gateway keeps trying; it never hears a PUBACK
-        assert not await publish(cluster.mqtt_url(0), b"held by the gateway", within=4)
+        assert not await publish(cluster.mqtt_url(0), TOPIC, b"held by the gateway", within=4)
     cluster.start_node(1)
-    await publish_until_acked(cluster.mqtt_url(0), b"held by the gateway", within=60)
+    await publish_until_acked(cluster.mqtt_url(0), TOPIC, b"held by the gateway", within=60)
     async with consumer(cluster) as src:
         got = await fetch_all(src)
     assert got and set(got) == {b"held by the gateway"}, "stored at least once (re-sends are duplicates)"
@@ -137,7 +107,7 @@ async def test_a_stream_of_our_own_is_not_what_the_puback_waits_for(cluster: Nat
     up = (down + 1) % 3
     async with consumer(cluster) as src:
         cluster.kill(down)  # the only server of our own stream
-        await publish_until_acked(cluster.mqtt_url(up), b"acked anyway", within=60)
+        await publish_until_acked(cluster.mqtt_url(up), TOPIC, b"acked anyway", within=60)
         assert set(await fetch_all(src)) == {b"acked anyway"}, "the ingest's copy is there"
     cluster.start_node(down)
     assert await stream_messages(cluster, "OWN") == 0, "our own stream never got it, yet the gateway was told PUBACK"
