@@ -43,13 +43,13 @@ class NatsNode:
         self.index = index
         self.name = f"sg-n{index + 1}"
         self.workdir = workdir
-        self.port = stable_port()
-        self.cluster_port = stable_port()
-        self.mqtt_port = stable_port()
-        self.http_port = stable_port()
+        self.new_ports()
         self.store = workdir / "jetstream"
         self.log = workdir / "nats.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def new_ports(self) -> None:
+        self.port, self.cluster_port, self.mqtt_port, self.http_port = (stable_port() for _ in range(4))
 
     @property
     def url(self) -> str:
@@ -166,16 +166,25 @@ class NatsCluster:
         return self.nodes[node].mqtt_url
 
     def start(self, within: float = 60.0) -> None:
-        """Start every node and wait until the cluster has a JetStream meta leader."""
-        routes = [n.cluster_port for n in self.nodes] if len(self.nodes) > 1 else []
-        self._confs = [n.write_conf(routes, self.replicas) for n in self.nodes]
-        try:
-            for node, conf in zip(self.nodes, self._confs, strict=True):
-                node.start(conf)
-            self.wait_healthy(within)
-        except BaseException:
-            self.stop()
-            raise
+        """Start every node and wait until the cluster has a JetStream meta leader. A port taken
+        by someone else between choosing it and binding it: new ports, and start again."""
+        for attempt in range(3):
+            routes = [n.cluster_port for n in self.nodes] if len(self.nodes) > 1 else []
+            self._confs = [n.write_conf(routes, self.replicas) for n in self.nodes]
+            try:
+                for node, conf in zip(self.nodes, self._confs, strict=True):
+                    node.start(conf)
+                self.wait_healthy(within)
+                return
+            except RuntimeError as e:
+                self.stop()
+                if "address already in use" not in str(e) or attempt == 2:
+                    raise
+                for node in self.nodes:
+                    node.new_ports()
+            except BaseException:
+                self.stop()
+                raise
 
     def wait_healthy(self, within: float = 60.0, nodes: list[int] | None = None) -> None:
         """Block until the running (or given) nodes report JetStream healthy."""

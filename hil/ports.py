@@ -8,6 +8,8 @@ from pathlib import Path
 
 from gateway.testing.procs import free_port
 
+_GIVEN: set[int] = set()  # never hand out one port twice in a process (two nodes of one cluster)
+
 
 def stable_port() -> int:
     """A free loopback port below the kernel's ephemeral range: a server killed and started again
@@ -19,10 +21,13 @@ def stable_port() -> int:
         low = 32768
     for _ in range(200):
         port = random.randint(10_000, max(10_001, low - 1))
+        if port in _GIVEN:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _GIVEN.add(port)
             return port
     return free_port()

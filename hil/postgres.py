@@ -60,6 +60,7 @@ class Postgres:
         self.data = self.root / "data"
         self.log = (log_dir or self.root) / "postgres.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started = False
         self._as: dict[str, Any] = {}
         if os.geteuid() == 0:  # PostgreSQL will not run as root
             user = pwd.getpwnam(os.environ.get("SENSEGATE_PG_USER", "nobody"))
@@ -82,7 +83,19 @@ class Postgres:
                    "--no-locale", "--no-sync"])
 
     def start(self, within: float = 30.0) -> None:
-        """Start the server and wait until it accepts queries; the database is made on first start."""
+        """Start the server and wait until it accepts queries; the database is made on first start.
+        A port taken by someone else before the first start: another port (later starts keep theirs)."""
+        for attempt in range(3):
+            try:
+                self._start(within)
+                self._started = True
+                return
+            except RuntimeError as e:
+                if self._started or "already in use" not in str(e) or attempt == 2:
+                    raise
+                self.port = stable_port()
+
+    def _start(self, within: float) -> None:
         opts = {"listen_addresses": "127.0.0.1", "port": str(self.port), "unix_socket_directories": "",
                 "fsync": "on" if self.fsync else "off", "max_connections": "100",
                 "log_min_messages": "warning", **self.settings}

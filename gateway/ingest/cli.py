@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.ingest.report import when
 from gateway.ingest.stores import DEFAULT_DB, NeedsExtra, open_storage
 
 log = logging.getLogger("sensegate.ingest")
@@ -166,6 +165,8 @@ async def _revoke(storage: Any, args: argparse.Namespace) -> int:
 
 
 async def _keys(storage: Any, args: argparse.Namespace) -> int:
+    from gateway.ingest.report import when
+
     snapshot = await storage.registry(-1)
     records = sorted((r for r in snapshot[1] if not args.gateway or r.gateway == args.gateway) if snapshot else [],
                      key=lambda r: (r.gateway, r.enrolled_ns))

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway.ingest.contract import Storage
+if TYPE_CHECKING:  # `sensegate --help` imports this module: keep it light
+    from gateway.ingest.contract import Storage
 
 DEFAULT_DB = "sqlite:/var/lib/sensegate/ingest.db"
 
