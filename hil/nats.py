@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from gateway.testing.procs import wait_port
-from hil.ports import stable_port
+from hil.servers import end, stable_port
 
 CLUSTER_NAME = "sensegate"
 
@@ -125,22 +125,14 @@ class NatsNode:
     def stop(self) -> None:
         """Stop gracefully (SIGTERM), then make sure it is gone."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            end(proc, signal.SIGTERM)
 
     def kill(self) -> None:
         """kill -9: no shutdown, no flush beyond what the kernel already has."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            proc.kill()
-            proc.wait()
+            end(proc, None)
 
 
 class NatsCluster:

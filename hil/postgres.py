@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.testing.procs import free_port, wait_port
-from hil.ports import stable_port
+from hil.servers import end, stable_port
 
 SUPERUSER = "sensegate"
 DATABASE = "sensegate"
@@ -134,33 +134,14 @@ class Postgres:
     def stop(self) -> None:
         """Fast shutdown (SIGINT: open transactions are rolled back, the server checkpoints)."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._kill_group(proc)
+        if proc is not None:
+            end(proc, signal.SIGINT, within=30)
 
     def kill(self) -> None:
         """kill -9 of the postmaster and every backend: recovery replays the WAL at the next start."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            self._kill_group(proc)
-
-    @staticmethod
-    def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 10  # backends are in the postmaster's process group
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+            end(proc, None)
 
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from hil.nats import NatsCluster
 from hil.postgres import Postgres
 
 
@@ -52,3 +53,12 @@ def pg_own(tmp_path: Any) -> Iterator[Postgres]:
     pg.start()
     yield pg
     pg.destroy()
+
+
+@pytest.fixture
+def cluster(tmp_path: Any) -> Iterator[NatsCluster]:
+    """A 3-node NATS cluster (JetStream, MQTT on each node) of the test's own."""
+    c = NatsCluster(tmp_path / "nats", size=3)
+    c.start()
+    yield c
+    c.stop()

@@ -31,14 +31,6 @@ from tests.ingest.helpers import GatewayFeed
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> NatsCluster:
-    c = NatsCluster(tmp_path / "nats", size=3)
-    c.start()
-    yield c  # type: ignore[misc]
-    c.stop()
-
-
 @dataclass
 class Site:
     """Where a fleet runs: the clustered broker and PostgreSQL, or the embedded default."""

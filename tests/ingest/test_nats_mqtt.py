@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import nats
 import nats.errors
@@ -26,14 +25,6 @@ from hil.nats import NatsCluster
 from tests.ingest.fleet import publish, publish_until_acked
 
 TOPIC = "sensegate/gw-n/batch"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> NatsCluster:
-    c = NatsCluster(tmp_path / "nats", size=3)
-    c.start()
-    yield c  # type: ignore[misc]
-    c.stop()
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import json
 import random
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,8 @@ from gateway.ingest import contract as c
 from gateway.ingest.stores import open_storage
 from gateway.ingest.trust import RegistryTrust
 from gateway.ingest.verify import parse_blob_chunk, verify_batch
+from tests.ingest.fleet import query
 from tests.ingest.helpers import T0, GatewayFeed, now_ns
-
-
-def query(url: str, sql: str) -> list[tuple[Any, ...]]:
-    """Read what a back-end stored, with the database's own client."""
-    if url.startswith("sqlite:"):
-        db = sqlite3.connect(url.removeprefix("sqlite:"))
-        try:
-            return db.execute(sql).fetchall()
-        finally:
-            db.close()
-    import psycopg
-
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
 
 
 async def _storage(url: str) -> Any:

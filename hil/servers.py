@@ -1,9 +1,14 @@
-"""Loopback ports for servers that tests kill and start again on the same port."""
+"""Servers that tests start, kill and start again: ports they get back, and how they end."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 from gateway.testing.procs import free_port
@@ -31,3 +36,25 @@ def stable_port() -> int:
             _GIVEN.add(port)
             return port
     return free_port()
+
+
+def end(proc: subprocess.Popen[bytes], sig: int | None, within: float = 15.0) -> None:
+    """End a server started in a session of its own: ``sig`` and a wait of ``within`` seconds,
+    then SIGKILL to its whole process group (its children too); ``sig=None`` is kill -9 at once."""
+    if sig is not None and proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=within)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # children outlive their parent by a moment
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
