@@ -29,6 +29,7 @@ from gateway.receiver.core import Receiver
 
 MAX_BLOB_CHUNKS = 4096
 MAX_TS_NS = 253_402_300_799 * 10**9  # 9999-12-31T23:59:59Z: beyond it no database keeps a timestamp
+INT64 = 2**63 - 1  # batch, stream, boot and reading numbers are stored as bigint
 
 
 def topic_parts(topic: str) -> tuple[str, str, str]:
@@ -68,6 +69,9 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
         return refuse(BAD_SIGNATURE, str(e), claimed, kid)
     try:
         h = _header(msg.protected)
+        numbers = [h["st"], h["bo"], h["bs"], *h["sq"], *(x for d in h["dr"] for x in d[:2])]
+        if max(numbers) > INT64:
+            raise ValueError("a batch, stream, boot or reading number beyond 2^63 - 1")
         pack = cbor2.loads(msg.payload)
         first, last = h["sq"]
         readings = senml.decode_pack(pack, first)

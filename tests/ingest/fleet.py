@@ -165,14 +165,16 @@ async def ledgers(db: str) -> dict[str, StreamLedger]:
         await storage.close()
 
 
-async def wait_complete(db: str, want: dict[str, tuple[int, int]], within: float = 60.0) -> dict[str, StreamLedger]:
-    """Until every gateway's ledger accounts for every number it issued (or the time is up)."""
+async def wait_complete(db: str, want: dict[str, tuple[int | None, int]],
+                        within: float = 60.0) -> dict[str, StreamLedger]:
+    """Until every gateway's ledger accounts for every number it issued (stream None: any stream),
+    or the time is up."""
     got: dict[str, StreamLedger] = {}
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(within):
             while True:
                 got = await ledgers(db)
-                if all(g in got and got[g].stream == st and got[g].last_seq >= last and not got[g].missing
+                if all(g in got and st in (None, got[g].stream) and got[g].last_seq >= last and not got[g].missing
                        for g, (st, last) in want.items()):
                     return got
                 await asyncio.sleep(0.5)

@@ -207,7 +207,7 @@ async def test_forged_revoked_and_replayed_batches_are_refused_and_reported(tmp_
         async with asyncio.timeout(30):
             while len(query(site.db, "SELECT id FROM quarantine")) < 4:  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
-        got = await wait_complete(site.db, {"gw-a": (0, 25)}, within=10)
+        got = await wait_complete(site.db, {"gw-a": (None, 25)}, within=10)
     finally:
         for w in run.workers:
             await w.kill()

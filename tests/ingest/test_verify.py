@@ -95,3 +95,21 @@ def test_blob_chunks_are_checked() -> None:
                         [3, 2, "x", b""]), ("sensegate/gw-a/blob/" + "ab" * 32, [0, 10**6, "x", b""])]:
         got = parse_blob_chunk(topic, cbor2.dumps(body), 1)
         assert isinstance(got, c.Refused) and got.reason == c.BAD_BLOB
+
+
+async def test_numbers_beyond_the_database_are_refused(tmp_path: Path) -> None:
+    """A trusted signer's sq as a 2^200 bignum is a malformed batch, not 1.6e60 missing readings."""
+    from gateway import cose
+
+    a = GatewayFeed(tmp_path, "gw-a")
+    async with a.open():
+        data = await a.batch(1)
+    msg = cose.parse_sign1(data)
+    header = dict(msg.protected)
+    header["sq"] = [2**200, 2**200]
+    header.pop(cose.ALG)
+    header.pop(cose.KID)
+    protected = cose.protected_header(a.key, msg.kid or b"", header)
+    forged = cose.encode_sign1(protected, msg.payload, cose.sign(a.key, protected, msg.payload))
+    got = verify_batch(a.topic, forged, _trust(a), now_ns())
+    assert isinstance(got, c.Refused) and got.reason == c.MALFORMED and "2^63" in got.detail, got
