@@ -212,3 +212,24 @@ async def test_blob_chunks_from_two_workers_make_one_verified_blob(tmp_path: Pat
     assert sum(r.blobs for r in reports) == 1 and again.blobs == 0 and again.refused == {c.BAD_BLOB: 1}
     assert [(bytes(r[0]), r[1]) for r in query(db_url, "SELECT sha256, size FROM blobs")] == [(sha, len(image))]
     assert query(db_url, "SELECT count(*) FROM blob_parts") == [(0,)]
+
+
+async def test_a_partition_dropped_for_retention_is_made_again(tmp_path: Path, pg_dsn: str) -> None:
+    import psycopg
+
+    feed = GatewayFeed(tmp_path)
+    storage = await _storage(pg_dsn)
+    try:
+        trust = await _enrolled(storage, feed)
+        async with feed.open():
+            first, second = await _verified(feed, trust, await feed.batches(2))
+        await storage.store(c.Work(batches=[first]))
+        [(name,)] = query(pg_dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                   "WHERE c.relkind = 'r'")
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE {name}")  # type: ignore[arg-type]
+        report = await storage.store(c.Work(batches=[second]))
+    finally:
+        await storage.close()
+    assert report.readings == 5
+    assert query(pg_dsn, "SELECT count(*) FROM readings") == [(5,)]

@@ -200,6 +200,10 @@ class PostgresStorage:
                 except _RETRY as e:
                     log.info("retrying a transaction (%s)", type(e).__name__)
                     await asyncio.sleep(0.05 * (attempt + 1))
+                except pg_errors.CheckViolation as e:
+                    if "no partition" not in str(e) or attempt:
+                        raise
+                    self._partitions.clear()  # one was dropped (retention) since we made it: make it again
                 except _TRANSIENT as e:
                     await self._drop()
                     what = f"no answer within {self.timeout:g}s" if isinstance(e, TimeoutError) else str(e).strip()
