@@ -65,7 +65,9 @@ async def test_a_puback_with_no_consumer_keeps_nothing(cluster: NatsCluster) -> 
     assert await stream_messages(cluster, STREAM) == 0, "acknowledged, and forgotten: nobody was interested"
     async with consumer(cluster) as src:  # what `sensegate ingest` makes first, and keeps
         assert await publish(cluster.mqtt_url(1), TOPIC, b"after", within=10)
-        assert await fetch_all(src) == [b"after"]
+        got = await fetch_all(src)
+        # at least once: under load NATS may store a QoS 1 publish twice (the ingest stores it once)
+        assert set(got) == {b"after"}, got
 
 
 @pytest.mark.slow
