@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.remote.cli import add_parsers as remote_parsers
 
     remote_parsers(sub)  # config push, command, status
+    from gateway.ingest.cli import add_parsers as ingest_parsers
+
+    ingest_parsers(sub)  # ingest, fleet
     return p
 
 
@@ -341,6 +344,20 @@ def _status(args: argparse.Namespace) -> int:
     from gateway.remote.cli import status
 
     return status(args)
+
+
+@command("ingest")
+def _ingest(args: argparse.Namespace) -> int:
+    from gateway.ingest.cli import ingest_main
+
+    return ingest_main(args)
+
+
+@command("fleet")
+def _fleet(args: argparse.Namespace) -> int:
+    from gateway.ingest.cli import fleet_main
+
+    return fleet_main(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,11 +238,16 @@ class MetricsServer:
 
     REQUEST_TIMEOUT = 5.0
 
-    def __init__(self, daemon: _Daemon) -> None:
+    def __init__(self, daemon: _Daemon | None) -> None:
         self.daemon = daemon
         self.listen = ""  # where it listens now ("" when it does not)
         self.error = ""  # why the last apply could not listen where the config asked
         self._server: asyncio.Server | None = None
+
+    def page(self) -> str:
+        """The text served at /metrics (the fleet ingest serves its own: gateway.ingest.metrics)."""
+        assert self.daemon is not None
+        return render(summary(self.daemon))
 
     @property
     def port(self) -> int | None:
@@ -291,7 +296,7 @@ class MetricsServer:
             if method not in ("GET", "HEAD"):
                 status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
             elif path == "/metrics":
-                status, body, ctype = "200 OK", render(summary(self.daemon)), CONTENT_TYPE
+                status, body, ctype = "200 OK", self.page(), CONTENT_TYPE
             elif path == "/":
                 status, body, ctype = "200 OK", "sensegate: metrics at /metrics\n", "text/plain"
             else:

@@ -33,6 +33,9 @@ if [ "$what" = test ]; then
     ['/usr/lib/*/pkcs11/libtpm2_pkcs11.so']=libtpm2-pkcs11-1
     ['/usr/lib/*/libtss2-tcti-tabrmd.so.0']=libtss2-tcti-tabrmd0
     ['/usr/lib/*/libtss2-tcti-swtpm.so.0']=libtss2-tcti-swtpm0
+    # the fleet ingest's tests: a NATS cluster (JetStream, MQTT) and PostgreSQL from initdb
+    [nats-server]=nats-server
+    ['/usr/lib/postgresql/*/bin/initdb']=postgresql
   )
 fi
 
@@ -52,8 +55,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-  # the packaged mosquitto/gpsd services are not wanted: tests start their own on free ports
-  for svc in mosquitto gpsd gpsd.socket tpm2-abrmd; do
+  # the packaged services are not wanted: tests start their own on free ports
+  for svc in mosquitto gpsd gpsd.socket tpm2-abrmd nats-server postgresql; do
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   done
 else

@@ -1,0 +1,196 @@
+"""`sensegate ingest` (a worker) and `sensegate fleet enrol|revoke|keys|report` (ops on its database).
+
+Exit status of `fleet report`: 0 when every gateway is complete, 1 when readings are missing or a
+chain is broken, 2 when the database cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.ingest.stores import DEFAULT_DB, NeedsExtra, open_storage
+
+log = logging.getLogger("sensegate.ingest")
+
+
+def add_parsers(sub: Any) -> None:
+    """The `ingest` and `fleet` subcommands."""
+    ing = sub.add_parser("ingest", help="fleet ingest: verify batches from the broker, store them exactly once")
+    ing.add_argument("--db", default=DEFAULT_DB,
+                     help=f"sqlite:PATH or postgresql://USER@HOST:PORT/DB (default {DEFAULT_DB})")
+    ing.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                     help="nats://HOST:PORT[,nats://HOST:PORT...] (a NATS cluster with MQTT) or mqtt://HOST:PORT")
+    ing.add_argument("--prefix", default="sensegate", help="the gateways' topic prefix")
+    ing.add_argument("--name", default="sensegate-ingest",
+                     help="durable consumer (NATS) or client id (MQTT) shared by the workers of one ingest")
+    ing.add_argument("--metrics", default="", help="serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9118)")
+    ing.add_argument("--fetch", type=int, default=64, help="messages per fetch and per transaction")
+    ing.add_argument("--db-timeout", type=float, default=20.0, help="seconds before a silent database counts as down")
+    ing.add_argument("--key-grace", type=float, default=30.0, help="days a replaced key still verifies")
+    ing.add_argument("--ca", default="", help="MQTT: CA file for mqtts://")
+    ing.add_argument("--cert", default="", help="MQTT: client certificate")
+    ing.add_argument("--key", default="", help="MQTT: client key")
+    ing.add_argument("--username", default="")
+    ing.add_argument("--password", default="")
+    ing.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    fleet = sub.add_parser("fleet", help="the ingest's registry and ledgers: enrol keys, revoke, report")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="ACTION")
+    fleet_sub.required = True
+    enrol = fleet_sub.add_parser("enrol", help="bind gateways' public keys (GATEWAY-ID.pub.pem from provision)")
+    enrol.add_argument("keys", nargs="+", metavar="PUB.pem", help="public key files; the gateway id is the file "
+                       "name before .pub.pem unless --gateway is given")
+    enrol.add_argument("--gateway", default="", help="the gateway the key(s) belong to")
+    enrol.add_argument("--replaces", default="", metavar="KID", help="hex kid of the key this one replaces (rotation)")
+    revoke = fleet_sub.add_parser("revoke", help="stop trusting a gateway's key (or all its keys)")
+    revoke.add_argument("--gateway", required=True)
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--kid", default="", help="hex kid of the key")
+    which.add_argument("--all", action="store_true", help="every key of the gateway")
+    revoke.add_argument("--reason", required=True, help="why (kept in the registry, shown to ops)")
+    keys = fleet_sub.add_parser("keys", help="list enrolled keys")
+    keys.add_argument("--gateway", default="")
+    keys.add_argument("--json", action="store_true")
+    report = fleet_sub.add_parser("report", help="per gateway: received, dropped, skipped, missing, chain, verdict")
+    report.add_argument("--gateway", default="")
+    report.add_argument("--json", action="store_true")
+    for p in (enrol, revoke, keys, report):
+        p.add_argument("--db", default=DEFAULT_DB, help="the ingest's database (sqlite:PATH or postgresql://...)")
+
+
+# -- sensegate ingest ------------------------------------------------------------------------------
+
+
+def ingest_main(args: argparse.Namespace) -> int:
+    """Entry point for `sensegate ingest`."""
+    from gateway.logs import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        return asyncio.run(_ingest(args))
+    except (NeedsExtra, ValueError) as e:
+        print(f"sensegate ingest: {e}", file=sys.stderr)
+        return 2
+
+
+async def _ingest(args: argparse.Namespace) -> int:
+    from gateway.ingest.metrics import IngestMetrics, IngestMetricsServer
+    from gateway.ingest.sources import open_source
+    from gateway.ingest.worker import Worker, WorkerSettings
+
+    storage = open_storage(args.db, timeout=args.db_timeout)
+    tls = {k: v for k, v in (("ca_file", args.ca), ("cert_file", args.cert), ("key_file", args.key),
+                             ("username", args.username), ("password", args.password)) if v}
+    source = open_source(args.broker, prefix=args.prefix, client_id=args.name, **tls)
+    metrics = IngestMetrics(worker=args.name)
+    worker = Worker(source, storage, WorkerSettings(fetch=max(1, args.fetch), grace=args.key_grace * 86400),
+                    metrics)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = IngestMetricsServer(metrics)
+    if args.metrics:
+        await server.apply(True, args.metrics)
+    try:
+        await worker.run(stop)
+    finally:
+        await server.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+# -- sensegate fleet ---------------------------------------------------------------------------------
+
+
+def fleet_main(args: argparse.Namespace) -> int:
+    """Entry point for `sensegate fleet ...` (simulate comes with the fleet simulator)."""
+    try:
+        return asyncio.run(_fleet(args))
+    except (NeedsExtra, ValueError) as e:
+        print(f"sensegate fleet {args.fleet_command}: {e}", file=sys.stderr)
+        return 2
+
+
+async def _fleet(args: argparse.Namespace) -> int:
+    from gateway.ingest.contract import StorageUnavailable
+
+    storage = open_storage(args.db)
+    try:
+        await storage.open()
+        command = {"enrol": _enrol, "revoke": _revoke, "keys": _keys, "report": _report}[args.fleet_command]
+        return await command(storage, args)
+    except StorageUnavailable as e:
+        print(f"sensegate fleet {args.fleet_command}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        await storage.close()
+
+
+async def _enrol(storage: Any, args: argparse.Namespace) -> int:
+    status = 0
+    for name in args.keys:
+        path = Path(name)
+        gateway = args.gateway or path.name.removesuffix(".pem").removesuffix(".pub")
+        try:
+            pem = await asyncio.to_thread(path.read_text)
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"{path}: cannot read: {e}", file=sys.stderr)
+            status = 1
+            continue
+        try:
+            rec = await storage.enrol(gateway, pem, bytes.fromhex(args.replaces) if args.replaces else b"")
+        except ValueError as e:
+            print(f"{path}: {e}", file=sys.stderr)
+            status = 1
+            continue
+        what = f", replacing {args.replaces}" if args.replaces else ""
+        print(f"enrolled {path} for gateway {gateway}: kid {rec.kid.hex()} ({rec.alg}){what}")
+    return status
+
+
+async def _revoke(storage: Any, args: argparse.Namespace) -> int:
+    kid = None if args.all else bytes.fromhex(args.kid)
+    n = await storage.revoke(args.gateway, kid, args.reason)
+    print(f"revoked {n} key(s) of gateway {args.gateway}")
+    return 0 if n else 1
+
+
+async def _keys(storage: Any, args: argparse.Namespace) -> int:
+    from gateway.ingest.report import when
+
+    snapshot = await storage.registry(-1)
+    records = sorted((r for r in snapshot[1] if not args.gateway or r.gateway == args.gateway) if snapshot else [],
+                     key=lambda r: (r.gateway, r.enrolled_ns))
+    rows = [{"gateway": r.gateway, "kid": r.kid.hex(), "alg": r.alg, "enrolled": when(r.enrolled_ns),
+             "state": ("revoked" if r.revoked_ns else "replaced" if r.replaced_ns else "active"),
+             "revoked": when(r.revoked_ns), "reason": r.revoked_reason,
+             "replaced_by": r.replaced_by.hex(), "replaced": when(r.replaced_ns)} for r in records]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'GATEWAY':<24} {'KID':<32} {'ALG':<8} {'STATE':<9} SINCE")
+    for r in rows:
+        since = r["revoked"] or r["replaced"] or r["enrolled"]
+        note = f"  {r['reason']}" if r["reason"] else (f"  by {r['replaced_by']}" if r["replaced_by"] else "")
+        print(f"{r['gateway']:<24} {r['kid']:<32} {r['alg']:<8} {r['state']:<9} {since}{note}")
+    return 0
+
+
+async def _report(storage: Any, args: argparse.Namespace) -> int:
+    from gateway.ingest.ledger import summarize
+    from gateway.ingest.report import format_report, report_json
+
+    summaries = summarize(await storage.ledgers(args.gateway or None), await storage.refusals(args.gateway or None))
+    print(json.dumps(report_json(summaries), indent=2) if args.json else format_report(summaries))
+    return 0 if all(s.verdict() in ("complete", "nothing received") for s in summaries) else 1
+
+

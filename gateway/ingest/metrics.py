@@ -1,0 +1,102 @@
+"""The ingest worker's numbers and their Prometheus text form (the gateway's format helpers).
+
+Counters are this worker's since it started (Prometheus adds the workers up); the ledger's
+missing readings are read from the database, so every worker reports the fleet's figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway import __version__
+from gateway.ingest.contract import StoreReport
+from gateway.metrics import MetricsServer, _Family, process_stats
+
+
+@dataclass
+class IngestMetrics:
+    """What one worker did; ``render`` turns it into the exposition format."""
+
+    worker: str = ""
+    batches: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    blobs: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    transactions: int = 0
+    store_seconds: float = 0.0
+    store_failures: int = 0  # transactions that could not reach the database
+    handed_back: int = 0  # messages given back to the broker for another try
+    ignored: int = 0  # messages on topics the ingest does not store (status, unknown)
+    storage_up: bool = False
+    source_up: bool = False
+    lag_messages: int = 0
+    lag_seconds: float = 0.0
+    gateways_missing: int = 0  # gateways whose ledger has readings unaccounted for
+    readings_missing: int = 0
+
+    def stored(self, report: StoreReport, seconds: float) -> None:
+        self.batches += report.batches
+        self.readings += report.readings
+        self.duplicates += report.duplicates
+        self.blobs += report.blobs
+        for reason, n in report.refused.items():
+            self.refused[reason] = self.refused.get(reason, 0) + n
+        self.transactions += 1
+        self.store_seconds += seconds
+
+    def render(self) -> str:
+        fams: list[_Family] = []
+
+        def fam(name: str, kind: str, help_: str, value: object = None, **labels: object) -> _Family:
+            f = _Family(name, kind, help_)
+            if value is not None:
+                f.add(value, **labels)
+            fams.append(f)
+            return f
+
+        fam("sensegate_ingest_build_info", "gauge", "Version of the ingest worker.", 1, version=__version__,
+            worker=self.worker)
+        fam("sensegate_ingest_batches_stored_total", "counter", "New batches stored.", self.batches)
+        fam("sensegate_ingest_readings_stored_total", "counter", "New reading rows stored.", self.readings)
+        fam("sensegate_ingest_duplicates_total", "counter",
+            "Batches received again (re-sends, replays, re-deliveries): nothing inserted.", self.duplicates)
+        fam("sensegate_ingest_blobs_stored_total", "counter", "Blobs completed and verified.", self.blobs)
+        refused = fam("sensegate_ingest_refused_total", "counter", "Messages quarantined, by reason.")
+        for reason, n in sorted(self.refused.items()):
+            refused.add(n, reason=reason)
+        fam("sensegate_ingest_transactions_total", "counter", "Store transactions committed.", self.transactions)
+        fam("sensegate_ingest_store_seconds_total", "counter", "Time spent in store transactions.",
+            self.store_seconds)
+        fam("sensegate_ingest_store_failures_total", "counter", "Transactions that could not reach the database.",
+            self.store_failures)
+        fam("sensegate_ingest_handed_back_total", "counter", "Messages handed back to the broker for another try.",
+            self.handed_back)
+        fam("sensegate_ingest_ignored_total", "counter", "Messages on topics the ingest does not store.",
+            self.ignored)
+        fam("sensegate_ingest_storage_up", "gauge", "1 while the database answers.", self.storage_up)
+        fam("sensegate_ingest_source_up", "gauge", "1 while the broker answers.", self.source_up)
+        fam("sensegate_ingest_lag_messages", "gauge", "Messages waiting in the broker for the ingest.",
+            self.lag_messages)
+        fam("sensegate_ingest_lag_seconds", "gauge", "Age of the last message taken from the broker.",
+            self.lag_seconds)
+        fam("sensegate_ingest_ledger_gateways_missing", "gauge",
+            "Gateways whose ledger has readings neither received nor declared.", self.gateways_missing)
+        fam("sensegate_ingest_ledger_readings_missing", "gauge",
+            "Readings neither received nor declared, over every gateway.", self.readings_missing)
+        proc = process_stats()
+        fam("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", proc.get("rss_bytes"))
+        fam("process_cpu_seconds_total", "counter", "Total user and system CPU time in seconds.",
+            proc.get("cpu_seconds"))
+        return "\n".join(line for f in fams if f.samples for line in f.lines()) + "\n"
+
+
+class IngestMetricsServer(MetricsServer):
+    """GET /metrics of an ingest worker (the gateway's endpoint, serving these numbers)."""
+
+    def __init__(self, metrics: IngestMetrics) -> None:
+        super().__init__(None)
+        self.metrics = metrics
+
+    def page(self) -> str:
+        return self.metrics.render()

@@ -1,0 +1,62 @@
+"""What the back-ends share besides the ledger: enrolling a key, partition months, revocation."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from gateway.config.schema import _ID as GATEWAY_ID
+from gateway.ingest.contract import BAD_BLOB, BlobChunk, KeyRecord, Refused, Work
+from gateway.keys import KeyError_, alg_of, key_id, public_key_from_pem, public_pem
+
+DAY_NS = 86_400 * 1_000_000_000
+
+
+def enrol_record(gateway: str, pem: str) -> KeyRecord:
+    """The registry row for a public key (PEM SubjectPublicKeyInfo); ValueError says what is wrong."""
+    if not re.match(GATEWAY_ID, gateway):
+        raise ValueError(f"{gateway!r} is not a gateway id (letters, digits, '_.:-', at most 128)")
+    try:
+        key = public_key_from_pem(pem.encode(), "the key")
+    except KeyError_ as e:
+        raise ValueError(str(e)) from None
+    return KeyRecord(key_id(key), gateway, alg_of(key), public_pem(key).decode(), time.time_ns())
+
+
+def months_of(work: Work) -> Iterator[datetime]:
+    """The first instant (UTC) of every month a reading of ``work`` falls in."""
+    days: set[int] = set()
+    for b in work.batches:
+        days.update(r.ts_ns // DAY_NS for r in b.readings)
+    seen: set[tuple[int, int]] = set()
+    for d in sorted(days):
+        t = datetime.fromtimestamp(d * 86_400, UTC)
+        if (t.year, t.month) not in seen:
+            seen.add((t.year, t.month))
+            yield datetime(t.year, t.month, 1, tzinfo=UTC)
+
+
+def month_bounds(start: datetime) -> tuple[datetime, datetime]:
+    """[start, start of the next month)."""
+    nxt = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=UTC)
+    return start, nxt
+
+
+def parse_revoke(gateway: str, kid: bytes | None, mark: str = "%s") -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause of a revocation (``mark``: the driver's placeholder): one key of a gateway,
+    or all of them."""
+    if kid is None:
+        return f"gateway = {mark}", (gateway,)
+    return f"gateway = {mark} AND kid = {mark}", (gateway, kid)
+
+
+def assemble(chunk: BlobChunk, parts: list[bytes]) -> bytes | Refused:
+    """A blob from all its chunks (in index order), or why it cannot be trusted."""
+    data = b"".join(parts)
+    if len(parts) != chunk.count or hashlib.sha256(data).digest() != chunk.sha256:
+        return Refused(BAD_BLOB, f"blob chunks ({len(parts)} of {chunk.count}) do not add up to the SHA-256 they "
+                       "were sent under", "", chunk.gateway, b"", b"", chunk.received_ns)
+    return data

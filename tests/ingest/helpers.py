@@ -1,0 +1,64 @@
+"""Test equipment for the fleet ingest: real signed batches from the gateway's own buffer."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from gateway.buffer import Buffer
+from gateway.driver_api import Reading
+from gateway.keys import init_key, load_private_key
+from tests.gateway.helpers import make_config
+
+T0 = 1_795_000_000_000_000_000
+
+
+class GatewayFeed:
+    """One gateway: its own state directory, key and buffer, making batches with the daemon's code."""
+
+    def __init__(self, root: Path, gateway: str = "gw-a", alg: str = "ed25519") -> None:
+        self.gateway = gateway
+        self.state = root / gateway
+        init_key(self.state / "keys", alg=alg)
+        self.cfg = make_config(self.state, gateway={"id": gateway, "state_dir": str(self.state)}, batch={"alg": alg})
+        self.key = load_private_key(self.state / "keys" / "device.key")
+        self.pub = self.state / f"{gateway}.pub.pem"  # what provisioning hands ops to enrol
+        shutil.copy(self.state / "keys" / "device.pub.pem", self.pub)
+        self.topic = f"sensegate/{gateway}/batch"
+        self.buffer: Buffer | None = None
+        self.n = 0
+
+    @contextlib.asynccontextmanager
+    async def open(self) -> AsyncIterator[GatewayFeed]:
+        c = self.cfg.config
+        self.buffer = Buffer(self.state / "buffer.db", c.gateway.id, c.buffer, c.batch)
+        await self.buffer.open()
+        try:
+            yield self
+        finally:
+            await self.buffer.close()
+            self.buffer = None
+
+    async def batch(self, readings: int = 5, ack: bool = True) -> bytes:
+        """The next signed batch holding ``readings`` new readings (acknowledged, as after a PUBACK)."""
+        buf = self.buffer
+        assert buf is not None, "use `async with feed.open()`"
+        for _ in range(readings):
+            self.n += 1
+            buf.put(Reading(self.gateway, "t", T0 + self.n * 1_000_000, float(self.n), "Cel"))
+        await buf.commit()
+        b = await buf.make_batch(self.key)
+        assert b is not None
+        if ack:
+            await buf.ack(b)
+        return b.data
+
+    async def batches(self, n: int, readings: int = 5) -> list[bytes]:
+        return [await self.batch(readings) for _ in range(n)]
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,70 @@
+"""The ingest's commands as ops use them, the extra they need named when missing, and the
+worker's metrics in the Prometheus text format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.ingest.contract import StoreReport
+from gateway.ingest.metrics import IngestMetrics, IngestMetricsServer
+from tests.ingest.fleet import fleet_cli
+from tests.ingest.helpers import GatewayFeed
+
+
+async def test_enrol_keys_revoke_and_report(tmp_path: Path) -> None:
+    db = f"sqlite:{tmp_path / 'ingest.db'}"
+    a, b = GatewayFeed(tmp_path, "gw-a"), GatewayFeed(tmp_path, "gw-b")
+    status, out = await fleet_cli("enrol", "--db", db, str(a.pub), str(b.pub))
+    assert status == 0 and "for gateway gw-a" in out and "for gateway gw-b" in out, out
+    status, out = await fleet_cli("enrol", "--db", db, "--gateway", "gw-c", str(a.pub))
+    assert status == 1 and "already bound to gateway 'gw-a'" in out, out
+    status, out = await fleet_cli("keys", "--db", db, "--json")
+    keys = json.loads(out)
+    assert [(k["gateway"], k["state"]) for k in keys] == [("gw-a", "active"), ("gw-b", "active")]
+    status, out = await fleet_cli("revoke", "--db", db, "--gateway", "gw-b", "--kid", keys[1]["kid"],
+                                  "--reason", "lost")
+    assert status == 0 and "revoked 1 key" in out
+    status, out = await fleet_cli("keys", "--db", db, "--gateway", "gw-b")
+    assert "revoked" in out and "lost" in out
+    status, out = await fleet_cli("report", "--db", db, "--json")
+    assert status == 0 and json.loads(out)["fleet"]["gateways"] == 0
+    status, out = await fleet_cli("report", "--db", "mysql://nope")
+    assert status == 2 and "use sqlite:PATH or postgresql://" in out
+
+
+def test_a_missing_extra_is_named() -> None:
+    for module, argv in [("psycopg", ["fleet", "report", "--db", "postgresql://x@127.0.0.1:1/x"]),
+                         ("nats", ["ingest", "--db", "sqlite:/nonexistent/x.db", "--broker", "nats://127.0.0.1:1"])]:
+        code = (f"import sys; sys.modules[{module!r}] = None; from gateway.cli import main; "
+                f"sys.exit(main({argv!r}))")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert "pip install 'sensegate[fleet]'" in r.stderr, r.stderr
+
+
+async def test_metrics_are_valid_prometheus_text_on_the_endpoint() -> None:
+    m = IngestMetrics(worker="w1")
+    m.stored(StoreReport(batches=3, readings=30, duplicates=1, refused={"revoked": 2}), 0.25)
+    m.lag_messages, m.readings_missing = 7, 4
+    server = IngestMetricsServer(m)
+    await server.apply(True, "127.0.0.1:0")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        body = (await reader.read()).split(b"\r\n\r\n", 1)[1].decode()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.close()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(body) for s in f.samples}
+    assert samples[("sensegate_ingest_readings_stored_total", ())] == 30
+    assert samples[("sensegate_ingest_refused_total", (("reason", "revoked"),))] == 2
+    assert samples[("sensegate_ingest_lag_messages", ())] == 7
+    assert samples[("sensegate_ingest_ledger_readings_missing", ())] == 4

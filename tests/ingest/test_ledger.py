@@ -1,0 +1,149 @@
+"""The ledger's decisions are the same whatever order batches arrive in and however workers
+split them into transactions: duplicates insert nothing, a reading is stored once, the chain
+is checked by whichever neighbour comes second, and every number ends up received, declared or
+missing."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from gateway.ingest import ledger
+from gateway.ingest.contract import CONFLICT, VerifiedBatch, Work
+from gateway.receiver.core import UNCLEAN_STOP
+from gateway.senml import DecodedReading
+
+GW = "gw-a"
+
+
+def _batch(bseq: int, first: int, last: int, prev: bytes, drops: tuple[tuple[int, int, str], ...] = (),
+           boot: int = 1, salt: bytes = b"") -> VerifiedBatch:
+    readings = [DecodedReading(s, "gw-a", "t", 1_795_000_000_000_000_000 + s, float(s), "Cel", 0, 2, "v")
+                for s in range(first, last + 1)]
+    digest = hashlib.sha256(repr((bseq, first, last, prev, drops, boot)).encode() + salt).digest()
+    return VerifiedBatch(GW, b"k" * 16, 7, boot, bseq, prev, digest, first, last, drops, (), readings,
+                         1_000 + bseq, f"sensegate/{GW}/batch", b"")
+
+
+def history(seed: int) -> tuple[list[VerifiedBatch], set[int], int]:
+    """A gateway's batches, in order: readings, declared drops, a drop-only batch, unclean stops.
+    Returns the batches, the reading numbers they carry, and the highest number issued."""
+    rng = random.Random(seed)
+    out: list[VerifiedBatch] = []
+    prev, bseq, seq, boot = bytes(32), 1, 1, 1
+    carried: set[int] = set()
+    for _ in range(rng.randint(1, 25)):
+        drops: tuple[tuple[int, int, str], ...] = ()
+        kind = rng.random()
+        if kind < 0.15:  # the buffer dropped some readings: declared in this batch
+            n = rng.randint(1, 5)
+            drops = ((seq, seq + n - 1, "buffer_full"),)
+            seq += n
+        elif kind < 0.25 and out:  # an unclean stop: numbers skipped, batch numbers jump by two or more
+            n = rng.randint(1, 8)
+            drops = ((seq, seq + n - 1, UNCLEAN_STOP),)
+            seq += n
+            bseq += rng.randint(1, 3)
+            boot += 1
+        count = 0 if kind > 0.95 else rng.randint(1, 6)
+        b = _batch(bseq, seq, seq + count - 1, prev, drops, boot)
+        out.append(b)
+        carried.update(range(seq, seq + count))
+        prev, bseq, seq = b.digest, bseq + 1, seq + count
+    return out, carried, seq - 1
+
+
+def run(transactions: list[list[VerifiedBatch]]) -> tuple[ledger.StreamLedger, list[int], ledger.Plan]:
+    """Apply transactions one after another, as workers sharing a database would."""
+    ledgers: dict[ledger.Key, ledger.StreamLedger] = {}
+    links: dict[ledger.Key, dict[int, ledger.Link]] = {}
+    inserted: list[int] = []
+    last = ledger.Plan()
+    for batches in transactions:
+        # what the back-end loads: only the stored neighbours the transaction asks for
+        need = ledger.links_needed(Work(batches=batches))
+        loaded = {k: {n: link for n, link in v.items() if (k[0], k[1], n) in need} for k, v in links.items()}
+        last = ledger.plan(Work(batches=batches), ledgers, loaded)
+        for key, v in loaded.items():
+            links.setdefault(key, {}).update(v)
+        for _, fresh in last.readings:
+            inserted += [r.seq for r in fresh]
+    return ledgers.get((GW, 7), ledger.StreamLedger(GW, 7)), inserted, last
+
+
+@given(st.integers(0, 10_000), st.randoms(use_true_random=False))
+def test_any_order_and_any_split_give_the_same_ledger(seed: int, rnd: random.Random) -> None:
+    batches, carried, _ = history(seed)
+    in_order, ins_order, _ = run([[b] for b in batches])
+    shuffled = batches + rnd.sample(batches, k=rnd.randint(0, len(batches)))  # re-deliveries too
+    rnd.shuffle(shuffled)
+    cuts = sorted(rnd.sample(range(1, len(shuffled)), k=rnd.randint(0, len(shuffled) - 1))) if len(shuffled) > 1 else []
+    groups = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)], strict=True)]
+    any_order, ins_any, _ = run(groups)
+    assert sorted(ins_any) == sorted(carried) == sorted(ins_order), "every reading inserted exactly once"
+    mine, theirs = ledger.to_row(in_order), ledger.to_row(any_order)
+    dup = ledger.LEDGER_COLUMNS.index("duplicates")
+    assert mine[:dup] + mine[dup + 1:] == theirs[:dup] + theirs[dup + 1:]
+    assert any_order.duplicates == len(shuffled) - len(batches)
+    assert any_order.chain_breaks == 0 and any_order.conflicts == 0
+    assert any_order.missing == 0, any_order.missing_ranges()
+
+
+@given(st.integers(0, 10_000), st.data())
+def test_a_batch_that_never_arrives_is_missing_and_its_neighbours_still_chain(seed: int, data: st.DataObject) -> None:
+    batches, _, _ = history(seed)
+    with_readings = [b for b in batches if b.count > 0]
+    assume(with_readings)
+    lost = data.draw(st.sampled_from(with_readings))
+    got, inserted, _ = run([[b] for b in reversed(batches) if b is not lost])
+    later = any(b.bseq > lost.bseq and (b.count > 0 or b.drops) for b in batches)
+    gone = lost.count + sum(b - a + 1 for a, b, _ in lost.drops)  # its declarations were lost with it
+    assert got.missing == (gone if later else 0), "a lost tail is unknown until a heartbeat says more"
+    assert set(inserted).isdisjoint(range(lost.first_seq, lost.last_seq + 1))
+    assert got.chain_breaks == 0
+
+
+def test_missing_ranges_start_at_one_and_lie_between_what_was_accounted_for() -> None:
+    a = _batch(3, 11, 15, bytes(32))
+    b = _batch(5, 21, 30, bytes(32))
+    got, _, _ = run([[a, b]])
+    assert got.missing_ranges() == [(1, 10), (16, 20)]
+    assert got.missing == 15
+    assert got.verdict() == "missing"
+
+
+def test_same_batch_number_with_other_content_is_a_conflict_and_quarantined() -> None:
+    a = _batch(1, 1, 5, bytes(32))
+    forged = _batch(1, 1, 5, bytes(32), salt=b"x")
+    got, inserted, plan = run([[a], [forged]])
+    assert inserted == [1, 2, 3, 4, 5]
+    assert got.conflicts == 1 and got.verdict() == "broken"
+    assert [r.reason for r in plan.refused] == [CONFLICT]
+
+
+def test_a_link_that_does_not_chain_is_a_break_whichever_side_arrives_second() -> None:
+    a = _batch(1, 1, 5, bytes(32))
+    b = _batch(2, 6, 9, b"\x01" * 32)  # names a predecessor that is not batch 1
+    for order in ([[a], [b]], [[b], [a]], [[a, b]]):
+        got, _, _ = run(order)
+        assert got.chain_breaks == 1 and got.chain_links == 0
+
+
+def test_unclean_stop_numbers_that_arrived_are_not_skipped() -> None:
+    a = _batch(1, 1, 5, bytes(32))
+    sent_before_the_stop = _batch(2, 6, 8, a.digest)  # the gateway forgot it had sent this
+    after = _batch(4, 13, 14, a.digest, drops=((6, 12, UNCLEAN_STOP),), boot=2)
+    got, inserted, _ = run([[after], [a], [sent_before_the_stop]])
+    assert sorted(inserted) == [1, 2, 3, 4, 5, 6, 7, 8, 13, 14]
+    assert got.skipped == 4 and got.missing == 0 and got.dropped == 0
+    assert got.restarts == 1 and got.verdict() == "complete"
+
+
+def test_rows_round_trip() -> None:
+    batches, _, _ = history(3)
+    got, _, _ = run([batches])
+    again = ledger.from_row(ledger.to_row(got))
+    assert ledger.to_row(again) == ledger.to_row(got)
