@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.ingest.contract import CONFLICT, Refused, StoreReport, VerifiedBatch, Work
-from gateway.receiver.core import UNCLEAN_STOP
-from gateway.receiver.core import _Ranges as Ranges
+from gateway.receiver.header import UNCLEAN_STOP
+from gateway.receiver.state import Ranges
 from gateway.senml import DecodedReading
 
 Key = tuple[str, int]  # (gateway, stream)

@@ -25,7 +25,7 @@ from gateway.ingest.contract import (
     Untrusted,
     VerifiedBatch,
 )
-from gateway.receiver.core import Receiver
+from gateway.receiver.header import parse_header
 
 MAX_BLOB_CHUNKS = 4096
 MAX_TS_NS = 253_402_300_799 * 10**9  # 9999-12-31T23:59:59Z: beyond it no database keeps a timestamp
@@ -94,7 +94,7 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
 
 def _header(protected: dict[Any, Any]) -> dict[str, Any]:
     """The batch header's fields, type-checked (the reference receiver's check)."""
-    return Receiver._header(protected)
+    return parse_header(protected).to_json()
 
 
 def parse_blob_chunk(topic: str, data: bytes, received_ns: int) -> BlobChunk | Refused:
