@@ -356,3 +356,12 @@ def public_key_from_pem(raw: bytes, where: str = "key") -> PublicKey:
         raise KeyError_(f"{where}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
     alg_of(key)
     return key
+
+
+def public_key_from_der(der: bytes, where: str = "key") -> PublicKey:
+    """An Ed25519 or P-256 public key from DER SubjectPublicKeyInfo (what key events carry)."""
+    if len(der) == 44 and der.startswith(_SPKI_ED25519):
+        return Ed25519PublicKey(der[12:])
+    if len(der) > 1024:
+        raise KeyError_(f"{where}: {len(der)} bytes is no Ed25519 or P-256 public key")
+    return public_key_from_pem(_pem("PUBLIC KEY", der), where)

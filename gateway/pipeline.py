@@ -34,8 +34,9 @@ from typing import Any
 
 from gateway.buffer import Batch, Buffer
 from gateway.config.validate import GatewayConfig
+from gateway.devicekey import DeviceKey, KeyFiles, open_current, prepare_next
 from gateway.driver_api import Reading
-from gateway.keys import KeyError_, Signer, alg_of, load_signing_key
+from gateway.keys import KeyError_, Signer, alg_of, fingerprint
 from gateway.pkcs11uri import is_pkcs11
 from gateway.scheduler import NodeTracker
 from gateway.uplinks import Uplink
@@ -55,12 +56,18 @@ def key_path(cfg: GatewayConfig) -> Path:
     return Path(g.key_file) if g.key_file and not is_pkcs11(g.key_file) else Path(g.state_dir) / "keys" / "device.key"
 
 
+def key_files(cfg: GatewayConfig) -> KeyFiles:
+    """The device key a config names, with its next key and rotation documents (gateway/devicekey.py)."""
+    return KeyFiles.of(cfg.config.gateway.key_file, key_path(cfg))
+
+
 async def open_device_key(cfg: GatewayConfig) -> Signer:
     """The signing key a config names: a PEM file, or a PKCS#11 token's key opened on a thread of
-    its own (loading a token library and logging in block, and a hung token must not hang start)."""
-    spec = cfg.config.gateway.key_file
-    if not is_pkcs11(spec):
-        return load_signing_key(key_path(cfg))
+    its own (loading a token library and logging in block, and a hung token must not hang start).
+    A key rotation a stop interrupted is finished first."""
+    files = key_files(cfg)
+    if not files.token:
+        return open_current(files)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Signer] = loop.create_future()
 
@@ -75,7 +82,7 @@ async def open_device_key(cfg: GatewayConfig) -> Signer:
 
     def opener() -> None:
         try:
-            key = load_signing_key(spec)
+            key = open_current(files)
         except Exception as e:
             loop.call_soon_threadsafe(settle, None, e)
         else:
@@ -150,6 +157,8 @@ class BufferedPipeline:
         self._blob_task: asyncio.Task[None] | None = None
         self._blob_wake = asyncio.Event()
         self.key: Any = None
+        self.device: DeviceKey | None = None
+        self._signing = asyncio.Lock()  # a key switch happens between two batches, never during one
         self.batches_sent = 0
 
     @property
@@ -166,6 +175,7 @@ class BufferedPipeline:
             self.key = await open_device_key(self.cfg)
         except KeyError_ as e:
             raise PipelineError(str(e)) from None
+        self.device = DeviceKey(key_files(self.cfg), self.key, self.cfg.config.gateway.id)
         want = self.cfg.config.batch.alg
         if alg_of(self.key) != want:
             where = self.cfg.config.gateway.key_file or key_path(self.cfg)
@@ -235,8 +245,44 @@ class BufferedPipeline:
                 target.extendleft(reversed(back))
             self._changed.set()
             self._blob_wake.set()
+            if connected:
+                self._announce(lane.uplink)
 
         return on_state
+
+    # -- key rotation (gateway/devicekey.py) ---------------------------------------------------
+
+    def _announce(self, uplink: Any) -> None:
+        """Publish the retained rotation history (receivers that missed a rotation learn it)."""
+        payload = self.device.announcement() if self.device is not None else None
+        publish = getattr(uplink, "publish", None)  # MQTT; CoAP receivers learn it from the batches
+        if payload is not None and publish is not None:
+            from gateway.mqtt import keys_topic
+
+            publish(keys_topic(uplink.cfg.topic_prefix, self.cfg.config.gateway.id), payload, retain=True)
+
+    async def _switch(self) -> bytes:
+        """Switch to the waiting next key at the next batch number (the caller holds ``_signing``)."""
+        assert self.device is not None
+        doc = await self.device.switch(self.buffer.stream, self.buffer.next_batch)
+        self.key = self.device.signer
+        for lane in self.lanes:
+            if lane.uplink.connected:
+                self._announce(lane.uplink)
+        return doc
+
+    async def rotate_key(self) -> dict[str, Any]:
+        """Make a next key (unless one waits) and switch to it now (the ``rotate_key`` command)."""
+        assert self.device is not None
+        alg = alg_of(self.key)
+        prepared = await asyncio.to_thread(prepare_next, self.device.files, alg)
+        async with self._signing:
+            at = self.buffer.next_batch
+            if self.device.files.next_public.exists():
+                await self._switch()
+            pub = self.key.public_key()
+            return {"kid": self.key.kid.hex(), "fingerprint": fingerprint(pub), "from_batch": at,
+                    "stream": self.buffer.stream, "made": prepared.new}
 
     # -- the pump --------------------------------------------------------------------------
 
@@ -306,7 +352,15 @@ class BufferedPipeline:
         """Sign the next batch if the policy says it is time."""
         if not self._due():
             return None
-        made = await self.buffer.make_batch(self.key)
+        assert self.device is not None
+        async with self._signing:
+            if self.device.waiting():  # `sensegate keys rotate` made a next key
+                try:
+                    await self._switch()
+                except (KeyError_, OSError) as e:
+                    log.error("cannot switch to the next device key (%s); signing with the current one", e)
+            made = await self.buffer.make_batch(self.key, self.device.carry(self.buffer.stream,
+                                                                            self.buffer.next_batch))
         if made is None:
             self._since = 0.0
             return None
