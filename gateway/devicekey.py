@@ -206,6 +206,7 @@ class DeviceKey:
         self._carry: tuple[bytes, int, int] | None = self._carried()
         self._checked = 0.0
         self.rotations = 0
+        self.busy = False  # a switch is under way (on its thread): no batch is signed meanwhile
 
     def _carried(self) -> tuple[bytes, int, int] | None:
         """The latest rotation to the current key, with its stream and first batch."""
@@ -243,16 +244,23 @@ class DeviceKey:
         document. Call between two batches (the pipeline holds its signing lock). Like signing a
         batch, it waits for the token as long as the token takes: giving up half way would
         leave batches signed by a key the documents retire. Cancelling the wait is safe."""
+        self.busy = True
         return await asyncio.to_thread(self._switch_sync, stream, bseq)
 
     def _switch_sync(self, stream: int, bseq: int) -> bytes:
+        try:
+            return self._switch_files(stream, bseq)
+        finally:
+            self.busy = False  # on the switch's thread: a cancelled wait does not end it early
+
+    def _switch_files(self, stream: int, bseq: int) -> bytes:
         files = self.files
         new = load_signing_key(files.next_spec())
         try:
             if alg_of(new) != alg_of(self.signer):
                 raise KeyError_(f"the next key is {alg_of(new)}, the current one {alg_of(self.signer)}")
             doc = make_rotation(self.signer, new, self.gateway, stream, bseq)
-            history = (self.history + [doc])[-MAX_HISTORY:]
+            history = [*self.history, doc][-MAX_HISTORY:]
             _write(files.history, cbor2.dumps(history), 0o644)  # the decision
         except BaseException:
             new.close()

@@ -353,12 +353,15 @@ class BufferedPipeline:
         if not self._due():
             return None
         assert self.device is not None
+        if self.device.busy:  # a switch whose wait was cancelled is still finishing
+            return None
         async with self._signing:
             if self.device.waiting():  # `sensegate keys rotate` made a next key
                 try:
                     await self._switch()
                 except (KeyError_, OSError) as e:
                     log.error("cannot switch to the next device key (%s); signing with the current one", e)
+            self.key = self.device.signer
             made = await self.buffer.make_batch(self.key, self.device.carry(self.buffer.stream,
                                                                             self.buffer.next_batch))
         if made is None:
@@ -518,5 +521,7 @@ class BufferedPipeline:
         for lane in self.lanes:
             await lane.uplink.close()
         await self.buffer.close()
-        if self.key is not None:
-            self.key.close()  # a token's session; nothing for a PEM key
+        if self.device is not None:
+            self.device.close()  # a token's session; nothing for a PEM key
+        elif self.key is not None:
+            self.key.close()

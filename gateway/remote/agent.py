@@ -23,6 +23,7 @@ from gateway.config import ConfigInvalid, GatewayConfig
 from gateway.config.apply import Plan, plan
 from gateway.config.loader import LoadError, load_yaml
 from gateway.config.validate import validate_document
+from gateway.keyevents import EventRefused, OpsKeyring
 from gateway.registry import Registry
 from gateway.remote import topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
@@ -87,8 +88,9 @@ class RemoteAgent:
         g = bootstrap.config.gateway
         self.gateway_id = g.id
         self.settings = bootstrap.config.remote
-        self.trusted = load_trusted(self.settings.ops_keys, bootstrap_path.parent)
         root = Path(g.state_dir) / "remote"
+        # the local files' ops keys, as rotated and revoked since by signed key events
+        self.trusted = OpsKeyring(load_trusted(self.settings.ops_keys, bootstrap_path.parent), root / "opskeys.cbor")
         self.store = ConfigStore(root, self.settings.history)
         self.commands = CommandLog(root / "commands.json")
         self.revision: int | None = None  # the pushed revision running; None: the local file
@@ -147,7 +149,7 @@ class RemoteAgent:
         """SIGHUP: re-read the trust anchor; keep running the pushed config if one is current."""
         self.bootstrap = bootstrap
         self.settings = bootstrap.config.remote
-        self.trusted = load_trusted(self.settings.ops_keys, self.bootstrap_path.parent)
+        self.trusted.reanchor(load_trusted(self.settings.ops_keys, self.bootstrap_path.parent))
         if self.revision is None or not self.enabled:
             self.revision, self.digest = None, sha256(bootstrap_bytes)
             return bootstrap
@@ -246,6 +248,8 @@ class RemoteAgent:
             except asyncio.QueueFull:
                 log.warning("config push on %s refused: %d pushes already waiting", topic, QUEUE)
                 self._status("rejected", "busy: too many pushes waiting; push again later", None)
+        elif "/ops/keys/" in topic:
+            self._ops_key_event(topic, payload)
         elif topic.endswith("/cmd/req"):
             if len(self._tasks) >= MAX_COMMANDS:
                 self._result(peek_id(payload), {"status": "refused", "reason": "busy: too many commands running"})
@@ -253,6 +257,16 @@ class RemoteAgent:
             task = asyncio.create_task(self._command(payload), name="remote-command")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _ops_key_event(self, topic: str, payload: bytes) -> None:
+        """An ops key rotated or revoked (retained, so it comes again on every connect)."""
+        try:
+            ev = self.trusted.take(payload)
+        except (EventRefused, OSError) as e:
+            log.warning("ops key event on %s refused: %s", topic, e)
+            return
+        if ev is not None:
+            log.warning("ops keys: %s; %d ops key(s) trusted now", ev.describe(), len(self.trusted))
 
     # -- status -------------------------------------------------------------------------
 
