@@ -299,9 +299,11 @@ def private_key_from_pem(raw: bytes, where: str = "key") -> PrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         key = serialization.load_pem_private_key(raw, password=None)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise KeyError_(f"{where} is not an unencrypted PEM private key: {e}") from None
     if isinstance(key, ed25519.Ed25519PrivateKey):  # e.g. PKCS#8 v2, with the public key in it
         return Ed25519PrivateKey(key.private_bytes_raw())
@@ -346,9 +348,11 @@ def public_key_from_pem(raw: bytes, where: str = "key") -> PublicKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     try:
         key = serialization.load_pem_public_key(raw)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # an OID it does not know: the latter
         raise KeyError_(f"{where} is not a PEM public key: {e}") from None
     if isinstance(key, ed25519.Ed25519PublicKey):
         return Ed25519PublicKey(key.public_bytes_raw())

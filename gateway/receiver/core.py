@@ -158,7 +158,9 @@ class Receiver:
                         gateway=h.gw, bseq=h.bs)
         carried = msg.protected.get("kr")  # the first batches after a rotation carry it
         if isinstance(carried, bytes):
-            self._take_key(carried, h.gw)
+            taken = self._take_key(carried, h.gw)
+            if taken.status == "refused":
+                self._refused(taken)
         key = self.trust.lookup(h.gw, msg.kid or b"", (h.st, h.bs))
         if isinstance(key, Untrusted):
             if key.revoked:
@@ -221,11 +223,26 @@ class Receiver:
         try:
             docs = documents_in(data)
         except EventRefused as e:
-            self._s.key_events_refused += 1
-            return [KeyFeed("refused", str(e))]
-        return [self._take_key(d, topic_gateway, ops) for d in docs]
+            docs, out = [], [KeyFeed("refused", str(e))]
+        else:
+            out = [self._take_key(d, topic_gateway, ops) for d in docs]
+        # a history starts before what this receiver knows (it was given a later key): entries
+        # older than one it knows or learned are no news, not forgeries
+        last = max((i for i, k in enumerate(out) if k.status != "refused"), default=-1)
+        out = [KeyFeed("known", "older than the keys trusted here") if i < last and k.status == "refused" else k
+               for i, k in enumerate(out)]
+        for k in out:
+            if k.status == "refused":
+                self._refused(k)
+        return out
+
+    def _refused(self, k: KeyFeed) -> KeyFeed:
+        self._s.key_events_refused += 1
+        self.key_log.append(f"key event refused: {k.reason}")
+        return k
 
     def _take_key(self, document: bytes, gateway: str | None, ops: bool = False) -> KeyFeed:
+        """Verify and apply one key event; a refusal is counted by the caller."""
         s = self._s
         try:
             if ops:
@@ -233,8 +250,6 @@ class Receiver:
             else:
                 ev = self.trust.take(document, self.ops_keys, gateway)
         except EventRefused as e:
-            s.key_events_refused += 1
-            self.key_log.append(f"key event refused: {e}")
             return KeyFeed("refused", str(e))
         if ev is None:
             return KeyFeed("known")
