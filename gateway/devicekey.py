@@ -104,6 +104,7 @@ class KeyFiles:
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
     from gateway.remote.store import write_atomic
 
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # a token gateway may have no key files yet
     write_atomic(path, data, mode)
 
 
@@ -267,9 +268,10 @@ class DeviceKey:
             raise
         new.close()  # a token's next key is opened again under its final label
         _promote(files, key_id(new.public_key()))
-        signer = load_signing_key(files.spec)
-        old, self.signer, self.history = self.signer, signer, history
-        old.close()
+        old = self.signer
+        old.close()  # first: closing a token session that logged in logs the whole process out
+        signer = self.signer = load_signing_key(files.spec)
+        self.history = history
         self._carry = (doc, stream, bseq)
         self.rotations += 1
         log.info("device key rotated: %s -> %s (fingerprint %s), from batch %d", old.kid.hex(), signer.kid.hex(),

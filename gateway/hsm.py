@@ -109,6 +109,13 @@ def _open(uri: Pkcs11Uri, rw: bool = False) -> pkcs11.Session:
         raise TokenError(str(e)) from None
     try:
         return tok.open(user_pin=pin, rw=rw)
+    except pkcs11.exceptions.UserAlreadyLoggedIn:
+        # a login is per process and token: another session of ours (the signing key's, while a
+        # rotation makes the next key) holds it, and this one shares it without logging in
+        try:
+            return tok.open(rw=rw)
+        except pkcs11.PKCS11Error as e:
+            raise TokenError(f"cannot open a session on token {tok.label!r}: {_why(e)}") from None
     except pkcs11.exceptions.PinIncorrect:
         raise TokenError(f"the token refused the PIN from {uri.pin_source} (wrong PIN; "
                          "a few more tries may lock it)") from None

@@ -4,8 +4,6 @@ hostile ones (gateway/keyevents.py, gateway/receiver/trust.py, gateway/devicekey
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from gateway.keyevents import (
     make_rotation,
     verify_event,
 )
-from gateway.keys import Ed25519PrivateKey, Signer, as_signer, generate, key_id, load_public_key
+from gateway.keys import Ed25519PrivateKey, Signer, load_public_key
 from gateway.receiver import KeyBindings, Receiver
 from gateway.testing.batches import Chain
 from tests.gateway.helpers import make_config

@@ -110,7 +110,8 @@ async def publish(url: str, topic: str, payload: bytes, retain: bool = False) ->
 def gateway_config(tmp: Path, gw: str, url: str, **gateway: Any) -> Path:
     doc = {"gateway": {"id": gw, "state_dir": str(tmp / gw), **gateway},
            "uplinks": [{"type": "mqtt", "url": url, "reconnect_max": 1}],
-           "drivers": [{"driver": "sim", "interval": "50ms", "jitter": 0, "points": [{"name": "n", "pattern": "counter"}]}]}
+           "drivers": [{"driver": "sim", "interval": "50ms", "jitter": 0,
+                        "points": [{"name": "n", "pattern": "counter"}]}]}
     path = tmp / f"{gw}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -144,7 +145,8 @@ async def test_a_running_gateway_rotates_its_key_while_a_receiver_verifies(tmp_p
     shutil.copy(original.public_path, trust / f"{gw}.pub.pem")
     shutil.copy(other.public_path, trust / "gw-other.pub.pem")
     cfg = gateway_config(tmp_path, gw, broker.url)
-    async with receiving(broker.url, trust, "--ops-trust", str(ops.public_path)) as rx, Proc("run", "-c", str(cfg)) as d:
+    ops_trust = ("--ops-trust", str(ops.public_path))
+    async with receiving(broker.url, trust, *ops_trust) as rx, Proc("run", "-c", str(cfg)) as d:
         await rx.until(lambda: len(rx.readings()) >= 20)
         async with Proc("keys", "rotate", "-c", str(cfg)) as cli:
             assert await cli.stop(signal_it=False) == 0, cli.err
@@ -203,7 +205,8 @@ async def test_a_revocation_reaches_a_running_receiver(tmp_path: Path, broker: M
     cfg = gateway_config(tmp_path, gw, broker.url)
     trust = tmp_path / f"{gw}.pub.pem"
     shutil.copy(key.public_path, trust)
-    async with receiving(broker.url, trust, "--ops-trust", str(ops.public_path)) as rx, Proc("run", "-c", str(cfg)) as d:
+    ops_trust = ("--ops-trust", str(ops.public_path))
+    async with receiving(broker.url, trust, *ops_trust) as rx, Proc("run", "-c", str(cfg)) as d:
         await rx.until(lambda: len(rx.readings()) >= 10)
 
         async def revoke(sign_key: Path) -> None:
@@ -234,3 +237,133 @@ async def test_a_revocation_reaches_a_running_receiver(tmp_path: Path, broker: M
         assert await d2.stop() == 0
     s2 = late.summary()
     assert s2["batches"] == 0 and s2["revoked"] >= 1 and s2["key_events"] == 1, s2
+
+
+async def test_ops_keys_rotate_and_are_revoked_on_a_running_gateway(tmp_path: Path, broker: Mosquitto) -> None:
+    """The gateway trusts ops keys A and B. A is rotated to A2 (signed by both, published
+    retained): A's pushes are refused, A2's applied. A2 revokes B: B's pushes are refused, also
+    after a restart. The ``rotate_key`` command rotates the device key; a receiver sees no gap."""
+    from gateway.remote.ops import Broker, push_config, send_command
+    from tests.gateway.helpers import MqttReceiver, running_daemon
+    from tests.gateway.test_remote_mqtt import bootstrap, connected, gateway_doc
+
+    ops_a = tmp_path / "ops-a"
+    a = init_key(ops_a, name="ops")
+    b = init_key(tmp_path / "ops-b", name="ops")
+    trusted = tmp_path / "ops-keys"
+    trusted.mkdir()
+    shutil.copy(a.public_path, trusted / "a.pem")
+    shutil.copy(b.public_path, trusted / "b.pem")
+    gw = "gw-ops"
+    path = bootstrap(tmp_path, gw, broker.url, trusted)
+    device_pub = tmp_path / gw / "keys" / "device.pub.pem"
+    first_device = tmp_path / "first-device.pub.pem"
+    shutil.copy(device_pub, first_device)
+    brk = Broker.from_url(broker.url)
+    rev = iter(range(100, 200))
+
+    async def push(key_file: Path) -> dict[str, Any]:
+        doc = gateway_doc(tmp_path, gw, broker.url)
+        _, answers = await push_config(brk, load_private_key(key_file), yaml.safe_dump(doc).encode(), to=gw,
+                                       revision=next(rev), within=30)
+        assert not answers.timed_out, "no final status"
+        return answers.by_gateway[gw]
+
+    async def cli(*args: str) -> None:
+        async with Proc("keys", *args, "--url", broker.url) as p:
+            assert await p.stop(60, signal_it=False) == 0, p.err
+
+    rx = MqttReceiver(broker.url, first_device, gateway=gw)
+    async with rx.running():
+        async with running_daemon(path) as d:
+            await connected(d)
+            assert (await push(a.private_path))["state"] == "applied"
+            old_a = tmp_path / "old-a.key"
+            shutil.copy2(a.private_path, old_a)
+            await cli("rotate", "--ops", "--dir", str(ops_a))
+            assert load_public_key(a.public_path) != load_public_key(trusted / "a.pem")  # ops.key replaced
+            await asyncio.sleep(0.5)  # the gateway takes the retained rotation
+            st = await push(old_a)
+            assert st["state"] == "rejected" and "which was rotated to" in st["reason"], st
+            assert (await push(a.private_path))["state"] == "applied"  # A2
+            await cli("revoke", str(b.public_path), "--ops", "--reason", "laptop lost", "--sign-key",
+                      str(a.private_path))
+            await asyncio.sleep(0.5)
+            st = await push(b.private_path)
+            assert st["state"] == "rejected" and "revoked (laptop lost)" in st["reason"], st
+
+            # the device key, rotated by a command
+            await rx.wait_readings(10)
+            _, _, answers = await send_command(brk, load_private_key(a.private_path), "rotate_key", {}, to=gw,
+                                               within=60)
+            res = answers.by_gateway[gw]
+            assert res["status"] == "done", res
+            switch = res["result"]["from_batch"]
+            assert res["result"]["kid"] == key_id(load_public_key(device_pub)).hex() != key_id(
+                load_public_key(first_device)).hex()
+            await rx.wait_readings(len(rx.readings) + 10)
+        # a restart: the key events were kept (the anchor files still list A and B)
+        async with running_daemon(path) as d:
+            await connected(d)
+            st = await push(b.private_path)
+            assert st["state"] == "rejected" and "revoked" in st["reason"], st
+            st = await push(old_a)
+            assert st["state"] == "rejected" and "rotated" in st["reason"], st
+            assert (await push(a.private_path))["state"] == "applied"
+            await rx.wait_readings(len(rx.readings) + 10)
+    s = rx.rx.summary()
+    assert (s.gaps, s.chain_breaks, s.bad_signatures, s.forged, s.key_events) == (0, 0, 0, 0, 1), s
+    assert {r.seq for r in rx.readings} == set(range(1, len(rx.readings) + 1))
+    assert max(st.max_bseq for st in rx.rx.streams.values()) > switch + 5
+
+
+async def test_a_token_key_rotates_on_the_token(tmp_path: Path, broker: Mosquitto, softhsm: Any) -> None:
+    """A SoftHSM2 key rotated by the ``rotate_key`` command: the new pair is made on the token,
+    the old pair destroyed, the new one takes the label the config names; the stream verifies
+    across the switch, and after a restart the daemon signs with the new token key."""
+    from pkcs11 import Attribute, ObjectClass
+
+    from gateway.hsm import _open, create_key
+    from gateway.keys import public_pem
+    from gateway.pkcs11uri import parse
+    from gateway.remote.ops import Broker, send_command
+    from tests.gateway.helpers import MqttReceiver, running_daemon
+
+    gw, label = "gw-tok", "rot-device"
+    uri = softhsm.uri(label)
+    made = await asyncio.to_thread(create_key, uri, "es256")
+    pub = tmp_path / "first.pub.pem"
+    pub.write_bytes(public_pem(made.public))
+    ops = init_key(tmp_path / "ops", name="ops")
+    doc = {"gateway": {"id": gw, "state_dir": str(tmp_path / gw), "key_file": uri}, "batch": {"alg": "es256"},
+           "uplinks": [{"type": "mqtt", "url": broker.url, "reconnect_max": 1}],
+           "remote": {"ops_keys": [str(ops.public_path)]},
+           "drivers": [{"driver": "sim", "interval": "50ms", "points": [{"name": "n", "pattern": "counter"}]}]}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(doc))
+
+    def labels() -> list[tuple[str, str]]:
+        s = _open(parse(uri, resolve_module=True))
+        try:
+            return sorted((str(o[Attribute.LABEL]), "private" if o[Attribute.CLASS] == ObjectClass.PRIVATE_KEY
+                           else "public") for o in s.get_objects({}) if str(o[Attribute.LABEL]).startswith(label))
+        finally:
+            s.close()
+
+    rx = MqttReceiver(broker.url, pub, gateway=gw)
+    async with rx.running():
+        async with running_daemon(path):
+            await rx.wait_readings(10)
+            _, _, answers = await send_command(Broker.from_url(broker.url), load_private_key(ops.private_path),
+                                               "rotate_key", {}, to=gw, within=60)
+            res = answers.by_gateway[gw]
+            assert res["status"] == "done", res
+            await rx.wait_readings(len(rx.readings) + 10)
+        assert await asyncio.to_thread(labels) == [(label, "private"), (label, "public")]  # one pair, relabelled
+        files = KeyFiles.of(uri, tmp_path / gw / "keys" / "device.key")
+        assert key_id(load_public_key(files.public)).hex() == res["result"]["kid"] != key_id(made.public).hex()
+        assert len(read_history(files)) == 1 and not files.next_public.exists()
+        async with running_daemon(path):  # the restarted daemon opens the new key by the same URI
+            await rx.wait_readings(len(rx.readings) + 10)
+    s = rx.rx.summary()
+    assert (s.gaps, s.chain_breaks, s.bad_signatures, s.forged, s.key_events) == (0, 0, 0, 0, 1), s
