@@ -296,10 +296,9 @@ def private_key_from_pem(raw: bytes, where: str = "key") -> PrivateKey:
     der = _pem_der(raw, "PRIVATE KEY")
     if der is not None and len(der) == 48 and der.startswith(_PKCS8_ED25519):
         return Ed25519PrivateKey(der[16:])
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
-    from cryptography.exceptions import UnsupportedAlgorithm
 
     try:
         key = serialization.load_pem_private_key(raw, password=None)
@@ -345,10 +344,9 @@ def public_key_from_pem(raw: bytes, where: str = "key") -> PublicKey:
     der = _pem_der(raw, "PUBLIC KEY")
     if der is not None and len(der) == 44 and der.startswith(_SPKI_ED25519):
         return Ed25519PublicKey(der[12:])
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
-    from cryptography.exceptions import UnsupportedAlgorithm
 
     try:
         key = serialization.load_pem_public_key(raw)

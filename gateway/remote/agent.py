@@ -30,6 +30,7 @@ from gateway.remote.commands import CommandLog, Refused, execute, parse_command,
 from gateway.remote.envelope import Rejected, group_target, load_trusted, open_signed
 from gateway.remote.store import ConfigStore
 from gateway.scheduler import Supervisor
+from gateway.signedjson import seal_async
 
 log = logging.getLogger("sensegate.remote")
 QUEUE = 4  # config pushes waiting while one applies; more are refused as busy
@@ -99,7 +100,10 @@ class RemoteAgent:
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._uplink_changed = asyncio.Event()
-        self._unsent: bytes | None = None  # a status no uplink could take yet
+        self._unsent: dict[str, Any] | None = None  # a status no uplink could take yet
+        self._pipeline: Any = None  # the pipeline attached last: its device key signs the statuses
+        self._statuses: set[asyncio.Task[None]] = set()  # being signed and sent, in order
+        self._status_lock = asyncio.Lock()
         self._coap: Any = None  # CoapConfigServer when remote.coap_listen is set
 
     @property
@@ -198,6 +202,7 @@ class RemoteAgent:
         """Hook a new pipeline's uplinks before they start: subscriptions, downlink, status flush."""
         if not self.enabled:
             return
+        self._pipeline = pipeline
         for up in downlinks(pipeline):
             prefix = up.cfg.topic_prefix
             up.subscriptions = topics.subscriptions(prefix, self.gateway_id, list(self.settings.groups))
@@ -230,7 +235,9 @@ class RemoteAgent:
 
     async def close(self) -> None:
         """Stop taking pushes and commands (an apply in progress is cancelled: pending stays on disk)."""
-        tasks = [t for t in (self._worker, *self._tasks) if t is not None]
+        if self._statuses:  # the last statuses (e.g. rolled_back) still go out
+            await asyncio.wait(set(self._statuses), timeout=1.0)
+        tasks = [t for t in (self._worker, *self._tasks, *self._statuses) if t is not None]
         self._worker = None
         for t in tasks:
             t.cancel()
@@ -289,17 +296,32 @@ class RemoteAgent:
 
     def _flush(self, up: Downlink) -> None:
         """A (re)connected uplink gets the status that could not be published (e.g. at boot)."""
-        if self._unsent is not None and up.publish(self._status_topic(up.cfg.topic_prefix), self._unsent, retain=True):
-            self._unsent = None
+        if self._unsent is not None:
+            self._send(self._unsent)
 
     def _status(self, state: str, reason: str, revision: int | None) -> None:
         body = {"gateway": self.gateway_id, "state": state, "revision": revision, "reason": reason,
                 **self.info(), "ts": round(time.time(), 3)}
         (log.info if state in ("received", "applied") else log.warning)(
             "config push%s: %s%s", f" revision {revision}" if revision else "", state, f": {reason}" if reason else "")
-        self._unsent = None if self._publish(self._status_topic, body, retain=True) else json.dumps(body).encode()
-        if self._coap is not None:
-            self._coap.status.update(json.dumps(body).encode())
+        self._send(body)
+
+    def _send(self, body: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._send_signed(body), name="config-status")
+        self._statuses.add(task)
+        task.add_done_callback(self._statuses.discard)
+
+    async def _send_signed(self, body: dict[str, Any]) -> None:
+        """Sign a status with the device key (off the loop: it may be a token's) and publish it
+        retained, in the order the statuses were made (gateway/signedjson.py)."""
+        async with self._status_lock:
+            payload = await seal_async(body, getattr(self._pipeline, "key", None), self.gateway_id, "config-status")
+            sent = False
+            for up in downlinks(self.host.pipeline):
+                sent = up.publish(self._status_topic(up.cfg.topic_prefix), payload, retain=True) or sent
+            self._unsent = None if sent else body
+            if self._coap is not None:
+                self._coap.status.update(payload)
 
     def _result(self, cmd_id: str, body: dict[str, Any]) -> None:
         body = {"gateway": self.gateway_id, "id": cmd_id, **body, "ts": round(time.time(), 3)}
