@@ -159,6 +159,8 @@ class BufferedPipeline:
         self.key: Any = None
         self.device: DeviceKey | None = None
         self._signing = asyncio.Lock()  # a key switch happens between two batches, never during one
+        self._sign_failing = 0.0  # monotonic time the key (a token) stopped signing; 0: it signs
+        self.sign_errors = 0
         self.batches_sent = 0
 
     @property
@@ -324,6 +326,9 @@ class BufferedPipeline:
             self._changed.clear()
             try:
                 await self._pump()
+            except KeyError_:  # the key cannot sign (said once by _sign_failed): readings stay buffered
+                await asyncio.sleep(1.0)
+                self._changed.set()
             except Exception:
                 log.exception("pipeline error; retrying")
                 await asyncio.sleep(1.0)
@@ -362,8 +367,16 @@ class BufferedPipeline:
                 except (KeyError_, OSError) as e:
                     log.error("cannot switch to the next device key (%s); signing with the current one", e)
             self.key = self.device.signer
-            made = await self.buffer.make_batch(self.key, self.device.carry(self.buffer.stream,
-                                                                            self.buffer.next_batch))
+            try:
+                made = await self.buffer.make_batch(self.key, self.device.carry(self.buffer.stream,
+                                                                                self.buffer.next_batch))
+            except KeyError_ as e:
+                self._sign_failed(e)
+                raise
+        if self._sign_failing and made is not None:
+            log.warning("the device key signs again, after %.0f s and %d failed attempt(s)",
+                        time.monotonic() - self._sign_failing, self.sign_errors)
+            self._sign_failing = 0.0
         if made is None:
             self._since = 0.0
             return None
@@ -375,6 +388,13 @@ class BufferedPipeline:
         else:
             self._shared.append(made.bseq)
         return made
+
+    def _sign_failed(self, e: KeyError_) -> None:
+        """Count a batch the key could not sign; say it once per outage, not once a second."""
+        self.sign_errors += 1
+        if not self._sign_failing:
+            self._sign_failing = time.monotonic()
+            log.error("cannot sign batches: %s; readings stay buffered, trying again every second", e)
 
     async def _load(self, bseq: int, fresh: Batch | None) -> Batch | None:
         if fresh is not None and fresh.bseq == bseq:
@@ -495,7 +515,7 @@ class BufferedPipeline:
                        "dropped": b.dropped, "committed": b.committed, "dead_letters": b.dead_letters,
                        "blobs_dropped": b.blobs_dropped, "group_commits": b.group_commits,
                        "fsyncs": b.reservations + b.syncs, "skipped_unclean": b.skipped_unclean},
-            "batches": {"sent": self.batches_sent, "acked": b.acked_batches,
+            "batches": {"sent": self.batches_sent, "acked": b.acked_batches, "sign_errors": self.sign_errors,
                         "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes},
             "uplinks": {lane.uplink.name: {"connected": lane.uplink.connected, "inflight": len(lane.inflight),
                                            "acked": getattr(lane.uplink, "acked", 0),
