@@ -25,7 +25,7 @@ from gateway.keyevents import (
     make_rotation,
     verify_event,
 )
-from gateway.keys import Ed25519PrivateKey, Signer, load_public_key
+from gateway.keys import Ed25519PrivateKey, Signer, as_signer, generate, load_public_key
 from gateway.receiver import KeyBindings, Receiver
 from gateway.testing.batches import Chain
 from tests.gateway.helpers import make_config
@@ -300,3 +300,24 @@ def test_documents_in_a_key_message() -> None:
         documents_in(cbor2.dumps([r] * 9))
     with pytest.raises(EventRefused, match="not CBOR"):
         documents_in(b"\x82\x01")
+
+
+def test_an_independent_cose_library_verifies_key_events() -> None:
+    """python-cwt (tests/gateway/cosecheck.py) checks each signature of a rotation (the old and
+    the new key, EdDSA and ES256) and a revocation, and refuses an altered one."""
+    from gateway.keys import public_pem
+    from tests.gateway import cosecheck
+
+    old, new, ops = _key(1), as_signer(generate("es256")), _key(8)
+    rotation = make_rotation(old, new, "gw-a", 7, 4)
+    revocation = make_revocation(ops, old.kid, "gw-a", "lost")
+    altered = bytearray(rotation)
+    altered[rotation.find(b"gw-a")] ^= 0x20  # "Gw-a"
+    got = cosecheck.verify([(rotation, public_pem(old.public_key()), old.kid),
+                            (rotation, public_pem(new.public_key()), new.kid),
+                            (revocation, public_pem(ops.public_key()), ops.kid),
+                            (bytes(altered), public_pem(old.public_key()), old.kid)])
+    body = cbor2.loads(got[0])  # type: ignore[arg-type]
+    assert got[0] == got[1] and body["gw"] == "gw-a" and body["new"] == new.kid and body["bs"] == 4
+    assert cbor2.loads(got[2])["kid"] == old.kid  # type: ignore[arg-type]
+    assert isinstance(got[3], str) and "verify" in got[3].lower(), got[3]

@@ -113,12 +113,10 @@ def test_a_token_key_signs_cose_any_verifier_accepts(softhsm: SoftHsm, alg: str)
         msg = cose.encode_sign1(protected, payload, cose.sign(key, protected, payload))
         cose.verify(cose.parse_sign1(msg), made.public)
         # an independent COSE implementation agrees
-        from cryptography.hazmat.primitives import serialization
-        from cwt import COSE, COSEKey
+        from gateway.keys import public_pem
+        from tests.gateway import cosecheck
 
-        pem = made.public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo) \
-            if alg == "es256" else __import__("gateway.keys", fromlist=["public_pem"]).public_pem(made.public)
-        assert COSE.new().decode(msg, COSEKey.from_pem(pem, kid=key.kid)) == payload
+        assert cosecheck.verify([(msg, public_pem(made.public), key.kid)]) == [payload]
         tampered = msg[:-70] + bytes([msg[-70] ^ 1]) + msg[-69:]
         with pytest.raises(cose.CoseError):
             cose.verify(cose.parse_sign1(tampered), made.public)

@@ -116,3 +116,14 @@ async def test_sensegate_status_verifies_the_retained_statuses(tmp_path: Path, b
     await publish(broker.url, topic, json.dumps(unsigned).encode(), retain=True)
     rc, out, err = await _status_cli(broker.url, "--trust", str(trust), "gw-s1")
     assert rc == 1 and "the config status of gw-s1 is not verified: unsigned" in err, (out, err)
+
+
+def test_an_independent_cose_library_verifies_a_signed_status() -> None:
+    from gateway.keys import public_pem
+    from tests.gateway import cosecheck
+
+    key = as_signer(generate("es256"))
+    raw = json.loads(seal(BODY, key, "gw-a", "config-status"))["cose"]
+    (payload,) = cosecheck.verify([(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)),
+                                    public_pem(key.public_key()), key.kid)])
+    assert isinstance(payload, bytes) and json.loads(payload) == BODY
