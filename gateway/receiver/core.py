@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from gateway.receiver.state import WINDOW, HashWindow, Stream
 from gateway.receiver.trust import Trust, Untrusted
 
 MAX_REASONS = 32  # distinct drop reasons counted by name; more are counted as "other"
+MAX_KEY_LOG = 64  # key event lines kept for the caller's output
 
 
 @dataclass
@@ -120,7 +121,9 @@ class Receiver:
                             "not a list of keys: a key speaks for one gateway only")
         self.trust = trust
         self.ops_keys = ops_keys if ops_keys is not None else OpsKeyring({})
-        self.key_log: list[str] = []  # key events since the caller last emptied it (for its output)
+        # the latest key events (for the caller's output, which empties it); bounded: refused
+        # events can come in floods
+        self.key_log: deque[str] = deque(maxlen=MAX_KEY_LOG)
         self.keep_readings = keep_readings
         self.window = window
         self.latency: Counter[int] | None = Counter() if latency else None
