@@ -209,10 +209,8 @@ def load_ops_trust(specs: list[str]) -> OpsKeyring:
     except TrustError as e:
         print(f"receive: --ops-trust: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    if keys:
+    if keys:  # without: rotations are applied, revocations are not (docs/security.md)
         print(f"receive: applying key revocations signed by {len(keys)} ops key(s)", file=sys.stderr)
-    else:
-        print("receive: no --ops-trust: key revocations are not applied (rotations are)", file=sys.stderr)
     return OpsKeyring(keys)
 
 
