@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -316,7 +316,8 @@ def test_the_receiver_cli_verifies_a_token_signed_stream(softhsm: SoftHsm, tmp_p
     subprocess.run([*SG, "keys", "init", "--pkcs11", uri, "--alg", "es256", "--dir", str(tmp_path / "pub")],
                    check=True, capture_output=True, env=softhsm.env(), timeout=60)
     cfg = _token_config(tmp_path, uri, "es256", broker.url)
-    rx = subprocess.Popen([*SG, "receive", "--url", broker.url, "--trust", "gw-hsm=" + str(tmp_path / "pub" / "device.pub.pem"),
+    trust = "gw-hsm=" + str(tmp_path / "pub" / "device.pub.pem")
+    rx = subprocess.Popen([*SG, "receive", "--url", broker.url, "--trust", trust,
                            "--count", "40", "--timeout", "40", "--json", "--out", ""],
                           stdout=subprocess.PIPE, text=True)
     gw = subprocess.Popen([*SG, "run", "-c", str(cfg)], stderr=subprocess.PIPE, text=True, env=softhsm.env())
