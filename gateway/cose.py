@@ -82,33 +82,32 @@ class Sign1:
 MAX_MESSAGE = 16 * 1024 * 1024
 
 
+def _four(data: bytes | Any, max_bytes: int, tag: int, name: str) -> Any:
+    """The four items of a COSE_Sign1 or COSE_Sign (tagged or not), from bytes or a decoded item."""
+    if isinstance(data, bytes | bytearray):
+        if len(data) > max_bytes:
+            raise CoseError(f"message of {len(data)} bytes is over the {max_bytes} limit")
+        try:
+            data = cbor2.loads(data)
+        except Exception as e:  # cbor2 raises several types on garbage
+            raise CoseError(f"not CBOR: {e}") from None
+    if isinstance(data, cbor2.CBORTag):
+        if data.tag != tag:
+            raise CoseError(f"CBOR tag {data.tag} is not {name} ({tag})")
+        data = data.value
+    if not (isinstance(data, list | tuple) and len(data) == 4):
+        raise CoseError(f"{name} is an array of four items")
+    return data
+
+
 def parse_sign1(data: bytes) -> Sign1:
     """Parse (not verify) a COSE_Sign1 message, tagged or untagged."""
-    if len(data) > MAX_MESSAGE:
-        raise CoseError(f"message of {len(data)} bytes is over the {MAX_MESSAGE} limit")
-    try:
-        obj = cbor2.loads(data)
-    except Exception as e:  # cbor2 raises several types on garbage
-        raise CoseError(f"not CBOR: {e}") from None
-    if isinstance(obj, cbor2.CBORTag):
-        if obj.tag != COSE_SIGN1_TAG:
-            raise CoseError(f"CBOR tag {obj.tag} is not COSE_Sign1 (18)")
-        obj = obj.value
-    if not (isinstance(obj, list | tuple) and len(obj) == 4):
-        raise CoseError("COSE_Sign1 is an array of four items")
-    protected_raw, unprotected, payload, signature = obj
+    protected_raw, unprotected, payload, signature = _four(data, MAX_MESSAGE, COSE_SIGN1_TAG, "COSE_Sign1")
     if not (isinstance(protected_raw, bytes) and isinstance(unprotected, Mapping)
             and isinstance(payload, bytes) and isinstance(signature, bytes)):
         raise CoseError("COSE_Sign1 items have the wrong types")
-    try:
-        protected = cbor2.loads(protected_raw) if protected_raw else {}
-    except Exception as e:
-        raise CoseError(f"protected header is not CBOR: {e}") from None
-    if not isinstance(protected, Mapping):
-        raise CoseError("protected header is not a map")
-    if CRIT in protected:
-        raise CoseError("critical header parameters are not supported")
-    return Sign1(protected_raw, dict(protected), dict(unprotected), payload, signature)
+    protected = _header_map(protected_raw, "protected header")
+    return Sign1(protected_raw, protected, dict(unprotected), payload, signature)
 
 
 def verify(msg: Sign1, key: PublicKey) -> None:
@@ -205,22 +204,7 @@ def _header_map(raw: bytes, what: str) -> dict[Any, Any]:
 
 def parse_sign(data: bytes | Any, max_bytes: int = 64 * 1024) -> Sign:
     """Parse (not verify) a COSE_Sign: raw bytes, or an already decoded CBOR item (tagged or not)."""
-    if isinstance(data, bytes | bytearray):
-        if len(data) > max_bytes:
-            raise CoseError(f"message of {len(data)} bytes is over the {max_bytes} limit")
-        try:
-            obj = cbor2.loads(data)
-        except Exception as e:  # cbor2 raises several types on garbage
-            raise CoseError(f"not CBOR: {e}") from None
-    else:
-        obj = data
-    if isinstance(obj, cbor2.CBORTag):
-        if obj.tag != COSE_SIGN_TAG:
-            raise CoseError(f"CBOR tag {obj.tag} is not COSE_Sign (98)")
-        obj = obj.value
-    if not (isinstance(obj, list | tuple) and len(obj) == 4):
-        raise CoseError("COSE_Sign is an array of four items")
-    protected_raw, unprotected, payload, sigs = obj
+    protected_raw, unprotected, payload, sigs = _four(data, max_bytes, COSE_SIGN_TAG, "COSE_Sign")
     if not (isinstance(protected_raw, bytes) and isinstance(unprotected, Mapping) and isinstance(payload, bytes)
             and isinstance(sigs, list | tuple)):
         raise CoseError("COSE_Sign items have the wrong types")
