@@ -774,12 +774,18 @@ class Buffer:
         """Readings not yet in a batch: committed ones and those still in memory."""
         return self.unbatched() + len(self._pending)
 
-    async def make_batch(self, key: PrivateKey) -> Batch | None:
+    @property
+    def next_batch(self) -> int:
+        """The number the next batch will have (a key rotation switches there)."""
+        return int(self._meta.get("next_bseq", 1))
+
+    async def make_batch(self, key: PrivateKey, extra: dict[Any, Any] | None = None) -> Batch | None:
         """Sign the next batch from unbatched segments (or pending drop reports), or None.
-        Readings still pending in memory are committed first, in the batch's transaction."""
+        Readings still pending in memory are committed first, in the batch's transaction.
+        ``extra``: more protected header labels (a rotation document, ``kr``)."""
         readings, overflow = self._take() if self._pending or self._overflow else ([], 0)
         try:
-            batch = await self._run(self._make_batch_sync, key, readings, overflow)
+            batch = await self._run(self._make_batch_sync, key, readings, overflow, extra)
         except BaseException:
             self._put_back(readings, overflow)
             raise
@@ -788,7 +794,7 @@ class Buffer:
         return batch
 
     def _make_batch_sync(self, key: PrivateKey, readings: list[Reading] | None = None,
-                         overflow: int = 0) -> Batch | None:
+                         overflow: int = 0, extra: dict[Any, Any] | None = None) -> Batch | None:
         """Store the readings handed over (if any) and sign the next batch, in the group
         transaction: the batch may leave before it commits (its numbers are reserved)."""
         readings = readings or []
@@ -802,7 +808,7 @@ class Buffer:
                 done = self._insert_sync(readings, overflow) if readings or overflow else None
                 if done is not None:
                     self._meta["next_seq"] = done.next_seq  # the batch below numbers from here
-                made = self._sign_batch_sync(key)
+                made = self._sign_batch_sync(key, extra)
         except BaseException:
             self._meta["next_seq"] = old_next
             raise
@@ -811,7 +817,7 @@ class Buffer:
             self._inserted(done)
         return self._made(made) if made is not None else None
 
-    def _sign_batch_sync(self, key: PrivateKey) -> tuple[Batch, int] | None:
+    def _sign_batch_sync(self, key: PrivateKey, extra: dict[Any, Any] | None = None) -> tuple[Batch, int] | None:
         """Build, sign and record the next batch inside the caller's ``_op``; returns it and the
         new ``batched_upto`` (booked by ``_made`` once the op succeeded), or None."""
         db = self._db
@@ -872,6 +878,8 @@ class Buffer:
             header["dr"] = declared
         if blob_drops:
             header["bd"] = [[sha, reason] for sha, reason in blob_drops]
+        if extra:
+            header.update(extra)
         protected = cose.protected_header(key, key_id(key.public_key()), header)
         signature = cose.sign(key, protected, payload)
         data = cose.encode_sign1(protected, payload, signature)

@@ -56,12 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="make the key on a PKCS#11 token (secure element, TPM, SoftHSM2) named by an RFC 7512 "
                       "URI; it never leaves the token. The public key goes to --dir (docs/security.md)")
 
+    from gateway.keyops import add_parsers as key_parsers
+
+    key_parsers(keys_sub)  # keys rotate, keys revoke
     recv = sub.add_parser("receive", help="reference receiver: verify batches and check completeness")
     recv.add_argument("--url", required=True, help="mqtt://HOST:PORT[/TOPIC-PREFIX] or mqtts://... to subscribe; "
                       "coap://HOST:PORT[/PATH], coap+tcp://... or coaps+tcp://... to listen (docs/coap.md)")
     recv.add_argument("--trust", action="append", required=True, metavar="DIR|FILE|GATEWAY-ID=FILE",
                       help="which key speaks for which gateway: a directory of <gateway-id>.pub.pem files, one "
                       "such file, or GATEWAY-ID=FILE; repeatable (docs/wire-format.md)")
+    recv.add_argument("--ops-trust", action="append", default=[], metavar="FILE|DIR",
+                      help="ops public key(s) whose signed revocations of gateway keys (and rotations and "
+                      "revocations of ops keys) this receiver applies; repeatable (docs/security.md)")
     recv.add_argument("--count", type=int, default=0, help="stop after N readings (0: run until interrupted); "
                       "exit 1 if fewer arrived")
     recv.add_argument("--batches", type=int, default=0, help="stop after N batches; exit 1 if fewer arrived")
@@ -203,6 +209,11 @@ def _drivers(args: argparse.Namespace) -> int:
 def _keys(args: argparse.Namespace) -> int:
     from gateway.keys import KeyError_, init_key
     from gateway.remote.cli import DEFAULT_OPS_DIR
+
+    if args.keys_command != "init":
+        from gateway.keyops import main as key_ops
+
+        return key_ops(args)
 
     directory = args.dir or (DEFAULT_OPS_DIR if args.ops else "/var/lib/sensegate/keys")
     name = "ops" if args.ops and args.name == "device" else args.name

@@ -109,6 +109,13 @@ def _open(uri: Pkcs11Uri, rw: bool = False) -> pkcs11.Session:
         raise TokenError(str(e)) from None
     try:
         return tok.open(user_pin=pin, rw=rw)
+    except pkcs11.exceptions.UserAlreadyLoggedIn:
+        # a login is per process and token: another session of ours (the signing key's, while a
+        # rotation makes the next key) holds it, and this one shares it without logging in
+        try:
+            return tok.open(rw=rw)
+        except pkcs11.PKCS11Error as e:
+            raise TokenError(f"cannot open a session on token {tok.label!r}: {_why(e)}") from None
     except pkcs11.exceptions.PinIncorrect:
         raise TokenError(f"the token refused the PIN from {uri.pin_source} (wrong PIN; "
                          "a few more tries may lock it)") from None
@@ -346,3 +353,60 @@ def create_key(spec: str, alg: Alg, force: bool = False) -> Created:
     finally:
         session.close()
     return Created(got, public, fingerprint(public), bool(old))
+
+
+NEXT_SUFFIX = ".next"
+"""A rotation's next key waits on the token under the current label plus this suffix."""
+
+
+def next_uri(spec: str) -> str:
+    """The URI of the next key of a rotation: the same token, the label ``<label>.next`` (no id)."""
+    from urllib.parse import quote
+
+    try:
+        uri = parse(spec)
+    except UriError as e:
+        raise TokenError(f"key URI: {e}") from None
+    if uri.object is None:
+        raise TokenError("rotating a token key needs its label in the URI (object=device)")
+    head, sep, query = spec.partition("?")
+    parts = [p for p in head[len("pkcs11:"):].split(";") if p and not p.startswith(("object=", "id="))]
+    parts.append("object=" + quote(uri.object + NEXT_SUFFIX, "-._~:@!$'()*+,/"))
+    return "pkcs11:" + ";".join(parts) + sep + query
+
+
+def promote_next(spec: str, new_kid: bytes) -> None:
+    """Finish a rotation on the token: destroy the old key pair under the URI's label and give the
+    next pair that label (and the URI's id). Idempotent: a half-done promotion is finished."""
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+
+    from gateway.keys import key_id
+
+    uri = parse(spec, resolve_module=True)
+    nxt = parse(next_uri(spec), resolve_module=True)
+    session = _open(uri, rw=True)
+    try:
+        pending = _find(session, nxt, ObjectClass.PUBLIC_KEY)
+        if pending is None:
+            current = _find(session, uri, ObjectClass.PUBLIC_KEY)
+            if current is not None and key_id(public_from_token(current)[1]) == new_kid:
+                return  # promoted already
+            raise TokenError(f"neither {uri.describe()} nor its next key is the rotation's new key {new_kid.hex()}")
+        if key_id(public_from_token(pending)[1]) != new_kid:
+            raise TokenError(f"the next key on the token is not the rotation's new key {new_kid.hex()}")
+        keep = pending[Attribute.ID]
+        try:
+            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: uri.object}):
+                    if obj[Attribute.ID] != keep:
+                        obj.destroy()
+            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in list(session.get_objects({Attribute.CLASS: cls, Attribute.LABEL: nxt.object})):
+                    obj[Attribute.LABEL] = uri.object
+                    if uri.id is not None:
+                        obj[Attribute.ID] = uri.id
+        except pkcs11.PKCS11Error as e:
+            raise TokenError(f"the token could not switch to the new key: {_why(e)}") from None
+    finally:
+        session.close()

@@ -296,12 +296,13 @@ def private_key_from_pem(raw: bytes, where: str = "key") -> PrivateKey:
     der = _pem_der(raw, "PRIVATE KEY")
     if der is not None and len(der) == 48 and der.startswith(_PKCS8_ED25519):
         return Ed25519PrivateKey(der[16:])
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     try:
         key = serialization.load_pem_private_key(raw, password=None)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise KeyError_(f"{where} is not an unencrypted PEM private key: {e}") from None
     if isinstance(key, ed25519.Ed25519PrivateKey):  # e.g. PKCS#8 v2, with the public key in it
         return Ed25519PrivateKey(key.private_bytes_raw())
@@ -343,12 +344,13 @@ def public_key_from_pem(raw: bytes, where: str = "key") -> PublicKey:
     der = _pem_der(raw, "PUBLIC KEY")
     if der is not None and len(der) == 44 and der.startswith(_SPKI_ED25519):
         return Ed25519PublicKey(der[12:])
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     try:
         key = serialization.load_pem_public_key(raw)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # an OID it does not know: the latter
         raise KeyError_(f"{where} is not a PEM public key: {e}") from None
     if isinstance(key, ed25519.Ed25519PublicKey):
         return Ed25519PublicKey(key.public_bytes_raw())
@@ -356,3 +358,12 @@ def public_key_from_pem(raw: bytes, where: str = "key") -> PublicKey:
         raise KeyError_(f"{where}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
     alg_of(key)
     return key
+
+
+def public_key_from_der(der: bytes, where: str = "key") -> PublicKey:
+    """An Ed25519 or P-256 public key from DER SubjectPublicKeyInfo (what key events carry)."""
+    if len(der) == 44 and der.startswith(_SPKI_ED25519):
+        return Ed25519PublicKey(der[12:])
+    if len(der) > 1024:
+        raise KeyError_(f"{where}: {len(der)} bytes is no Ed25519 or P-256 public key")
+    return public_key_from_pem(_pem("PUBLIC KEY", der), where)

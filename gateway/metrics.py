@@ -200,6 +200,8 @@ def render(s: dict[str, Any]) -> str:
     for key, name, kind, help_ in [
         ("sent", "sensegate_batches_sent_total", "counter", "Signed batches sent (including re-sends)."),
         ("acked", "sensegate_batches_acked_total", "counter", "Batches acknowledged by an uplink."),
+        ("sign_errors", "sensegate_batch_sign_errors_total", "counter",
+         "Batches the device key could not sign (a token gone or refusing); readings stay buffered."),
         ("last_readings", "sensegate_batch_last_readings", "gauge", "Readings in the last batch."),
         ("last_bytes", "sensegate_batch_last_bytes", "gauge", "Encoded size of the last batch."),
     ]:

@@ -43,6 +43,11 @@ def status_topic(prefix: str, gateway: str) -> str:
     return f"{prefix}/{gateway}/status"
 
 
+def keys_topic(prefix: str, gateway: str) -> str:
+    """Retained: the gateway's latest device key rotations (gateway/keyevents.py)."""
+    return f"{prefix}/{gateway}/keys"
+
+
 def node_topic(prefix: str, gateway: str, node: str) -> str:
     return f"{prefix}/{gateway}/nodes/{node}/status"
 

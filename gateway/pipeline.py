@@ -35,8 +35,9 @@ from typing import Any
 from gateway.bounded import abandon, settle, stop_task
 from gateway.buffer import Batch, Buffer
 from gateway.config.validate import GatewayConfig
+from gateway.devicekey import DeviceKey, KeyFiles, open_current, prepare_next
 from gateway.driver_api import Reading
-from gateway.keys import KeyError_, Signer, alg_of, load_signing_key
+from gateway.keys import KeyError_, Signer, alg_of, fingerprint
 from gateway.pkcs11uri import is_pkcs11
 from gateway.scheduler import NodeTracker
 from gateway.uplinks import Uplink
@@ -57,12 +58,18 @@ def key_path(cfg: GatewayConfig) -> Path:
     return Path(g.key_file) if g.key_file and not is_pkcs11(g.key_file) else Path(g.state_dir) / "keys" / "device.key"
 
 
+def key_files(cfg: GatewayConfig) -> KeyFiles:
+    """The device key a config names, with its next key and rotation documents (gateway/devicekey.py)."""
+    return KeyFiles.of(cfg.config.gateway.key_file, key_path(cfg))
+
+
 async def open_device_key(cfg: GatewayConfig) -> Signer:
     """The signing key a config names: a PEM file, or a PKCS#11 token's key opened on a thread of
-    its own (loading a token library and logging in block, and a hung token must not hang start)."""
-    spec = cfg.config.gateway.key_file
-    if not is_pkcs11(spec):
-        return load_signing_key(key_path(cfg))
+    its own (loading a token library and logging in block, and a hung token must not hang start).
+    A key rotation a stop interrupted is finished first."""
+    files = key_files(cfg)
+    if not files.token:
+        return open_current(files)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Signer] = loop.create_future()
 
@@ -77,7 +84,7 @@ async def open_device_key(cfg: GatewayConfig) -> Signer:
 
     def opener() -> None:
         try:
-            key = load_signing_key(spec)
+            key = open_current(files)
         except Exception as e:
             loop.call_soon_threadsafe(settle, None, e)
         else:
@@ -152,6 +159,10 @@ class BufferedPipeline:
         self._blob_task: asyncio.Task[None] | None = None
         self._blob_wake = asyncio.Event()
         self.key: Any = None
+        self.device: DeviceKey | None = None
+        self._signing = asyncio.Lock()  # a key switch happens between two batches, never during one
+        self._sign_failing = 0.0  # monotonic time the key (a token) stopped signing; 0: it signs
+        self.sign_errors = 0
         self.batches_sent = 0
 
     @property
@@ -168,6 +179,7 @@ class BufferedPipeline:
             self.key = await open_device_key(self.cfg)
         except KeyError_ as e:
             raise PipelineError(str(e)) from None
+        self.device = DeviceKey(key_files(self.cfg), self.key, self.cfg.config.gateway.id)
         want = self.cfg.config.batch.alg
         if alg_of(self.key) != want:
             where = self.cfg.config.gateway.key_file or key_path(self.cfg)
@@ -237,8 +249,44 @@ class BufferedPipeline:
                 target.extendleft(reversed(back))
             self._changed.set()
             self._blob_wake.set()
+            if connected:
+                self._announce(lane.uplink)
 
         return on_state
+
+    # -- key rotation (gateway/devicekey.py) ---------------------------------------------------
+
+    def _announce(self, uplink: Any) -> None:
+        """Publish the retained rotation history (receivers that missed a rotation learn it)."""
+        payload = self.device.announcement() if self.device is not None else None
+        publish = getattr(uplink, "publish", None)  # MQTT; CoAP receivers learn it from the batches
+        if payload is not None and publish is not None:
+            from gateway.mqtt import keys_topic
+
+            publish(keys_topic(uplink.cfg.topic_prefix, self.cfg.config.gateway.id), payload, retain=True)
+
+    async def _switch(self) -> bytes:
+        """Switch to the waiting next key at the next batch number (the caller holds ``_signing``)."""
+        assert self.device is not None
+        doc = await self.device.switch(self.buffer.stream, self.buffer.next_batch)
+        self.key = self.device.signer
+        for lane in self.lanes:
+            if lane.uplink.connected:
+                self._announce(lane.uplink)
+        return doc
+
+    async def rotate_key(self) -> dict[str, Any]:
+        """Make a next key (unless one waits) and switch to it now (the ``rotate_key`` command)."""
+        assert self.device is not None
+        alg = alg_of(self.key)
+        prepared = await asyncio.to_thread(prepare_next, self.device.files, alg)
+        async with self._signing:
+            at = self.buffer.next_batch
+            if self.device.files.next_public.exists():
+                await self._switch()
+            pub = self.key.public_key()
+            return {"kid": self.key.kid.hex(), "fingerprint": fingerprint(pub), "from_batch": at,
+                    "stream": self.buffer.stream, "made": prepared.new}
 
     # -- the pump --------------------------------------------------------------------------
 
@@ -280,6 +328,9 @@ class BufferedPipeline:
             self._changed.clear()
             try:
                 await self._pump()
+            except KeyError_:  # the key cannot sign (said once by _sign_failed): readings stay buffered
+                await asyncio.sleep(1.0)
+                self._changed.set()
             except Exception:
                 log.exception("pipeline error; retrying")
                 await asyncio.sleep(1.0)
@@ -308,7 +359,26 @@ class BufferedPipeline:
         """Sign the next batch if the policy says it is time."""
         if not self._due():
             return None
-        made = await self.buffer.make_batch(self.key)
+        assert self.device is not None
+        if self.device.busy:  # a switch whose wait was cancelled is still finishing
+            return None
+        async with self._signing:
+            if self.device.waiting():  # `sensegate keys rotate` made a next key
+                try:
+                    await self._switch()
+                except (KeyError_, OSError) as e:
+                    log.error("cannot switch to the next device key (%s); signing with the current one", e)
+            self.key = self.device.signer
+            try:
+                made = await self.buffer.make_batch(self.key, self.device.carry(self.buffer.stream,
+                                                                                self.buffer.next_batch))
+            except KeyError_ as e:
+                self._sign_failed(e)
+                raise
+        if self._sign_failing and made is not None:
+            log.warning("the device key signs again, after %.0f s and %d failed attempt(s)",
+                        time.monotonic() - self._sign_failing, self.sign_errors)
+            self._sign_failing = 0.0
         if made is None:
             self._since = 0.0
             return None
@@ -320,6 +390,13 @@ class BufferedPipeline:
         else:
             self._shared.append(made.bseq)
         return made
+
+    def _sign_failed(self, e: KeyError_) -> None:
+        """Count a batch the key could not sign; say it once per outage, not once a second."""
+        self.sign_errors += 1
+        if not self._sign_failing:
+            self._sign_failing = time.monotonic()
+            log.error("cannot sign batches: %s; readings stay buffered, trying again every second", e)
 
     async def _load(self, bseq: int, fresh: Batch | None) -> Batch | None:
         if fresh is not None and fresh.bseq == bseq:
@@ -440,7 +517,7 @@ class BufferedPipeline:
                        "dropped": b.dropped, "committed": b.committed, "dead_letters": b.dead_letters,
                        "blobs_dropped": b.blobs_dropped, "group_commits": b.group_commits,
                        "fsyncs": b.reservations + b.syncs, "skipped_unclean": b.skipped_unclean},
-            "batches": {"sent": self.batches_sent, "acked": b.acked_batches,
+            "batches": {"sent": self.batches_sent, "acked": b.acked_batches, "sign_errors": self.sign_errors,
                         "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes},
             "uplinks": {lane.uplink.name: {"connected": lane.uplink.connected, "inflight": len(lane.inflight),
                                            "acked": getattr(lane.uplink, "acked", 0),
@@ -467,5 +544,7 @@ class BufferedPipeline:
         await asyncio.gather(*(settle(lane.uplink.close(), CLOSE_STEP, f"closing uplink {lane.uplink.name}")
                                for lane in self.lanes))
         await self.buffer.close()
-        if self.key is not None:
-            self.key.close()  # a token's session; nothing for a PEM key
+        if self.device is not None:
+            self.device.close()  # a token's session; nothing for a PEM key
+        elif self.key is not None:
+            self.key.close()

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from gateway.keyevents import OpsKeyring
+from gateway.keys import key_id
 from gateway.mqtt import subscribe_forever
 from gateway.receiver.core import Feed, Receiver, Summary
-from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
-from gateway.receiver.trust import KeyBindings, TrustError
+from gateway.receiver.mqtt import key_topic, receiver_settings, receiver_topics, topic_gateway
+from gateway.receiver.trust import KeyBindings, TrustError, load_keys
 
 
 def verdict(s: Summary, shortfall: str = "") -> str:
@@ -44,7 +46,9 @@ def format_summary(s: Summary, shortfall: str = "") -> str:
         f"skipped:        {s.skipped} (numbers skipped after an unclean stop: lost in it, or never used)",
         f"duplicates:     {s.duplicates} batches, {s.duplicate_readings} readings",
         f"bad signatures: {s.bad_signatures}",
-        f"forged:         {s.forged} (a key or topic of another gateway)",
+        f"forged:         {s.forged} (a key or topic of another gateway, or a key retired before the batch)",
+        f"revoked:        {s.revoked} (batches signed with a key ops revoked)",
+        f"key events:     {s.key_events} applied, {s.key_events_refused} refused",
         f"malformed:      {s.malformed}",
         f"reordered:      {s.reordered}",
         f"chain breaks:   {s.chain_breaks}",
@@ -81,6 +85,11 @@ class ReceiveRun:
 
     def on_message(self, msg: Any) -> None:
         topic: str = msg.topic
+        about = key_topic(topic)
+        if about is not None:
+            self.rx.feed_keys(bytes(msg.payload), about[1] or None, ops=about[0] == "ops")
+            self._key_log()
+            return
         if "/blob/" in topic:
             sha_hex = topic.rsplit("/", 1)[-1]
             if self.rx.feed_blob(sha_hex, bytes(msg.payload)) == "verified" and self.blob_dir is not None:
@@ -90,8 +99,16 @@ class ReceiveRun:
             return
         self.on_batch(bytes(msg.payload), topic_gateway(topic))
 
+    def _key_log(self) -> None:
+        """Say on stderr what key events did (learned rotations, revocations, refusals)."""
+        for line in self.rx.key_log:
+            print(f"receive: {line}", file=sys.stderr, flush=True)
+        self.rx.key_log.clear()
+
     def on_batch(self, payload: bytes, topic_gw: str | None = None) -> Feed:
         result: Feed = self.rx.feed(payload, topic_gw)
+        if self.rx.key_log:
+            self._key_log()
         if result.status == "ok" and self.out is not None:
             lines = []
             for r in result.readings:
@@ -111,8 +128,9 @@ class ReceiveRun:
         return result
 
     async def run(self) -> None:
+        topics = receiver_topics(self.prefix, revocations=bool(self.rx.ops_keys.anchor))
         sub = asyncio.ensure_future(subscribe_forever(
-            self.settings, receiver_topics(self.prefix), self.on_message, backoff=(0.5, 10.0),
+            self.settings, topics, self.on_message, backoff=(0.5, 10.0),
             on_error=lambda e: print(f"receive: {e}; retrying", file=sys.stderr)))
         try:
             await self.done.wait()
@@ -176,6 +194,26 @@ def load_trust(specs: list[str]) -> KeyBindings:
     return trust
 
 
+def load_ops_trust(specs: list[str]) -> OpsKeyring:
+    """The --ops-trust values (PEM files, or directories of *.pem): the ops keys whose key
+    revocations and ops key rotations this receiver applies; exit 2 when one is unusable."""
+    keys: dict[bytes, Any] = {}
+    try:
+        for spec in specs:
+            path = Path(spec)
+            files = sorted(path.glob("*.pem")) if path.is_dir() else [path]
+            if not files:
+                raise TrustError(f"{path} holds no *.pem ops public keys")
+            for f in files:
+                keys.update((key_id(k), k) for k in load_keys(f))
+    except TrustError as e:
+        print(f"receive: --ops-trust: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if keys:  # without: rotations are applied, revocations are not (docs/security.md)
+        print(f"receive: applying key revocations signed by {len(keys)} ops key(s)", file=sys.stderr)
+    return OpsKeyring(keys)
+
+
 def shortfall(args: argparse.Namespace, s: Summary) -> str:
     """What --count / --batches asked for and did not get ("" when reached or not asked)."""
     if args.count and s.readings < args.count:
@@ -187,7 +225,8 @@ def shortfall(args: argparse.Namespace, s: Summary) -> str:
 
 async def _main(args: argparse.Namespace) -> Summary:
     rx = Receiver(load_trust(args.trust), keep_readings=bool(args.out),
-                  latency=bool(getattr(args, "latency", False)))
+                  latency=bool(getattr(args, "latency", False)),
+                  ops_keys=load_ops_trust(getattr(args, "ops_trust", None) or []))
     out: IO[str] | None = None
     if args.out == "-":
         out = sys.stdout

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
 
 from gateway import cose, senml
+from gateway.keyevents import EventRefused, KeyEvent, OpsKeyring, documents_in
 from gateway.receiver.blobs import BlobTracker
 from gateway.receiver.header import UNCLEAN_STOP, Header, parse_header
 from gateway.receiver.state import WINDOW, HashWindow, Stream
 from gateway.receiver.trust import Trust, Untrusted
 
 MAX_REASONS = 32  # distinct drop reasons counted by name; more are counted as "other"
+MAX_KEY_LOG = 64  # key event lines kept for the caller's output
 
 
 @dataclass
@@ -40,6 +42,9 @@ class Summary:
     duplicate_readings: int = 0
     bad_signatures: int = 0  # unknown key, or a signature that does not verify
     forged: int = 0  # a trusted key speaking for a gateway it is not bound to, or a batch on another's topic
+    revoked: int = 0  # batches signed with a key ops revoked
+    key_events: int = 0  # key rotations and revocations verified and applied
+    key_events_refused: int = 0  # key events that did not verify (forged, replayed, unknown keys)
     malformed: int = 0
     reordered: int = 0
     chain_breaks: int = 0
@@ -56,12 +61,13 @@ class Summary:
     @property
     def ok(self) -> bool:
         return not (self.gaps or self.bad_signatures or self.forged or self.malformed or self.chain_breaks
-                    or self.blobs_bad)
+                    or self.blobs_bad or self.revoked or self.key_events_refused)
 
     @property
     def received(self) -> bool:
         """Whether any batch message arrived at all (accepted or not)."""
-        return bool(self.batches or self.duplicates or self.bad_signatures or self.forged or self.malformed)
+        return bool(self.batches or self.duplicates or self.bad_signatures or self.forged or self.malformed
+                    or self.revoked)
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -78,13 +84,23 @@ class Feed:
     """The outcome of one message: accepted (with its new readings), duplicate, or refused."""
 
     # "ok", "duplicate", "malformed", "untrusted" (unknown key), "forged" (key or topic of another
-    # gateway), "bad_signature", "conflict" (a batch number seen with other content)
+    # gateway, or a key retired before this batch), "revoked" (a key ops revoked), "bad_signature",
+    # "conflict" (a batch number seen with other content)
     status: str
     readings: list[senml.DecodedReading] = field(default_factory=list)
     reason: str = ""
     gateway: str = ""
     bseq: int = 0
     header: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class KeyFeed:
+    """The outcome of one key event: "learned", "known" (no news) or "refused" (with the reason)."""
+
+    status: str
+    reason: str = ""
+    event: KeyEvent | None = None
 
 
 class Receiver:
@@ -99,11 +115,15 @@ class Receiver:
     """
 
     def __init__(self, trust: Trust, keep_readings: bool = True, latency: bool = False,
-                 window: int = WINDOW) -> None:
+                 window: int = WINDOW, ops_keys: OpsKeyring | None = None) -> None:
         if not hasattr(trust, "lookup"):
             raise TypeError("Receiver(trust): give a gateway.receiver.KeyBindings (gateway id -> keys), "
                             "not a list of keys: a key speaks for one gateway only")
         self.trust = trust
+        self.ops_keys = ops_keys if ops_keys is not None else OpsKeyring({})
+        # the latest key events (for the caller's output, which empties it); bounded: refused
+        # events can come in floods
+        self.key_log: deque[str] = deque(maxlen=MAX_KEY_LOG)
         self.keep_readings = keep_readings
         self.window = window
         self.latency: Counter[int] | None = Counter() if latency else None
@@ -139,8 +159,16 @@ class Receiver:
             s.forged += 1
             return Feed("forged", reason=f"published on the topic of gateway {topic_gateway!r} but claims {h.gw!r}",
                         gateway=h.gw, bseq=h.bs)
-        key = self.trust.lookup(h.gw, msg.kid or b"")
+        carried = msg.protected.get("kr")  # the first batches after a rotation carry it
+        if isinstance(carried, bytes):
+            taken = self._take_key(carried, h.gw)
+            if taken.status == "refused":
+                self._refused(taken)
+        key = self.trust.lookup(h.gw, msg.kid or b"", (h.st, h.bs))
         if isinstance(key, Untrusted):
+            if key.revoked:
+                s.revoked += 1
+                return Feed("revoked", reason=key.reason, gateway=h.gw, bseq=h.bs)
             if key.forged:
                 s.forged += 1
                 return Feed("forged", reason=key.reason, gateway=h.gw, bseq=h.bs)
@@ -190,6 +218,47 @@ class Receiver:
         s.batches += 1
         s.readings += n - again
         return Feed("ok", fresh, gateway=h.gw, bseq=h.bs, header=h.to_json())
+
+    def feed_keys(self, data: bytes, topic_gateway: str | None = None, ops: bool = False) -> list[KeyFeed]:
+        """Take a key message: a gateway's rotation history (``<prefix>/<gw>/keys``), a revocation
+        of one of its keys, or with ``ops`` an ops key's rotation or revocation. One outcome per
+        document; ``topic_gateway``: the gateway the topic names, which the events must match."""
+        try:
+            docs = documents_in(data)
+        except EventRefused as e:
+            docs, out = [], [KeyFeed("refused", str(e))]
+        else:
+            out = [self._take_key(d, topic_gateway, ops) for d in docs]
+        # a history starts before what this receiver knows (it was given a later key): entries
+        # older than one it knows or learned are no news, not forgeries
+        last = max((i for i, k in enumerate(out) if k.status != "refused"), default=-1)
+        out = [KeyFeed("known", "older than the keys trusted here") if i < last and k.status == "refused" else k
+               for i, k in enumerate(out)]
+        for k in out:
+            if k.status == "refused":
+                self._refused(k)
+        return out
+
+    def _refused(self, k: KeyFeed) -> KeyFeed:
+        self._s.key_events_refused += 1
+        self.key_log.append(f"key event refused: {k.reason}")
+        return k
+
+    def _take_key(self, document: bytes, gateway: str | None, ops: bool = False) -> KeyFeed:
+        """Verify and apply one key event; a refusal is counted by the caller."""
+        s = self._s
+        try:
+            if ops:
+                ev: KeyEvent | None = self.ops_keys.take(document)
+            else:
+                ev = self.trust.take(document, self.ops_keys, gateway)
+        except EventRefused as e:
+            return KeyFeed("refused", str(e))
+        if ev is None:
+            return KeyFeed("known")
+        s.key_events += 1
+        self.key_log.append(f"key event: {ev.describe()}")
+        return KeyFeed("learned", ev.describe(), ev)
 
     def _chain(self, h: Header, digest: bytes) -> Feed | None:
         """Duplicate, conflict, order, restart and chain checks of a verified batch; a Feed

@@ -23,9 +23,31 @@ def receiver_settings(url: str, client_id: str = "", **kw: Any) -> MqttSettings:
                                  session_expiry=NEVER_EXPIRES, max_packet=MAX_PACKET, **kw)
 
 
-def receiver_topics(prefix: str = "sensegate", blobs: bool = True) -> list[str]:
-    """The topic filters a receiver subscribes to: every gateway's batches (and blob chunks)."""
-    return [f"{prefix}/+/batch"] + ([f"{prefix}/+/blob/+"] if blobs else [])
+def receiver_topics(prefix: str = "sensegate", blobs: bool = True, keys: bool = True,
+                    revocations: bool = False) -> list[str]:
+    """The topic filters a receiver subscribes to: every gateway's batches (and blob chunks), its
+    retained key rotations, and with ``revocations`` (an ops trust anchor) the revocations of
+    gateway keys and the rotations and revocations of ops keys (docs/topics.md)."""
+    out = [f"{prefix}/+/batch"] + ([f"{prefix}/+/blob/+"] if blobs else [])
+    if keys:
+        out.append(f"{prefix}/+/keys")
+    if revocations:
+        out += [f"{prefix}/+/keys/revoked/+", f"{prefix}/ops/keys/+/+"]
+    return out
+
+
+def key_topic(topic: str) -> tuple[str, str] | None:
+    """What a key topic is about: ("gateway", id) for ``<prefix>/<gw>/keys`` and
+    ``<prefix>/<gw>/keys/revoked/<kid>``, ("ops", "") for ``<prefix>/ops/keys/<kid>/<event>``;
+    None for any other topic."""
+    levels = topic.split("/")
+    if len(levels) >= 3 and levels[-1] == "keys":
+        return "gateway", levels[-2]
+    if len(levels) >= 5 and levels[-2] == "revoked" and levels[-3] == "keys":
+        return "gateway", levels[-4]
+    if len(levels) >= 5 and levels[-3] == "keys" and levels[-4] == "ops":
+        return "ops", ""
+    return None
 
 
 def topic_gateway(topic: str) -> str:

@@ -7,9 +7,10 @@ speaks for exactly one gateway, so one stolen key cannot forge the fleet.
 
 ``KeyBindings`` is the file-based answer used by ``sensegate receive --trust``: a directory of
 ``<gateway-id>.pub.pem`` files (what ``sensegate provision`` hands ops), single files bound
-by their name, or ``GATEWAY-ID=FILE``. A file may hold several PEM public keys (a gateway's
-current and next key during a rotation). A fleet registry (a database with revocation and
-rotation) implements the same protocol.
+by their name, or ``GATEWAY-ID=FILE``. A file may hold several PEM public keys. It follows
+verified key events (gateway/keyevents.py): a rotation binds the new key and retires the old
+one for batches after the switch (``at``: the batch's stream and number), a revocation ends a
+key. A fleet registry (a database) implements the same protocol.
 """
 
 from __future__ import annotations
@@ -21,29 +22,55 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.config.schema import ID_PATTERN
+from gateway.keyevents import GATEWAY, ROTATE, EventRefused, KeyEvent, parse_event, verify_event
 from gateway.keys import KeyError_, PublicKey, fingerprint, key_id, public_key_from_pem
 
 GATEWAY_ID_RE = re.compile(ID_PATTERN)
 PUB_SUFFIX = ".pub.pem"
 DEFAULT_KEY_NAME = "device"  # what `sensegate keys init` names a key: not a gateway id
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+MAX_SEEN = 4096  # key event documents remembered as taken (a re-delivered one is no news)
+Position = tuple[int, int]
+"""A batch's place: (stream id, batch number)."""
 
 
 @dataclass(frozen=True)
 class Untrusted:
     """Why a (gateway, kid) pair is not trusted. ``forged``: the key is known, but it does not
-    speak for this gateway (bound to another one, or revoked for it); otherwise it is unknown."""
+    speak for this gateway (bound to another one, or retired before this batch); ``revoked``:
+    ops revoked it; otherwise it is unknown."""
 
     reason: str
     forged: bool = False
+    revoked: bool = False
 
 
 class Trust(Protocol):
-    """The receiver's trust: the key that may sign for ``gateway`` under ``kid``, or why none."""
+    """The receiver's trust: the key that may sign for ``gateway`` under ``kid``, or why none;
+    and the key events (rotations, revocations) that change it."""
 
-    def lookup(self, gateway: str, kid: bytes) -> PublicKey | Untrusted:
-        """The public key bound to ``gateway`` with this ``kid``; Untrusted otherwise."""
+    def lookup(self, gateway: str, kid: bytes, at: Position | None = None) -> PublicKey | Untrusted:
+        """The public key bound to ``gateway`` with this ``kid`` that may sign the batch at
+        ``at`` (None: any batch); Untrusted otherwise."""
         ...
+
+    def take(self, document: bytes, ops_keys: Mapping[bytes, PublicKey], gateway: str | None = None) -> KeyEvent | None:
+        """Verify and apply a gateway key event (about ``gateway``, when given); None when it is
+        no news; EventRefused if refused."""
+        ...
+
+
+@dataclass
+class _Bound:
+    """One key's binding and what key events said about it."""
+
+    gateway: str
+    key: PublicKey
+    where: str
+    until: Position | None = None  # retired: signs only batches of this stream below this number
+    successor: bytes = b""
+    since: Position | None = None  # rotated in: signs no batch of this stream below this number
+    revoked: str = ""
 
 
 class TrustError(Exception):
@@ -77,9 +104,9 @@ class KeyBindings:
     """Gateway id -> its public keys, each key bound to one gateway only."""
 
     def __init__(self, bindings: Mapping[str, Iterable[PublicKey]] | None = None) -> None:
-        self._owner: dict[bytes, str] = {}  # kid -> gateway
-        self._keys: dict[bytes, PublicKey] = {}
-        self._where: dict[bytes, str] = {}  # kid -> where the binding came from (for errors)
+        self._bound: dict[bytes, _Bound] = {}  # kid -> its binding
+        self._revoked: dict[bytes, str] = {}  # kids revoked before this receiver knew them
+        self._seen: dict[bytes, None] = {}  # digests of key events taken (insertion-ordered, bounded)
         for gateway, keys in (bindings or {}).items():
             for k in keys:
                 self.bind(gateway, k)
@@ -89,27 +116,115 @@ class KeyBindings:
         if not GATEWAY_ID_RE.match(gateway):
             raise TrustError(f"{gateway!r} is not a gateway id (letters, digits, _ . : -; at most 128)")
         kid = key_id(key)
-        owner = self._owner.get(kid)
-        if owner is not None and owner != gateway:
-            raise TrustError(f"key {fingerprint(key)} ({where or 'given'}) is already bound to gateway {owner!r} "
-                             f"({self._where[kid] or 'given'}); a key speaks for one gateway only")
-        self._owner[kid], self._keys[kid], self._where[kid] = gateway, key, where
+        b = self._bound.get(kid)
+        if b is not None and b.gateway != gateway:
+            raise TrustError(f"key {fingerprint(key)} ({where or 'given'}) is already bound to gateway {b.gateway!r} "
+                             f"({b.where or 'given'}); a key speaks for one gateway only")
+        if b is None:
+            self._bound[kid] = _Bound(gateway, key, where, revoked=self._revoked.pop(kid, ""))
 
-    def lookup(self, gateway: str, kid: bytes) -> PublicKey | Untrusted:
-        """The key if ``kid`` is bound to ``gateway``; Untrusted (forged when bound elsewhere)."""
-        owner = self._owner.get(kid)
-        if owner == gateway:
-            return self._keys[kid]
-        if owner is None:
+    def lookup(self, gateway: str, kid: bytes, at: Position | None = None) -> PublicKey | Untrusted:
+        """The key if ``kid`` is bound to ``gateway`` and may sign the batch at ``at``; Untrusted
+        (forged when bound elsewhere or retired before ``at``; revoked) otherwise."""
+        b = self._bound.get(kid)
+        if b is None:
+            if kid in self._revoked:
+                return Untrusted(f"signed by key {kid.hex()}, which ops revoked: {self._revoked[kid]}", revoked=True)
             return Untrusted(f"signed by a key that is not trusted here (kid {kid.hex()})")
-        return Untrusted(f"claims gateway {gateway!r} but is signed by the key of gateway {owner!r}", forged=True)
+        if b.gateway != gateway:
+            return Untrusted(f"claims gateway {gateway!r} but is signed by the key of gateway {b.gateway!r}",
+                             forged=True)
+        if b.revoked:
+            return Untrusted(f"signed by key {kid.hex()} of gateway {gateway!r}, which ops revoked: {b.revoked}",
+                             revoked=True)
+        if at is not None and b.until is not None and not (at[0] == b.until[0] and at[1] < b.until[1]):
+            return Untrusted(f"batch {at[1]} of stream {at[0]} is signed by key {kid.hex()}, which gateway "
+                             f"{gateway!r} retired from batch {b.until[1]} of stream {b.until[0]} (rotated to "
+                             f"{b.successor.hex()})", forged=True)
+        if at is not None and b.since is not None and at[0] == b.since[0] and at[1] < b.since[1]:
+            return Untrusted(f"batch {at[1]} of stream {at[0]} is signed by key {kid.hex()}, which gateway "
+                             f"{gateway!r} uses only from batch {b.since[1]}", forged=True)
+        return b.key
+
+    def current(self, gateway: str, kid: bytes) -> PublicKey | str:
+        """The key if it is a current key of ``gateway`` (bound, neither retired nor revoked); else why not."""
+        b = self._bound.get(kid)
+        if b is None:
+            return "revoked by ops" if kid in self._revoked else "the key is not trusted here"
+        if b.gateway != gateway:
+            return f"the key is bound to gateway {b.gateway!r}"
+        if b.revoked:
+            return f"the key was revoked by ops ({b.revoked})"
+        if b.until is not None:
+            return f"the key was already rotated (to {b.successor.hex()} from batch {b.until[1]})"
+        return b.key
+
+    def take(self, document: bytes, ops_keys: Mapping[bytes, PublicKey], gateway: str | None = None) -> KeyEvent | None:
+        """Verify and apply one key event (gateway/keyevents.py) about ``gateway`` (when given: the
+        transport's word for it); None when it is no news (taken before, or a rotation to a key
+        already bound here). EventRefused says why not."""
+        from hashlib import sha256
+
+        digest = sha256(document).digest()
+        if digest in self._seen:
+            return None
+        try:
+            ev = verify_event(document, ops_keys, self.current, gateway)
+        except EventRefused:
+            if self._known_rotation(document, gateway):
+                return None
+            raise
+        if ev.role != GATEWAY:
+            raise EventRefused("an ops key event where a gateway key event is expected")
+        self.learn(ev)
+        self._seen[digest] = None
+        if len(self._seen) > MAX_SEEN:
+            del self._seen[next(iter(self._seen))]
+        return ev
+
+    def _known_rotation(self, document: bytes, gateway: str | None) -> bool:
+        """A rotation to a key already bound to its gateway (learned before, or in the trust files)."""
+        try:
+            _, p = parse_event(document)
+        except EventRefused:
+            return False
+        if p["ev"] != ROTATE or p["role"] != GATEWAY or gateway not in (None, p["gw"]):
+            return False
+        b = self._bound.get(p["new"])
+        return b is not None and b.gateway == p["gw"] and not b.revoked
+
+    def learn(self, ev: KeyEvent) -> None:
+        """Record a verified gateway key event: bind and retire (rotation), or end a key (revocation)."""
+        if ev.kind == ROTATE:
+            assert ev.new_key is not None
+            if ev.new_kid in self._revoked:
+                raise EventRefused(f"rotation to key {ev.new_kid.hex()}, which ops revoked", forged=True)
+            owner = self._bound.get(ev.new_kid)
+            if owner is not None and owner.gateway != ev.gateway:
+                raise EventRefused(f"rotation of gateway {ev.gateway!r} to the key of gateway {owner.gateway!r}",
+                                   forged=True)
+            switch = (ev.stream, ev.from_batch)
+            if owner is None:
+                self._bound[ev.new_kid] = owner = _Bound(ev.gateway, ev.new_key, f"rotation of {ev.kid.hex()}")
+            owner.since = switch
+            old = self._bound[ev.kid]
+            old.until, old.successor = switch, ev.new_kid
+            return
+        b = self._bound.get(ev.kid)
+        if b is None:
+            self._revoked[ev.kid] = ev.reason or "no reason given"
+        elif b.gateway != ev.gateway:
+            raise EventRefused(f"revocation for gateway {ev.gateway!r} of the key of gateway {b.gateway!r}",
+                               forged=True)
+        else:
+            b.revoked = ev.reason or "no reason given"
 
     @property
     def gateways(self) -> dict[str, int]:
         """Each bound gateway with its number of keys."""
         out: dict[str, int] = {}
-        for g in self._owner.values():
-            out[g] = out.get(g, 0) + 1
+        for b in self._bound.values():
+            out[b.gateway] = out.get(b.gateway, 0) + 1
         return out
 
     def add(self, spec: str) -> None:

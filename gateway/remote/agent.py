@@ -27,12 +27,14 @@ from gateway.config.apply import Plan, plan
 from gateway.config.loader import LoadError, load_yaml
 from gateway.config.validate import validate_document
 from gateway.metrics import MetricsServer
+from gateway.keyevents import EventRefused, OpsKeyring
 from gateway.registry import Registry
 from gateway.remote import topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
 from gateway.remote.envelope import Rejected, group_target, load_trusted, open_signed
 from gateway.remote.store import ConfigStore
 from gateway.scheduler import Supervisor
+from gateway.signedjson import seal_async
 
 log = logging.getLogger("sensegate.remote")
 QUEUE = 4  # config pushes waiting while one applies; more are refused as busy
@@ -96,8 +98,9 @@ class RemoteAgent:
         g = bootstrap.config.gateway
         self.gateway_id = g.id
         self.settings = bootstrap.config.remote
-        self.trusted = load_trusted(self.settings.ops_keys, bootstrap_path.parent)
         root = Path(g.state_dir) / "remote"
+        # the local files' ops keys, as rotated and revoked since by signed key events
+        self.trusted = OpsKeyring(load_trusted(self.settings.ops_keys, bootstrap_path.parent), root / "opskeys.cbor")
         self.store = ConfigStore(root, self.settings.history)
         self.commands = CommandLog(root / "commands.json")
         self.revision: int | None = None  # the pushed revision running; None: the local file
@@ -105,7 +108,11 @@ class RemoteAgent:
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE)
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unsent: bytes | None = None  # a status no uplink could take yet
+        self._uplink_changed = asyncio.Event()
+        self._unsent: dict[str, Any] | None = None  # a status no uplink could take yet
+        self._pipeline: Any = None  # the pipeline attached last: its device key signs the statuses
+        self._statuses: set[asyncio.Task[None]] = set()  # being signed and sent, in order
+        self._status_lock = asyncio.Lock()
         self._coap: Any = None  # CoapConfigServer when remote.coap_listen is set
 
     @property
@@ -155,7 +162,7 @@ class RemoteAgent:
         """SIGHUP: re-read the trust anchor; keep running the pushed config if one is current."""
         self.bootstrap = bootstrap
         self.settings = bootstrap.config.remote
-        self.trusted = load_trusted(self.settings.ops_keys, self.bootstrap_path.parent)
+        self.trusted.reanchor(load_trusted(self.settings.ops_keys, self.bootstrap_path.parent))
         if self.revision is None or not self.enabled:
             self.revision, self.digest = None, sha256(bootstrap_bytes)
             return bootstrap
@@ -205,6 +212,7 @@ class RemoteAgent:
         """Hook a new pipeline's uplinks before they start: subscriptions, downlink, status flush."""
         if not self.enabled:
             return
+        self._pipeline = pipeline
         for up in downlinks(pipeline):
             prefix = up.cfg.topic_prefix
             up.subscriptions = topics.subscriptions(prefix, self.gateway_id, list(self.settings.groups))
@@ -254,7 +262,9 @@ class RemoteAgent:
         """Stop taking pushes and commands (an apply in progress is cancelled: pending stays on disk).
 
         Bounded: a task that will not stop is left behind (gateway.bounded), logged once."""
-        tasks = [t for t in (self._worker, *self._tasks) if t is not None]
+        if self._statuses:  # the last statuses (e.g. rolled_back) still go out
+            await asyncio.wait(set(self._statuses), timeout=1.0)
+        tasks = [t for t in (self._worker, *self._tasks, *self._statuses) if t is not None]
         self._worker = None
         stopped = await asyncio.gather(*(stop_task(t, (CLOSE_WAIT,)) for t in tasks))
         for t, ok in zip(tasks, stopped, strict=True):
@@ -271,6 +281,8 @@ class RemoteAgent:
             except asyncio.QueueFull:
                 log.warning("config push on %s refused: %d pushes already waiting", topic, QUEUE)
                 self._status("rejected", "busy: too many pushes waiting; push again later", None)
+        elif "/ops/keys/" in topic:
+            self._ops_key_event(topic, payload)
         elif topic.endswith("/cmd/req"):
             if len(self._tasks) >= MAX_COMMANDS:
                 self._result(peek_id(payload), {"status": "refused", "reason": "busy: too many commands running"})
@@ -278,6 +290,16 @@ class RemoteAgent:
             task = asyncio.create_task(self._command(payload), name="remote-command")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _ops_key_event(self, topic: str, payload: bytes) -> None:
+        """An ops key rotated or revoked (retained, so it comes again on every connect)."""
+        try:
+            ev = self.trusted.take(payload)
+        except (EventRefused, OSError) as e:
+            log.warning("ops key event on %s refused: %s", topic, e)
+            return
+        if ev is not None:
+            log.warning("ops keys: %s; %d ops key(s) trusted now", ev.describe(), len(self.trusted))
 
     # -- status -------------------------------------------------------------------------
 
@@ -300,17 +322,32 @@ class RemoteAgent:
 
     def _flush(self, up: Downlink) -> None:
         """A (re)connected uplink gets the status that could not be published (e.g. at boot)."""
-        if self._unsent is not None and up.publish(self._status_topic(up.cfg.topic_prefix), self._unsent, retain=True):
-            self._unsent = None
+        if self._unsent is not None:
+            self._send(self._unsent)
 
     def _status(self, state: str, reason: str, revision: int | None) -> None:
         body = {"gateway": self.gateway_id, "state": state, "revision": revision, "reason": reason,
                 **self.info(), "ts": round(time.time(), 3)}
         (log.info if state in ("received", "applied") else log.warning)(
             "config push%s: %s%s", f" revision {revision}" if revision else "", state, f": {reason}" if reason else "")
-        self._unsent = None if self._publish(self._status_topic, body, retain=True) else json.dumps(body).encode()
-        if self._coap is not None:
-            self._coap.status.update(json.dumps(body).encode())
+        self._send(body)
+
+    def _send(self, body: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._send_signed(body), name="config-status")
+        self._statuses.add(task)
+        task.add_done_callback(self._statuses.discard)
+
+    async def _send_signed(self, body: dict[str, Any]) -> None:
+        """Sign a status with the device key (off the loop: it may be a token's) and publish it
+        retained, in the order the statuses were made (gateway/signedjson.py)."""
+        async with self._status_lock:
+            payload = await seal_async(body, getattr(self._pipeline, "key", None), self.gateway_id, "config-status")
+            sent = False
+            for up in downlinks(self.host.pipeline):
+                sent = up.publish(self._status_topic(up.cfg.topic_prefix), payload, retain=True) or sent
+            self._unsent = None if sent else body
+            if self._coap is not None:
+                self._coap.status.update(payload)
 
     def _result(self, cmd_id: str, body: dict[str, Any]) -> None:
         body = {"gateway": self.gateway_id, "id": cmd_id, **body, "ts": round(time.time(), 3)}

@@ -52,7 +52,7 @@ def add_parsers(sub: Any) -> None:
     _broker_args(push)
 
     cmd = sub.add_parser("command", help="send a signed command and show the result")
-    cmd.add_argument("op", choices=("ping", "write", "snapshot", "poll", "restart", "log_level"))
+    cmd.add_argument("op", choices=("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key"))
     cmd.add_argument("args", nargs="*", metavar="NAME=VALUE",
                      help="arguments, e.g. instance=bus point=meter-1/relay value=true (values read as YAML)")
     cmd.add_argument("--ttl", type=float, default=60.0, help="seconds until the command expires")
@@ -61,6 +61,9 @@ def add_parsers(sub: Any) -> None:
 
     st = sub.add_parser("status", help="show gateways' online state and config status (retained)")
     st.add_argument("gateways", nargs="*", help="gateway ids (default: every gateway seen)")
+    st.add_argument("--trust", action="append", default=[], metavar="DIR|FILE|GATEWAY-ID=FILE",
+                    help="check each config status's signature against the gateway's bound key (as `sensegate "
+                    "receive --trust`); unverified ones are marked, and the exit status is 1")
     _broker_args(st)
     st.set_defaults(wait=2.0)
 
@@ -169,23 +172,55 @@ def command(args: argparse.Namespace) -> int:
     return _print(answers, args.expect, args.json, ("status", "result", "reason"))
 
 
+def _verify_statuses(seen: dict[str, dict[str, Any]], specs: list[str]) -> list[str]:
+    """Check each config status's signature (gateway/signedjson.py); the gateways whose status
+    does not verify. Each entry gets ``"verified"``: true, or why not."""
+    from gateway.receiver.trust import KeyBindings
+    from gateway.signedjson import check
+
+    trust = KeyBindings.from_specs(specs)
+    bad = []
+    for gw, entry in seen.items():
+        if "config" not in entry:
+            continue
+        got = check(entry["config"], trust, gw, "config-status")
+        entry["config"] = got.body
+        entry["verified"] = True if got.verified else got.reason
+        if not got.verified:
+            bad.append(gw)
+    return bad
+
+
 def status(args: argparse.Namespace) -> int:
+    from gateway.receiver.trust import TrustError
     from gateway.remote.ops import gateway_status
 
     seen = asyncio.run(gateway_status(_broker(args), args.gateways, within=args.wait))
+    unverified: list[str] = []
+    if args.trust:
+        try:
+            unverified = _verify_statuses(seen, args.trust)
+        except TrustError as e:
+            print(f"sensegate status: {e}", file=sys.stderr)
+            return 2
     if args.json:
         print(json.dumps(seen, indent=2))
     else:
-        print(f"{'GATEWAY':<20} {'ONLINE':<8} {'CONFIG':<12} {'REVISION':<15} {'SHA256':<13} REASON")
+        signed = f"{'SIGNED':<9} " if args.trust else ""
+        print(f"{'GATEWAY':<20} {'ONLINE':<8} {'CONFIG':<12} {signed}{'REVISION':<15} {'SHA256':<13} REASON")
         for gw in sorted(seen):
             on = seen[gw].get("online", {}).get("state", "?")
             c = seen[gw].get("config", {})
             rev = c.get("running_revision")
             running = "local file" if rev is None and c else str(rev or "-")
-            print(f"{gw:<20} {on:<8} {c.get('state', '-'):<12} {running:<15} "
-                  f"{(c.get('config_sha256') or '-')[:12]:<13} {c.get('reason', '')}")
+            mark = ("-" if not c else "yes" if seen[gw].get("verified") is True else "NO") if args.trust else ""
+            print(f"{gw:<20} {on:<8} {c.get('state', '-'):<12} {mark + ' ' * (10 - len(mark)) if args.trust else ''}"
+                  f"{running:<15} {(c.get('config_sha256') or '-')[:12]:<13} {c.get('reason', '')}")
+        for gw in sorted(unverified):
+            print(f"sensegate status: the config status of {gw} is not verified: {seen[gw]['verified']}",
+                  file=sys.stderr)
     missing = [g for g in args.gateways if g not in seen]
     if missing:
         print(f"sensegate status: nothing retained for {', '.join(missing)}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if unverified else 0

@@ -4,7 +4,8 @@ Operations map onto the driver contract: ``write`` (Modbus register/coil, any wr
 is ``runner.write(point, value)``, bounded by what the driver's config marks writable and its
 min/max; ``snapshot`` is ``write("snapshot", True)`` on a camera; ``poll`` re-reads at once;
 ``restart`` stops and starts one instance; ``log_level`` changes the daemon's log level;
-``ping`` answers with the running config's revision and hash.
+``ping`` answers with the running config's revision and hash; ``rotate_key`` makes a new device
+key and switches to it at the next batch (gateway/devicekey.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from gateway.remote.topics import COMMAND_ID
 from gateway.scheduler import InstanceRunner, Supervisor
 
 log = logging.getLogger("sensegate.remote")
-OPS = ("ping", "write", "snapshot", "poll", "restart", "log_level")
+OPS = ("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key")
+ROTATE_TIMEOUT = 60.0  # a token that takes longer: the switch finishes later, the answer says so
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_REMEMBERED = 10_000
 
@@ -54,6 +56,7 @@ class Host(Protocol):
 
     cfg: GatewayConfig | None
     supervisor: Supervisor | None
+    pipeline: Any
     apply_lock: asyncio.Lock
 
 
@@ -145,6 +148,14 @@ async def execute(cmd: Command, host: Host, info: Mapping[str, Any]) -> dict[str
         set_level(str(level))
         log.info("log level set to %s by command %s", level, cmd.id)
         return {"log_level": level}
+    if cmd.op == "rotate_key":
+        rotate = getattr(host.pipeline, "rotate_key", None)
+        if rotate is None:
+            raise Refused("this gateway signs no batches (no mqtt or coap uplink): there is no device key to rotate")
+        async with asyncio.timeout(ROTATE_TIMEOUT), host.apply_lock:  # no pipeline restart meanwhile
+            result: dict[str, Any] = await rotate()
+        log.warning("device key rotated by command %s: now %s", cmd.id, result["fingerprint"])
+        return result
     runner = _runner(host, a)
     if cmd.op == "poll":
         runner.poll_now()

@@ -121,6 +121,11 @@ def open_signed(data: bytes, trusted: Mapping[bytes, PublicKey], kind: Kind, tar
         raise Rejected("the signature names no key (no kid in the protected header)")
     pub = trusted.get(kid)
     if pub is None:
+        from gateway.keyevents import OpsKeyring
+
+        why = trusted.why(kid) if isinstance(trusted, OpsKeyring) else ""
+        if why:
+            raise Rejected(f"signed by ops key {kid.hex()}, which was {why}")
         raise Rejected(f"signed by an unknown key (kid {kid.hex()}); this gateway trusts {len(trusted)} ops key(s)")
     try:
         cose.verify(msg, pub)

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.keys import PrivateKey
-from gateway.mqtt import MqttSession, MqttSettings
+from gateway.mqtt import MqttError, MqttSession, MqttSettings
 from gateway.remote import topics
 from gateway.remote.envelope import encode_command, group_target, sign
 
@@ -166,3 +166,27 @@ async def gateway_status(broker: Broker, gateways: list[str], within: float = 2.
     subs = [topics.config_status(broker.prefix, "+"), f"{broker.prefix}/+/status"]
     await exchange(broker, subs, None, accept, done, within, live_only=False, tick=0.1)
     return out
+
+
+async def publish_retained(broker: Broker, topic: str, payload: bytes, within: float = 30.0) -> bool:
+    """Publish one retained message (QoS 1) and wait for the broker's acknowledgement."""
+    acked = asyncio.Event()
+    mids: set[int] = set()
+
+    def on_publish(mid: int) -> None:
+        if mid in mids:
+            acked.set()
+
+    session = MqttSession(broker.settings, on_publish=on_publish)
+    try:
+        async with asyncio.timeout(within):
+            await session.connect()
+            info = session.client.publish(topic, payload, qos=1, retain=True)
+            mids.add(info.mid)
+            if not info.is_published():
+                await acked.wait()
+    except (TimeoutError, OSError, MqttError):
+        return False
+    finally:
+        await session.close()
+    return True

@@ -37,9 +37,19 @@ def command_result(prefix: str, gateway: str, cmd_id: str) -> str:
     return f"{prefix}/{gateway}/cmd/res/{cmd_id}"
 
 
+def ops_key_event(prefix: str, kid_hex: str = "+", event: str = "+") -> str:
+    """Retained: an ops key's rotation (``rotated``) or revocation (``revoked``), signed by ops keys."""
+    return f"{prefix}/ops/keys/{kid_hex}/{event}"
+
+
+def gateway_key_revoked(prefix: str, gateway: str, kid_hex: str = "+") -> str:
+    """Retained: the revocation of one of a gateway's device keys, signed by an ops key."""
+    return f"{prefix}/{gateway}/keys/revoked/{kid_hex}"
+
+
 def subscriptions(prefix: str, gateway: str, groups: list[str]) -> list[str]:
-    """Everything a gateway subscribes to for remote config and commands."""
-    out = [config_set(prefix, gateway), command_request(prefix, gateway)]
+    """Everything a gateway subscribes to for remote config, commands and ops key events."""
+    out = [config_set(prefix, gateway), command_request(prefix, gateway), ops_key_event(prefix)]
     for g in groups:
         out += [group_config_set(prefix, g), group_command_request(prefix, g)]
     return out

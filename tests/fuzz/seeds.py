@@ -103,12 +103,25 @@ def _remote() -> list[bytes]:
                           envelope.encode_command("c-1", "ping", {}, 4_000_000_000.0))]
 
 
+def _keyevents() -> list[bytes]:
+    from gateway.keyevents import history_message, make_revocation, make_rotation
+    from gateway.keys import Ed25519PrivateKey
+    from tests.fuzz.targets import GATEWAY_KEY
+
+    nxt, ops2 = Ed25519PrivateKey(bytes(range(2, 34))), Ed25519PrivateKey(bytes(range(3, 35)))
+    rotation = make_rotation(GATEWAY_KEY, nxt, "gw-fuzz", 7, 100, issued=1_795_000_000)
+    return [rotation, history_message([rotation]),
+            make_revocation(OPS_KEY, nxt.kid, "gw-fuzz", "stolen", issued=1_795_000_000),
+            make_rotation(OPS_KEY, ops2, issued=1_795_000_000),
+            make_revocation(OPS_KEY, ops2.kid, reason="lost", issued=1_795_000_000)]
+
+
 def write() -> dict[str, int]:
     """Write every target's seeds; returns how many each got."""
     cose_seeds, batches = _cose_and_batches()
     seeds = {"nmea": _nmea(), "modbus": _modbus(), "rfid": _rfid(), "ble": _ble(), "camera": _camera(),
              "yaml": _yaml(), "cose": cose_seeds, "senml": _senml(batches), "remote": _remote(),
-             "receiver": batches}
+             "receiver": batches, "keyevent": _keyevents()}
     for name, items in seeds.items():
         d = CORPUS / name
         d.mkdir(parents=True, exist_ok=True)

@@ -199,8 +199,27 @@ def receiver_batch(data: bytes) -> None:
     Receiver(KeyBindings({"gw-fuzz": [OPS_KEY.public_key()]})).feed(data)
 
 
+GATEWAY_KEY = Ed25519PrivateKey(bytes(range(1, 33)))
+"""The fuzzed gateway's current key: rotation seeds signed by it (and a next key) verify."""
+
+
+def key_event(data: bytes) -> None:
+    """A key message (rotation history, revocation, ops key event) as a receiver and a gateway take it."""
+    from gateway.keyevents import EventRefused, OpsKeyring
+    from gateway.receiver import KeyBindings, Receiver
+
+    ops = {key_id(OPS_KEY.public_key()): OPS_KEY.public_key()}
+    rx = Receiver(KeyBindings({"gw-fuzz": [GATEWAY_KEY.public_key()]}), ops_keys=OpsKeyring(ops))
+    rx.feed_keys(data, "gw-fuzz")
+    rx.feed_keys(data, None, ops=True)
+    try:
+        OpsKeyring(ops).take(data)
+    except EventRefused:
+        pass
+
+
 TARGETS: dict[str, Target] = {
     "nmea": nmea, "modbus": modbus_reply, "rfid": rfid, "ble": ble_advert, "camera": camera,
     "yaml": yaml_config, "cose": cose_sign1, "senml": senml_pack, "remote": remote_document,
-    "receiver": receiver_batch,
+    "receiver": receiver_batch, "keyevent": key_event,
 }

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,12 +113,10 @@ def test_a_token_key_signs_cose_any_verifier_accepts(softhsm: SoftHsm, alg: str)
         msg = cose.encode_sign1(protected, payload, cose.sign(key, protected, payload))
         cose.verify(cose.parse_sign1(msg), made.public)
         # an independent COSE implementation agrees
-        from cryptography.hazmat.primitives import serialization
-        from cwt import COSE, COSEKey
+        from gateway.keys import public_pem
+        from tests.gateway import cosecheck
 
-        pem = made.public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo) \
-            if alg == "es256" else __import__("gateway.keys", fromlist=["public_pem"]).public_pem(made.public)
-        assert COSE.new().decode(msg, COSEKey.from_pem(pem, kid=key.kid)) == payload
+        assert cosecheck.verify([(msg, public_pem(made.public), key.kid)]) == [payload]
         tampered = msg[:-70] + bytes([msg[-70] ^ 1]) + msg[-69:]
         with pytest.raises(cose.CoseError):
             cose.verify(cose.parse_sign1(tampered), made.public)
@@ -341,3 +340,44 @@ def test_the_demo_signs_on_a_softhsm_token(tmp_path: Path) -> None:
     assert "signature verified" in r.stdout and "OK: complete and verified" in r.stdout
     assert "pkcs11:" in (tmp_path / "sensegate.yaml").read_text()
     assert not list((tmp_path / "state").glob("keys/*.key")), "no private key file anywhere"
+
+
+async def test_a_token_that_cannot_sign_is_said_once_counted_and_recovers(softhsm: SoftHsm, tmp_path: Path,
+                                                                           broker: Mosquitto,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The token's session is lost and logging in again fails (its PIN file was changed): one
+    error line, no traceback, the failed attempts counted in the metrics; the PIN put back, the
+    key signs again (said once) and nothing was lost."""
+    from gateway.metrics import render, summary
+    from tests.gateway.helpers import running_daemon
+
+    pin = tmp_path / "token.pin"
+    pin.write_text(softhsm.pin + "\n")
+    pin.chmod(0o600)
+    uri = build(MODULE, softhsm.label, "flaky", f"file:{pin}")
+    made = await asyncio.to_thread(create_key, uri, "es256")
+    pub = tmp_path / "flaky.pub.pem"
+    pub.write_bytes(__import__("gateway.keys", fromlist=["x"]).public_pem(made.public))
+    cfg = _token_config(tmp_path, uri, "es256", broker.url)
+    rx = MqttReceiver(broker.url, pub, gateway="gw-hsm")
+    caplog.set_level("INFO", "sensegate")
+    async with rx.running(), running_daemon(cfg) as d:
+        await rx.wait_readings(20)
+        pin.write_text("0000-0000\n")
+        await asyncio.to_thread(d.pipeline.key.close)  # the token's session is gone (token reset, replugged)
+        await asyncio.sleep(3.5)
+        stats = d.pipeline.stats()["batches"]
+        assert stats["sign_errors"] >= 2, stats
+        text = render(summary(d))
+        assert re.search(r"^sensegate_batch_sign_errors_total \d+$", text, re.M), text
+        during = len(rx.readings)
+        pin.write_text(softhsm.pin + "\n")
+        await rx.wait_readings(during + 20, within=30)
+    failing = [r for r in caplog.records if "cannot sign batches" in r.getMessage()]
+    assert len(failing) == 1 and "refused the PIN" in failing[0].getMessage(), [r.getMessage() for r in failing]
+    assert not [r for r in caplog.records if r.name == "sensegate.pipeline" and r.exc_info], "a traceback was logged"
+    again = [r for r in caplog.records if "signs again" in r.getMessage()]
+    assert len(again) == 1 and "failed attempt" in again[0].getMessage()
+    s = rx.rx.summary()
+    assert s.gaps == 0 and s.bad_signatures == 0 and {r.seq for r in rx.readings} == set(
+        range(1, len(rx.readings) + 1))

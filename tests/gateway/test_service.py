@@ -351,6 +351,55 @@ def test_unit_is_hardened(tmp_path: Path) -> None:
     assert float(m.group(1)) <= 2.5, res.stdout  # "OK" band; 1.9 when written
 
 
+TPM_DROP_IN = ROOT / "systemd" / "sensegate-tpm.conf"
+
+
+def _security(unit: Path) -> tuple[float, str]:
+    """`systemd-analyze security --offline`: the exposure level and its DeviceAllow= line."""
+    res = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                         capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for sensegate\.service: ([\d.]+)", res.stdout)
+    allow = next((line for line in res.stdout.splitlines() if "DeviceAllow=" in line), "")
+    assert m, res.stdout + res.stderr
+    return float(m.group(1)), allow
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing (hil/system-deps.sh)")
+def test_the_tpm_drop_in_adds_the_tpm_and_nothing_else(tmp_path: Path) -> None:
+    """A TPM-backed gateway: the drop-in verifies with the unit, allows /dev/tpmrm0 and a writable
+    tpm2-pkcs11 store; without it (a PEM key) the unit allows no TPM at all."""
+    unit = _unit_for_this_host(tmp_path)
+    level, allow = _security(unit)
+    settings = [line for line in UNIT.read_text().splitlines() if not line.startswith("#")]
+    assert "tpm" not in allow and not any("tpm" in line for line in settings)  # the PEM case: no TPM allowed
+    drop = tmp_path / "sensegate.service.d"
+    drop.mkdir()
+    shutil.copy(TPM_DROP_IN, drop / "tpm.conf")
+    res = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+    tpm_level, tpm_allow = _security(unit)
+    assert "/dev/tpmrm0:rw" in tpm_allow and "/dev/tpm0" not in tpm_allow, tpm_allow
+    assert tpm_level <= level + 0.1 and tpm_level <= 2.5, (level, tpm_level)
+    keys: dict[str, list[str]] = {}
+    for line in TPM_DROP_IN.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, v = line.split("=", 1)
+            keys.setdefault(k.strip(), []).append(v.strip())
+    assert keys == {"DeviceAllow": ["/dev/tpmrm0 rw"], "SupplementaryGroups": ["tss"],
+                    "Environment": ["TPM2_PKCS11_TCTI=device:/dev/tpmrm0",
+                                    "TPM2_PKCS11_STORE=/var/lib/sensegate/tpm2-pkcs11"],
+                    "StateDirectory": ["sensegate/tpm2-pkcs11"]}
+    store = keys["Environment"][1].split("=", 1)[1]
+    assert store.startswith("/var/lib/sensegate/")  # under the state directory: writable with ProtectSystem=strict
+
+
+def test_a_token_gateway_is_started_as_provisioned() -> None:
+    """The unit skips an unprovisioned gateway, and starts one whose key is on a token (no device.key)."""
+    conditions = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines()
+                  if line.startswith("ConditionPathExists=")]
+    assert conditions == ["|/var/lib/sensegate/keys/device.key", "|/var/lib/sensegate/keys/device.pub.pem"]
+
+
 def test_unit_has_what_the_issue_asks() -> None:
     keys: dict[str, list[str]] = {}
     for line in UNIT.read_text().splitlines():

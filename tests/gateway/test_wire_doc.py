@@ -35,10 +35,9 @@ def test_worked_example_verifies_and_decodes() -> None:
         102, "rtu-7", "energy", 1234, "kWh", 1_795_000_000_500_000_000, 3)
     s = rx.summary()
     assert (s.dropped, s.drop_reasons, s.gaps) == (11, {"buffer_full": 11}, 0)
-    from cwt import COSE, COSEKey
+    from tests.gateway import cosecheck
 
-    assert COSE.new().decode(message, COSEKey.from_pem(pem.encode(), kid=key_id(pub))) == cose.parse_sign1(
-        message).payload
+    assert cosecheck.verify([(message, pem.encode(), key_id(pub))]) == [cose.parse_sign1(message).payload]
 
 
 def test_worked_example_is_what_the_encoder_produces() -> None:
