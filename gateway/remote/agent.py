@@ -26,8 +26,8 @@ from gateway.config import ConfigInvalid, GatewayConfig
 from gateway.config.apply import Plan, plan
 from gateway.config.loader import LoadError, load_yaml
 from gateway.config.validate import validate_document
-from gateway.metrics import MetricsServer
 from gateway.keyevents import EventRefused, OpsKeyring
+from gateway.metrics import MetricsServer
 from gateway.registry import Registry
 from gateway.remote import topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
