@@ -8,12 +8,16 @@ broker's loss from the gateway's (hil/README.md, "Broker restart").
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from gateway.mqtt import MqttSession, MqttSettings
 from gateway.receiver.mqtt import receiver_settings
 from hil.mosquitto import Mosquitto, acked_unsaved
 from tests.gateway.helpers import until
+from tests.rig.helpers import BrokerCrash, lost_in_crash
 
 TOPIC = "sensegate/gw-1/batch"
 N = 12
@@ -134,3 +138,20 @@ def test_a_save_the_crash_may_have_cut_does_not_count() -> None:
     done = cut + "1700000004: Received PINGREQ from gw-1\n"
     assert acked_unsaved(done, "/batch") == []
     assert acked_unsaved("", "/batch") == [] and acked_unsaved("garbage\n\x00((( m1, rc0)\n", "") == []
+
+
+def test_only_what_both_sides_prove_is_the_brokers() -> None:
+    """lost_in_crash, as the scenario's finish() uses it: batches 3 and 4 (readings 13-19) never
+    arrived; the gateway recorded their PUBACK from the killed broker, whose log shows 2 unsaved."""
+    batches = {1: (1, 10), 2: (11, 12), 5: (20, 25), 6: (26, 30)}
+    crash = BrokerCrash(acked=frozenset({2, 3, 4}), unacked=frozenset({5}), unsaved=2)
+    missing = set(range(13, 20))
+    assert lost_in_crash(batches, 6, missing, crash) == ([3, 4], missing)
+    with pytest.raises(AssertionError, match="batches 4 never arrived, and the gateway had no PUBACK"):
+        lost_in_crash(batches, 6, missing, replace(crash, acked=frozenset({3})))
+    with pytest.raises(AssertionError, match="log shows only 1 batch messages"):
+        lost_in_crash(batches, 6, missing, replace(crash, unsaved=1))
+    with pytest.raises(AssertionError, match="batches 7 never arrived"):  # the last batch is the gateway's to send
+        lost_in_crash(batches, 7, missing | {31}, crash)
+    # a reading missing from a batch that arrived is not the broker's: finish() fails on it
+    assert lost_in_crash(batches, 6, missing | {4}, crash)[1] == missing
