@@ -45,6 +45,7 @@ class Mosquitto:
         acl: str | None = None,
         autosave_on_changes: bool = False,
         log_packets: bool = False,
+        extra: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
@@ -56,6 +57,7 @@ class Mosquitto:
         self.persistence = persistence
         self.autosave_on_changes = autosave_on_changes  # save after every pass that queued a message
         self.log_packets = log_packets  # log every packet (log_type all): what acked_unsaved() reads
+        self.extra = extra or []  # more mosquitto.conf lines (e.g. "max_queued_messages 5")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "mosquitto.log"
         self._log_from = 0  # where this instance's lines start in the (appended) log
@@ -97,6 +99,7 @@ class Mosquitto:
                       f"require_certificate {self.tls.get('require_certificate', 'false')}"]
             if "use_identity_as_username" in self.tls:
                 lines.append(f"use_identity_as_username {self.tls['use_identity_as_username']}")
+        lines += self.extra
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf

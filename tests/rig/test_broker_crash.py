@@ -8,6 +8,7 @@ broker's loss from the gateway's (hil/README.md, "Broker restart").
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,6 +102,24 @@ async def test_autosave_on_changes_saves_in_the_pass_after_the_puback(tmp_path: 
         await gw.close(graceful=False)
         assert acked_unsaved(broker.instance_log(), "/batch") == []
         assert await _delivered_after_restart(broker) == set(range(N))
+    finally:
+        broker.stop()
+
+
+async def test_an_away_session_past_max_queued_messages_loses_acknowledged_messages(tmp_path: Path) -> None:
+    """No crash needed: a session that is away keeps max_queued_messages; mosquitto acknowledges
+    the rest to the publisher (reason 0) and drops them for the session (docs/topics.md)."""
+    broker = Mosquitto(tmp_path, log_packets=True, extra=["max_queued_messages 5"])
+    broker.start()
+    try:
+        await _away_receiver(broker)
+        gw = await _publish(broker)
+        await gw.close()
+        log = broker.instance_log()
+        assert len(re.findall(r"Sending PUBACK to gw-1 \(m\d+, rc0\)", log)) == N  # every one taken, says the PUBACK
+        assert "Outgoing messages are being dropped for client rx" in log
+        broker.stop()
+        assert await _delivered_after_restart(broker) == set(range(5))
     finally:
         broker.stop()
 
