@@ -147,14 +147,18 @@ def _check(args: argparse.Namespace) -> int:
     if not args.file:
         print("sensegate check: give a config FILE (or --schema)", file=sys.stderr)
         return 2
+    from gateway.config.validate import config_files
+
     try:
         cfg = load_config(args.file, registry)
     except ConfigInvalid as e:
         print(e)
         return 1
+    dropins = config_files(args.file)[1:]
+    merged = f", merged with {len(dropins)} drop-in(s): {', '.join(f.name for f in dropins)}" if dropins else ""
     print(
         f"{args.file}: ok (gateway {cfg.config.gateway.id}, {len(cfg.instances)} driver instance(s), "
-        f"{len(cfg.config.uplinks)} uplink(s))"
+        f"{len(cfg.config.uplinks)} uplink(s){merged})"
     )
     return 0
 
@@ -255,6 +259,11 @@ def _provision(args: argparse.Namespace) -> int:
     )
     try:
         result, _ = provision(plan)
+    except PermissionError as e:
+        again = " ".join(["sudo", "sensegate", *sys.argv[1:]]) if sys.argv[1:2] == ["provision"] else "sudo sensegate provision ..."
+        print(f"sensegate provision: not allowed to write {e.filename or 'a file'}: provisioning writes the config "
+              f"directory and the device key, so it must run as root: {again}", file=sys.stderr)
+        return 3
     except (ProvisionError, KeyError_, OSError) as e:
         print(f"sensegate provision: {e}", file=sys.stderr)
         return 3  # 0-2 are doctor's verdict after a successful provisioning

@@ -79,6 +79,10 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             "latency_max_s": s.latency_max,
             "last_error": s.last_error,
         }
+    for d in getattr(cfg, "down", ()):  # configured, but its driver does not load
+        drivers[d.name] = {"driver": d.driver, "state": "failed", "readings": 0, "polls": 0, "errors": 0,
+                           "timeouts": 0, "restarts": 0, "latency_sum_s": 0.0, "latency_max_s": 0.0,
+                           "last_error": d.reason}
     out["drivers"] = drivers
     nodes = getattr(daemon, "nodes", None)
     out["nodes"] = dict(sorted((getattr(nodes, "state", None) or {}).items()))
