@@ -104,6 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     drv_check = drv_sub.add_parser("check", help="check driver folders against the conventions")
     drv_check.add_argument("paths", nargs="+", metavar="PATH", help="driver folder or out-of-tree project folder")
     drv_check.add_argument("--no-ruff", action="store_true", help="skip ruff's ASYNC rules")
+    drv_dir = argparse.ArgumentParser(add_help=False)
+    drv_dir.add_argument("--dir", default=None, help="drivers directory (default /var/lib/sensegate/drivers)")
+    inst = drv_sub.add_parser("install", parents=[drv_dir], help="install a driver: a wheel (with --sha256), a "
+                              "signed bundle (.sgdrv) or a project folder; kept across upgrades")
+    inst.add_argument("source", help="WHEEL.whl, BUNDLE.sgdrv or a driver project DIR")
+    inst.add_argument("--sha256", default="", help="the wheel's SHA-256 as its author published it")
+    inst.add_argument("-c", "--config", default=None, help="config naming the trusted ops keys (for bundles)")
+    rm = drv_sub.add_parser("remove", parents=[drv_dir], help="uninstall a driver installed with `driver install`")
+    rm.add_argument("name", help="driver or distribution name")
+    drv_sub.add_parser("list", parents=[drv_dir], help="drivers installed with `driver install`, and their state")
+    drv_sub.add_parser("reinstall", parents=[drv_dir], help=argparse.SUPPRESS)  # the package's postinst
+    bundle = drv_sub.add_parser("bundle", help="ops: sign a driver wheel (+ dependency wheels) into a bundle")
+    bundle.add_argument("wheels", nargs="+", metavar="WHEEL")
+    bundle.add_argument("-o", "--out", required=True, help="bundle file to write (NAME.sgdrv)")
+    from gateway.remote.cli import DEFAULT_OPS_DIR
+
+    bundle.add_argument("--sign-key", default=str(DEFAULT_OPS_DIR / "ops.key"), help="ops private key")
     from gateway.remote.cli import add_parsers as remote_parsers
 
     remote_parsers(sub)  # config push, command, status
@@ -279,8 +296,87 @@ def _provision(args: argparse.Namespace) -> int:
     return EXIT[worst(findings)]
 
 
+def _driver_store(args: argparse.Namespace) -> int:
+    from gateway.driverstore import DEFAULT_DIR, DriverStore, DriverStoreError, make_bundle
+
+    store = DriverStore(Path(getattr(args, "dir", None) or DEFAULT_DIR))
+    what = args.driver_command
+    try:
+        if what == "bundle":
+            from gateway.keys import KeyError_, load_private_key
+
+            try:
+                key = load_private_key(Path(args.sign_key))
+            except KeyError_ as e:
+                print(f"sensegate driver bundle: {e}", file=sys.stderr)
+                return 2
+            out = make_bundle([Path(w) for w in args.wheels], key, Path(args.out))
+            print(f"wrote {out}: install it on a gateway that trusts this ops key with: sudo sensegate driver install {out.name}")
+            return 0
+        if what == "install":
+            src = Path(args.source)
+            if src.is_dir():
+                rec = store.install_dir(src)
+            elif src.suffix == ".sgdrv":
+                rec = store.install_bundle(src, _trusted_ops_keys(args.config))
+            else:
+                rec = store.install_wheel(src, sha256=args.sha256)
+            print(f"installed {rec.dist} {rec.version} ({rec.verified}): driver(s) {', '.join(rec.drivers)}")
+            print("a running gateway picks it up on reload: sudo systemctl reload sensegate")
+            return 0
+        if what == "remove":
+            rec = store.remove(args.name)
+            print(f"removed {rec.dist} {rec.version} (driver(s) {', '.join(rec.drivers)})")
+            return 0
+        if what == "reinstall":
+            failed = store.reinstall()
+            for rec, why in failed:
+                print(f"sensegate: driver {rec.dist} ({', '.join(rec.drivers)}) not put back: {why}; its instances "
+                      "stay down until it is installed again", file=sys.stderr)
+            return 1 if failed else 0
+        from gateway.registry import Registry
+
+        reg = Registry.discover()
+        records = store.records()
+        if not records:
+            print(f"no drivers installed with `sensegate driver install` ({store.root})")
+        for rec in records.values():
+            for name in rec.drivers:
+                why = reg.broken_reason(name)
+                state = "loads" if name in reg.manifests else f"BROKEN: {why}" if why else "NOT INSTALLED (run: sudo sensegate driver reinstall)"
+                print(f"{name:<12} {rec.dist} {rec.version:<9} {state}; {rec.verified}, {rec.installed}")
+        return 0
+    except PermissionError as e:
+        print(f"sensegate driver {what}: not allowed to write {e.filename}: run it as root (sudo)", file=sys.stderr)
+        return 2
+    except DriverStoreError as e:
+        print(f"sensegate driver {what}: {e}", file=sys.stderr)
+        return 1
+
+
+def _trusted_ops_keys(config: str | None) -> dict[bytes, object]:
+    from gateway.config import load_config
+    from gateway.daemon import DEFAULT_CONFIG
+    from gateway.driverstore import DriverStoreError
+    from gateway.registry import Registry
+    from gateway.remote.envelope import load_trusted
+
+    path = Path(config or DEFAULT_CONFIG)
+    try:
+        cfg = load_config(path, Registry.discover(), broken_ok=True)
+    except Exception as e:
+        raise DriverStoreError(f"cannot read the trusted ops keys from {path}: {e}") from None
+    trusted = load_trusted(cfg.config.remote.ops_keys, path.parent)
+    if not trusted:
+        raise DriverStoreError(f"this gateway trusts no ops key ({path}: remote.ops_keys); sudo sensegate provision "
+                               "--ops-key OPS.pub.pem")
+    return dict(trusted)
+
+
 @command("driver")
 def _driver(args: argparse.Namespace) -> int:
+    if args.driver_command in ("install", "remove", "list", "reinstall", "bundle"):
+        return _driver_store(args)
     if args.driver_command == "check":
         from gateway.sdk.checker import main as check_main
 

@@ -42,6 +42,8 @@ SERVICE_USER = "sensegate"
 PLACEHOLDER_IDS = {"CHANGE-ME", "change-me", "changeme"}
 CLOCK_FLOOR = dt.datetime(2025, 1, 1, tzinfo=dt.UTC).timestamp()
 """No real clock reads earlier than this; a Pi without RTC boots at its last saved time (or 1970)."""
+CLOCK_CEILING = dt.datetime(2036, 1, 1, tzinfo=dt.UTC).timestamp()
+"""Nor later than this (a bad RTC, a wrong manual date): certificates and timestamps would be wrong."""
 MIN_FREE_BYTES = 64 * 1024 * 1024
 BACKLOG_WARN_AGE = 600.0
 
@@ -112,6 +114,9 @@ class Environment:
     bluetooth_sysfs: Path = Path("/sys/class/bluetooth")
     clock: Callable[[], ClockState] = kernel_clock
     now: Callable[[], float] = time.time
+    # whether this system keeps its own clock (systemd runs here); False in a container, a
+    # chroot or a test bench, where the host keeps the time and its NTP state may be invisible
+    keeps_time: Callable[[], bool] = lambda: os.path.isdir("/run/systemd/system")
     connect_timeout: float = 3.0
     expiry_warn_days: float = 30.0
     backlog_warn_age: float = BACKLOG_WARN_AGE
@@ -391,27 +396,42 @@ def check_network_sources(cfg: GatewayConfig, env: Environment) -> list[Finding]
     return out
 
 
+def _date(ts: float) -> str:
+    return f"{dt.datetime.fromtimestamp(ts, dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
 def check_clock(env: Environment) -> Finding:
-    """The clock is synchronised: without it every timestamp (and TLS) is wrong."""
+    """The clock reads a possible date and is synchronised: without it every timestamp (and TLS) is wrong."""
     now = env.now()
-    if now < CLOCK_FLOOR:
+    if now < CLOCK_FLOOR or now > CLOCK_CEILING:
+        when = "behind" if now < CLOCK_FLOOR else "ahead"
         return Finding(
             "clock",
             "fail",
-            f"the clock says {dt.datetime.fromtimestamp(now, dt.UTC):%Y-%m-%d %H:%M} UTC, which cannot be right; "
-            "readings would carry worthless timestamps and TLS certificates look invalid",
+            f"the clock says {_date(now)}, which cannot be right (years {when}); readings would carry worthless "
+            "timestamps, and TLS certificates look " + ("not yet valid" if now < CLOCK_FLOOR else "expired"),
             "connect the gateway to a network with NTP (UDP 123), then `timedatectl timesync-status`; "
-            "a Pi has no battery clock and needs NTP (or an RTC) after every power cut",
+            "a Pi has no battery clock and needs NTP (or an RTC) after every power cut"
+            + ("; a wrong RTC or a date set by hand: sudo timedatectl set-time 'YYYY-MM-DD HH:MM'" if now > CLOCK_CEILING
+               else ""),
         )
     try:
         state = env.clock()
     except OSError as e:
         return Finding("clock", "warn", f"cannot read the clock's sync state: {e}", "timedatectl status")
+    if not state.synchronised and not env.keeps_time():
+        return Finding(
+            "clock",
+            "warn",
+            f"reads {_date(now)}; its NTP state cannot be seen here (a container, chroot or test bench: the host keeps "
+            "the time)",
+            "check the host's clock: timedatectl (on the host)",
+        )
     if not state.synchronised:
         return Finding(
             "clock",
             "fail",
-            "the clock is not synchronised (NTP): timestamps are worthless without it",
+            f"the clock is not synchronised (NTP): it reads {_date(now)}; timestamps are worthless without it",
             "sudo timedatectl set-ntp true; set NTP= in /etc/systemd/timesyncd.conf if the site has its own NTP "
             "server; check UDP 123 is allowed; then `timedatectl timesync-status`",
         )
@@ -664,8 +684,8 @@ def _verify_failure(
             left = cert.not_valid_after_utc.timestamp() - env.now()
             detail = f" (certificate of {cert.subject.rfc4514_string()}, issued by {cert.issuer.rfc4514_string()}"
             detail += f", {'expired ' + _days(-left) + ' ago' if left < 0 else 'valid ' + _days(left) + ' more'})"
-    if "expired" in reason:
-        fix = "the broker's certificate must be renewed by its operators (or the gateway's clock is wrong)"
+    if "not yet valid" in reason or "expired" in reason:
+        fix = _certificate_time_fix(reason, env)
     elif "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
         fix = "use the host name the certificate was made for in uplinks[].url"
     else:
@@ -673,6 +693,15 @@ def _verify_failure(
         if ca:
             fix += f" (now using {ca})"
     return Finding(name, "fail", f"TLS verification of {host}:{port} failed: {reason}{detail}", fix)
+
+
+def _certificate_time_fix(reason: str, env: Environment) -> str:
+    """A certificate outside its validity: the clock is the first suspect when it reads a wrong date."""
+    now = env.now()
+    if now < CLOCK_FLOOR or now > CLOCK_CEILING or ("not yet valid" in reason):
+        return (f"the gateway's clock reads {_date(now)}: set the clock first (NTP: `timedatectl timesync-status`; "
+                "see the clock check), then run doctor again; the CA is not the problem")
+    return "the broker's certificate must be renewed by its operators (or the gateway's clock is wrong)"
 
 
 def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:

@@ -1,4 +1,4 @@
-"""Signed ops documents: COSE_Sign1 over a config's YAML bytes or a command's CBOR map.
+"""Signed ops documents: COSE_Sign1 over a config's YAML bytes, a command's CBOR map or a driver bundle.
 
 The protected header carries, besides ``alg`` and ``kid``: ``"sgk"`` the kind (``config`` or
 ``command``, so one kind can never be replayed as the other), ``"to"`` the target (a gateway id
@@ -19,9 +19,9 @@ import cbor2
 from gateway import cose
 from gateway.keys import KeyError_, PrivateKey, PublicKey, fingerprint, key_id, load_public_key
 
-Kind = Literal["config", "command"]
+Kind = Literal["config", "command", "driver"]
 KIND, TARGET, REVISION, ISSUED = "sgk", "to", "rv", "iat"
-CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor"}
+CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor", "driver": "application/zip"}
 
 
 class Rejected(Exception):

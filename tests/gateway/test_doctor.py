@@ -69,6 +69,7 @@ def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
 def env(**kw: Any) -> Environment:
     kw.setdefault("service_user", "root")
     kw.setdefault("clock", lambda: SYNCED)
+    kw.setdefault("keeps_time", lambda: True)
     kw.setdefault("connect_timeout", 2.0)
     return Environment(**kw)
 
@@ -242,6 +243,15 @@ def test_clock() -> None:
     assert f.status == "fail" and "not synchronised" in f.message and "timedatectl" in f.fix
     f = check_clock(env(now=lambda: 86400.0 * 365))  # 1971: a Pi that lost power, no NTP yet
     assert f.status == "fail" and "1971-01-01" in f.message
+    y2038 = dt.datetime(2038, 3, 1, tzinfo=dt.UTC).timestamp()  # a bad RTC; NTP may even claim sync
+    f = check_clock(env(now=lambda: y2038))
+    assert f.status == "fail" and "2038-03-01" in f.message and "cannot be right (years ahead)" in f.message
+    assert "expired" in f.message and "set-time" in f.fix
+    # a container, chroot or test bench: the host keeps the time and its NTP state may be hidden
+    f = check_clock(env(clock=lambda: ClockState(False), keeps_time=lambda: False))
+    assert f.status == "warn" and "cannot be seen here" in f.message and "host" in f.fix
+    f = check_clock(env(clock=lambda: ClockState(False), keeps_time=lambda: False, now=lambda: y2038))
+    assert f.status == "fail"  # a wrong date is wrong anywhere
 
     def broken() -> ClockState:
         raise OSError(1, "Operation not permitted")
@@ -288,6 +298,7 @@ def _cert(
     issuer: tuple[ec.EllipticCurvePrivateKey, x509.Name] | None,
     days: float = 365,
     san: str = "127.0.0.1",
+    start: float = -400,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Name, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -298,7 +309,7 @@ def _cert(
         .issuer_name(issuer[1] if issuer else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=400))
+        .not_valid_before(now + dt.timedelta(days=start))
         .not_valid_after(now + dt.timedelta(days=days))
     )
     if issuer is None:
@@ -331,6 +342,9 @@ def pki(tmp_path: Path) -> dict[str, Any]:
     ]:
         _, _, k, c = _cert(d, label, (ca_key, ca_name), days=days, san=san)
         out[label] = (c, k)
+    # valid from three years on: what a gateway whose clock is years behind sees
+    _, _, k, c = _cert(d, "future", (ca_key, ca_name), days=3 * 365 + 365, start=3 * 365)
+    out["future"] = (c, k)
     _, _, k, c = _cert(d, "client-old", (ca_key, ca_name), days=-1)
     out["client_expired"] = (c, k)
     _, _, k, c = _cert(d, "client", (ca_key, ca_name), days=365)
@@ -394,6 +408,10 @@ def test_broker_tls_good_wrong_ca_expiring_expired_misnamed(tmp_path: Path, pki:
 
     f = only(check("expired", pki["ca"]))
     assert f.status == "fail" and "certificate has expired" in f.message and "expired 3 days ago" in f.message
+
+    f = only(check("future", pki["ca"]))  # the clock is years behind the certificate
+    assert f.status == "fail" and "not yet valid" in f.message
+    assert "set the clock first" in f.fix and "provision --ca" not in f.fix and "the CA is not the problem" in f.fix
 
     f = only(check("misnamed", pki["ca"]))
     assert f.status == "fail" and "mismatch" in f.message.lower() and "host name" in f.fix
