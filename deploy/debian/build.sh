@@ -94,6 +94,7 @@ install -D -m 0644 "$base/deploy/debian/copyright" "$root/usr/share/doc/sensegat
 # 5. control files
 mkdir -p "$root/DEBIAN"
 for f in preinst postinst prerm postrm; do
+  [ -f "$base/deploy/debian/$f" ] || continue  # (older trees have no preinst)
   sed "s/@VERSION@/$version-$revision/g" "$base/deploy/debian/$f" > "$root/DEBIAN/$f"
   chmod 0755 "$root/DEBIAN/$f"
 done
