@@ -8,7 +8,7 @@ RIG_ARGS ?= --soak-seconds 60
 RIG_OUT ?= out/rig
 DEB_OUT ?= dist
 
-.PHONY: help demo test lint typecheck pytest rig bench deps venv test-venv clean deb
+.PHONY: help demo test lint typecheck pytest rig bench deps venv test-venv clean deb arm64-check image image-check
 
 help:
 	@echo "make demo   - simulated devices + local mosquitto + daemon + receiver, verified batches"
@@ -17,6 +17,9 @@ help:
 	@echo "make rig    - the rig scenarios on RIG=sim (or RIG=hil/rigs/bench-pi.yaml); report in out/rig/"
 	@echo "make bench  - the end-to-end benchmark (figures in bench/results/)"
 	@echo "make deb    - the Debian package (dist/sensegate_*_ARCH.deb); DEB_ARCH=arm64 for a Pi"
+	@echo "make arm64-check - the arm64 package installed, provisioned and delivering on arm64 (qemu-user-static)"
+	@echo "make image  - the Raspberry Pi image (Debian 12 arm64, sensegate installed): dist/sensegate-pi-arm64.img"
+	@echo "make image-check - boot that image under qemu-system-aarch64 with systemd: first boot, watchdog, upgrade"
 
 # Two stamps: the runtime (for demo/bench/deb) and the test tools, which need Debian headers
 # (dbus-python for python-dbusmock) installed first by hil/system-deps.sh.
@@ -67,6 +70,21 @@ bench: venv
 # The .deb for flashing: agent + dependencies as a wheelhouse, installed offline into a venv.
 deb: venv
 	deploy/debian/build.sh $(DEB_OUT)
+
+# arm64: the package on a Debian 12 arm64 root under qemu-user-static (root file system cached in
+# ~/.cache/sensegate, keyed by what goes into it). `make test` runs it too (tests/packaging).
+arm64-check: test-venv deps
+	$(BIN)/pytest tests/packaging/test_arm64.py $(PYTEST_ARGS)
+
+# The image a technician flashes (docs/deploying.md), and its check booted with real systemd.
+image: venv
+	@hil/system-deps.sh image
+	$(MAKE) -s deb DEB_ARCH=arm64
+	deploy/image/build.sh $(DEB_OUT)/sensegate-pi-arm64.img $$(ls -t $(DEB_OUT)/sensegate_*_arm64.deb | head -n 1)
+
+image-check: test-venv deps
+	@hil/system-deps.sh image
+	$(BIN)/pytest tests/packaging/test_image.py -m image --run-image $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info bench/results

@@ -277,7 +277,9 @@ def _provision(args: argparse.Namespace) -> int:
     try:
         result, _ = provision(plan)
     except PermissionError as e:
-        again = " ".join(["sudo", "sensegate", *sys.argv[1:]]) if sys.argv[1:2] == ["provision"] else "sudo sensegate provision ..."
+        again = "sudo sensegate provision ..."
+        if sys.argv[1:2] == ["provision"]:
+            again = " ".join(["sudo", "sensegate", *sys.argv[1:]])
         print(f"sensegate provision: not allowed to write {e.filename or 'a file'}: provisioning writes the config "
               f"directory and the device key, so it must run as root: {again}", file=sys.stderr)
         return 3
@@ -311,7 +313,8 @@ def _driver_store(args: argparse.Namespace) -> int:
                 print(f"sensegate driver bundle: {e}", file=sys.stderr)
                 return 2
             out = make_bundle([Path(w) for w in args.wheels], key, Path(args.out))
-            print(f"wrote {out}: install it on a gateway that trusts this ops key with: sudo sensegate driver install {out.name}")
+            print(f"wrote {out}: install it on a gateway that trusts this ops key with: "
+                  f"sudo sensegate driver install {out.name}")
             return 0
         if what == "install":
             src = Path(args.source)
@@ -342,8 +345,9 @@ def _driver_store(args: argparse.Namespace) -> int:
             print(f"no drivers installed with `sensegate driver install` ({store.root})")
         for rec in records.values():
             for name in rec.drivers:
-                why = reg.broken_reason(name)
-                state = "loads" if name in reg.manifests else f"BROKEN: {why}" if why else "NOT INSTALLED (run: sudo sensegate driver reinstall)"
+                broken = reg.broken_reason(name)
+                state = "loads" if name in reg.manifests else f"BROKEN: {broken}" if broken else (
+                    "NOT INSTALLED (run: sudo sensegate driver reinstall)")
                 print(f"{name:<12} {rec.dist} {rec.version:<9} {state}; {rec.verified}, {rec.installed}")
         return 0
     except PermissionError as e:

@@ -412,8 +412,8 @@ def check_clock(env: Environment) -> Finding:
             "timestamps, and TLS certificates look " + ("not yet valid" if now < CLOCK_FLOOR else "expired"),
             "connect the gateway to a network with NTP (UDP 123), then `timedatectl timesync-status`; "
             "a Pi has no battery clock and needs NTP (or an RTC) after every power cut"
-            + ("; a wrong RTC or a date set by hand: sudo timedatectl set-time 'YYYY-MM-DD HH:MM'" if now > CLOCK_CEILING
-               else ""),
+            + ("; a wrong RTC or a date set by hand: sudo timedatectl set-time 'YYYY-MM-DD HH:MM'"
+               if now > CLOCK_CEILING else ""),
         )
     try:
         state = env.clock()

@@ -135,7 +135,9 @@ class DriverStore:
 
     # -- what the commands do -----------------------------------------------------------------
 
-    def install_wheel(self, wheel: Path, sha256: str = "", verified: str = "", extra: list[Path] | None = None) -> Record:
+    def install_wheel(
+        self, wheel: Path, sha256: str = "", verified: str = "", extra: list[Path] | None = None
+    ) -> Record:
         """Check a wheel against its SHA-256 (or a signature checked by the caller), keep it, install it."""
         if not wheel.is_file():
             raise DriverStoreError(f"{wheel} does not exist")
@@ -207,7 +209,9 @@ class DriverStore:
         rec = records.get(name) or next((r for r in records.values() if name in r.drivers), None)
         if rec is None:
             known = ", ".join(sorted(records)) or "none"
-            raise DriverStoreError(f"no driver {name!r} was installed with `sensegate driver install` (installed: {known})")
+            raise DriverStoreError(
+                f"no driver {name!r} was installed with `sensegate driver install` (installed: {known})"
+            )
         self._run_pip("uninstall", "-y", rec.dist)
         for w in [rec.wheel, *rec.extra_wheels]:
             (self.wheels / w).unlink(missing_ok=True)

@@ -371,7 +371,9 @@ def _constraints(info: FieldInfo, value: Any, loc: Loc, errors: _Errors) -> Any:
                 "string_too_long", loc, f"String should have at most {_plural(info.max_length, 'character')}", value
             )
         if info.regex is not None and not info.regex.search(value):
-            text = f"must be {info.pattern_help}" if info.pattern_help else f"String should match pattern '{info.pattern}'"
+            text = f"String should match pattern '{info.pattern}'"
+            if info.pattern_help:
+                text = f"must be {info.pattern_help}"
             return errors.add("string_pattern_mismatch", loc, text, value)
     elif isinstance(value, list | set | frozenset | tuple | dict):
         kind = "Dictionary" if isinstance(value, dict) else "List"

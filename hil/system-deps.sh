@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the demo run for real: installed with apt-get when we are root,
-# otherwise we say exactly which ones to install. Usage: hil/system-deps.sh [demo|test]
+# otherwise we say exactly which ones to install. Usage: hil/system-deps.sh [demo|test|image]
 set -euo pipefail
 what=${1:-test}
 
@@ -23,6 +23,23 @@ if [ "$what" = test ]; then
     [debootstrap]=debootstrap
     [ip]=iproute2
     [faketime]=faketime
+    # the arm64 package on arm64 (tests/packaging/test_arm64.py): qemu-user-static + binfmt_misc
+    [/usr/bin/qemu-aarch64-static]=qemu-user-static
+    [update-binfmts]=binfmt-support
+  )
+fi
+if [ "$what" = test ] || [ "$what" = image ]; then
+  need+=(
+    [debootstrap]=debootstrap
+    [/usr/bin/qemu-aarch64-static]=qemu-user-static
+    [update-binfmts]=binfmt-support
+    [qemu-system-aarch64]=qemu-system-arm
+    [parted]=parted
+    [mkfs.vfat]=dosfstools
+    [mcopy]=mtools
+    [mkfs.ext4]=e2fsprogs
+    [ssh]=openssh-client
+    [ssh-keygen]=openssh-client
   )
 fi
 

@@ -276,7 +276,8 @@ def read_config(path: str | Path, skip: Path | None = None, replace: dict[Path, 
         if doc.data is None:
             continue  # an empty file (comments only) sets nothing
         if not isinstance(doc.data, dict):
-            problems.append(doc.problem((), f"the top level must be a mapping of sections, not a {type(doc.data).__name__}"))
+            kind = type(doc.data).__name__
+            problems.append(doc.problem((), f"the top level must be a mapping of sections, not a {kind}"))
             continue
         try:
             doc.data = migrate(doc.data)

@@ -85,7 +85,7 @@ def test_refuses_what_would_not_validate_and_writes_nothing(tmp_path: Path) -> N
 def test_a_later_drop_in_that_overrides_provisioning_is_named(tmp_path: Path) -> None:
     provision(plan(tmp_path, gateway_id="gw-1"), REG)
     (dropin(tmp_path).parent / "50-local.yaml").write_text("gateway:\n  id: gw-local\n")
-    with pytest.raises(ProvisionError, match="a later file overrides it \\(50-local.yaml\\)"):
+    with pytest.raises(ProvisionError, match=r"a later file overrides it \(50-local.yaml\)"):
         provision(plan(tmp_path, gateway_id="gw-2"), REG)
 
 

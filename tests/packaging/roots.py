@@ -48,9 +48,9 @@ def amd64_tarball() -> Path:
 
 
 def arm64_tarball() -> Path:
-    """The gateway image's arm64 root (deploy/image/rootfs.sh: cached, built on first use)."""
+    """A Debian 12 arm64 minbase + python3 root (deploy/image/rootfs.sh base: cached, built on first use)."""
     res = subprocess.run(
-        [str(ROOT / "deploy" / "image" / "rootfs.sh")],
+        [str(ROOT / "deploy" / "image" / "rootfs.sh"), "base"],
         capture_output=True,
         text=True,
         timeout=3600,
