@@ -121,6 +121,7 @@ class Environment:
     expiry_warn_days: float = 30.0
     backlog_warn_age: float = BACKLOG_WARN_AGE
     bluetooth_drivers: frozenset[str] = frozenset({"ble"})
+    state_dir: Path = Path("/var/lib/sensegate")  # where first boot leaves its verdict
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -704,6 +705,22 @@ def _certificate_time_fix(reason: str, env: Environment) -> str:
     return "the broker's certificate must be renewed by its operators (or the gateway's clock is wrong)"
 
 
+def check_first_boot(env: Environment) -> Finding | None:
+    """A first-boot provisioning that could not use what it was given (sensegate-firstboot)."""
+    marker = env.state_dir / "firstboot.failed"
+    try:
+        why = marker.read_text().strip()
+    except OSError:
+        return None
+    return Finding(
+        "first boot",
+        "fail",
+        f"first-boot provisioning failed: {why}",
+        "fix the files in sensegate/ on the boot partition (provision-report.txt there says more) and reboot, "
+        "or provision by hand: sudo sensegate provision --id <GATEWAY-ID> ...",
+    )
+
+
 def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
     """Readings waiting in the buffer, and how old the oldest is."""
     from gateway.pipeline import buffer_path
@@ -743,6 +760,9 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
     env = env or Environment()
     first, cfg = check_config(Path(config_path))
     findings = [first]
+    boot = check_first_boot(env)
+    if boot is not None:
+        findings.append(boot)
     if cfg is not None:
         findings.append(check_identity(cfg))
         findings.append(check_key(cfg, env))

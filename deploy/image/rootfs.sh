@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# The gateway image's root file system (Debian 12 arm64), made once and cached as a tarball.
+# A Debian 12 arm64 root file system, made once and cached as a tarball.
 #
-#   deploy/image/rootfs.sh            prints the path of the cached tarball, building it if missing
+#   deploy/image/rootfs.sh [image|base]   prints the path of the cached tarball, building it if missing
 #
+# image: the gateway image's root (kernel, Pi firmware, systemd, ssh: rootfs-image.packages);
+# base: minbase + python3, enough to install and run the package (make arm64-check).
 # debootstrap --arch=arm64 runs the root's own programs under qemu-user-static through
-# binfmt_misc (deploy/image/binfmt.sh sets that up); then apt-get installs rootfs.packages
-# inside it. The tarball is keyed by a hash of this script and rootfs.packages, so any change
-# makes a new one; SENSEGATE_CACHE (default ~/.cache/sensegate) is where it is kept.
+# binfmt_misc (deploy/image/binfmt.sh sets that up); then apt-get installs the flavour's
+# packages inside it. The tarball is keyed by a hash of this script and the package list, so
+# any change makes a new one; SENSEGATE_CACHE (default ~/.cache/sensegate) is where it is kept.
 # Environment: SENSEGATE_DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${SENSEGATE_CACHE:-$HOME/.cache/sensegate}
 mirror=${SENSEGATE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-key=$(cat "$here/rootfs.sh" "$here/rootfs.packages" | sha256sum | cut -c1-16)
-tarball=$cache/rootfs-bookworm-arm64-$key.tar
+flavour=${1:-image}
+list=$here/rootfs-$flavour.packages
+[ -f "$list" ] || { echo "rootfs.sh: no $list (flavours: image, base)" >&2; exit 2; }
+key=$(cat "$here/rootfs.sh" "$list" | sha256sum | cut -c1-16)
+tarball=$cache/rootfs-bookworm-arm64-$flavour-$key.tar
 if [ -f "$tarball" ]; then echo "$tarball"; exit 0; fi
 [ "$(id -u)" = 0 ] || { echo "rootfs.sh: needs root (debootstrap, chroot)" >&2; exit 1; }
 "$here/binfmt.sh" >&2
@@ -46,7 +51,7 @@ mount -t devpts devpts "$root/dev/pts"; mounts+=("$root/dev/pts")
 mount --bind "$work/firmware" "$root/boot/firmware"; mounts+=("$root/boot/firmware")
 # no daemon starts inside the chroot
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod 755 "$root/usr/sbin/policy-rc.d"
-packages=$(grep -v '^\s*#' "$here/rootfs.packages" | xargs)
+packages=$(grep -v '^\s*#' "$list" | xargs)
 echo "rootfs.sh: apt-get install $packages" >&2
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 \
     chroot "$root" sh -c "apt-get update -q && apt-get install -y -q --no-install-recommends $packages" \

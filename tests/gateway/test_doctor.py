@@ -529,3 +529,14 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     path.write_text("gateway: {id: 'bad id!'}\n")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "[FAIL] config: invalid:" in res.stdout
+
+
+def test_a_failed_first_boot_is_reported(tmp_path: Path) -> None:
+    cfg = tmp_path / "sensegate.yaml"
+    cfg.write_text("gateway: {id: gw-fb}\n")
+    (tmp_path / "firstboot.failed").write_text("ops.pem on the boot partition is not used\n")
+    findings = run_checks(cfg, env(state_dir=tmp_path))
+    boot = next(f for f in findings if f.check == "first boot")
+    assert boot.status == "fail" and "ops.pem on the boot partition is not used" in boot.message
+    assert "boot partition" in boot.fix
+    assert not any(f.check == "first boot" for f in run_checks(cfg, env(state_dir=tmp_path / "none")))

@@ -21,7 +21,7 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) 
     return str(cp), str(kp)
 
 
-def make_pki(d: Path, name: str = "ca") -> dict[str, str]:
+def make_pki(d: Path, name: str = "ca", server_ips: tuple[str, ...] = ("127.0.0.1",)) -> dict[str, str]:
     """CA + server cert for 127.0.0.1/localhost + client cert; returns file paths."""
     d.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
@@ -42,7 +42,7 @@ def make_pki(d: Path, name: str = "ca") -> dict[str, str]:
              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1)))
         if server:
             b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips)]), critical=False)
         return _write(d / cn, key, b.sign(ca_key, hashes.SHA256()))
 
     out["server_cert"], out["server_key"] = leaf("server", True)

@@ -107,7 +107,20 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path, debian_root: Path, 
         f"# from the office\nSENSEGATE_ID=gw-deb-1\nSENSEGATE_SITE='test rig'\r\nSENSEGATE_BROKER={broker.url}\n"
         "SENSEGATE_CSR=yes\n"
     )
+    # a key the first boot would not know what to do with: it fails loudly, and doctor says so
+    ops = root / "tmp" / "ops"
+    sh(root, "sensegate", "keys", "init", "--ops", "--dir", "/tmp/ops")
+    shutil.copy(ops / "ops.pub.pem", boot / "team-key.pem")
+    bad = sh(root, "/usr/lib/sensegate/sensegate-firstboot", check=False)
+    assert bad.returncode == 1 and "team-key.pem on the boot partition is not used" in bad.stderr
+    assert (boot / "provision.conf").exists() and "FAILED" in (boot / "provision-report.txt").read_text()
+    doc = sh(root, "sensegate", "doctor", check=False)
+    assert "[FAIL] first boot: first-boot provisioning failed: team-key.pem" in doc.stdout
+    # what `keys init --ops` makes, under the name it makes: used
+    (boot / "team-key.pem").rename(boot / "ops.pub.pem")
     first = sh(root, "/usr/lib/sensegate/sensegate-firstboot")
+    assert "trusted ops key /etc/sensegate/ops-keys/ops.pub.pem" in first.stdout
+    assert not (root / "var/lib/sensegate/firstboot.failed").exists()
     assert "made the device key" in first.stdout, first.stdout + first.stderr
     assert (boot / "provision.conf.done").exists() and not (boot / "provision.conf").exists()
     assert (boot / "device.pub.pem").exists() and (boot / "tls.csr").exists()
@@ -163,6 +176,8 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path, debian_root: Path, 
     # 7. purge: nothing of ours is left
     (root / "tmp" / deb.name).unlink()
     shutil.rmtree(root / "boot" / "firmware")  # the test's provisioning files, not the package's
+    shutil.rmtree(root / "tmp" / "ops")
+    (root / "etc/sensegate/ops-keys/ops.pub.pem").unlink()
     (root / "etc/sensegate/sensegate.yaml.d" / "10-provision.yaml").unlink()  # provision's: purge takes /etc too
     sh(root, "dpkg", "--purge", "sensegate")
     left = files(root) - before
