@@ -84,7 +84,7 @@ image: venv
 
 image-check: test-venv deps
 	@hil/system-deps.sh image
-	$(BIN)/pytest tests/packaging/test_image.py -m image --run-image $(PYTEST_ARGS)
+	$(BIN)/pytest tests/packaging/test_image.py -m image $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info bench/results
