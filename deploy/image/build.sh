@@ -17,8 +17,8 @@ out=${1:?usage: build.sh OUT.img SENSEGATE.deb}
 deb=${2:?usage: build.sh OUT.img SENSEGATE.deb}
 [ "$(id -u)" = 0 ] || { echo "build.sh: needs root (chroot to install the package)" >&2; exit 1; }
 boot_mib=256
-root_mib=${SENSEGATE_IMAGE_ROOT_MIB:-2560}
-tarball=$("$here/rootfs.sh")
+root_mib=${SENSEGATE_IMAGE_ROOT_MIB:-2560}  # grown to the card's size on the first boot
+tarball=$("$here/rootfs.sh" image)
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/sensegate-image.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 root=$work/root
@@ -30,8 +30,10 @@ cp "$deb" "$root/tmp/sensegate.deb"
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod 755 "$root/usr/sbin/policy-rc.d"
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 chroot "$root" dpkg -i /tmp/sensegate.deb
 rm -f "$root/usr/sbin/policy-rc.d" "$root/tmp/sensegate.deb"
+install -m 0755 "$here/sensegate-growroot" "$root/usr/lib/sensegate/sensegate-growroot"
+install -m 0644 "$here/sensegate-growroot.service" "$root/etc/systemd/system/sensegate-growroot.service"
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$root" systemctl enable systemd-networkd systemd-timesyncd ssh \
-    sensegate.service sensegate-firstboot.service >/dev/null
+    sensegate.service sensegate-firstboot.service sensegate-growroot.service >/dev/null
 
 # the system around it
 echo sensegate > "$root/etc/hostname"
@@ -55,8 +57,15 @@ printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStart
     > "$root/etc/systemd/system/ssh.service.d/host-keys.conf"
 rm -f "$root"/etc/ssh/ssh_host_* "$root/etc/machine-id"
 touch "$root/etc/machine-id"  # systemd makes one on the first boot
-# the root file system is found by its label on any card (the firmware's default is mmcblk0p2)
+# the root file system is found by its label on any card or USB disk (the firmware's default is
+# mmcblk0p2), now and after every kernel upgrade (raspi-firmware rewrites cmdline.txt from this)
 sed -i 's#root=[^ ]*#root=LABEL=RASPIROOT#' "$root/boot/firmware/cmdline.txt"
+sed -i 's/^#ROOTPART=.*/ROOTPART="LABEL=RASPIROOT"/' "$root/etc/default/raspi-firmware"
+grep -q '^ROOTPART="LABEL=RASPIROOT"' "$root/etc/default/raspi-firmware"
+# unattended upgrades never stop at a question about a configuration file this image changed
+# (raspi-firmware's above, ssh's): keep the local version, take the package's where untouched
+printf 'Dpkg::Options {\n  "--force-confdef";\n  "--force-confold";\n};\n' \
+    > "$root/etc/apt/apt.conf.d/50sensegate-no-conffile-prompt"
 
 # the two file systems, then the image
 firmware=$work/firmware
@@ -72,7 +81,4 @@ parted -s "$out" mklabel msdos \
     mkpart primary ext4 $((4 + boot_mib))MiB 100%
 dd if="$work/boot.fs" of="$out" bs=1M seek=4 conv=notrunc,sparse status=none
 dd if="$work/root.fs" of="$out" bs=1M seek=$((4 + boot_mib)) conv=notrunc,sparse status=none
-# the kernel and initrd, for booting the root under qemu-system-aarch64 -M virt (make image-check)
-cp -L "$root/vmlinuz" "$out.vmlinuz"
-cp -L "$root/initrd.img" "$out.initrd"
 echo "$out"
