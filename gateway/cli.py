@@ -398,6 +398,10 @@ def _driver(args: argparse.Namespace) -> int:
 
 @command("config")
 def _config(args: argparse.Namespace) -> int:
+    if args.config_command == "use-local":
+        from gateway.remote.handback import use_local
+
+        return use_local(args)
     from gateway.remote.cli import config_push
 
     return config_push(args)

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gateway.config import ConfigInvalid, GatewayConfig, load_config
+from gateway.doctor_agent import UnitState, fetch_status, systemd_unit
 
 Status = Literal["ok", "warn", "fail"]
 EXIT = {"ok": 0, "warn": 1, "fail": 2}
@@ -122,6 +123,9 @@ class Environment:
     backlog_warn_age: float = BACKLOG_WARN_AGE
     bluetooth_drivers: frozenset[str] = frozenset({"ble"})
     state_dir: Path = Path("/var/lib/sensegate")  # where first boot leaves its verdict
+    # the running agent: systemd's view of the unit, and the agent's own GET /status
+    unit: Callable[[], UnitState | None] = systemd_unit
+    agent: Callable[[str, float], dict[str, Any] | str] = fetch_status
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -755,14 +759,75 @@ def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
 # -- running them -------------------------------------------------------------------------------
 
 
+def salvage_config(path: Path) -> tuple[GatewayConfig | None, list[str]]:
+    """An invalid config with its invalid parts left out (and which), so every other check still runs."""
+    from gateway.config.loader import Document
+    from gateway.config.validate import read_config, validate_document
+    from gateway.registry import Registry
+
+    registry = Registry.discover()
+    left_out: list[str] = []
+    try:
+        doc = read_config(path)
+    except ConfigInvalid as e:  # a file that does not parse: the others without it
+        bad = {Path(p.file) for p in e.problems if p.file}
+        if not bad:
+            return None, []
+        try:
+            doc = read_config(path, replace=dict.fromkeys(bad, b""))
+        except ConfigInvalid:
+            return None, []
+        left_out += sorted(f.name for f in bad)
+    if not isinstance(doc.data, dict):
+        return None, []
+
+    def problems(data: dict[str, Any]) -> tuple[int, GatewayConfig | None]:
+        try:
+            return 0, validate_document(Document(data, doc.positions, doc.sources), registry, str(path), True)
+        except ConfigInvalid as e:
+            return max(1, len(e.problems)), None
+
+    current = dict(doc.data)
+    n, cfg = problems(current)
+    for key in [k for k in current if k != "gateway"]:
+        if cfg is not None:
+            break
+        without = {k: v for k, v in current.items() if k != key}
+        m, c = problems(without)
+        if m < n:
+            current, n, cfg = without, m, c
+            left_out.append(key)
+    drivers = doc.data.get("drivers")
+    if cfg is not None and "drivers" in left_out and isinstance(drivers, list):
+        good = [d for d in drivers if problems({**current, "drivers": [d]})[0] == 0]
+        n, kept = problems({**current, "drivers": good})
+        if kept is not None and good:
+            cfg = kept
+            left_out[left_out.index("drivers")] = f"{len(drivers) - len(good)} of {len(drivers)} driver sections"
+    return cfg, left_out
+
+
 def run_checks(config_path: str | Path, env: Environment | None = None) -> list[Finding]:
-    """Every check, in the order a technician would fix things."""
+    """Every check, in the order a technician would fix things; an invalid config hides none of the others."""
+    from gateway import doctor_agent as agent
+
     env = env or Environment()
-    first, cfg = check_config(Path(config_path))
+    first, valid = check_config(Path(config_path))
+    cfg = valid
+    if valid is None and Path(config_path).exists():
+        cfg, left_out = salvage_config(Path(config_path))
+        if cfg is not None:
+            first = Finding(first.check, first.status, f"{first.message}\n(the checks below ran without the invalid "
+                            f"part{'s' if len(left_out) != 1 else ''}: {', '.join(left_out)})", first.fix)
     findings = [first]
     boot = check_first_boot(env)
     if boot is not None:
         findings.append(boot)
+    view = agent.look(cfg, env.unit, env.agent, env.connect_timeout)
+    findings.append(agent.check_running(view, _waiting(cfg), env.now()))
+    for found in (agent.check_running_config(view, valid, str(config_path)), agent.check_drivers_down(view)):
+        if found is not None:
+            findings.append(found)
     if cfg is not None:
         findings.append(check_identity(cfg))
         findings.append(check_key(cfg, env))
@@ -776,7 +841,27 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
         findings.append(check_disk(cfg, env))
         findings += check_broker(cfg, env)
         findings.append(check_backlog(cfg, env))
+    delivery = agent.check_delivery(view, env.backlog_warn_age)
+    if delivery is not None:
+        findings.append(delivery)
     return findings
+
+
+def _waiting(cfg: GatewayConfig | None) -> int:
+    """Readings waiting in the buffer file (0 when there is none or it cannot be read)."""
+    if cfg is None or all(u.type == "jsonl" for u in cfg.config.uplinks):
+        return 0
+    from gateway.pipeline import buffer_path
+
+    db = buffer_path(cfg)
+    if not db.exists():
+        return 0
+    try:
+        from gateway.buffer import backlog
+
+        return backlog(db)[0]
+    except Exception:  # check_backlog reports an unreadable buffer
+        return 0
 
 
 def worst(findings: list[Finding]) -> Status:

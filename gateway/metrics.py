@@ -1,7 +1,8 @@
 """Health numbers: one summary dict (status topic, STATUS= line) and its Prometheus text form.
 
 ``summary(daemon)`` is the single source: the status topic publishes it as JSON, the
-``/metrics`` endpoint renders it in the Prometheus text exposition format (version 0.0.4),
+``/metrics`` endpoint renders it in the Prometheus text exposition format (version 0.0.4)
+(``/status`` serves it as JSON, which `sensegate doctor` reads),
 and ``status_line`` condenses it for `systemctl status`. The endpoint is a few lines of
 HTTP/1.0 on the daemon's own event loop: no thread, no extra dependency, loopback by default.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -93,6 +95,7 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             pipe = dict(stats_fn())
         except Exception as e:  # a metrics read must never hurt the daemon
             log.debug("pipeline stats failed: %r", e)
+    out["config"] = _running_config(daemon)
     out["buffer"] = pipe.get("buffer")
     out["batches"] = pipe.get("batches")
     out["uplinks"] = pipe.get("uplinks") or {}
@@ -101,6 +104,14 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
         proc["uptime_seconds"] = max(0.0, out["time"] - proc["start_time"])
     out["process"] = proc
     return out
+
+
+def _running_config(daemon: _Daemon) -> dict[str, Any]:
+    """Which config the daemon runs: a pushed revision, or its local file (doctor shows it)."""
+    remote = getattr(daemon, "remote", None)
+    revision = getattr(remote, "revision", None)
+    return {"source": "local" if revision is None else "pushed", "revision": revision,
+            "file": str(getattr(daemon, "config_path", "") or "")}
 
 
 def status_line(daemon: _Daemon) -> str:
@@ -287,8 +298,10 @@ class MetricsServer:
                 status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
             elif path == "/metrics":
                 status, body, ctype = "200 OK", render(summary(self.daemon)), CONTENT_TYPE
+            elif path == "/status":  # the summary as JSON, for `sensegate doctor`
+                status, body, ctype = "200 OK", json.dumps(summary(self.daemon)), "application/json"
             elif path == "/":
-                status, body, ctype = "200 OK", "sensegate: metrics at /metrics\n", "text/plain"
+                status, body, ctype = "200 OK", "sensegate: metrics at /metrics, status at /status\n", "text/plain"
             else:
                 status, body, ctype = "404 Not Found", "not found; try /metrics\n", "text/plain"
             data = body.encode()

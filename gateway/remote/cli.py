@@ -51,6 +51,9 @@ def add_parsers(sub: Any) -> None:
     _signing_args(push)
     _broker_args(push)
 
+    back = cfg_sub.add_parser("use-local", help="on a gateway: run the local config file again instead of a pushed one")
+    back.add_argument("-c", "--config", default="/etc/sensegate/sensegate.yaml", help="the local config file")
+
     cmd = sub.add_parser("command", help="send a signed command and show the result")
     cmd.add_argument("op", choices=("ping", "write", "snapshot", "poll", "restart", "log_level"))
     cmd.add_argument("args", nargs="*", metavar="NAME=VALUE",

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway import __version__
 from gateway.config import GatewayConfig, load_config_bytes
 from gateway.doctor import (
     ClockState,
@@ -71,6 +72,7 @@ def env(**kw: Any) -> Environment:
     kw.setdefault("clock", lambda: SYNCED)
     kw.setdefault("keeps_time", lambda: True)
     kw.setdefault("connect_timeout", 2.0)
+    kw.setdefault("unit", lambda: None)  # no systemd on a test machine: the agent is asked itself
     return Environment(**kw)
 
 
@@ -98,7 +100,10 @@ def test_invalid_and_missing_config(tmp_path: Path) -> None:
     f = run_checks(bad, env())
     assert f[0].status == "fail" and "t.yaml" not in f[0].message and "bad.yaml:2" in f[0].message
     assert "sensegate check" in f[0].fix
-    assert [x.check for x in f] == ["config", "clock"]  # nothing else can be judged
+    # the rest is checked without the invalid part (state and key at their defaults here)
+    assert "ran without the invalid part: buffer" in f[0].message
+    assert [x.check for x in f][:4] == ["config", "agent", "identity", "signing key"]
+    assert "clock" in [x.check for x in f] and "disk" in [x.check for x in f]
     missing = run_checks(tmp_path / "nope.yaml", env())
     assert missing[0].status == "fail" and "does not exist" in missing[0].message
     assert "provision" in missing[0].fix
@@ -519,13 +524,13 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     res = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)
     doc = json.loads(res.stdout)
     clock = next(f for f in doc["findings"] if f["check"] == "clock")
-    # everything but the clock is fine here; the clock is whatever this machine's is
-    assert {f["status"] for f in doc["findings"] if f["check"] != "clock"} == {"ok"}
-    assert (
-        res.returncode
-        == {"ok": 0, "warn": 1, "fail": 2}[clock["status"]]
-        == {"ok": 0, "warn": 1, "fail": 2}[doc["status"]]
-    )
+    agent = next(f for f in doc["findings"] if f["check"] == "agent")
+    # no systemd here and no metrics endpoint in this config: doctor cannot tell, and says so
+    assert agent["status"] == "warn" and "cannot tell whether the agent runs" in agent["message"]
+    # everything else is fine here; the clock is whatever this machine's is
+    assert {f["status"] for f in doc["findings"] if f["check"] not in ("clock", "agent")} == {"ok"}
+    worst_of = {"ok": 0, "warn": 1, "fail": 2}
+    assert res.returncode == max(worst_of[clock["status"]], 1) == worst_of[doc["status"]]
     path.write_text("gateway: {id: 'bad id!'}\n")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "[FAIL] config: invalid:" in res.stdout
@@ -540,3 +545,136 @@ def test_a_failed_first_boot_is_reported(tmp_path: Path) -> None:
     assert boot.status == "fail" and "ops.pem on the boot partition is not used" in boot.message
     assert "boot partition" in boot.fix
     assert not any(f.check == "first boot" for f in run_checks(cfg, env(state_dir=tmp_path / "none")))
+
+
+# -- the running agent ---------------------------------------------------------------------------
+
+
+def _agent_doc(tmp: Path, url: str, metrics_port: int, drivers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "gateway": {"id": "gw-live", "state_dir": str(tmp / "state")},
+        "uplinks": [_uplink(url, reconnect_max=1)],
+        "metrics": {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"},
+        "drivers": drivers,
+        **extra,
+    }
+
+
+SIM_DRIVER = {"driver": "sim", "name": "counter", "interval": "50ms", "points": [{"name": "n", "pattern": "counter"}]}
+
+
+def by_check(findings: list[Finding]) -> dict[str, Finding]:
+    return {f.check: f for f in findings}
+
+
+async def test_doctor_asks_the_running_agent(tmp_path: Path, broker: Mosquitto) -> None:
+    """Running since when, the local file it runs, a driver down with its reason, delivery acknowledged."""
+    from tests.gateway.helpers import running_daemon, until
+
+    init_key(tmp_path / "state" / "keys")
+    refused = free_port()
+    path = tmp_path / "gw.yaml"
+    down = {"driver": "example", "name": "thermo", "port": refused, "interval": "1s"}
+    path.write_text(yaml.safe_dump(_agent_doc(tmp_path, broker.url, free_port(), [SIM_DRIVER, down])))
+    async with running_daemon(path) as d:
+        await until(lambda: d.pipeline.stats()["batches"]["acked"] > 0, 20)
+        await until(lambda: d.supervisor.runners["thermo"].stats.last_error, 20)
+        f = by_check(await asyncio.to_thread(run_checks, path, env()))
+    assert f["agent"].status == "ok" and f["agent"].message.startswith("running since ")
+    assert f"version {__version__}" in f["agent"].message
+    assert f["running config"].status == "ok" and str(path) in f["running config"].message
+    assert "2 driver instance(s): counter, thermo" in f["running config"].message
+    assert f["drivers"].status == "warn" and "1 of 2 instance(s) down" in f["drivers"].message
+    assert "thermo (example): " in f["drivers"].message
+    assert f"cannot connect to 127.0.0.1:{refused}" in f["drivers"].message
+    assert f["delivery"].status == "ok" and "last batch acknowledged" in f["delivery"].message
+
+    # stopped, with readings waiting: nothing sends them, and doctor says so
+    dead = free_port()
+    path.write_text(yaml.safe_dump(_agent_doc(tmp_path, f"mqtt://127.0.0.1:{dead}", free_port(), [SIM_DRIVER])))
+    async with running_daemon(path) as d:
+        await until(lambda: d.pipeline.stats()["buffer"]["readings"] > 0, 20)
+        live = by_check(await asyncio.to_thread(run_checks, path, env(backlog_warn_age=0.0)))
+    assert live["delivery"].status == "warn" and "no batch acknowledged since the agent started" in live[
+        "delivery"
+    ].message
+    assert "uplink(s) disconnected: mqtt" in live["delivery"].message
+    f = by_check(await asyncio.to_thread(run_checks, path, env()))
+    assert f["agent"].status == "fail" and f["agent"].message.startswith("not running: nothing answers on http://")
+    assert "reading(s) wait in the buffer and nothing sends them" in f["agent"].message
+    assert "sensegate run" in f["agent"].fix
+    assert "running config" not in f and "delivery" not in f
+
+
+async def test_doctor_says_a_local_edit_does_not_win_over_a_pushed_config(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent runs a pushed config; the technician's local edit and reload leave it so: doctor says what to do."""
+    from gateway.keys import load_private_key
+    from gateway.remote.ops import Broker, push_config
+    from tests.gateway.helpers import running_daemon, until
+
+    init_key(tmp_path / "state" / "keys")
+    ops = init_key(tmp_path / "ops", name="ops")
+    port = free_port()
+    doc = _agent_doc(tmp_path, broker.url, port, [SIM_DRIVER], remote={"ops_keys": [str(ops.public_path)]})
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    async with running_daemon(path) as d:
+        await until(lambda: d.pipeline.stats()["batches"]["acked"] > 0, 20)
+        pushed = {k: v for k, v in doc.items() if k != "remote"}
+        _, answers = await push_config(Broker.from_url(broker.url), load_private_key(ops.private_path),
+                                       yaml.safe_dump(pushed).encode(), to="gw-live", revision=7, within=30)
+        assert answers.by_gateway["gw-live"]["state"] == "applied", answers.by_gateway
+        f = by_check(await asyncio.to_thread(run_checks, path, env()))
+        assert f["running config"].status == "ok" and "pushed config revision 7" in f["running config"].message
+        # the technician adds a driver in the local file and reloads: the pushed config stays
+        second = {**SIM_DRIVER, "name": "second"}
+        path.write_text(yaml.safe_dump({**doc, "drivers": [SIM_DRIVER, second]}))
+        d.request_reload()
+        await until(lambda: "pushed config revision 7 stays in effect" in caplog.text, 10)
+        assert set(d.supervisor.runners) == {"counter"}
+        f = by_check(await asyncio.to_thread(run_checks, path, env()))
+    rc = f["running config"]
+    assert rc.status == "warn" and "runs pushed config revision 7 (1 driver instance(s): counter)" in rc.message
+    assert "not the local file (2 driver instance(s): counter, second)" in rc.message
+    assert "config push FILE --to gw-live" in rc.fix and "sensegate config use-local" in rc.fix
+
+    # what the fix says: the gateway goes back to its local file (the agent is stopped here)
+    cmd = [sys.executable, "-m", "gateway", "config", "use-local", "-c", str(path)]
+    res = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "revision 7 is no longer current" in res.stdout, res.stderr
+    async with running_daemon(path) as d:
+        assert set(d.supervisor.runners) == {"counter", "second"}
+        f = by_check(await asyncio.to_thread(run_checks, path, env()))
+    assert f["running config"].status == "ok" and "the local file" in f["running config"].message
+    res = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "already runs its local file" in res.stdout
+
+
+def test_one_invalid_part_hides_no_other_finding(tmp_path: Path, broker: Mosquitto) -> None:
+    """A bad driver section and a drop-in that does not parse: every other check still runs, and says so."""
+    init_key(tmp_path / "state" / "keys")
+    path = tmp_path / "gw.yaml"
+    bad_driver = {"driver": "sim", "name": "bad", "interval": "soon"}
+    path.write_text(yaml.safe_dump({
+        "gateway": {"id": "gw-part", "state_dir": str(tmp_path / "state")},
+        "uplinks": [_uplink(broker.url)],
+        "drivers": [SIM_DRIVER, bad_driver],
+    }))
+    dropins = tmp_path / "gw.yaml.d"
+    dropins.mkdir()
+    (dropins / "50-local.yaml").write_text("buffer: {max_bytes: [\n")
+    findings = run_checks(path, env())
+    f = by_check(findings)
+    assert f["config"].status == "fail" and "50-local.yaml" in f["config"].message
+    assert "ran without the invalid parts: 50-local.yaml, 1 of 2 driver sections" in f["config"].message
+    assert f["identity"].message == "gateway gw-part"
+    assert f["signing key"].status == "ok"
+    assert "reachable" in f["broker mqtt"].message, f["broker mqtt"]  # the broker was checked
+    assert "buffer" in f and "disk" in f and "clock" in f
+    assert worst(findings) == "fail"
+    # the gateway section itself broken: what needs no config still runs
+    path.write_text("gateway: {id: 'bad id!'}\n")
+    (dropins / "50-local.yaml").unlink()
+    assert [x.check for x in run_checks(path, env())] == ["config", "agent", "clock"]
