@@ -126,7 +126,10 @@ def _wedge_wheel(tmp: Path) -> Path:
 
 
 def _readings(path: Path) -> int:
-    return sum(1 for _ in path.open()) if path.exists() else 0
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
 
 
 def _until(what: str, cond, timeout: float, qemu: subprocess.Popen[bytes], console: Path) -> None:  # type: ignore[no-untyped-def]
@@ -198,9 +201,9 @@ def test_image_boots_provisions_survives_watchdog_and_upgrade(tmp_path: Path) ->
         broker.start()
         (folder / "provision.conf").write_text(
             f"SENSEGATE_ID={GW}\nSENSEGATE_SITE=image check\nSENSEGATE_BROKER=mqtts://10.0.2.2:{broker.port}\n")
-        t0 = time.monotonic()
         subprocess.run(["mcopy", "-s", "-i", f"{card}{BOOT}", str(folder), "::"], check=True)
         report.step("put the provisioning folder on the boot partition (mcopy)")
+        t0 = time.monotonic()
 
         port = free_port()
         qemu = subprocess.Popen(
@@ -234,8 +237,13 @@ def test_image_boots_provisions_survives_watchdog_and_upgrade(tmp_path: Path) ->
         _until("verified reading", lambda: _readings(readings) > 0, 300, qemu, console_log)
         report.step("power on: first verified batch at the receiver")
         report.steps.append(("power on to first verified batch, total", time.monotonic() - t0))
-        doctor = m.sh("sensegate doctor", check=False, timeout=900)
-        assert "[FAIL]" not in doctor.stdout, doctor.stdout
+        doctor = m.sh("sensegate doctor", check=False, timeout=900).stdout
+        # doctor under real systemd: the agent runs the local file and delivers; the only failure
+        # allowed is the clock, when this machine cannot reach an NTP server (QEMU's user network)
+        assert "[ ok ] agent: running since" in doctor and "[ ok ] running config: the local file" in doctor, doctor
+        assert "[ ok ] drivers: 1/1 instance(s) running" in doctor and "[ ok ] delivery:" in doctor, doctor
+        failed = [line for line in doctor.splitlines() if line.startswith("[FAIL]")]
+        assert all(line.startswith("[FAIL] clock: the clock is not synchronised") for line in failed), doctor
 
         # 2. a driver that blocks the event loop: the watchdog aborts it, systemd restarts it
         m.put(wheel, f"/tmp/{wheel.name}")
