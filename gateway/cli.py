@@ -305,10 +305,10 @@ def _driver_store(args: argparse.Namespace) -> int:
     what = args.driver_command
     try:
         if what == "bundle":
-            from gateway.keys import KeyError_, load_private_key
+            from gateway.keys import KeyError_, load_ops_key
 
             try:
-                key = load_private_key(Path(args.sign_key))
+                key = load_ops_key(Path(args.sign_key))
             except KeyError_ as e:
                 print(f"sensegate driver bundle: {e}", file=sys.stderr)
                 return 2

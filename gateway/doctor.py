@@ -47,6 +47,8 @@ CLOCK_CEILING = dt.datetime(2036, 1, 1, tzinfo=dt.UTC).timestamp()
 """Nor later than this (a bad RTC, a wrong manual date): certificates and timestamps would be wrong."""
 MIN_FREE_BYTES = 64 * 1024 * 1024
 BACKLOG_WARN_AGE = 600.0
+DEVICE_GROUPS = (("tty", "dialout"), ("i2c-", "i2c"), ("video", "video"), ("gpiochip", "gpio"), ("hidraw", "plugdev"))
+"""The group a udev rule gives a device node, by its kernel name (Debian's own groups for them)."""
 
 
 @dataclass(frozen=True)
@@ -313,7 +315,7 @@ def check_devices(cfg: GatewayConfig, env: Environment) -> list[Finding]:
                         "fail",
                         f"{what}: {who} may not read and write it (owner {st.st_uid}, group {group}, "
                         f"mode {stat.S_IMODE(st.st_mode):04o})",
-                        f"sudo usermod -aG {group} {user.name} && sudo systemctl restart sensegate",
+                        _device_access_fix(value, st, user),
                     )
                 )
                 continue
@@ -602,6 +604,11 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
             continue
         conn: socket.socket = sock
         expiry = ""
+        missing = _tls_file_problem(up.tls) if tls_on else None
+        if missing is not None:
+            sock.close()
+            out.append(Finding(name, "fail", missing.problem, missing.fix))
+            continue
         try:
             if tls_on:
                 ctx = ssl.create_default_context(cafile=(tls.ca_file if tls and tls.ca_file else None))
@@ -676,6 +683,65 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
             ms = took * 1000
             out.append(Finding(name, "ok", f"{host}:{port} reachable over verified TLS in {ms:.0f} ms{expiry}"))
     return out
+
+
+def _tls_file_problem(tls: Any) -> Any:
+    """A TLS file the uplink names that is missing or unreadable (the TlsFileError), else None."""
+    from gateway.mqtt import TlsFileError, check_tls_files
+
+    if tls is None:
+        return None
+    try:
+        check_tls_files(tls.ca_file, tls.cert_file, tls.key_file)
+    except TlsFileError as e:
+        return e
+    return None
+
+
+def _device_access_fix(path: str, st: os.stat_result, user: _User) -> str:
+    """How the service user gets a device: join its group, unless that group is root or has no access."""
+    group = _group_name(st.st_gid)
+    if st.st_gid != 0 and st.st_mode & 0o060 == 0o060:
+        return f"sudo usermod -aG {group} {user.name} && sudo systemctl restart sensegate"
+    kernel = os.path.basename(os.path.realpath(path))
+    wanted = next((g for prefix, g in DEVICE_GROUPS if kernel.startswith(prefix)), user.name)
+    rule = f'KERNEL=="{kernel}", GROUP="{wanted}", MODE="0660"'
+    join = "" if wanted == user.name else f" && sudo usermod -aG {wanted} {user.name}"
+    return (f"never add the service user to group {group}; give the device a group of its own with a udev rule: "
+            f"echo '{rule}' | sudo tee /etc/udev/rules.d/60-sensegate.rules && sudo udevadm control --reload && "
+            f"sudo udevadm trigger{join} && sudo systemctl restart sensegate")
+
+
+def check_ops_keys(cfg: GatewayConfig, config_path: Path) -> Finding:
+    """The ops keys remote config trusts: every file named is there and is a public key."""
+    from gateway.keys import KeyError_, load_public_key
+
+    fix = ("sudo sensegate provision --ops-key OPS.pub.pem: the public half of an ops key, which ops make on "
+           "their machine with `sensegate keys init --ops` (a gateway never holds an ops private key)")
+    problems: list[str] = []
+    found = 0
+    for entry in cfg.config.remote.ops_keys:
+        p = Path(entry) if Path(entry).is_absolute() else config_path.parent / entry
+        if p.is_dir() or (not p.exists() and not p.suffix):  # a folder of *.pem (none yet: remote config off)
+            files = sorted(p.glob("*.pem")) if p.is_dir() else []
+        elif not p.exists():
+            problems.append(f"{p} (remote.ops_keys) does not exist")
+            continue
+        else:
+            files = [p]
+        for f in files:
+            try:
+                load_public_key(f)
+                found += 1
+            except KeyError_ as e:
+                problems.append(f"{e} (an ops key's private half, or not a key?)")
+    if not problems:
+        if not found:
+            return Finding("remote config", "ok", "off: no ops key is trusted, so no config push or command is "
+                           "accepted (to turn it on: sudo sensegate provision --ops-key OPS.pub.pem)")
+        return Finding("remote config", "ok", f"on: {found} ops key(s) trusted")
+    state = f"on with {found} ops key(s)" if found else "OFF: no ops key could be loaded"
+    return Finding("remote config", "warn" if found else "fail", f"{state}; " + "; ".join(problems), fix)
 
 
 def _verify_failure(
@@ -831,6 +897,7 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
     if cfg is not None:
         findings.append(check_identity(cfg))
         findings.append(check_key(cfg, env))
+        findings.append(check_ops_keys(cfg, Path(config_path)))
         findings += check_devices(cfg, env)
         ble = check_bluetooth(cfg, env)
         if ble is not None:

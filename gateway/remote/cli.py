@@ -76,9 +76,9 @@ def _broker(args: argparse.Namespace) -> Any:
 
 
 def _sign_key(args: argparse.Namespace) -> Any:
-    from gateway.keys import load_private_key
+    from gateway.keys import load_ops_key
 
-    return load_private_key(Path(args.sign_key))
+    return load_ops_key(Path(args.sign_key))
 
 
 def _local_check(raw: bytes, name: str) -> str:

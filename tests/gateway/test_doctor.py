@@ -183,7 +183,8 @@ def test_device_missing_forbidden_present_and_not_a_device(tmp_path: Path, probe
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to judge another user's access to a root-owned pty")
 def test_device_the_service_user_may_not_open(tmp_path: Path, probe: Registry, pty: str) -> None:
-    os.chmod(pty, 0o620)  # owner root, group tty: like a serial port in group dialout
+    os.chown(pty, 0, __import__("grp").getgrnam("tty").gr_gid)
+    os.chmod(pty, 0o660)  # owner root, group tty: like a serial port in group dialout
     cfg = config(tmp_path, probe, drivers=[{"driver": "probe", "port": pty}])
     f = only(check_devices(cfg, env(service_user="nobody")))
     group = __import__("grp").getgrgid(os.stat(pty).st_gid).gr_name
@@ -191,6 +192,26 @@ def test_device_the_service_user_may_not_open(tmp_path: Path, probe: Registry, p
     assert f.fix == f"sudo usermod -aG {group} nobody && sudo systemctl restart sensegate"
     os.chmod(pty, 0o666)
     assert only(check_devices(cfg, env(service_user="nobody"))).status == "ok"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a device node to root:root")
+def test_a_root_only_device_gets_a_udev_rule_not_the_root_group(tmp_path: Path, probe: Registry, pty: str) -> None:
+    """A node left 0600 root:root: joining group root would be the wrong fix (and a dangerous one)."""
+    os.chown(pty, 0, 0)
+    os.chmod(pty, 0o600)
+    cfg = config(tmp_path, probe, drivers=[{"driver": "probe", "port": pty}])
+    f = only(check_devices(cfg, env(service_user="nobody")))
+    assert f.status == "fail" and "group root" in f.message and "mode 0600" in f.message
+    assert "usermod -aG root" not in f.fix and "never add the service user to group root" in f.fix
+    kernel = os.path.basename(pty)
+    assert f"KERNEL==\"{kernel}\", GROUP=\"nobody\", MODE=\"0660\"" in f.fix
+    assert "/etc/udev/rules.d/60-sensegate.rules" in f.fix and "udevadm trigger" in f.fix
+    # a serial port's name gets the serial group, and the user joins it
+    from gateway.doctor import _device_access_fix, _user
+
+    st = os.stat(pty)
+    fix = _device_access_fix("/dev/ttyUSB0", st, _user("nobody"))
+    assert 'KERNEL=="ttyUSB0", GROUP="dialout", MODE="0660"' in fix and "usermod -aG dialout nobody" in fix
 
 
 # -- bluetooth, cameras ------------------------------------------------------------------------
@@ -417,6 +438,11 @@ def test_broker_tls_good_wrong_ca_expiring_expired_misnamed(tmp_path: Path, pki:
     f = only(check("future", pki["ca"]))  # the clock is years behind the certificate
     assert f.status == "fail" and "not yet valid" in f.message
     assert "set the clock first" in f.fix and "provision --ca" not in f.fix and "the CA is not the problem" in f.fix
+
+    # a CA file that is not there: named, with the command that installs it (not "is this the MQTT port?")
+    f = only(check("good", tmp_path / "nowhere" / "broker-ca.pem"))
+    assert f.status == "fail" and f"broker's CA file {tmp_path}/nowhere/broker-ca.pem does not exist" in f.message
+    assert f.fix.endswith("sudo sensegate provision --ca BROKER-CA.pem") and "port" not in f.fix
 
     f = only(check("misnamed", pki["ca"]))
     assert f.status == "fail" and "mismatch" in f.message.lower() and "host name" in f.fix
@@ -678,3 +704,37 @@ def test_one_invalid_part_hides_no_other_finding(tmp_path: Path, broker: Mosquit
     path.write_text("gateway: {id: 'bad id!'}\n")
     (dropins / "50-local.yaml").unlink()
     assert [x.check for x in run_checks(path, env())] == ["config", "agent", "clock"]
+
+
+def test_ops_keys_missing_unreadable_or_absent(tmp_path: Path) -> None:
+    """remote.ops_keys: a named file that is not there, a private key where a public one belongs, none at all."""
+    from gateway.doctor import check_ops_keys
+
+    path = tmp_path / "gw.yaml"
+    f = check_ops_keys(config(tmp_path), path)  # the default: ops-keys/ next to the config, none yet
+    assert f.status == "ok" and f.message.startswith("off: no ops key is trusted")
+    assert "provision --ops-key" in f.message
+    gone = tmp_path / "keys" / "ops.pub.pem"
+    f = check_ops_keys(config(tmp_path, remote={"ops_keys": [str(gone)]}), path)
+    assert f.status == "fail" and f"{gone} (remote.ops_keys) does not exist" in f.message
+    assert "provision --ops-key" in f.fix and "keys init --ops" in f.fix and "keys init --dir" not in f.fix
+    ops = init_key(tmp_path / "ops", name="ops")
+    (tmp_path / "ops-keys").mkdir()
+    (tmp_path / "ops-keys" / "ops.pem").write_bytes(ops.private_path.read_bytes())  # the wrong half
+    f = check_ops_keys(config(tmp_path), path)
+    assert f.status == "fail" and "is not a PEM public key" in f.message and "private half" in f.message
+    (tmp_path / "ops-keys" / "ops.pem").write_bytes(ops.public_path.read_bytes())
+    assert check_ops_keys(config(tmp_path), path).message == "on: 1 ops key(s) trusted"
+
+
+def test_a_missing_ops_key_names_the_command_that_makes_one(tmp_path: Path) -> None:
+    """`config push` and `command` without an ops key: the ops key command, never the device key one."""
+    doc = tmp_path / "push.yaml"
+    doc.write_text("gateway: {id: gw-1}\n")
+    key = tmp_path / "ops" / "ops.key"
+    for cmd in (["config", "push", str(doc)], ["command", "ping"]):
+        res = subprocess.run([sys.executable, "-m", "gateway", *cmd, "--to", "gw-1", "--url", "mqtt://127.0.0.1:9",
+                              "--sign-key", str(key)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, res.stderr
+        assert f"no ops key at {key}: make one on the ops machine with 'sensegate keys init --ops --dir " in res.stderr
+        assert "provision --ops-key ops.pub.pem" in res.stderr

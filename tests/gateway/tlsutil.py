@@ -41,8 +41,8 @@ def make_pki(d: Path, name: str = "ca", server_ips: tuple[str, ...] = ("127.0.0.
              .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1)))
         if server:
-            b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips)]), critical=False)
+            names = [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips)]
+            b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return _write(d / cn, key, b.sign(ca_key, hashes.SHA256()))
 
     out["server_cert"], out["server_key"] = leaf("server", True)
