@@ -13,8 +13,10 @@ no network and takes about two seconds.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,6 +47,27 @@ def test_package_scaffold_installs_and_its_tests_pass(tmp_path: Path) -> None:
 
     res = run([str(BIN / "pytest"), "-q"], project, [site])
     assert passed(ok(res)) >= 10
+
+
+@pytest.mark.slow
+def test_package_scaffold_sets_up_a_fresh_venv_with_sensegate_from_the_checkout(tmp_path: Path) -> None:
+    """sensegate is on no package index: the generated dev-setup.sh installs it from where the author has it
+    (here this checkout, found by `driver new`), then the driver with its test tools, in a fresh venv."""
+    out = ok(run([str(BIN / "sensegate"), "driver", "new", "tank_level", "--package", "--out", str(tmp_path)],
+                 tmp_path))
+    project = tmp_path / "sensegate-tank-level"
+    assert f"cd {project} && ./dev-setup.sh" in out and str(ROOT) in out
+    readme = (project / "README.md").read_text()
+    assert f"your checkout `{ROOT}`" in readme and "not on a package index" in readme and "pypi" not in readme
+    bad = run([str(project / "dev-setup.sh"), str(tmp_path / "nowhere")], tmp_path)
+    assert bad.returncode == 2 and "neither a sensegate checkout nor a folder with sensegate-*.whl" in bad.stderr
+    res = subprocess.run([str(project / "dev-setup.sh")], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
+    assert res.returncode == 0 and "ready:" in res.stdout, res.stderr[-3000:]
+    venv = project / ".venv" / "bin"
+    listing = json.loads(ok(run([str(venv / "sensegate"), "drivers", "--json"], project)))
+    assert "tank_level" in [d["name"] for d in listing["drivers"]]
+    assert passed(ok(run([str(venv / "pytest"), "-q"], project))) >= 10
 
 
 def test_in_tree_scaffold_checks_and_its_tests_pass(tmp_path: Path) -> None:
