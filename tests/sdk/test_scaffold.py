@@ -24,7 +24,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.sdk.scaffold import ScaffoldError, scaffold
-from tests.sdk.installs import BIN, ROOT, ok, passed, pip_install_target, run
+from tests.sdk.installs import BIN, ROOT, fill_in_todos, ok, passed, pip_install_target, run
 
 
 def test_package_scaffold_installs_and_its_tests_pass(tmp_path: Path) -> None:
@@ -33,6 +33,13 @@ def test_package_scaffold_installs_and_its_tests_pass(tmp_path: Path) -> None:
     )
     project = tmp_path / "sensegate-water-meter"
     assert f"created {project / 'pyproject.toml'}" in out
+    # the scaffold's TODOs fail the check until the author has written them
+    todo = run([str(BIN / "sensegate"), "driver", "check", str(project)], tmp_path)
+    pkg = project / "sensegate_water_meter"
+    shown = "sensegate-water-meter/sensegate_water_meter"  # relative to the folder it ran in
+    assert todo.returncode == 1 and f"{shown}/README.md:3: still a TODO" in todo.stdout
+    assert f"{shown}/__init__.py:1: still a TODO" in todo.stdout
+    assert fill_in_todos([pkg / "README.md", pkg / "__init__.py"]) == 2
     assert ok(run([str(BIN / "sensegate"), "driver", "check", str(project)], tmp_path)).strip().endswith(": ok")
 
     site = tmp_path / "site"
@@ -85,6 +92,9 @@ def test_in_tree_scaffold_checks_and_its_tests_pass(tmp_path: Path) -> None:
         assert (checkout / f).exists(), f
     readme = (checkout / "drivers/boiler/README.md").read_text()
     assert "- driver: boiler\n" in readme and "example" not in (checkout / "drivers/boiler/driver.py").read_text()
+    todo = run([str(BIN / "sensegate"), "driver", "check", "drivers/boiler"], checkout, path)
+    assert todo.returncode == 1 and todo.stdout.count("still a TODO") == 2, todo.stdout
+    fill_in_todos([checkout / "drivers/boiler/README.md", checkout / "drivers/boiler/__init__.py"])
     assert (
         ok(run([str(BIN / "sensegate"), "driver", "check", "drivers/boiler"], checkout, path)) == "drivers/boiler: ok\n"
     )
