@@ -39,7 +39,7 @@ DEFAULT_CONFIG = """\
 # 50-local.yaml). Then check and apply the result:
 #   sensegate check /etc/sensegate/sensegate.yaml && sudo systemctl reload sensegate
 # Every option, with its default and description: sensegate check --schema
-config_version: 1
+config_version: 2
 gateway:
   id: CHANGE-ME            # set by: sudo sensegate provision --id <GATEWAY-ID>
   site: ""                 # where it is (street cabinet, pole number); provision --site
@@ -66,7 +66,7 @@ drivers: []
 #   - driver: modbus
 #     name: meter
 #     transport: rtu
-#     device: /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0
+#     port: /dev/serial/by-id/usb-FTDI_FT232R_USB_UART_A10K1234-if00-port0
 #     ...
 """
 

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from gateway.schema import Field, Model, model_validator
 from gateway.units import ByteSize, Duration
 
-CONFIG_VERSION = 1
-"""The config format this build writes and reads; older versions are migrated on load."""
+CONFIG_VERSION = 2
+"""The config format this build writes and reads; older versions are migrated on load (config/migrate.py)."""
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
