@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("file", nargs="?", help="config file to check")
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema instead")
+    check.add_argument("--fleet", action="store_true",
+                       help="FILE is a fleet document for `config push` (identity may be left out)")
 
     sub.add_parser("drivers", help="list installed drivers").add_argument(
         "--json", action="store_true", help="machine-readable output"
@@ -166,10 +169,14 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     from gateway.config.validate import config_files
 
+    if args.fleet:
+        return _check_fleet(args.file, registry)
     try:
         cfg = load_config(args.file, registry)
     except ConfigInvalid as e:
         print(e)
+        if "missing required key 'id'" in str(e) or "missing required key 'gateway'" in str(e):
+            print(f"(a fleet document for `sensegate config push`? check it with: sensegate check --fleet {args.file})")
         return 1
     dropins = config_files(args.file)[1:]
     merged = f", merged with {len(dropins)} drop-in(s): {', '.join(f.name for f in dropins)}" if dropins else ""
@@ -177,6 +184,28 @@ def _check(args: argparse.Namespace) -> int:
         f"{args.file}: ok (gateway {cfg.config.gateway.id}, {len(cfg.instances)} driver instance(s), "
         f"{len(cfg.config.uplinks)} uplink(s){merged})"
     )
+    return 0
+
+
+def _check_fleet(file: str, registry: Any) -> int:
+    """`sensegate check --fleet`: the validator `config push` uses before it signs."""
+    from gateway.config import ConfigInvalid
+    from gateway.config.fleet import check_fleet_document
+
+    try:
+        cfg, refused = check_fleet_document(Path(file).read_bytes(), registry, file)
+    except OSError as e:
+        print(f"{file}:1:1: cannot read config: {e.strerror or e}")
+        return 1
+    except ConfigInvalid as e:
+        print(e)
+        return 1
+    for why in refused:
+        print(f"{file}: {why}")
+    if refused:
+        return 1
+    print(f"{file}: ok as a fleet document ({len(cfg.instances)} driver instance(s), {len(cfg.config.uplinks)} "
+          "uplink(s); each gateway keeps its own identity)")
     return 0
 
 

@@ -82,22 +82,16 @@ def _sign_key(args: argparse.Namespace) -> Any:
 
 
 def _local_check(raw: bytes, name: str) -> str:
-    """Problems found by validating the document here (identity filled in if left out)."""
+    """Problems found by validating the document here, as `sensegate check --fleet` does."""
     from gateway.config import ConfigInvalid
-    from gateway.config.loader import LoadError, load_yaml
-    from gateway.config.validate import validate_document
+    from gateway.config.fleet import check_fleet_document
     from gateway.registry import Registry
 
     try:
-        doc = load_yaml(raw)
-        if isinstance(doc.data, dict) and isinstance(doc.data.setdefault("gateway", {}), dict):
-            doc.data["gateway"].setdefault("id", "local-check")
-        validate_document(doc, Registry.discover(), name)
-    except LoadError as e:
-        return "\n".join(p.format(name) for p in e.problems)
+        _, refused = check_fleet_document(raw, Registry.discover(), name)
     except ConfigInvalid as e:
         return str(e)
-    return ""
+    return "\n".join(f"{name}: {why}" for why in refused)
 
 
 def _print(answers: Any, expect: int, as_json: bool, fields: tuple[str, ...]) -> int:
