@@ -84,8 +84,9 @@ class Machine:
 
     def put(self, src: Path, dest: str) -> None:
         """Copy a file in (over the SSH channel: no sftp needed)."""
-        res = subprocess.run([*self._args(), f"cat > {shlex.quote(dest)}"], stdin=open(src, "rb"),  # noqa: SIM115
-                             capture_output=True, timeout=600)
+        with open(src, "rb") as f:
+            res = subprocess.run([*self._args(), f"cat > {shlex.quote(dest)}"], stdin=f, capture_output=True,
+                                 timeout=600)
         assert res.returncode == 0, res.stderr
 
     def wait(self, condition: str, timeout: float) -> None:
