@@ -33,8 +33,8 @@ rm -f "$root/usr/sbin/policy-rc.d" "$root/tmp/sensegate.deb"
 # the byte code the service loads (PYTHONOPTIMIZE=2 into its pycache, as the unit sets them),
 # compiled here so that the first start on the card does not spend its time compiling
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONOPTIMIZE=2 PYTHONPYCACHEPREFIX=/var/cache/sensegate/pycache \
-    chroot "$root" /opt/venvs/sensegate/bin/python -m compileall -q -j 0 -o 2 /usr/lib/python3.11 \
-    /opt/venvs/sensegate/lib >/dev/null || true
+    chroot "$root" sh -c 'v=$(readlink -f /opt/venvs/sensegate); "$v/bin/python" -m compileall -q -j 0 -o 2 \
+    /usr/lib/python3.11 "$v/lib"' >/dev/null || true
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$root" chown -R sensegate:sensegate /var/cache/sensegate
 chmod 0750 "$root/var/cache/sensegate"
 install -m 0755 "$here/sensegate-growroot" "$root/usr/lib/sensegate/sensegate-growroot"

@@ -265,6 +265,10 @@ def test_unattended_upgrade_with_a_changed_default_keeps_everything(tmp_path: Pa
     res = apt_install(root, newer)
     assert not marker.exists()
     assert sh(root, "sensegate", "--version").stdout.strip() == "sensegate 9.9.9"
+    # the new venv was built beside the old one and switched to; the old one is gone
+    venvs = root / "opt/venvs"
+    assert os.readlink(venvs / "sensegate").startswith("sensegate-9.9.9-1.")
+    assert sorted(p.name for p in venvs.iterdir()) == ["sensegate", os.readlink(venvs / "sensegate")]
     assert {p: (root / p).read_bytes() for p in keep} == before
     assert NEW_DEFAULT[1] in (root / "etc/sensegate/sensegate.yaml").read_text()  # the new default, no prompt
     checked = sh(root, "sensegate", "check", "/etc/sensegate/sensegate.yaml").stdout

@@ -101,6 +101,7 @@ class Report:
     def __init__(self) -> None:
         self.steps: list[tuple[str, float]] = []
         self.t = time.monotonic()
+        self.doctor = ""  # doctor's report on the booted gateway
 
     def step(self, name: str) -> None:
         now = time.monotonic()
@@ -113,7 +114,8 @@ class Report:
         print("\n".join(lines))
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text("make image-check (emulated: qemu-system-aarch64 TCG)\n" + "\n".join(lines) + "\n")
+            Path(path).write_text("make image-check (emulated: qemu-system-aarch64 TCG)\n" + "\n".join(lines)
+                                  + "\n\n" + self.doctor)
 
 
 def _wedge_wheel(tmp: Path) -> Path:
@@ -131,6 +133,12 @@ def _readings(path: Path) -> int:
         return 0
     with path.open("rb") as f:
         return sum(1 for _ in f)
+
+
+def _longest_pause(path: Path) -> float:
+    """The longest time between two consecutive readings of the simulated sensor (seconds)."""
+    stamps = sorted(json.loads(line)["t_ns"] for line in path.read_text().splitlines() if '"point":"t"' in line)
+    return max(((b - a) / 1e9 for a, b in zip(stamps, stamps[1:], strict=False)), default=0.0)
 
 
 def _until(what: str, cond, timeout: float, qemu: subprocess.Popen[bytes], console: Path) -> None:  # type: ignore[no-untyped-def]
@@ -284,6 +292,9 @@ def test_image_boots_provisions_survives_watchdog_and_upgrade(tmp_path: Path) ->
         summary = json.loads(out)
         assert summary["ok"] and summary["gaps"] == 0 and summary["bad_signatures"] == 0, (summary, err)
         assert summary["readings"] == _readings(readings)
+        report.steps.append(("longest pause between two sensor readings (the watchdog restart, the upgrade)",
+                             _longest_pause(readings)))
+        report.doctor = doctor
     finally:
         report.write()
         if receiver is not None and receiver.poll() is None:
