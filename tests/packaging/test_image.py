@@ -25,6 +25,7 @@ image-check: out/image-check.txt); emulated timings are no performance figures. 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shlex
@@ -138,7 +139,7 @@ def _readings(path: Path) -> int:
 def _longest_pause(path: Path) -> float:
     """The longest time between two consecutive readings of the simulated sensor (seconds)."""
     stamps = sorted(json.loads(line)["t_ns"] for line in path.read_text().splitlines() if '"point":"t"' in line)
-    return max(((b - a) / 1e9 for a, b in zip(stamps, stamps[1:], strict=False)), default=0.0)
+    return max(((b - a) / 1e9 for a, b in itertools.pairwise(stamps)), default=0.0)
 
 
 def _until(what: str, cond, timeout: float, qemu: subprocess.Popen[bytes], console: Path) -> None:  # type: ignore[no-untyped-def]
