@@ -138,29 +138,7 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path, debian_root: Path, 
     assert key.stat().st_uid == uid and key.stat().st_mode & 0o777 == 0o600
 
     # 5. the daemon runs as the service user and reports READY over sd_notify
-    notify = root / "tmp" / "notify.sock"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(str(notify))
-    notify.chmod(0o777)
-    daemon = subprocess.Popen(
-        ["chroot", "--userspec=sensegate:sensegate", str(root), "/usr/bin/sensegate", "run"],
-        env={**CLEAN_ENV, "NOTIFY_SOCKET": "/tmp/notify.sock", "WATCHDOG_USEC": "2000000"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        listener.settimeout(60)
-        got = listener.recv(4096).decode()
-        while "READY=1" not in got:
-            got = listener.recv(4096).decode()
-        daemon.terminate()
-        assert daemon.wait(timeout=30) == 0
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-        log = daemon.communicate(timeout=30)[0].decode(errors="replace")
-        listener.close()
-        notify.unlink()
+    log = _run_until_ready(root, WATCHDOG_USEC="2000000")
     assert "sensegate started: gateway gw-deb-1" in log, log
     assert (root / "var/lib/sensegate/buffer.db").exists()
 
@@ -319,14 +297,16 @@ def _thermal_wheel(tmp: Path) -> Path:
     return wheel
 
 
-def _run_until_ready(root: Path) -> None:
+def _run_until_ready(root: Path, **env: str) -> str:
+    """Run the daemon as the service user until it reports READY=1 over sd_notify; stop it, return its log."""
     notify = root / "tmp" / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(notify))
     notify.chmod(0o777)
     daemon = subprocess.Popen(
         ["chroot", "--userspec=sensegate:sensegate", str(root), "/usr/bin/sensegate", "run"],
-        env={**CLEAN_ENV, "NOTIFY_SOCKET": "/tmp/notify.sock"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**CLEAN_ENV, "NOTIFY_SOCKET": "/tmp/notify.sock", **env}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         listener.settimeout(60)
@@ -337,6 +317,7 @@ def _run_until_ready(root: Path) -> None:
     finally:
         if daemon.poll() is None:
             daemon.kill()
-        daemon.communicate(timeout=30)
+        log = daemon.communicate(timeout=30)[0].decode(errors="replace")
         listener.close()
         notify.unlink()
+    return log
