@@ -322,7 +322,9 @@ def _provision(args: argparse.Namespace) -> int:
     if args.no_doctor:
         return 0
     print()
-    findings = run_checks(plan.config, Environment(service_user=args.user))
+    # provisioning comes before the agent starts (first boot runs it before the service): the
+    # files are checked here, the running agent by `sensegate doctor` once it runs
+    findings = run_checks(plan.config, Environment(service_user=args.user, look_at_agent=False))
     print(report(findings, str(plan.config)))
     return EXIT[worst(findings)]
 

@@ -128,6 +128,7 @@ class Environment:
     # the running agent: systemd's view of the unit, and the agent's own GET /status
     unit: Callable[[], UnitState | None] = systemd_unit
     agent: Callable[[str, float], dict[str, Any] | str] = fetch_status
+    look_at_agent: bool = True  # False: the files only (provision runs before the agent starts)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -889,11 +890,12 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
     boot = check_first_boot(env)
     if boot is not None:
         findings.append(boot)
-    view = agent.look(cfg, env.unit, env.agent, env.connect_timeout)
-    findings.append(agent.check_running(view, _waiting(cfg), env.now()))
-    for found in (agent.check_running_config(view, valid, str(config_path)), agent.check_drivers_down(view)):
-        if found is not None:
-            findings.append(found)
+    view = agent.look(cfg, env.unit, env.agent, env.connect_timeout) if env.look_at_agent else None
+    if view is not None:
+        findings.append(agent.check_running(view, _waiting(cfg), env.now()))
+        for found in (agent.check_running_config(view, valid, str(config_path)), agent.check_drivers_down(view)):
+            if found is not None:
+                findings.append(found)
     if cfg is not None:
         findings.append(check_identity(cfg))
         findings.append(check_key(cfg, env))
@@ -908,7 +910,7 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
         findings.append(check_disk(cfg, env))
         findings += check_broker(cfg, env)
         findings.append(check_backlog(cfg, env))
-    delivery = agent.check_delivery(view, env.backlog_warn_age)
+    delivery = agent.check_delivery(view, env.backlog_warn_age) if view is not None else None
     if delivery is not None:
         findings.append(delivery)
     return findings

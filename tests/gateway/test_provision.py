@@ -143,6 +143,7 @@ def test_cli_provisions_then_reports_doctor(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stdout + res.stderr
     assert "done: made the device key" in res.stdout
     assert "[FAIL] broker mqtt: cannot resolve broker.invalid" in res.stdout
+    assert "agent:" not in res.stdout  # provisioning comes before the agent runs: the files only
     assert load_config(cfg, REG).config.gateway.id == "gw-cli"
     res = subprocess.run([*base, "--id", "bad id"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 3 and "sensegate provision: the config would not be valid" in res.stderr
