@@ -1,7 +1,7 @@
-"""Signed ops documents: COSE_Sign1 over a config's YAML bytes or a command's CBOR map.
+"""Signed ops documents: COSE_Sign1 over a config's YAML bytes, a command's CBOR map or a driver bundle.
 
-The protected header carries, besides ``alg`` and ``kid``: ``"sgk"`` the kind (``config`` or
-``command``, so one kind can never be replayed as the other), ``"to"`` the target (a gateway id
+The protected header carries, besides ``alg`` and ``kid``: ``"sgk"`` the kind (``config``,
+``command`` or ``driver``, so one kind can never be replayed as the other), ``"to"`` the target (a gateway id
 or ``group/<name>``), ``"iat"`` when it was signed, and for configs ``"rv"`` the push revision
 (anti-rollback: a gateway applies only revisions newer than any it has seen).
 
@@ -27,9 +27,9 @@ from gateway.keys import KeyError_, PrivateKey, PublicKey, fingerprint, key_id, 
 MAX_UINT = 2**63 - 1  # revisions, signing times: they fit a signed 64-bit integer everywhere
 MAX_INT_ARG = 2**64 - 1  # integers in a command's arguments: a 64-bit register, signed or unsigned
 MAX_DEPTH = 8
-Kind = Literal["config", "command"]
+Kind = Literal["config", "command", "driver"]
 KIND, TARGET, REVISION, ISSUED = "sgk", "to", "rv", "iat"
-CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor"}
+CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor", "driver": "application/zip"}
 
 
 class Rejected(Exception):
