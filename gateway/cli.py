@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -438,23 +438,25 @@ def _driver_store(args: argparse.Namespace) -> int:
         return 1
 
 
-def _trusted_ops_keys(config: str | None) -> dict[bytes, object]:
+def _trusted_ops_keys(config: str | None) -> Mapping[bytes, Any]:
+    """The ops keys this gateway trusts now (its files' keys, as rotated and revoked since)."""
     from gateway.config import load_config
     from gateway.daemon import DEFAULT_CONFIG
     from gateway.driverstore import DriverStoreError
     from gateway.registry import Registry
-    from gateway.remote.envelope import load_trusted
+    from gateway.remote.envelope import gateway_ops_keys
 
     path = Path(config or DEFAULT_CONFIG)
     try:
         cfg = load_config(path, Registry.discover(), broken_ok=True)
     except Exception as e:
         raise DriverStoreError(f"cannot read the trusted ops keys from {path}: {e}") from None
-    trusted = load_trusted(cfg.config.remote.ops_keys, path.parent)
+    trusted = gateway_ops_keys(cfg.config.remote.ops_keys, path.parent, cfg.config.gateway.state_dir)
     if not trusted:
-        raise DriverStoreError(f"this gateway trusts no ops key ({path}: remote.ops_keys); sudo sensegate provision "
-                               "--ops-key OPS.pub.pem")
-    return dict(trusted)
+        gone = f" (every one was rotated or revoked since: {len(trusted.gone)} key event(s))" if trusted.gone else ""
+        raise DriverStoreError(f"this gateway trusts no ops key ({path}: remote.ops_keys){gone}; sudo sensegate "
+                               "provision --ops-key OPS.pub.pem")
+    return trusted
 
 
 @command("driver")

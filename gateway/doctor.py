@@ -817,13 +817,35 @@ def check_ops_keys(cfg: GatewayConfig, config_path: Path) -> Finding:
                 found += 1
             except KeyError_ as e:
                 problems.append(f"{e} (an ops key's private half, or not a key?)")
+    trusted, retired, unseen = _ops_keyring(cfg, config_path, found)
+    if unseen:
+        problems.append(unseen)
+    done = f" ({retired})" if retired else ""
     if not problems:
         if not found:
             return Finding("remote config", "ok", "off: no ops key is trusted, so no config push or command is "
                            "accepted (to turn it on: sudo sensegate provision --ops-key OPS.pub.pem)")
-        return Finding("remote config", "ok", f"on: {found} ops key(s) trusted")
-    state = f"on with {found} ops key(s)" if found else "OFF: no ops key could be loaded"
+        return Finding("remote config", "ok", f"on: {trusted} ops key(s) trusted{done}")
+    state = f"on with {trusted} ops key(s){done}" if found else "OFF: no ops key could be loaded"
     return Finding("remote config", "warn" if found else "fail", f"{state}; " + "; ".join(problems), fix)
+
+
+def _ops_keyring(cfg: GatewayConfig, config_path: Path, found: int) -> tuple[int, str, str]:
+    """The ops keys trusted after the key events the agent took: (how many, which were retired
+    and why, why the events could not be read here or "")."""
+    from gateway.remote.envelope import OPS_EVENTS, gateway_ops_keys
+
+    events = Path(cfg.config.gateway.state_dir) / "remote" / OPS_EVENTS
+    try:
+        events.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        return found, "", (f"the ops key events in {events} cannot be read here ({e.strerror or e}): a key rotated "
+                           "or revoked since may be counted (run doctor as root)")
+    ring = gateway_ops_keys(cfg.config.remote.ops_keys, config_path.parent, cfg.config.gateway.state_dir)
+    retired = "; ".join(f"ops key {kid.hex()} was {why}" for kid, why in ring.gone.items())
+    return len(ring), retired, ""
 
 
 def _verify_failure(

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
@@ -182,7 +183,7 @@ class DriverStore:
             (wheel,) = Path(tmp).glob("*.whl")
             return self.install_wheel(wheel, verified=f"built here from {folder.resolve()}")
 
-    def install_bundle(self, bundle: Path, trusted: dict[bytes, Any]) -> Record:
+    def install_bundle(self, bundle: Path, trusted: Mapping[bytes, Any]) -> Record:
         """A driver bundle signed by a trusted ops key: verify, then install the wheels it holds."""
         from gateway.remote.envelope import Rejected, open_signed
 

@@ -26,12 +26,12 @@ from gateway.config import ConfigInvalid, GatewayConfig
 from gateway.config.apply import Plan, plan
 from gateway.config.loader import LoadError, load_yaml
 from gateway.config.validate import validate_document
-from gateway.keyevents import EventRefused, OpsKeyring
+from gateway.keyevents import EventRefused
 from gateway.metrics import MetricsServer
 from gateway.registry import Registry
 from gateway.remote import topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
-from gateway.remote.envelope import Rejected, group_target, load_trusted, open_signed
+from gateway.remote.envelope import Rejected, gateway_ops_keys, group_target, load_trusted, open_signed
 from gateway.remote.store import ConfigStore
 from gateway.scheduler import Supervisor
 from gateway.signedjson import seal_async
@@ -100,7 +100,7 @@ class RemoteAgent:
         self.settings = bootstrap.config.remote
         root = Path(g.state_dir) / "remote"
         # the local files' ops keys, as rotated and revoked since by signed key events
-        self.trusted = OpsKeyring(load_trusted(self.settings.ops_keys, bootstrap_path.parent), root / "opskeys.cbor")
+        self.trusted = gateway_ops_keys(self.settings.ops_keys, bootstrap_path.parent, g.state_dir)
         self.store = ConfigStore(root, self.settings.history)
         self.commands = CommandLog(root / "commands.json")
         self.revision: int | None = None  # the pushed revision running; None: the local file

@@ -17,12 +17,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cbor2
 
 from gateway import cose
 from gateway.keys import KeyError_, PrivateKey, PublicKey, fingerprint, key_id, load_public_key
+
+if TYPE_CHECKING:
+    from gateway.keyevents import OpsKeyring
 
 MAX_UINT = 2**63 - 1  # revisions, signing times: they fit a signed 64-bit integer everywhere
 MAX_INT_ARG = 2**64 - 1  # integers in a command's arguments: a 64-bit register, signed or unsigned
@@ -30,6 +33,7 @@ MAX_DEPTH = 8
 Kind = Literal["config", "command", "driver"]
 KIND, TARGET, REVISION, ISSUED = "sgk", "to", "rv", "iat"
 CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor", "driver": "application/zip"}
+OPS_EVENTS = "opskeys.cbor"  # under <state_dir>/remote: the ops key events a gateway took, in order
 
 
 class Rejected(Exception):
@@ -105,6 +109,17 @@ def load_trusted(paths: list[str], base: Path) -> dict[bytes, PublicKey]:
                 continue  # doctor reports unreadable keys; a bad file must not stop the daemon
             keys[key_id(pub)] = pub
     return keys
+
+
+def gateway_ops_keys(ops_keys: list[str], base: Path, state_dir: str) -> OpsKeyring:
+    """The ops keys a gateway trusts: those of its ``remote.ops_keys`` files, as rotated and
+    revoked since by the key events it took (kept in ``<state_dir>/remote/opskeys.cbor``).
+
+    The remote agent, ``sensegate driver install BUNDLE`` and doctor all ask this, so a revoked
+    ops key signs nothing anywhere on the gateway."""
+    from gateway.keyevents import OpsKeyring
+
+    return OpsKeyring(load_trusted(ops_keys, base), Path(state_dir) / "remote" / OPS_EVENTS)
 
 
 def open_signed(data: bytes, trusted: Mapping[bytes, PublicKey], kind: Kind, targets: set[str],

@@ -236,6 +236,13 @@ def test_unattended_upgrade_with_a_changed_default_keeps_everything(tmp_path: Pa
     assert bad.returncode == 1 and "not installed" in bad.stderr
     sh(root, "sensegate", "driver", "install", f"/tmp/{wheel.name}", "--sha256", digest)
     assert "thermal" in sh(root, "sensegate", "drivers").stdout
+    # the same driver again, as a bundle signed by an ops key this gateway trusts
+    sh(root, "sensegate", "keys", "init", "--ops", "--dir", "/tmp/ops")
+    sh(root, "sensegate", "provision", "--ops-key", "/tmp/ops/ops.pub.pem", "--no-doctor")
+    sh(root, "sensegate", "driver", "bundle", f"/tmp/{wheel.name}", "--sign-key", "/tmp/ops/ops.key", "-o",
+       "/tmp/thermal.sgdrv")
+    bundled = sh(root, "sensegate", "driver", "install", "/tmp/thermal.sgdrv")
+    assert "(bundle signed by ops key " in bundled.stdout, bundled.stdout
     # state: a buffer written by the daemon, and a pushed-config history
     _run_until_ready(root)
     history = root / "var/lib/sensegate/remote"
@@ -259,7 +266,7 @@ def test_unattended_upgrade_with_a_changed_default_keeps_everything(tmp_path: Pa
     checked = sh(root, "sensegate", "check", "/etc/sensegate/sensegate.yaml").stdout
     assert "ok (gateway gw-up-1, 1 driver instance(s)" in checked
     listed = sh(root, "sensegate", "driver", "list").stdout
-    assert "thermal" in listed and "loads" in listed, listed + res.stdout
+    assert "thermal" in listed and "loads" in listed and "bundle signed by ops key" in listed, listed + res.stdout
     assert "thermal" in sh(root, "sensegate", "drivers").stdout
 
 
