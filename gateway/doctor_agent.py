@@ -238,15 +238,22 @@ def check_delivery(view: AgentView, warn_age: float) -> Finding | None:
     waiting = int(buf.get("readings") or 0)
     oldest = float(buf.get("oldest_age_s") or 0.0)
     last = buf.get("last_ack_age_s")
-    acked = (view.status.get("batches") or {}).get("acked", 0)
+    batches = view.status.get("batches") or {}
+    acked = batches.get("acked", 0)
+    sign_errors = int(batches.get("sign_errors") or 0)
     ack = (f"last batch acknowledged {_ago(last)} ago ({acked} since the start)" if last is not None
            else "no batch acknowledged since the agent started")
     text = f"{waiting} reading(s) waiting" + (f", the oldest {_ago(oldest)} old" if waiting else "") + f"; {ack}"
+    if sign_errors:
+        text += f"; the device key failed to sign {sign_errors} time(s) since the start"
     stuck = waiting and (last is None or last > warn_age) and oldest > warn_age
     if stuck:
         up = view.status.get("uplinks") or {}
         down = [n for n, u in up.items() if not u.get("connected")]
         why = f" (uplink(s) disconnected: {', '.join(down)})" if down else ""
+        if sign_errors:  # nothing signed, nothing sent: the key (a token gone or refusing) comes first
+            return Finding("delivery", "warn", text + why, "see the signing key and token checks; `journalctl -u "
+                           "sensegate` says why the key does not sign")
         return Finding("delivery", "warn", text + why, "see the broker check; `journalctl -u sensegate` says why "
                        "batches are not acknowledged")
     return Finding("delivery", "ok", text)
