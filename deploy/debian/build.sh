@@ -80,7 +80,9 @@ PY
 # 4. files
 install -D -m 0644 "$base/systemd/sensegate.service" "$root/lib/systemd/system/sensegate.service"
 install -D -m 0644 "$base/deploy/rpi/sensegate-firstboot.service" "$root/lib/systemd/system/sensegate-firstboot.service"
-install -D -m 0644 "$base/systemd/sensegate-tpm.conf" "$root/usr/share/sensegate/systemd/sensegate-tpm.conf"
+# the unit drop-in for a TPM-backed device key, installed by hand where wanted (older trees have none)
+[ -f "$base/systemd/sensegate-tpm.conf" ] && \
+  install -D -m 0644 "$base/systemd/sensegate-tpm.conf" "$root/usr/share/sensegate/systemd/sensegate-tpm.conf"
 install -D -m 0755 "$base/deploy/rpi/sensegate-firstboot" "$root/usr/lib/sensegate/sensegate-firstboot"
 mkdir -p "$root/etc/sensegate" "$root/usr/bin"
 "$repo/.venv/bin/python" -c 'import sys; sys.path.insert(0, sys.argv[1]); from gateway.provision import DEFAULT_CONFIG; print(DEFAULT_CONFIG, end="")' \
