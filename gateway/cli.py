@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.remote.cli import add_parsers as remote_parsers
 
     remote_parsers(sub)  # config push, command, status
+    from gateway.remote.profile import add_parsers as ops_parsers
+
+    ops_parsers(sub)  # ops init, ops show
     from gateway.ingest.cli import add_parsers as ingest_parsers
 
     ingest_parsers(sub)  # ingest, fleet
@@ -355,6 +358,13 @@ def _status(args: argparse.Namespace) -> int:
     from gateway.remote.cli import status
 
     return status(args)
+
+
+@command("ops")
+def _ops(args: argparse.Namespace) -> int:
+    from gateway.remote.profile import main as ops_main
+
+    return ops_main(args)
 
 
 @command("ingest")

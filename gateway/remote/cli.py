@@ -10,32 +10,52 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_OPS_DIR = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "sensegate"
+from gateway.remote.profile import CONFIG_HOME as DEFAULT_OPS_DIR
+from gateway.remote.profile import add_profile_arg
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", required=True, help="broker, mqtt://HOST:PORT[/TOPIC-PREFIX] or mqtts://...")
-    p.add_argument("--ca", default="", help="CA file for mqtts://")
-    p.add_argument("--cert", default="", help="client certificate for mutual TLS")
-    p.add_argument("--key", default="", help="client key for mutual TLS")
-    p.add_argument("--username", default="")
+    p.add_argument("--url", default=None, help="broker, mqtt://HOST:PORT[/TOPIC-PREFIX] or mqtts://... "
+                   "(default: the profile's)")
+    p.add_argument("--ca", default=None, help="CA file for mqtts://")
+    p.add_argument("--cert", default=None, help="client certificate for mutual TLS")
+    p.add_argument("--key", default=None, help="client key for mutual TLS")
+    p.add_argument("--username", default=None)
     p.add_argument("--password", default="")
+    p.add_argument("--password-file", default=None, help="file holding the broker password")
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the answers")
     p.add_argument("--json", action="store_true", help="print the answers as JSON")
+    add_profile_arg(p)
 
 
 def _signing_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sign-key", default=str(DEFAULT_OPS_DIR / "ops.key"),
-                   help="ops private key (made by `sensegate keys init --ops`)")
-    to = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--sign-key", default=None,
+                   help="ops private key (made by `sensegate keys init --ops`; default: the profile's, else "
+                   f"{DEFAULT_OPS_DIR / 'ops.key'})")
+    to = p.add_mutually_exclusive_group()
     to.add_argument("--to", help="one gateway id")
-    to.add_argument("--group", help="a fleet group (gateways list it under remote.groups)")
-    p.add_argument("--expect", type=int, default=1, help="answers to wait for (with --group: the group's size)")
+    to.add_argument("--group", help="a fleet group (gateways list it under remote.groups; default: the profile's)")
+    p.add_argument("--expect", type=int, default=None,
+                   help="answers to wait for (default 1; with --group: the group's size as last seen on the broker)")
+
+
+def prepare(args: argparse.Namespace, name: str, target: bool = True) -> str:
+    """Fill the arguments from the profile (flags win); the problem in words, or ''."""
+    from gateway.remote.profile import ProfileError, apply
+
+    try:
+        apply(args)
+    except ProfileError as e:
+        return f"sensegate {name}: {e}"
+    if not args.url:
+        return f"sensegate {name}: no broker: give --url, or make a profile with `sensegate ops init NAME --url ...`"
+    if target and not (getattr(args, "to", None) or getattr(args, "group", None)):
+        return f"sensegate {name}: give --to GATEWAY or --group GROUP (or a default group in the profile)"
+    return ""
 
 
 def add_parsers(sub: Any) -> None:
@@ -71,8 +91,11 @@ def add_parsers(sub: Any) -> None:
 def _broker(args: argparse.Namespace) -> Any:
     from gateway.remote.ops import Broker
 
-    return Broker.from_url(args.url, ca_file=args.ca, cert_file=args.cert, key_file=args.key,
-                           username=args.username, password=args.password)
+    password = args.password
+    if not password and args.password_file:
+        password = Path(args.password_file).read_text().strip()
+    return Broker.from_url(args.url, ca_file=args.ca or "", cert_file=args.cert or "", key_file=args.key or "",
+                           username=args.username or "", password=password)
 
 
 def _sign_key(args: argparse.Namespace) -> Any:
@@ -118,6 +141,11 @@ def config_push(args: argparse.Namespace) -> int:
     from gateway.keys import KeyError_
     from gateway.remote.ops import push_config
 
+    problem = prepare(args, "config push")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    args.expect = args.expect or 1
     try:
         raw = Path(args.file).read_bytes()
         key = _sign_key(args)
@@ -153,6 +181,11 @@ def command(args: argparse.Namespace) -> int:
     from gateway.keys import KeyError_
     from gateway.remote.ops import send_command
 
+    problem = prepare(args, "command")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    args.expect = args.expect or 1
     cmd_args: dict[str, Any] = {}
     for item in args.args:
         name, eq, text = item.partition("=")
@@ -162,7 +195,7 @@ def command(args: argparse.Namespace) -> int:
         cmd_args[name] = _value(text)
     try:
         key = _sign_key(args)
-    except KeyError_ as e:
+    except (OSError, KeyError_) as e:
         print(f"sensegate command: {e}", file=sys.stderr)
         return 2
     cid, _, answers = asyncio.run(send_command(_broker(args), key, args.op, cmd_args, to=args.to, group=args.group,
@@ -195,6 +228,10 @@ def status(args: argparse.Namespace) -> int:
     from gateway.receiver.trust import TrustError
     from gateway.remote.ops import gateway_status
 
+    problem = prepare(args, "status", target=False)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     seen = asyncio.run(gateway_status(_broker(args), args.gateways, within=args.wait))
     unverified: list[str] = []
     if args.trust:
