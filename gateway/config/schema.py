@@ -262,6 +262,19 @@ class RemoteSection(Section):
     )
 
 
+class HealthSection(Section):
+    """How driver instances count in the health gate of a pushed config and in the fleet view."""
+
+    expect_absent: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]] = Field(
+        default_factory=list,
+        description="Driver instances whose devices are not wired yet (a meter to be fitted next week): until an "
+        "instance first comes up (reaches 'running', remembered in <state_dir>/remote/wired.json) it does not count "
+        "against the health gate of a push, and the fleet view shows it as 'absent (expected)' rather than down. "
+        "From its first run on it counts like any other instance. Each name must be a configured instance. "
+        "Can be pushed on its own: nothing restarts.",
+    )
+
+
 class Config(Section):
     """A whole gateway config; driver sections are validated separately per driver."""
 
@@ -283,6 +296,9 @@ class Config(Section):
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus metrics endpoint.")
     remote: RemoteSection = Field(
         default_factory=RemoteSection, description="Signed remote config and commands (trust anchor: this file)."
+    )
+    health: HealthSection = Field(
+        default_factory=HealthSection, description="Driver instances expected absent (not wired yet)."
     )
     drivers: list[Any] = Field(
         default_factory=list, description="Driver instances: `driver: <name>` plus that driver's options."

@@ -33,12 +33,14 @@ from gateway.remote import topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
 from gateway.remote.envelope import Rejected, group_target, load_trusted, open_signed
 from gateway.remote.store import ConfigStore
+from gateway.remote.wiring import Wiring
 from gateway.scheduler import Supervisor
 from gateway.signedjson import seal_async
 
 log = logging.getLogger("sensegate.remote")
 QUEUE = 4  # config pushes waiting while one applies; more are refused as busy
 MAX_COMMANDS = 16  # commands running at once
+WIRING_TICK = 2.0  # how often expected-absent instances are checked for their first run
 CLOSE_WAIT = 2.0  # at a stop, for the apply or command running, and for the CoAP server
 
 
@@ -83,6 +85,11 @@ def downlinks(pipeline: Any) -> Iterator[Downlink]:
             yield up
 
 
+def _last_error(ups: list[Any], name: str) -> str:
+    """What the named uplink last saw going wrong ("connection refused by ..."), or ''."""
+    return next((str(getattr(u, "last_error", "") or "") for u in ups if u.name == name), "")
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -103,10 +110,12 @@ class RemoteAgent:
         self.trusted = OpsKeyring(load_trusted(self.settings.ops_keys, bootstrap_path.parent), root / "opskeys.cbor")
         self.store = ConfigStore(root, self.settings.history)
         self.commands = CommandLog(root / "commands.json")
+        self.wiring = Wiring(root / "wired.json")  # expected-absent instances that came up once
         self.revision: int | None = None  # the pushed revision running; None: the local file
         self.digest = ""  # SHA-256 of the running config's YAML
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE)
         self._worker: asyncio.Task[None] | None = None
+        self._wiring_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._uplink_changed = asyncio.Event()
         self._unsent: dict[str, Any] | None = None  # a status no uplink could take yet
@@ -128,6 +137,7 @@ class RemoteAgent:
     def boot_config(self, bootstrap_bytes: bytes) -> GatewayConfig:
         """The config to start with: the current pushed one, else a good earlier one, else the file."""
         self.digest = sha256(bootstrap_bytes)
+        self.wiring.open()
         if not self.enabled:
             log.info("remote config and commands are off: no trusted ops key (remote.ops_keys)")
             return self.bootstrap
@@ -227,6 +237,7 @@ class RemoteAgent:
             up.on_state = on_state
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="remote-config")
+            self._wiring_task = asyncio.create_task(self._watch_wiring(), name="remote-wiring")
         self._sync_coap()
 
     def _sync_coap(self) -> None:
@@ -246,9 +257,20 @@ class RemoteAgent:
             if new is not None:
                 await new.start()
 
-        task = asyncio.create_task(move(), name="remote-coap")
+        self._spawn(move(), "remote-coap")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _watch_wiring(self) -> None:
+        """Notice the first run of an expected-absent instance (health.expect_absent) soon after it
+        happens; idle while none is pending."""
+        while True:
+            await asyncio.sleep(WIRING_TICK)
+            if self.wiring.absent(self.host.cfg):
+                self.wiring.observe(self.host.cfg, self.host.supervisor)
 
     def _take_coap(self, payload: bytes) -> bool:
         """A push PUT over CoAP joins the same queue as MQTT pushes; False when it is full."""
@@ -264,8 +286,8 @@ class RemoteAgent:
         Bounded: a task that will not stop is left behind (gateway.bounded), logged once."""
         if self._statuses:  # the last statuses (e.g. rolled_back) still go out
             await asyncio.wait(set(self._statuses), timeout=1.0)
-        tasks = [t for t in (self._worker, *self._tasks, *self._statuses) if t is not None]
-        self._worker = None
+        tasks = [t for t in (self._worker, self._wiring_task, *self._tasks, *self._statuses) if t is not None]
+        self._worker = self._wiring_task = None
         stopped = await asyncio.gather(*(stop_task(t, (CLOSE_WAIT,)) for t in tasks))
         for t, ok in zip(tasks, stopped, strict=True):
             if not ok:
@@ -426,6 +448,8 @@ class RemoteAgent:
             parts.append("metrics")
         if p.log_level:
             parts.append("log level")
+        if p.health:
+            parts.append("health (expected-absent instances)")
         if p.start:
             parts.append("drivers " + ", ".join(p.start))
         stopped = [n for n in p.stop if n not in p.start]
@@ -446,6 +470,9 @@ class RemoteAgent:
         # instances whose sections changed must come up; unchanged ones restarted with the pipeline
         # must only not fail (a device that was offline before is not the new config's fault)
         names = [i.name for i in new.instances] if p.restart_pipeline else list(p.start)
+        self.wiring.observe(new, self.host.supervisor)
+        absent = self.wiring.absent(new)  # not wired yet: they do not count until their first run
+        names = [n for n in names if n not in absent]
         strict = ("running",) if s.require_drivers_running else ("running", "unavailable")
         loose = ("running", "unavailable")
 
@@ -497,13 +524,15 @@ class RemoteAgent:
                             probes[u.name] = asyncio.create_task(u.probe(), name=f"probe:{u.name}")
                     await asyncio.sleep(0.1)
         except TimeoutError:
+            seen = "; ".join(f"{n}: {why}" for n in late if (why := _last_error(ups, n)))
+            cause = f"; {seen}" if seen else ""
             if need_all:
                 return (f"uplink(s) {', '.join(late)} did not connect within {s.uplink_timeout:g} s "
-                        "(uplink_mode all would hold every batch for them)")
+                        f"(uplink_mode all would hold every batch for them){cause}")
             if need_downlink:
                 return (f"the uplink did not connect within {s.uplink_timeout:g} s "
-                        f"({', '.join(late)}; the gateway would be locked out)")
-            return f"no uplink connected within {s.uplink_timeout:g} s ({', '.join(late)})"
+                        f"({', '.join(late)}; the gateway would be locked out){cause}")
+            return f"no uplink connected within {s.uplink_timeout:g} s ({', '.join(late)}){cause}"
         finally:
             for t in probes.values():
                 t.cancel()
