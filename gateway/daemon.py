@@ -109,6 +109,10 @@ class Daemon:
         self._closing: asyncio.Task[None] | None = None  # the shutdown of the drivers and the pipeline
         self._stop_at: float | None = None  # loop time of the stop request
         self._health: asyncio.Task[None] | None = None  # publishes the health summary (metrics.status_interval)
+        from gateway.metrics import summary
+        from gateway.remote.health import HealthPublisher
+
+        self.health = HealthPublisher(self, summary)  # signed, on the status topic, and at every connect
 
     def request_stop(self) -> None:
         """Ask the daemon to stop (signal-safe: called from the loop)."""
@@ -166,7 +170,8 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await asyncio.gather(settle(self.metrics.close(), SIDE_CLOSE, "closing the metrics endpoint"),
-                                 settle(self.remote.close(), SIDE_CLOSE, "closing remote config"))
+                                 settle(self.remote.close(), SIDE_CLOSE, "closing remote config"),
+                                 settle(self.health.close(), SIDE_CLOSE, "closing the health publisher"))
             await self._shutdown(deadline)
             self.notifier.close()
         log.info("sensegate stopped")
@@ -181,14 +186,10 @@ class Daemon:
         self._health = asyncio.create_task(self._health_loop(m.status_interval), name="health")
 
     async def _health_loop(self, interval: float) -> None:
-        """Publish the health summary on the status topic of each MQTT uplink, every ``interval`` s."""
-        from gateway.metrics import summary
-
+        """Publish the signed health summary on the status topic of each MQTT uplink, every ``interval`` s."""
         while interval:
             await asyncio.sleep(interval)
-            for up in getattr(self.pipeline, "uplinks", []):
-                if hasattr(up, "publish_health"):
-                    up.publish_health(summary(self))
+            await self.health.publish()
 
     def _bootstrap_bytes(self) -> bytes:
         try:
@@ -201,6 +202,7 @@ class Daemon:
         pipeline = build_pipeline(cfg, self.nodes)
         if self.remote is not None:
             self.remote.attach(pipeline)  # downlink hooks go on before the uplinks connect
+        self.health.attach(pipeline)
         try:
             await pipeline.start()
         except BaseException:

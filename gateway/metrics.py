@@ -98,6 +98,9 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     if "start_time" in proc:
         proc["uptime_seconds"] = max(0.0, out["time"] - proc["start_time"])
     out["process"] = proc
+    from gateway.remote.health import extras  # the fleet view's part: config, clock, disk, agent
+
+    out.update(extras(daemon))
     return out
 
 

@@ -63,6 +63,9 @@ def add_parsers(sub: Any) -> None:
     report.add_argument("--json", action="store_true")
     for p in (enrol, revoke, keys, report):
         p.add_argument("--db", default=DEFAULT_DB, help="the ingest's database (sqlite:PATH or postgresql://...)")
+    from gateway.fleet.cli import add_fleet_parsers
+
+    add_fleet_parsers(fleet_sub)  # fleet status, fleet web (the gateways' own health summaries)
 
 
 # -- sensegate ingest ------------------------------------------------------------------------------
@@ -113,6 +116,10 @@ async def _ingest(args: argparse.Namespace) -> int:
 
 def fleet_main(args: argparse.Namespace) -> int:
     """Entry point for `sensegate fleet ...` (simulate comes with the fleet simulator)."""
+    if args.fleet_command in ("status", "web"):
+        from gateway.fleet.cli import fleet_view_main
+
+        return fleet_view_main(args)
     try:
         return asyncio.run(_fleet(args))
     except (NeedsExtra, ValueError) as e:

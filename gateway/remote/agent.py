@@ -32,7 +32,7 @@ from gateway.registry import Registry
 from gateway.remote import topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
 from gateway.remote.envelope import Rejected, group_target, load_trusted, open_signed
-from gateway.remote.store import ConfigStore
+from gateway.remote.store import ConfigStore, write_atomic
 from gateway.remote.wiring import Wiring
 from gateway.scheduler import Supervisor
 from gateway.signedjson import seal_async
@@ -85,6 +85,15 @@ def downlinks(pipeline: Any) -> Iterator[Downlink]:
             yield up
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON object kept by the agent, or None when absent or damaged."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
 def _last_error(ups: list[Any], name: str) -> str:
     """What the named uplink last saw going wrong ("connection refused by ..."), or ''."""
     return next((str(getattr(u, "last_error", "") or "") for u in ups if u.name == name), "")
@@ -119,6 +128,8 @@ class RemoteAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._uplink_changed = asyncio.Event()
         self._unsent: dict[str, Any] | None = None  # a status no uplink could take yet
+        self._last: dict[str, Any] | None = None  # the latest status, kept on disk: re-published at every connect
+        self._last_file = root / "status.json"
         self._pipeline: Any = None  # the pipeline attached last: its device key signs the statuses
         self._statuses: set[asyncio.Task[None]] = set()  # being signed and sent, in order
         self._status_lock = asyncio.Lock()
@@ -143,6 +154,7 @@ class RemoteAgent:
             return self.bootstrap
         self.store.open()
         self.commands.open()
+        self._last = _read_json(self._last_file)
         choice = self.store.boot()
         tried = []
         if choice.revision is not None and choice.data is not None:
@@ -343,9 +355,26 @@ class RemoteAgent:
         return topics.config_status(prefix, self.gateway_id)
 
     def _flush(self, up: Downlink) -> None:
-        """A (re)connected uplink gets the status that could not be published (e.g. at boot)."""
+        """A (re)connected uplink gets the status that could not be published (e.g. at boot), else
+        the latest one again: a broker that lost its retained messages has it back at once."""
         if self._unsent is not None:
             self._send(self._unsent)
+        elif self._last is not None:
+            task = asyncio.create_task(self._republish(up, self._last), name="config-status-again")
+            self._statuses.add(task)
+            task.add_done_callback(self._statuses.discard)
+
+    async def _republish(self, up: Downlink, body: dict[str, Any]) -> None:
+        """The latest status again, marked ``republished`` (so no one takes it for a new answer)."""
+        async with self._status_lock:
+            again = {**body, "republished": round(time.time(), 3)}
+            payload = await seal_async(again, getattr(self._pipeline, "key", None), self.gateway_id, "config-status")
+            up.publish(self._status_topic(up.cfg.topic_prefix), payload, retain=True)
+
+    def last_push(self) -> dict[str, Any] | None:
+        """The latest push outcome, for the health summary."""
+        b = self._last
+        return None if b is None else {k: b.get(k) for k in ("state", "revision", "reason", "ts")}
 
     def _status(self, state: str, reason: str, revision: int | None) -> None:
         body = {"gateway": self.gateway_id, "state": state, "revision": revision, "reason": reason,
@@ -368,8 +397,16 @@ class RemoteAgent:
             for up in downlinks(self.host.pipeline):
                 sent = up.publish(self._status_topic(up.cfg.topic_prefix), payload, retain=True) or sent
             self._unsent = None if sent else body
+            self._last = body
+            try:
+                await asyncio.to_thread(write_atomic, self._last_file, json.dumps(body).encode())
+            except OSError as e:
+                log.warning("cannot keep the latest config status in %s: %s", self._last_file, e)
             if self._coap is not None:
                 self._coap.status.update(payload)
+            health = getattr(self.host, "health", None)
+            if health is not None and body["state"] in ("applied", "rolled_back"):
+                health.soon()  # the fleet view shows the new running config at once
 
     def _result(self, cmd_id: str, body: dict[str, Any]) -> None:
         body = {"gateway": self.gateway_id, "id": cmd_id, **body, "ts": round(time.time(), 3)}

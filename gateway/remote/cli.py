@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.remote.profile import CONFIG_HOME as DEFAULT_OPS_DIR
-from gateway.remote.profile import add_profile_arg
+from gateway.remote.profile import CONFIG_HOME, add_profile_arg
+
+DEFAULT_OPS_DIR = CONFIG_HOME
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
@@ -123,18 +124,49 @@ def _local_check(raw: bytes, name: str) -> str:
     return ""
 
 
-def _print(answers: Any, expect: int, as_json: bool, fields: tuple[str, ...]) -> int:
+def outcome_summary(answers: dict[str, dict[str, Any]], expected: list[str],
+                    expect: int = 0) -> tuple[list[str], int]:
+    """Lines naming who rolled back, was refused, failed or did not answer; and the exit status
+    (0 all good, 1 one was not, 2 answers missing). ``expect``: how many, where not all are named."""
+    by: dict[str, list[str]] = {}
+    for gw, body in sorted(answers.items()):
+        by.setdefault(str(body.get("state", body.get("status"))), []).append(gw)
+    silent = sorted(g for g in expected if g not in answers)
+    unnamed = max(0, expect - len(answers) - len(silent))
+    if unnamed:
+        silent.append(f"{unnamed} more (not named: pass --to, or see `sensegate fleet status`)")
+    lines = []
+    for state in ("rolled_back", "rejected", "refused", "failed"):
+        for gw in by.get(state, []):
+            lines.append(f"{state.upper().replace('_', ' ')}: {gw}: {answers[gw].get('reason', '')}")
+    if silent:
+        lines.append(f"NO ANSWER: {', '.join(silent)}")
+    counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" + (f" ({', '.join(v)})" if k not in ("applied", "done") else "")
+                       for k, v in sorted(by.items()))
+    lines.append(f"{len(answers)} of {max(len(expected), expect, len(answers))} answered: {counts or 'none'}"
+                 + (f"; no answer from {', '.join(silent)}" if silent else ""))
+    good = all(k in ("applied", "done") for k in by)
+    return lines, 2 if silent else 0 if good else 1
+
+
+def _print(answers: Any, expected: list[str], as_json: bool, fields: tuple[str, ...], expect: int = 0) -> int:
+    lines, status = outcome_summary(answers.by_gateway, expected, expect)
     if as_json:
-        print(json.dumps({"answers": answers.by_gateway, "timed_out": answers.timed_out}, indent=2))
+        silent = sorted(g for g in expected if g not in answers.by_gateway)
+        print(json.dumps({"answers": answers.by_gateway, "no_answer": silent, "timed_out": answers.timed_out},
+                         indent=2))
     else:
         for gw, body in sorted(answers.by_gateway.items()):
             extra = "  ".join(f"{f}={body[f]}" for f in fields if body.get(f) not in (None, ""))
             print(f"{gw}: {extra}")
-    if len(answers.by_gateway) < expect:
-        print(f"sensegate: {len(answers.by_gateway)} of {expect} answer(s) before the timeout", file=sys.stderr)
-        return 2
-    good = all(b.get("state", b.get("status")) in ("applied", "done") for b in answers.by_gateway.values())
-    return 0 if good else 1
+        for line in lines:
+            print(line)
+    return status
+
+
+def _expected(args: argparse.Namespace) -> list[str]:
+    """Who must answer by name: the gateway named (a group's members: see gateway.fleet.rollout)."""
+    return [args.to] if args.to else []
 
 
 def config_push(args: argparse.Namespace) -> int:
@@ -164,7 +196,8 @@ def config_push(args: argparse.Namespace) -> int:
                                            retain=args.retain))
     if not args.json:
         print(f"pushed revision {rev} to {args.to or 'group ' + args.group}")
-    return _print(answers, args.expect, args.json, ("state", "revision", "reason", "running_revision", "config_sha256"))
+    return _print(answers, _expected(args), args.json,
+                  ("state", "revision", "reason", "running_revision", "config_sha256"), args.expect)
 
 
 def _value(text: str) -> Any:
@@ -202,7 +235,7 @@ def command(args: argparse.Namespace) -> int:
                                                ttl=args.ttl, expect=args.expect, within=args.wait))
     if not args.json:
         print(f"command {cid}: {args.op} {cmd_args}")
-    return _print(answers, args.expect, args.json, ("status", "result", "reason"))
+    return _print(answers, _expected(args), args.json, ("status", "result", "reason"), args.expect)
 
 
 def _verify_statuses(seen: dict[str, dict[str, Any]], specs: list[str]) -> list[str]:

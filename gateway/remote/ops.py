@@ -117,6 +117,8 @@ async def push_config(broker: Broker, key: PrivateKey, yaml_bytes: bytes, *, to:
             return ""
         if body.get("revision") not in (rev, None):  # None: refused before its revision could be trusted
             return ""
+        if body.get("republished") and body.get("revision") != rev:  # an earlier answer, sent again at a connect
+            return ""
         return "final" if body.get("state") in FINAL else "progress"
 
     status = topics.config_status(broker.prefix, to or "+")
