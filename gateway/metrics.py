@@ -254,6 +254,10 @@ class MetricsServer:
         assert self.daemon is not None
         return render(summary(self.daemon))
 
+    async def route(self, path: str, query: str) -> tuple[str, str, str] | None:
+        """(status, body, content type) for a path a subclass serves besides /metrics (the fleet page)."""
+        return None
+
     @property
     def port(self) -> int | None:
         """The bound port (useful when listening on port 0)."""
@@ -297,9 +301,12 @@ class MetricsServer:
                 while await reader.readline() not in (b"\r\n", b"\n", b""):
                     pass
             method, target, *_ = request.decode("latin-1").split() or ["", ""]
-            path = target.split("?", 1)[0] if target else ""
+            path, _, query = (target or "").partition("?")
+            routed = await self.route(path, query) if method in ("GET", "HEAD") else None
             if method not in ("GET", "HEAD"):
                 status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
+            elif routed is not None:
+                status, body, ctype = routed
             elif path == "/metrics":
                 status, body, ctype = "200 OK", self.page(), CONTENT_TYPE
             elif path == "/":

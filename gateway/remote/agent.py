@@ -14,28 +14,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.bounded import abandon, settle, stop_task
 from gateway.config import ConfigInvalid, GatewayConfig
-from gateway.config.apply import Plan, plan
+from gateway.config.apply import plan
 from gateway.config.loader import LoadError, load_yaml
 from gateway.config.validate import validate_document
 from gateway.keyevents import EventRefused, OpsKeyring
 from gateway.metrics import MetricsServer
 from gateway.registry import Registry
-from gateway.remote import topics
+from gateway.remote import gate, topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
 from gateway.remote.envelope import Rejected, group_target, load_trusted, open_signed
-from gateway.remote.store import ConfigStore, write_atomic
+from gateway.remote.gate import describe, downlinks
+from gateway.remote.statuses import StatusBoard
+from gateway.remote.store import ConfigStore
 from gateway.remote.wiring import Wiring
 from gateway.scheduler import Supervisor
-from gateway.signedjson import seal_async
 
 log = logging.getLogger("sensegate.remote")
 QUEUE = 4  # config pushes waiting while one applies; more are refused as busy
@@ -74,31 +74,6 @@ class Downlink(Protocol):
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool: ...
 
 
-def downlinks(pipeline: Any) -> Iterator[Downlink]:
-    """The pipeline's uplinks that carry a downlink (one today; a list with multi-uplink support)."""
-    ups = getattr(pipeline, "uplinks", None)
-    if ups is None:
-        single = getattr(pipeline, "uplink", None)
-        ups = [single] if single is not None else []
-    for up in ups:
-        if hasattr(up, "on_downlink") and hasattr(up, "subscriptions") and hasattr(up, "publish"):
-            yield up
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A small JSON object kept by the agent, or None when absent or damaged."""
-    try:
-        raw = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
-def _last_error(ups: list[Any], name: str) -> str:
-    """What the named uplink last saw going wrong ("connection refused by ..."), or ''."""
-    return next((str(getattr(u, "last_error", "") or "") for u in ups if u.name == name), "")
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -127,12 +102,7 @@ class RemoteAgent:
         self._wiring_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._uplink_changed = asyncio.Event()
-        self._unsent: dict[str, Any] | None = None  # a status no uplink could take yet
-        self._last: dict[str, Any] | None = None  # the latest status, kept on disk: re-published at every connect
-        self._last_file = root / "status.json"
-        self._pipeline: Any = None  # the pipeline attached last: its device key signs the statuses
-        self._statuses: set[asyncio.Task[None]] = set()  # being signed and sent, in order
-        self._status_lock = asyncio.Lock()
+        self.board = StatusBoard(self.gateway_id, host, self.info, root / "status.json")
         self._coap: Any = None  # CoapConfigServer when remote.coap_listen is set
 
     @property
@@ -154,7 +124,7 @@ class RemoteAgent:
             return self.bootstrap
         self.store.open()
         self.commands.open()
-        self._last = _read_json(self._last_file)
+        self.board.open()
         choice = self.store.boot()
         tried = []
         if choice.revision is not None and choice.data is not None:
@@ -170,14 +140,14 @@ class RemoteAgent:
                 self.store.fall_back(rev)
             self.revision, self.digest = rev, sha256(data)
             if choice.note:
-                self._status("rolled_back", choice.note, self.store.state.highest)
+                self.board.status("rolled_back", choice.note, self.store.state.highest)
             log.info("running pushed config revision %d", rev)
             return cfg
         if choice.revision is not None:
             self.store.fall_back(None)
-            self._status("rolled_back", "no pushed config loads; running the local config file", choice.revision)
+            self.board.status("rolled_back", "no pushed config loads; running the local config file", choice.revision)
         elif choice.note:
-            self._status("rolled_back", choice.note, self.store.state.highest)
+            self.board.status("rolled_back", choice.note, self.store.state.highest)
         return self.bootstrap
 
     def refresh_bootstrap(self, bootstrap: GatewayConfig, bootstrap_bytes: bytes) -> GatewayConfig:
@@ -234,7 +204,7 @@ class RemoteAgent:
         """Hook a new pipeline's uplinks before they start: subscriptions, downlink, status flush."""
         if not self.enabled:
             return
-        self._pipeline = pipeline
+        self.board.pipeline = pipeline
         for up in downlinks(pipeline):
             prefix = up.cfg.topic_prefix
             up.subscriptions = topics.subscriptions(prefix, self.gateway_id, list(self.settings.groups))
@@ -244,7 +214,7 @@ class RemoteAgent:
             def on_state(connected: bool, before: Callable[[bool], None] = before, up: Downlink = up) -> None:
                 before(connected)
                 if connected:
-                    self._flush(up)
+                    self.board.flush(up)
 
             up.on_state = on_state
         if self._worker is None:
@@ -262,6 +232,7 @@ class RemoteAgent:
 
         self._coap = new = CoapConfigServer(want, self._take_coap, int(self.settings.max_document_bytes)) \
             if want else None
+        self.board.coap = new
 
         async def move() -> None:
             if old is not None:
@@ -296,15 +267,16 @@ class RemoteAgent:
         """Stop taking pushes and commands (an apply in progress is cancelled: pending stays on disk).
 
         Bounded: a task that will not stop is left behind (gateway.bounded), logged once."""
-        if self._statuses:  # the last statuses (e.g. rolled_back) still go out
-            await asyncio.wait(set(self._statuses), timeout=1.0)
-        tasks = [t for t in (self._worker, self._wiring_task, *self._tasks, *self._statuses) if t is not None]
+        if self.board.tasks:  # the last statuses (e.g. rolled_back) still go out
+            await asyncio.wait(set(self.board.tasks), timeout=1.0)
+        tasks = [t for t in (self._worker, self._wiring_task, *self._tasks, *self.board.tasks) if t is not None]
         self._worker = self._wiring_task = None
         stopped = await asyncio.gather(*(stop_task(t, (CLOSE_WAIT,)) for t in tasks))
         for t, ok in zip(tasks, stopped, strict=True):
             if not ok:
                 abandon(t, f"remote task {t.get_name()} would not stop", log)
         coap, self._coap = self._coap, None
+        self.board.coap = None
         if coap is not None:
             await settle(coap.close(), CLOSE_WAIT, "closing the CoAP config server")
 
@@ -314,12 +286,12 @@ class RemoteAgent:
                 self._queue.put_nowait((topic, payload))
             except asyncio.QueueFull:
                 log.warning("config push on %s refused: %d pushes already waiting", topic, QUEUE)
-                self._status("rejected", "busy: too many pushes waiting; push again later", None)
+                self.board.status("rejected", "busy: too many pushes waiting; push again later", None)
         elif "/ops/keys/" in topic:
             self._ops_key_event(topic, payload)
         elif topic.endswith("/cmd/req"):
             if len(self._tasks) >= MAX_COMMANDS:
-                self._result(peek_id(payload), {"status": "refused", "reason": "busy: too many commands running"})
+                self.board.result(peek_id(payload), {"status": "refused", "reason": "busy: too many commands running"})
                 return
             task = asyncio.create_task(self._command(payload), name="remote-command")
             self._tasks.add(task)
@@ -337,80 +309,15 @@ class RemoteAgent:
 
     # -- status -------------------------------------------------------------------------
 
+    def last_push(self) -> dict[str, Any] | None:
+        """The latest push outcome, for the health summary."""
+        return self.board.last_push()
+
     def info(self) -> dict[str, Any]:
         """What every status and ping reports about the running config."""
         cfg = self.host.cfg
         return {"running_revision": self.revision, "config_sha256": self.digest,
                 "config_version": cfg.config.config_version if cfg is not None else None}
-
-    def _publish(self, topic_of: Callable[[str], str], body: dict[str, Any], retain: bool) -> bool:
-        """Publish on every connected downlink uplink; False if none took it."""
-        payload = json.dumps(body).encode()
-        sent = False
-        for up in downlinks(self.host.pipeline):
-            sent = up.publish(topic_of(up.cfg.topic_prefix), payload, retain=retain) or sent
-        return sent
-
-    def _status_topic(self, prefix: str) -> str:
-        return topics.config_status(prefix, self.gateway_id)
-
-    def _flush(self, up: Downlink) -> None:
-        """A (re)connected uplink gets the status that could not be published (e.g. at boot), else
-        the latest one again: a broker that lost its retained messages has it back at once."""
-        if self._unsent is not None:
-            self._send(self._unsent)
-        elif self._last is not None:
-            task = asyncio.create_task(self._republish(up, self._last), name="config-status-again")
-            self._statuses.add(task)
-            task.add_done_callback(self._statuses.discard)
-
-    async def _republish(self, up: Downlink, body: dict[str, Any]) -> None:
-        """The latest status again, marked ``republished`` (so no one takes it for a new answer)."""
-        async with self._status_lock:
-            again = {**body, "republished": round(time.time(), 3)}
-            payload = await seal_async(again, getattr(self._pipeline, "key", None), self.gateway_id, "config-status")
-            up.publish(self._status_topic(up.cfg.topic_prefix), payload, retain=True)
-
-    def last_push(self) -> dict[str, Any] | None:
-        """The latest push outcome, for the health summary."""
-        b = self._last
-        return None if b is None else {k: b.get(k) for k in ("state", "revision", "reason", "ts")}
-
-    def _status(self, state: str, reason: str, revision: int | None) -> None:
-        body = {"gateway": self.gateway_id, "state": state, "revision": revision, "reason": reason,
-                **self.info(), "ts": round(time.time(), 3)}
-        (log.info if state in ("received", "applied") else log.warning)(
-            "config push%s: %s%s", f" revision {revision}" if revision else "", state, f": {reason}" if reason else "")
-        self._send(body)
-
-    def _send(self, body: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._send_signed(body), name="config-status")
-        self._statuses.add(task)
-        task.add_done_callback(self._statuses.discard)
-
-    async def _send_signed(self, body: dict[str, Any]) -> None:
-        """Sign a status with the device key (off the loop: it may be a token's) and publish it
-        retained, in the order the statuses were made (gateway/signedjson.py)."""
-        async with self._status_lock:
-            payload = await seal_async(body, getattr(self._pipeline, "key", None), self.gateway_id, "config-status")
-            sent = False
-            for up in downlinks(self.host.pipeline):
-                sent = up.publish(self._status_topic(up.cfg.topic_prefix), payload, retain=True) or sent
-            self._unsent = None if sent else body
-            self._last = body
-            try:
-                await asyncio.to_thread(write_atomic, self._last_file, json.dumps(body).encode())
-            except OSError as e:
-                log.warning("cannot keep the latest config status in %s: %s", self._last_file, e)
-            if self._coap is not None:
-                self._coap.status.update(payload)
-            health = getattr(self.host, "health", None)
-            if health is not None and body["state"] in ("applied", "rolled_back"):
-                health.soon()  # the fleet view shows the new running config at once
-
-    def _result(self, cmd_id: str, body: dict[str, Any]) -> None:
-        body = {"gateway": self.gateway_id, "id": cmd_id, **body, "ts": round(time.time(), 3)}
-        self._publish(lambda p: topics.command_result(p, self.gateway_id, cmd_id), body, retain=False)
 
     # -- config pushes ------------------------------------------------------------------
 
@@ -429,17 +336,17 @@ class RemoteAgent:
         try:
             signed = open_signed(data, self.trusted, "config", self.targets, int(s.max_document_bytes))
         except Rejected as e:
-            self._status("rejected", str(e), None)
+            self.board.status("rejected", str(e), None)
             return
         rev = signed.revision
         if digest == self.store.state.seen:
             log.debug("config revision %d delivered again; already handled", rev)
             return
         if rev <= self.store.state.highest:
-            self._status("rejected", f"revision {rev} is not newer than revision {self.store.state.highest} "
+            self.board.status("rejected", f"revision {rev} is not newer than revision {self.store.state.highest} "
                          "(anti-rollback)", rev)
             return
-        self._status("received", f"signed by ops key {signed.signer}", rev)
+        self.board.status("received", f"signed by ops key {signed.signer}", rev)
         try:
             new = self.effective(signed.payload, rev)
         except (ConfigInvalid, Rejected) as e:
@@ -449,7 +356,7 @@ class RemoteAgent:
                 lines = reason.splitlines()
                 reason = "invalid config: " + "; ".join(lines[:5]) + (f" (+{len(lines) - 5} more)" if len(lines) > 5
                                                                      else "")
-            self._status("rejected", reason, rev)
+            self.board.status("rejected", reason, rev)
             return
         async with self.host.apply_lock:
             old = self.host.cfg
@@ -458,123 +365,21 @@ class RemoteAgent:
             p = plan(old, new)
             try:
                 await self.host.apply_config(new)
-                failure = await self._health(p, new)
+                failure = await gate.check(self.host, self.settings, self.wiring, p, new)
             except Exception as e:  # a pipeline that cannot start, a key mismatch
                 log.exception("apply of revision %d failed", rev)
                 failure = f"apply failed: {e}"
             if failure is None:
                 self.store.commit(rev)
                 self.revision, self.digest = rev, sha256(signed.payload)
-                self._status("applied", f"restarted: {self._describe(p)}", rev)
+                self.board.status("applied", f"restarted: {describe(p)}", rev)
                 return
             log.warning("revision %d failed its health gate (%s); rolling back", rev, failure)
             try:
                 await self.host.apply_config(old)
             finally:
                 self.store.rollback(rev)
-            self._status("rolled_back", failure, rev)
-
-    @staticmethod
-    def _describe(p: Plan) -> str:
-        if p.empty:
-            return "nothing (no change)"
-        parts = []
-        if p.restart_pipeline:
-            parts.append(f"pipeline ({', '.join(p.restart_for)} changed)")
-        if p.metrics:
-            parts.append("metrics")
-        if p.log_level:
-            parts.append("log level")
-        if p.health:
-            parts.append("health (expected-absent instances)")
-        if p.start:
-            parts.append("drivers " + ", ".join(p.start))
-        stopped = [n for n in p.stop if n not in p.start]
-        if stopped:
-            parts.append("stopped " + ", ".join(stopped))
-        return "; ".join(parts)
-
-    async def _health(self, p: Plan, new: GatewayConfig) -> str | None:
-        """None when the uplinks answer, restarted drivers came up and the metrics endpoint
-        listens, each in time; else why not."""
-        s = self.settings
-        why = await self._uplinks_up(new)
-        if why is not None:
-            return why
-        m = new.config.metrics
-        if m.enabled and self.host.metrics.listen != m.listen:
-            return f"the metrics endpoint did not start: {self.host.metrics.error or 'not listening on ' + m.listen}"
-        # instances whose sections changed must come up; unchanged ones restarted with the pipeline
-        # must only not fail (a device that was offline before is not the new config's fault)
-        names = [i.name for i in new.instances] if p.restart_pipeline else list(p.start)
-        self.wiring.observe(new, self.host.supervisor)
-        absent = self.wiring.absent(new)  # not wired yet: they do not count until their first run
-        names = [n for n in names if n not in absent]
-        strict = ("running",) if s.require_drivers_running else ("running", "unavailable")
-        loose = ("running", "unavailable")
-
-        def want(n: str) -> tuple[str, ...]:
-            return strict if n in p.start else loose
-
-        try:
-            async with asyncio.timeout(s.driver_timeout):
-                while True:
-                    sup = self.host.supervisor
-                    runners = [sup.runners[n] for n in names if sup is not None and n in sup.runners]
-                    for r in runners:
-                        if r.stats.state == "failed":
-                            return f"driver instance {r.name} failed: {r.stats.last_error}"
-                    if len(runners) == len(names) and all(r.stats.state in want(r.name) for r in runners):
-                        return None
-                    await asyncio.sleep(0.1)
-        except TimeoutError:
-            sup = self.host.supervisor
-            late = [f"{n} ({sup.runners[n].stats.state}: {sup.runners[n].stats.last_error or 'no error'})"
-                    for n in names if sup is not None and n in sup.runners
-                    and sup.runners[n].stats.state not in want(n)]
-            return f"driver instance(s) not up within {s.driver_timeout:g} s: {', '.join(late)}"
-
-    async def _uplinks_up(self, new: GatewayConfig) -> str | None:
-        """The uplink part of the health gate (docs/remote.md): with ``uplink_mode: all`` every
-        uplink must answer (one that never does would hold every batch); with ``failover`` one
-        must, and it must carry the MQTT downlink when pushes cannot come over CoAP."""
-        s = self.settings
-        ups = list(getattr(self.host.pipeline, "uplinks", []))
-        if not ups:  # JSON lines only: nothing to reach
-            return None
-        need_all = new.config.uplink_mode == "all"
-        need_downlink = not s.coap_listen
-        probes: dict[str, asyncio.Task[None]] = {}
-
-        def missing() -> list[str]:
-            if need_all:
-                return [u.name for u in ups if not u.reachable]
-            if need_downlink and not any(u.reachable for u in downlinks(self.host.pipeline)):
-                return [u.name for u in downlinks(self.host.pipeline)] or ["an MQTT uplink"]
-            return [] if any(u.reachable for u in ups) else [u.name for u in ups]
-
-        try:
-            async with asyncio.timeout(s.uplink_timeout):
-                while late := missing():
-                    for u in ups:  # nothing to send yet: ask the far end (a CoAP GET)
-                        if u.connected and not u.reachable and (u.name not in probes or probes[u.name].done()):
-                            probes[u.name] = asyncio.create_task(u.probe(), name=f"probe:{u.name}")
-                    await asyncio.sleep(0.1)
-        except TimeoutError:
-            seen = "; ".join(f"{n}: {why}" for n in late if (why := _last_error(ups, n)))
-            cause = f"; {seen}" if seen else ""
-            if need_all:
-                return (f"uplink(s) {', '.join(late)} did not connect within {s.uplink_timeout:g} s "
-                        f"(uplink_mode all would hold every batch for them){cause}")
-            if need_downlink:
-                return (f"the uplink did not connect within {s.uplink_timeout:g} s "
-                        f"({', '.join(late)}; the gateway would be locked out){cause}")
-            return f"no uplink connected within {s.uplink_timeout:g} s ({', '.join(late)}){cause}"
-        finally:
-            for t in probes.values():
-                t.cancel()
-            await asyncio.gather(*probes.values(), return_exceptions=True)
-        return None
+            self.board.status("rolled_back", failure, rev)
 
     # -- commands -----------------------------------------------------------------------
 
@@ -598,12 +403,12 @@ class RemoteAgent:
             log.info("command %s: %s %s (signed by %s)", cmd.id, cmd.op, cmd.args, signed.signer)
             result = await execute(cmd, self.host, self.info())
         except Refused as e:
-            self._result(cmd_id, {"status": "refused", "reason": str(e)})
+            self.board.result(cmd_id, {"status": "refused", "reason": str(e)})
         except Rejected as e:
             log.warning("command %s refused: %s", cmd_id, e)
-            self._result(cmd_id, {"status": "refused", "reason": str(e)})
+            self.board.result(cmd_id, {"status": "refused", "reason": str(e)})
         except Exception as e:
             log.warning("command %s failed: %s: %s", cmd_id, type(e).__name__, e)
-            self._result(cmd_id, {"status": "failed", "reason": f"{type(e).__name__}: {e}"})
+            self.board.result(cmd_id, {"status": "failed", "reason": f"{type(e).__name__}: {e}"})
         else:
-            self._result(cmd_id, {"status": "done", "result": result})
+            self.board.result(cmd_id, {"status": "done", "result": result})

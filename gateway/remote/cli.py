@@ -141,8 +141,8 @@ def outcome_summary(answers: dict[str, dict[str, Any]], expected: list[str],
             lines.append(f"{state.upper().replace('_', ' ')}: {gw}: {answers[gw].get('reason', '')}")
     if silent:
         lines.append(f"NO ANSWER: {', '.join(silent)}")
-    counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}" + (f" ({', '.join(v)})" if k not in ("applied", "done") else "")
-                       for k, v in sorted(by.items()))
+    counts = ", ".join(f"{len(v)} {k.replace('_', ' ')}"
+                       + (f" ({', '.join(v)})" if k not in ("applied", "done") else "") for k, v in sorted(by.items()))
     lines.append(f"{len(answers)} of {max(len(expected), expect, len(answers))} answered: {counts or 'none'}"
                  + (f"; no answer from {', '.join(silent)}" if silent else ""))
     good = all(k in ("applied", "done") for k in by)
