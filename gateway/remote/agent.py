@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from gateway.bounded import abandon, settle, stop_task
 from gateway.config import ConfigInvalid, GatewayConfig
-from gateway.config.apply import plan
+from gateway.config.apply import Plan, plan
 from gateway.config.loader import LoadError, load_yaml
 from gateway.config.validate import validate_document
 from gateway.keyevents import EventRefused, OpsKeyring
@@ -72,6 +72,17 @@ class Downlink(Protocol):
     def reachable(self) -> bool: ...
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool: ...
+
+
+def _name(revision: int | None) -> str:
+    return "the local config file" if revision is None else f"revision {revision}"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def sha256(data: bytes) -> str:
@@ -281,6 +292,8 @@ class RemoteAgent:
             await settle(coap.close(), CLOSE_WAIT, "closing the CoAP config server")
 
     def _downlink(self, topic: str, payload: bytes) -> None:
+        if not payload and (topic.endswith("/config/set") or topic.endswith("/cmd/req")):
+            return  # a retained push or command cleared by its rollout: nothing to take
         if topic.endswith("/config/set"):
             try:
                 self._queue.put_nowait((topic, payload))
@@ -333,16 +346,17 @@ class RemoteAgent:
         """Check, stage, apply, health-gate, then commit or roll back one pushed document."""
         s = self.settings
         digest = sha256(data)
+        if digest == self.store.state.seen:  # a retained push delivered again at a connect
+            log.debug("config push %s delivered again; already handled", digest[:12])
+            return
         try:
             signed = open_signed(data, self.trusted, "config", self.targets, int(s.max_document_bytes))
         except Rejected as e:
             self.board.status("rejected", str(e), None)
             return
         rev = signed.revision
-        if digest == self.store.state.seen:
-            log.debug("config revision %d delivered again; already handled", rev)
-            return
         if rev <= self.store.state.highest:
+            self.store.refuse(rev, digest)  # a retained copy delivered again is then ignored quietly
             self.board.status("rejected", f"revision {rev} is not newer than revision {self.store.state.highest} "
                          "(anti-rollback)", rev)
             return
@@ -359,27 +373,68 @@ class RemoteAgent:
             self.board.status("rejected", reason, rev)
             return
         async with self.host.apply_lock:
-            old = self.host.cfg
-            assert old is not None
             self.store.stage(rev, signed.payload, digest)
-            p = plan(old, new)
             try:
-                await self.host.apply_config(new)
-                failure = await gate.check(self.host, self.settings, self.wiring, p, new)
-            except Exception as e:  # a pipeline that cannot start, a key mismatch
-                log.exception("apply of revision %d failed", rev)
-                failure = f"apply failed: {e}"
+                failure, p = await self._apply_gated(new, f"revision {rev}")
+            except BaseException:  # the old config would not start again either, or a stop: pending stays clear
+                self.store.rollback(rev)
+                raise
             if failure is None:
                 self.store.commit(rev)
                 self.revision, self.digest = rev, sha256(signed.payload)
                 self.board.status("applied", f"restarted: {describe(p)}", rev)
-                return
-            log.warning("revision %d failed its health gate (%s); rolling back", rev, failure)
-            try:
-                await self.host.apply_config(old)
-            finally:
+            else:
                 self.store.rollback(rev)
-            self.board.status("rolled_back", failure, rev)
+                self.board.status("rolled_back", failure, rev)
+
+    async def _apply_gated(self, new: GatewayConfig, what: str) -> tuple[str | None, Plan]:
+        """Apply ``new`` and hold it to the health gate; put the running config back if it fails.
+        The caller holds the apply lock and records the outcome."""
+        old = self.host.cfg
+        assert old is not None
+        p = plan(old, new)
+        try:
+            await self.host.apply_config(new)
+            failure = await gate.check(self.host, self.settings, self.wiring, p, new)
+        except Exception as e:  # a pipeline that cannot start, a key mismatch
+            log.exception("apply of %s failed", what)
+            failure = f"apply failed: {e}"
+        if failure is not None:
+            log.warning("%s failed its health gate (%s); rolling back", what, failure)
+            await self.host.apply_config(old)
+        return failure, p
+
+    async def revert(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Go back from revision ``from`` to the config that ran before it (``to``: an earlier pushed
+        revision kept here, or null for the local file), through the same health gate: a rollout's
+        rollback. Refused unless ``from`` is what runs now (nothing newer is ever undone)."""
+        frm, to = args.get("from"), args.get("to")
+        if self.revision is None or frm != self.revision:
+            raise Refused(f"running {_name(self.revision)}, not revision {frm}: nothing to revert")
+        if to is not None and (not isinstance(to, int) or isinstance(to, bool)):
+            raise Refused("to must be a revision number or null (the local config file)")
+        if to is None:
+            new, data = self.bootstrap, _read(self.bootstrap_path)
+        else:
+            kept = self.store.read(to)
+            if kept is None:
+                raise Refused(f"revision {to} is no longer kept here (remote.history); push it again instead")
+            new, data = self.effective(kept, to), kept
+        async with self.host.apply_lock:
+            self.store.mark_pending(to)
+            try:
+                failure, p = await self._apply_gated(new, f"the revert to {_name(to)}")
+            except BaseException:
+                self.store.rollback(frm)
+                raise
+            if failure is not None:
+                self.store.rollback(frm)
+                self.board.status("rolled_back", f"revert to {_name(to)} failed: {failure}", frm)
+                raise Refused(f"the revert to {_name(to)} failed its health gate: {failure}")
+            self.store.commit(to)
+            self.revision, self.digest = to, sha256(data)
+            self.board.status("reverted", f"back on {_name(to)} (from revision {frm}); restarted: {describe(p)}", frm)
+        return {"reverted": True, "from": frm, "running_revision": to}
 
     # -- commands -----------------------------------------------------------------------
 
@@ -401,7 +456,7 @@ class RemoteAgent:
             cmd_id = cmd.id
             self.commands.take(cmd, time.time(), self.settings.max_command_ttl)
             log.info("command %s: %s %s (signed by %s)", cmd.id, cmd.op, cmd.args, signed.signer)
-            result = await execute(cmd, self.host, self.info())
+            result = await (self.revert(cmd.args) if cmd.op == "revert" else execute(cmd, self.host, self.info()))
         except Refused as e:
             self.board.result(cmd_id, {"status": "refused", "reason": str(e)})
         except Rejected as e:

@@ -73,7 +73,8 @@ def add_parsers(sub: Any) -> None:
     _broker_args(push)
 
     cmd = sub.add_parser("command", help="send a signed command and show the result")
-    cmd.add_argument("op", choices=("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key"))
+    cmd.add_argument("op", choices=("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key",
+                                    "revert"))
     cmd.add_argument("args", nargs="*", metavar="NAME=VALUE",
                      help="arguments, e.g. instance=bus point=meter-1/relay value=true (values read as YAML)")
     cmd.add_argument("--ttl", type=float, default=60.0, help="seconds until the command expires")

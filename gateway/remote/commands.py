@@ -31,7 +31,7 @@ from gateway.remote.topics import COMMAND_ID
 from gateway.scheduler import InstanceRunner, Supervisor
 
 log = logging.getLogger("sensegate.remote")
-OPS = ("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key")
+OPS = ("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key", "revert")
 ROTATE_TIMEOUT = 60.0  # a token that takes longer: the switch finishes later, the answer says so
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_REMEMBERED = 10_000

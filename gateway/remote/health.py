@@ -101,6 +101,7 @@ class HealthPublisher:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.published = 0
+        self._closed = False
 
     def attach(self, pipeline: Any) -> None:
         """Publish at once whenever one of the pipeline's MQTT uplinks (re)connects."""
@@ -117,7 +118,9 @@ class HealthPublisher:
             up.on_state = on_state
 
     def soon(self, pipeline: Any = None, uplinks: list[Any] | None = None) -> None:
-        """Publish from a task of its own (a connect, a config applied)."""
+        """Publish from a task of its own (a connect, a config applied); nothing once closed."""
+        if self._closed:
+            return
         task = asyncio.create_task(self._when_started(pipeline, uplinks), name="health-publish")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -151,7 +154,8 @@ class HealthPublisher:
             return sent
 
     async def close(self) -> None:
-        """Stop the publications started by connects (bounded)."""
+        """Stop the publications started by connects (bounded); start no more."""
+        self._closed = True
         for t in list(self._tasks):
             with contextlib.suppress(Exception):
                 await stop_task(t, (CLOSE_WAIT,))
