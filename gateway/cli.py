@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.remote.profile import add_parsers as ops_parsers
 
     ops_parsers(sub)  # ops init, ops show
+    from gateway.fleet.rolloutcli import add_parsers as rollout_parsers
+
+    rollout_parsers(sub)  # rollout list, status, resume, abort, rollback
     from gateway.ingest.cli import add_parsers as ingest_parsers
 
     ingest_parsers(sub)  # ingest, fleet
@@ -365,6 +368,13 @@ def _ops(args: argparse.Namespace) -> int:
     from gateway.remote.profile import main as ops_main
 
     return ops_main(args)
+
+
+@command("rollout")
+def _rollout(args: argparse.Namespace) -> int:
+    from gateway.fleet.rolloutcli import main as rollout_main
+
+    return rollout_main(args)
 
 
 @command("ingest")

@@ -97,6 +97,7 @@ class Daemon:
         self.cfg: GatewayConfig | None = None
         self.nodes = NodeTracker()
         self.pipeline: Pipeline | None = None
+        self.build_pipeline = build_pipeline  # what a config's pipeline is made by (a fleet simulator swaps it)
         self.supervisor: Supervisor | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -199,7 +200,7 @@ class Daemon:
 
     async def _start(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
-        pipeline = build_pipeline(cfg, self.nodes)
+        pipeline = self.build_pipeline(cfg, self.nodes)
         if self.remote is not None:
             self.remote.attach(pipeline)  # downlink hooks go on before the uplinks connect
         self.health.attach(pipeline)

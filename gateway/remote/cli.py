@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from gateway.fleet.rolloutcli import add_rollout_args
 from gateway.remote.profile import CONFIG_HOME, add_profile_arg
 
 DEFAULT_OPS_DIR = CONFIG_HOME
@@ -71,6 +73,7 @@ def add_parsers(sub: Any) -> None:
     push.add_argument("--no-check", action="store_true", help="skip the local validation")
     _signing_args(push)
     _broker_args(push)
+    add_rollout_args(push)
 
     cmd = sub.add_parser("command", help="send a signed command and show the result")
     cmd.add_argument("op", choices=("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key",
@@ -80,6 +83,7 @@ def add_parsers(sub: Any) -> None:
     cmd.add_argument("--ttl", type=float, default=60.0, help="seconds until the command expires")
     _signing_args(cmd)
     _broker_args(cmd)
+    add_rollout_args(cmd)
 
     st = sub.add_parser("status", help="show gateways' online state and config status (retained)")
     st.add_argument("gateways", nargs="*", help="gateway ids (default: every gateway seen)")
@@ -192,6 +196,12 @@ def config_push(args: argparse.Namespace) -> int:
             print("sensegate config push: not pushed (the file does not validate here; --no-check to push anyway)",
                   file=sys.stderr)
             return 1
+    if args.group and not args.all_at_once:
+        from gateway.fleet.kinds import ConfigKind
+        from gateway.fleet.rolloutcli import start
+
+        rev = args.revision if args.revision is not None else int(time.time() * 1000)
+        return start(args, ConfigKind(raw, rev, Path(args.file).name), key, f"config {args.file} revision {rev}")
     rev, answers = asyncio.run(push_config(_broker(args), key, raw, to=args.to, group=args.group,
                                            revision=args.revision, expect=args.expect, within=args.wait,
                                            retain=args.retain))
@@ -232,6 +242,14 @@ def command(args: argparse.Namespace) -> int:
     except (OSError, KeyError_) as e:
         print(f"sensegate command: {e}", file=sys.stderr)
         return 2
+    if args.group and not args.all_at_once:
+        import secrets
+
+        from gateway.fleet.kinds import CommandKind
+        from gateway.fleet.rolloutcli import start
+
+        kind = CommandKind(args.op, cmd_args, f"c{int(time.time())}-{secrets.token_hex(4)}", args.ttl)
+        return start(args, kind, key, kind.describe())
     cid, _, answers = asyncio.run(send_command(_broker(args), key, args.op, cmd_args, to=args.to, group=args.group,
                                                ttl=args.ttl, expect=args.expect, within=args.wait))
     if not args.json:
