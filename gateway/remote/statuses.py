@@ -103,7 +103,7 @@ class StatusBoard:
             except OSError as e:
                 log.warning("cannot keep the latest config status in %s: %s", self.last_file, e)
             health = getattr(self.host, "health", None)
-            if health is not None and body["state"] in ("applied", "rolled_back"):
+            if health is not None and body["state"] in ("applied", "rolled_back", "reverted"):
                 health.soon()  # the fleet view shows the new running config at once
 
     def result(self, cmd_id: str, body: dict[str, Any]) -> None:

@@ -110,7 +110,7 @@ class SimGateway:
     async def start(self, registry: Registry | None = None) -> None:
         """Start the daemon and wait until it is ready and its uplink connected (bounded)."""
         d = Daemon(self.config, registry or (broken_registry() if self.broken else _registry()))
-        d.build_pipeline = LightPipeline  # type: ignore[assignment]
+        d.build_pipeline = LightPipeline
         self.daemon = d
         self._task = asyncio.create_task(d.run(), name=f"sim:{self.id}")
         async with asyncio.timeout(30):

@@ -15,12 +15,12 @@ from gateway.keys import init_key, load_private_key
 SG = [sys.executable, "-m", "gateway"]
 
 
-async def sg(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+async def sg(*args: str, within: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`sensegate ARGS` in a child process; its output, awaited without blocking this loop."""
     proc = await asyncio.create_subprocess_exec(*SG, *args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE, env=env or os.environ.copy())
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), within)
     except TimeoutError:
         proc.kill()
         await proc.wait()
