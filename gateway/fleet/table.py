@@ -67,19 +67,20 @@ def cells(r: Row, now: float | None = None) -> dict[str, str]:
     upd = (r.agent or {}).get("update") or {}
     if upd.get("state") in ("trial", "rolled_back", "refused"):
         agent += f" ({upd['state']} {upd.get('version', '')})".rstrip()
-    return {"gateway": r.gateway, "state": state, "version": agent, "config": config, "drivers": drivers,
+    return {"gateway": r.gateway, "groups": ", ".join(r.groups) or "-", "state": state, "version": agent, "config": config, "drivers": drivers,
             "buffer": buffered, "last_ack": ack, "clock": clock, "disk": size(r.disk_free), "signed": signed,
             "verdict": r.verdict or "-"}
 
 
-COLUMNS = [("gateway", "GATEWAY"), ("state", "STATE"), ("version", "AGENT"), ("config", "CONFIG"),
+COLUMNS = [("gateway", "GATEWAY"), ("groups", "GROUPS"), ("state", "STATE"), ("version", "AGENT"), ("config", "CONFIG"),
            ("drivers", "DRIVERS"), ("buffer", "BUFFERED"), ("last_ack", "LAST ACK"), ("clock", "CLOCK"),
            ("disk", "DISK FREE"), ("signed", "SIGNED"), ("verdict", "VERDICT")]
 
 
 def format_table(rows: list[Row], signed: bool, verdicts: bool = False) -> str:
     """The terminal table: a line per gateway, then its down drivers with their reasons."""
-    cols = [(k, t) for k, t in COLUMNS if (k != "signed" or signed) and (k != "verdict" or verdicts)]
+    cols = [(k, t) for k, t in COLUMNS if (k != "signed" or signed) and (k != "verdict" or verdicts)
+            and k != "groups"]
     now = time.time()
     table = [cells(r, now) for r in rows]
     widths = {k: max([len(t)] + [len(c[k]) for c in table]) for k, t in cols}
