@@ -67,7 +67,8 @@ def cells(r: Row, now: float | None = None) -> dict[str, str]:
     upd = (r.agent or {}).get("update") or {}
     if upd.get("state") in ("trial", "rolled_back", "refused"):
         agent += f" ({upd['state']} {upd.get('version', '')})".rstrip()
-    return {"gateway": r.gateway, "groups": ", ".join(r.groups) or "-", "state": state, "version": agent, "config": config, "drivers": drivers,
+    return {"gateway": r.gateway, "groups": ", ".join(r.groups) or "-", "state": state, "version": agent,
+            "config": config, "drivers": drivers,
             "buffer": buffered, "last_ack": ack, "clock": clock, "disk": size(r.disk_free), "signed": signed,
             "verdict": r.verdict or "-"}
 

@@ -54,7 +54,8 @@ SCRIPT = """
     var p=new URLSearchParams(); if(g)p.set('group',g); if(s)p.set('state',s); if(q)p.set('q',q);
     history.replaceState(null,'',location.pathname+(p.toString()?'?'+p:''));
   }
-  f.addEventListener('input',apply); f.addEventListener('change',apply); f.addEventListener('submit',function(e){e.preventDefault();});
+  f.addEventListener('input',apply); f.addEventListener('change',apply);
+  f.addEventListener('submit',function(e){e.preventDefault();});
   apply();
   setTimeout(function(){location.reload();},30000);
 })();

@@ -57,7 +57,7 @@ class Browser:
 
     async def screenshot(self, path: Path) -> bytes:
         png = base64.b64decode(await self.call("GET", "/screenshot"))
-        path.write_bytes(png)
+        await asyncio.to_thread(path.write_bytes, png)
         return png
 
 
