@@ -106,6 +106,7 @@ class Daemon:
         self.ready = asyncio.Event()
         self.notifier = Notifier()  # sd_notify; a no-op outside systemd
         self.metrics = MetricsServer(self)
+        self.exec_after: list[str] | None = None  # after a clean stop, start this (an agent update's restart)
         self.hard_exit_after: float | None = None  # set by run_process: the process's last resort
         self._closing: asyncio.Task[None] | None = None  # the shutdown of the drivers and the pipeline
         self._stop_at: float | None = None  # loop time of the stop request
@@ -124,6 +125,11 @@ class Daemon:
             # should the loop itself be wedged, the stop still ends (with every thread's stack)
             faulthandler.dump_traceback_later(self.hard_exit_after, exit=True)
         self._stop.set()
+
+    def restart_into(self, argv: list[str]) -> None:
+        """Stop cleanly, then replace this process by ``argv`` (the launcher: an agent update)."""
+        self.exec_after = argv
+        self.request_stop()
 
     def request_reload(self) -> None:
         """Ask the daemon to re-read its config file."""
@@ -316,7 +322,22 @@ def run_process(config_path: str | Path) -> int:
             faulthandler.cancel_dump_traceback_later()
             asyncio.set_event_loop(None)
             loop.close()
+    if daemon.exec_after:
+        _exec(daemon.exec_after)
     return status
+
+
+def _exec(argv: list[str]) -> None:
+    """Become the launcher again (same PID, so systemd's notify socket and watchdog carry on)."""
+    from gateway.remote.releases import ENV_RELEASE
+
+    log.warning("restarting: %s", " ".join(argv))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    env = {k: v for k, v in os.environ.items() if k != ENV_RELEASE}
+    os.execve(argv[0], argv, env)
 
 
 async def _leftovers(within: float) -> list[str]:

@@ -199,6 +199,12 @@ class Runner:
         if self._session is not None:
             self._publish(self.kind.topic(self.broker.prefix, gw), b"")
 
+    def _finish(self) -> None:
+        """Nothing more will take it: what the kind left on the broker goes (an update's chunks)."""
+        finish = getattr(self.kind, "finish", None)
+        if finish is not None and self._session is not None:
+            finish(self.broker.prefix, self._publish)
+
     def _send(self, gw: str) -> None:
         e = self.ro.gateways[gw]
         self._publish(self.kind.topic(self.broker.prefix, gw), self.kind.document(self.key, gw, self.ro.expires))
@@ -229,6 +235,10 @@ class Runner:
             for f in [*subscriptions(self.broker.prefix), *self.kind.answer_filters(self.broker.prefix)]:
                 session.client.subscribe(f, qos=1)
             await self._settle()
+            prepare = getattr(self.kind, "prepare", None)
+            if prepare is not None and ro.wave < len(ro.waves):
+                prepare(self.broker.prefix, self._publish)  # an update's chunks, before any manifest
+                await self._flush()
             ro.state = "running"
             ro.save()
             while ro.wave < len(ro.waves):
@@ -245,6 +255,8 @@ class Runner:
                 await self._until(lambda: not ro.count(PENDING, SENT), wait_pending)
             ro.state = "waiting" if ro.count(PENDING, SENT) else "done"
             ro.save()
+            if ro.state == "done":
+                self._finish()
             self.out.finished(ro)
             await self._flush()
             return 3 if ro.state == "waiting" else 1 if ro.failures else 0
@@ -326,6 +338,7 @@ class Runner:
             self._refresh_pending()
             if self.ro.state == "waiting" and not self.ro.count(PENDING, SENT):
                 self.ro.state = "done"
+                self._finish()
             self.ro.save()
             await self._flush()
         finally:
@@ -345,6 +358,7 @@ class Runner:
                 elif e.state == WAITING:
                     e.state, e.reason = "skipped", "aborted before it was sent"
             self.ro.state, self.ro.reason = "aborted", "aborted by the operator"
+            self._finish()
             self.ro.save()
             await self._flush()
         finally:

@@ -76,8 +76,8 @@ def _rollouts_dir(args: argparse.Namespace) -> Path:
     return Path(args.rollouts).expanduser()
 
 
-def start(args: argparse.Namespace, kind: Any, key: Any, what: str) -> int:
-    """Plan a rollout of ``kind`` to ``args.group`` from the fleet view, save it, run it."""
+def start(args: argparse.Namespace, kind: Any, key: Any, what: str, members: list[str] | None = None) -> int:
+    """Plan a rollout of ``kind`` to ``args.group`` (or to ``members``) from the fleet view, save it, run it."""
     from gateway.fleet.progress import Progress
     from gateway.fleet.rollout import Entry, Rollout, Runner, new_id, plan
     from gateway.fleet.view import snapshot
@@ -90,7 +90,13 @@ def start(args: argparse.Namespace, kind: Any, key: Any, what: str) -> int:
     except MqttError as e:
         print(f"sensegate: {e}", file=sys.stderr)
         return 2
-    rows = watch.rows(None, args.group)
+    rows = watch.rows(None, None if members else args.group)
+    if members:
+        from gateway.fleet.view import Row
+
+        known = {r.gateway: r for r in rows}
+        rows = [known.get(m, Row(m)) for m in members]  # never seen: sent anyway, retained, pending
+        args.group = args.group or ",".join(members)
     if not rows:
         print(f"sensegate: no gateway reports group {args.group!r} in its health summary "
               f"(see `sensegate fleet status --group {args.group}`)", file=sys.stderr)
@@ -104,7 +110,7 @@ def start(args: argparse.Namespace, kind: Any, key: Any, what: str) -> int:
     if unknown:
         print(f"sensegate: canary gateway(s) {', '.join(unknown)} not in group {args.group}", file=sys.stderr)
         return 2
-    waves = plan([r.gateway for r in rows], online, args.canary, args.wave_size, chosen)
+    waves = plan([r.gateway for r in rows], online, 0 if members else args.canary, args.wave_size, chosen)
     gateways = {}
     for i, wave in enumerate(waves):
         for gw in wave:
@@ -114,7 +120,8 @@ def start(args: argparse.Namespace, kind: Any, key: Any, what: str) -> int:
     from gateway.fleet.kinds import kind_to_json
 
     ro = Rollout(id=new_id(kind.name), kind=kind_to_json(kind), group=args.group, url=args.url, waves=waves,
-                 canary=bool(chosen) or (bool(args.canary) and bool(online)), max_failures=args.max_failures,
+                 canary=(bool(chosen) or (bool(args.canary) and bool(online))) and not members,
+                 max_failures=args.max_failures,
                  wave_timeout=args.wave_timeout, expires=int(time.time() + args.expires), gateways=gateways)
     ro.path = str(_rollouts_dir(args) / f"{ro.id}.json")
     ro.save()

@@ -32,8 +32,10 @@ from gateway.remote import gate, topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
 from gateway.remote.envelope import Rejected, group_target, load_trusted, open_signed
 from gateway.remote.gate import describe, downlinks
+from gateway.remote.releases import agent_dir
 from gateway.remote.statuses import StatusBoard
 from gateway.remote.store import ConfigStore
+from gateway.remote.update import AgentUpdater
 from gateway.remote.wiring import Wiring
 from gateway.scheduler import Supervisor
 
@@ -106,6 +108,7 @@ class RemoteAgent:
         self.store = ConfigStore(root, self.settings.history)
         self.commands = CommandLog(root / "commands.json")
         self.wiring = Wiring(root / "wired.json")  # expected-absent instances that came up once
+        self.updater = AgentUpdater(self, agent_dir(g.state_dir))
         self.revision: int | None = None  # the pushed revision running; None: the local file
         self.digest = ""  # SHA-256 of the running config's YAML
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE)
@@ -135,6 +138,7 @@ class RemoteAgent:
             return self.bootstrap
         self.store.open()
         self.commands.open()
+        self.updater.open()
         self.board.open()
         choice = self.store.boot()
         tried = []
@@ -226,6 +230,7 @@ class RemoteAgent:
                 before(connected)
                 if connected:
                     self.board.flush(up)
+                    self.updater.flush()
 
             up.on_state = on_state
         if self._worker is None:
@@ -286,6 +291,7 @@ class RemoteAgent:
         for t, ok in zip(tasks, stopped, strict=True):
             if not ok:
                 abandon(t, f"remote task {t.get_name()} would not stop", log)
+        await self.updater.close()
         coap, self._coap = self._coap, None
         self.board.coap = None
         if coap is not None:
@@ -294,7 +300,9 @@ class RemoteAgent:
     def _downlink(self, topic: str, payload: bytes) -> None:
         if not payload and (topic.endswith("/config/set") or topic.endswith("/cmd/req")):
             return  # a retained push or command cleared by its rollout: nothing to take
-        if topic.endswith("/config/set"):
+        if topic.endswith("/agent/set"):
+            self.updater.take(topic, payload)
+        elif topic.endswith("/config/set"):
             try:
                 self._queue.put_nowait((topic, payload))
             except asyncio.QueueFull:

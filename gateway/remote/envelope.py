@@ -29,9 +29,9 @@ from gateway.keys import KeyError_, PrivateKey, PublicKey, fingerprint, key_id, 
 MAX_UINT = 2**63 - 1  # revisions, signing times: they fit a signed 64-bit integer everywhere
 MAX_INT_ARG = 2**64 - 1  # integers in a command's arguments: a 64-bit register, signed or unsigned
 MAX_DEPTH = 8
-Kind = Literal["config", "command"]
+Kind = Literal["config", "command", "agent"]
 KIND, TARGET, REVISION, ISSUED, EXPIRES = "sgk", "to", "rv", "iat", "exp"
-CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor"}
+CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor", "agent": "application/cbor"}
 
 
 class Rejected(Exception):

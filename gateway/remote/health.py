@@ -72,7 +72,7 @@ def extras(daemon: Any) -> dict[str, Any]:
                          "source": "local file" if info["running_revision"] is None else "pushed",
                          "sha256": info["config_sha256"], "last_push": remote.last_push()}
         out["absent"] = sorted(remote.wiring.absent(cfg))
-    updater = getattr(daemon, "updater", None)
+    updater = getattr(remote, "updater", None)
     if updater is not None:
         out["agent"] = updater.describe()
     return out
