@@ -283,11 +283,10 @@ class Runner:
         return bool(done())
 
     def _refresh_pending(self) -> None:
-        """A sent gateway that went offline is pending; a pending one that came back is awaited again."""
+        """A pending gateway that came back is awaited again. (One that goes offline after it was sent
+        is still awaited: it may be restarting into what it took, as an agent update does.)"""
         for gw, e in self.ro.gateways.items():
-            if e.state == SENT and not self.online(gw):
-                e.state, e.reason = PENDING, "offline: takes it when it returns"
-            elif e.state == PENDING and self.online(gw):
+            if e.state == PENDING and self.online(gw):
                 e.state, e.reason = SENT, ""
 
     async def _wave(self, index: int) -> bool:
@@ -309,7 +308,9 @@ class Runner:
         await self._until(answered, ro.wave_timeout)
         for gw in wave:
             e = ro.gateways[gw]
-            if e.state == SENT:
+            if e.state == SENT and not self.online(gw):
+                e.state, e.reason = PENDING, "went offline before it answered: takes it when it returns"
+            elif e.state == SENT:
                 e.state, e.reason = NO_ANSWER, f"no answer within {ro.wave_timeout:g} s while online"
                 self.out.failure(gw, e.reason)
         self.out.wave_end(ro, index, time.monotonic() - started)

@@ -86,13 +86,15 @@ class AgentState:
     floor: str = ""
     trial: Trial | None = None
     outcome: dict[str, Any] | None = None
+    seen: list[str] = field(default_factory=list)  # SHA-256 of the manifests taken (a retained one comes again)
 
     @classmethod
     def load(cls, root: Path) -> AgentState:
         try:
             raw = json.loads((root / "state.json").read_bytes())
             trial = Trial(**raw["trial"]) if raw.get("trial") else None
-            return cls(raw.get("current"), str(raw.get("floor") or ""), trial, raw.get("outcome"))
+            return cls(raw.get("current"), str(raw.get("floor") or ""), trial, raw.get("outcome"),
+                       [str(s) for s in raw.get("seen") or []])
         except FileNotFoundError:
             return cls()
         except (ValueError, TypeError, KeyError) as e:
@@ -163,7 +165,7 @@ def launch(config_path: str | Path) -> None:
     env[ENV_RELEASE] = target
     env[ENV_FACTORY_ARGV] = json.dumps(list(sys.orig_argv))
     python = str(release_python(root, target))
-    args = [python, "-m", "gateway", *sys.argv[1:]]
+    args = [python, "-P", "-m", "gateway", *sys.argv[1:]]  # -P: never a gateway/ in the working directory
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -253,12 +255,17 @@ def install(root: Path, version: str, wheels: Path) -> Path:
     rel = root / "releases" / version
     shutil.rmtree(rel, ignore_errors=True)
     rel.mkdir(parents=True, mode=0o750)
+    if not os.environ.get(ENV_RELEASE):
+        _record_factory(root)  # this process is the installed agent: the first release is made from it
     factory = factory_info(root)
+    if not factory:
+        raise ReleaseError(f"{root / 'factory.json'} is missing: start the installed agent once to record it")
     base_python = factory.get("python") or sys.executable
     venv = rel / "venv"
     _run([base_python, "-m", "venv", "--without-pip", str(venv)], "making the release's venv")
     py = str(venv / "bin" / "python")
-    purelib = _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], "reading the venv").strip()
+    purelib = _run([py, "-P", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                   "reading the venv").strip()
     if factory.get("purelib"):  # the dependencies the release does not bring come from the installed agent
         Path(purelib, "_sensegate_factory.pth").write_text(factory["purelib"] + "\n")
     links = ["--find-links", str(wheels)]
@@ -269,7 +276,7 @@ def install(root: Path, version: str, wheels: Path) -> Path:
     runner = [py, f"{pip[-1]}/pip"] if pip else [py, "-m", "pip"]
     _run([*runner, "install", "--no-index", *links, "--no-cache-dir", "--disable-pip-version-check", "--quiet",
           "--no-warn-script-location", f"sensegate=={version}"], f"installing sensegate {version}")
-    got = _run([py, "-c", "import gateway; print(gateway.__version__)"], "checking the installed release").strip()
+    got = _run([py, "-P", "-c", "import gateway; print(gateway.__version__)"], "checking the installed release").strip()
     if got != version:
         raise ReleaseError(f"the release's venv runs sensegate {got}, not {version}")
     _carry_drivers(py)
@@ -289,7 +296,7 @@ def _carry_drivers(python: str) -> None:
 
 def _run(cmd: list[str], what: str) -> str:
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=INSTALL_TIMEOUT, cwd="/",
                              env={**os.environ, "PIP_NO_INPUT": "1", ENV_RELEASE: ""})
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ReleaseError(f"{what}: {e}") from None

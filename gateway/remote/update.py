@@ -37,6 +37,7 @@ log = logging.getLogger("sensegate.update")
 MAX_CHUNK = 512 * 1024  # below the downlink's MQTT 5 Maximum Packet Size (1 MiB)
 DOWNLOAD_TIMEOUT = 900.0
 FINAL = ("healthy", "rolled_back", "refused", "failed")
+SEEN = 16  # manifests remembered as handled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +143,9 @@ class AgentUpdater:
             "agent update%s: %s%s", f" {version}" if version else "", state, f": {reason}" if reason else "")
         self._last = {"state": state, "version": version, "reason": reason}
         self._spawn(self._send(body), "agent-status")
+        health = getattr(self.agent.host, "health", None)
+        if health is not None and state in FINAL:
+            health.soon()  # the fleet view shows the outcome at once
 
     async def _send(self, body: dict[str, Any]) -> None:
         key = getattr(self.agent.board.pipeline, "key", None)
@@ -163,9 +167,16 @@ class AgentUpdater:
     def take(self, topic: str, payload: bytes) -> None:
         if not payload:
             return  # a retained manifest cleared by its rollout
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest in self.state.seen:
+            log.debug("agent update manifest %s delivered again; already handled", digest[:12])
+            return
         if self.busy:
             self.status("refused", None, "busy: an update is already in progress")
             return
+        self.state.seen = [*self.state.seen[-(SEEN - 1):], digest]
+        with contextlib.suppress(OSError):
+            self.state.save(self.root)
         self.busy = True
         self._spawn(self._take(topic, payload), "agent-update")
 
