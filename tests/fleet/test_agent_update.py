@@ -72,9 +72,8 @@ class Unit:
         return Path(f"/proc/{self.proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-async def build_wheel(tmp: Path, version: str, patch: Any = None) -> Path:
-    """A wheel of this source tree with another version number (and a patch applied)."""
-    src = tmp / f"src-{version}"
+def copy_tree(src: Path, version: str, patch: Any) -> None:
+    """This source tree (tracked and new files) with another version number and a patch."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True,
                            check=True).stdout.split(b"\0")
     for f in files:
@@ -86,6 +85,12 @@ async def build_wheel(tmp: Path, version: str, patch: Any = None) -> Path:
     init.write_text(init.read_text().replace(f'__version__ = "{__version__}"', f'__version__ = "{version}"'))
     if patch is not None:
         patch(src)
+
+
+async def build_wheel(tmp: Path, version: str, patch: Any = None) -> Path:
+    """A wheel of this source tree with another version number (and a patch applied)."""
+    src = tmp / f"src-{version}"
+    await asyncio.to_thread(copy_tree, src, version, patch)
     out = tmp / "wheels" / version
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                                                 "--no-build-isolation", "-w", str(out), str(src),
