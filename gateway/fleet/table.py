@@ -64,7 +64,8 @@ def cells(r: Row, now: float | None = None) -> dict[str, str]:
         clock = off if r.clock_synced else f"UNSYNCED {off}"
     signed = "-" if r.verified is None else "yes" if r.verified is True else "NO"
     agent = r.version or "-"
-    upd = (r.agent or {}).get("update") or {}
+    upd = (r.agent or {}).get("update")
+    upd = upd if isinstance(upd, dict) else {}
     if upd.get("state") in ("trial", "rolled_back", "refused"):
         agent += f" ({upd['state']} {upd.get('version', '')})".rstrip()
     return {"gateway": r.gateway, "groups": ", ".join(r.groups) or "-", "state": state, "version": agent,

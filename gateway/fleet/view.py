@@ -60,47 +60,73 @@ class Row:
         return out
 
 
+def _map(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _num(v: Any) -> float | None:
+    """A finite number from outside input, else None (bools, text, NaN and the like are no numbers)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != v or v in (float("inf"), float("-inf")):
+        return None
+    return float(v)
+
+
+def _int(v: Any) -> int | None:
+    n = _num(v)
+    return int(n) if n is not None and abs(n) < 2**63 else None
+
+
+def _texts(v: Any) -> list[str]:
+    return [str(x) for x in v if isinstance(x, str | int)] if isinstance(v, list) else []
+
+
 def row_from(gateway: str, seen: dict[str, Any], now: float, trust: Any = None) -> Row:
-    """Build a row from what was retained for one gateway (``status``, ``health``, ``config``)."""
+    """Build a row from what was retained for one gateway (``status``, ``health``, ``config``).
+
+    Everything here is outside input (any client may publish on an unprotected broker): a value of
+    the wrong type is shown as unknown, never trusted, never a crash."""
     from gateway.signedjson import check
 
     r = Row(gateway)
-    status, health_msg = seen.get("status"), seen.get("health")
+    status, health_msg = _map(seen.get("status")) or None, _map(seen.get("health")) or None
     if trust is not None and health_msg is not None:
         got = check(health_msg, trust, gateway, "heartbeat")
         r.verified = True if got.verified else got.reason
         health_msg = got.body
-    # the newest signed summary: the status topic's (online) or the health topic's
+    # the newest summary: the status topic's (online) or the health topic's
     newest = max((m for m in (status, health_msg) if m and isinstance(m.get("health"), dict)),
-                 key=lambda m: m.get("ts") or 0, default=None)
+                 key=lambda m: _num(m.get("ts")) or 0, default=None)
     if status is not None:
         r.state = "online" if status.get("state") == "online" else "offline"
-    h: dict[str, Any] = newest["health"] if newest else {}
+    h = _map(newest["health"]) if newest else {}
     if newest is not None:
-        r.last_seen = float(newest.get("ts") or 0) or None
-        interval = float(h.get("status_interval") or 60.0)
-        if r.state == "online" and r.last_seen and interval and now - r.last_seen > STALE_INTERVALS * interval:
+        r.last_seen = _num(newest.get("ts")) or None
+        interval = _num(h.get("status_interval")) or 60.0
+        if r.state == "online" and r.last_seen and interval > 0 and now - r.last_seen > STALE_INTERVALS * interval:
             r.state = "stale"
-    r.groups = [str(g) for g in h.get("groups") or []]
-    r.version = str(h.get("version") or "")
-    cfg = h.get("config") or {}
-    r.revision, r.source, r.last_push = cfg.get("revision"), str(cfg.get("source") or ""), cfg.get("last_push")
-    r.absent = [str(a) for a in h.get("absent") or []]
-    for name, d in sorted((h.get("drivers") or {}).items()):
+    r.groups = _texts(h.get("groups"))
+    r.version = str(h.get("version") or "")[:64]
+    cfg = _map(h.get("config"))
+    r.revision, r.source = _int(cfg.get("revision")), str(cfg.get("source") or "")[:32]
+    r.last_push = _map(cfg.get("last_push")) or None
+    r.absent = _texts(h.get("absent"))
+    for name, d in sorted(_map(h.get("drivers")).items()):
         if name in r.absent:
             continue
+        d = _map(d)
         r.drivers_total += 1
         if d.get("state") == "running":
             r.drivers_up += 1
         else:
             r.down[name] = f"{d.get('state')}: {d.get('last_error') or 'no error'}"
-    buf, bat = h.get("buffer") or {}, h.get("batches") or {}
-    r.buffered, r.oldest_age_s = buf.get("readings"), buf.get("oldest_age_s")
-    r.last_ack, r.last_ack_at = bat.get("last_acked"), bat.get("last_acked_at")
-    clk = h.get("clock") or {}
-    r.clock_synced, r.clock_offset_s = clk.get("synchronised"), clk.get("offset_s")
-    r.disk_free = (h.get("disk") or {}).get("free_bytes")
-    r.agent = h.get("agent")
+    buf, bat = _map(h.get("buffer")), _map(h.get("batches"))
+    r.buffered, r.oldest_age_s = _int(buf.get("readings")), _num(buf.get("oldest_age_s"))
+    r.last_ack, r.last_ack_at = _int(bat.get("last_acked")), _num(bat.get("last_acked_at"))
+    clk = _map(h.get("clock"))
+    synced = clk.get("synchronised")
+    r.clock_synced, r.clock_offset_s = synced if isinstance(synced, bool) else None, _num(clk.get("offset_s"))
+    r.disk_free = _int(_map(h.get("disk")).get("free_bytes"))
+    r.agent = _map(h.get("agent")) or None
     cs = seen.get("config")
     if r.last_push is None and isinstance(cs, dict):
         r.last_push = {k: cs.get(k) for k in ("state", "revision", "reason", "ts")}

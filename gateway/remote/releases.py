@@ -24,6 +24,7 @@ import contextlib
 import io
 import json
 import logging
+import lzma
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ import sys
 import sysconfig
 import tarfile
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,8 @@ def version_key(v: str) -> tuple[Any, ...]:
     nums = tuple(int(x) for x in m.group(1).split("."))
     nums = nums + (0,) * (4 - len(nums))
     pre = ({"a": 0, "b": 1, "rc": 2}[m.group(2)], int(m.group(3))) if m.group(2) else (3, 0)
+    if not m.group(2) and m.group(4) is None and m.group(5) is not None:
+        pre = (-1, 0)  # 1.0.dev1 comes before 1.0a1
     post = int(m.group(4)) if m.group(4) is not None else -1
     dev = int(m.group(5)) if m.group(5) is not None else 1 << 30
     return (nums, pre, post, dev)
@@ -226,6 +230,13 @@ def unpack(bundle: Path, fmt: str, into: Path) -> Path:
 
 def _deb_wheels(deb: bytes) -> list[tuple[str, bytes]]:
     """The wheels under usr/share/sensegate/wheels of a .deb (an ar archive with data.tar.*)."""
+    try:
+        return _deb_members(deb)
+    except (ValueError, tarfile.TarError, EOFError, OSError, LookupError, lzma.LZMAError, zlib.error) as e:
+        raise ReleaseError(f"not a readable .deb: {e}") from None
+
+
+def _deb_members(deb: bytes) -> list[tuple[str, bytes]]:
     if not deb.startswith(b"!<arch>\n"):
         raise ReleaseError("not a .deb (no ar header)")
     pos, data = 8, None
