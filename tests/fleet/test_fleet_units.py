@@ -55,7 +55,8 @@ def test_a_row_reads_a_real_summary_and_flags_what_is_wrong() -> None:
               "drivers": {"a": {"state": "running"}, "b": {"state": "unavailable", "last_error": "timeout"},
                           "c": {"state": "starting"}},
               "absent": ["c"], "buffer": {"readings": 12, "oldest_age_s": 400.0},
-              "batches": {"last_acked": 99, "last_acked_at": now - 5}, "clock": {"synchronised": False, "offset_s": 0.5},
+              "batches": {"last_acked": 99, "last_acked_at": now - 5},
+              "clock": {"synchronised": False, "offset_s": 0.5},
               "disk": {"free_bytes": 5 * 1024**3}}
     r = row_from("gw-1", {"status": {"state": "online", "ts": now, "health": health}}, now)
     assert (r.state, r.revision, r.drivers_up, r.drivers_total, r.down) == ("online", 17, 1, 2,
@@ -173,7 +174,7 @@ def test_the_state_file_round_trips_and_a_damaged_one_says_so(tmp_path: Path) ->
     (tmp_path / "bad.json").write_text('{"id": 3}')
     with pytest.raises(RolloutError, match="not a rollout state file"):
         Rollout.load(tmp_path, "bad")
-    with pytest.raises(RolloutError, match="no rollout 'nope'.*config-x"):
+    with pytest.raises(RolloutError, match=r"no rollout 'nope'.*config-x"):
         Rollout.load(tmp_path, "nope")
 
 
