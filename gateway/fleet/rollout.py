@@ -18,6 +18,7 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,9 +226,9 @@ class Runner:
                 break
             last = self.watch.last_message
 
-    async def run(self, wait_pending: float = 0.0) -> int:
-        """Send the remaining waves and wait for their answers; the exit status (docs/fleet.md)."""
-        ro = self.ro
+    @contextlib.asynccontextmanager
+    async def _connected(self) -> AsyncIterator[None]:
+        """One session, subscribed to the fleet's states and this kind's answers, the retained burst read."""
         session = MqttSession(self.broker.settings, on_message=self._on_message, on_publish=self._on_publish)
         await session.connect()
         self._session = session
@@ -235,6 +236,19 @@ class Runner:
             for f in [*subscriptions(self.broker.prefix), *self.kind.answer_filters(self.broker.prefix)]:
                 session.client.subscribe(f, qos=1)
             await self._settle()
+            yield
+        finally:
+            self._session = None
+            await session.close()
+
+    async def run(self, wait_pending: float = 0.0) -> int:
+        """Send the remaining waves and wait for their answers; the exit status (docs/fleet.md)."""
+        async with self._connected():
+            return await self._run(wait_pending)
+
+    async def _run(self, wait_pending: float) -> int:
+        ro = self.ro
+        try:
             prepare = getattr(self.kind, "prepare", None)
             if prepare is not None and ro.wave < len(ro.waves):
                 prepare(self.broker.prefix, self._publish)  # an update's chunks, before any manifest
@@ -264,9 +278,6 @@ class Runner:
             ro.state, ro.reason = "interrupted", f"interrupted in wave {ro.wave + 1}"
             ro.save()
             raise
-        finally:
-            self._session = None
-            await session.close()
 
     async def _until(self, done: Any, within: float) -> bool:
         """Wait until ``done()`` (checked at every message and every second) or ``within`` s."""
@@ -327,13 +338,7 @@ class Runner:
 
     async def refresh(self, within: float = 5.0) -> None:
         """Read what is retained now (config statuses answer pending gateways) and update the file."""
-        session = MqttSession(self.broker.settings, on_message=self._on_message, on_publish=self._on_publish)
-        await session.connect()
-        self._session = session
-        try:
-            for f in [*subscriptions(self.broker.prefix), *self.kind.answer_filters(self.broker.prefix)]:
-                session.client.subscribe(f, qos=1)
-            await self._settle()
+        async with self._connected():
             if within > 0 and self.ro.count(PENDING, SENT):
                 await self._until(lambda: not self.ro.count(PENDING, SENT), within)
             self._refresh_pending()
@@ -342,16 +347,10 @@ class Runner:
                 self._finish()
             self.ro.save()
             await self._flush()
-        finally:
-            self._session = None
-            await session.close()
 
     async def abort(self) -> None:
         """Clear the retained documents not yet taken; nothing more is sent."""
-        session = MqttSession(self.broker.settings, on_publish=self._on_publish)
-        await session.connect()
-        self._session = session
-        try:
+        async with self._connected():
             for gw, e in self.ro.gateways.items():
                 if e.state in (SENT, PENDING):
                     self._clear(gw)
@@ -362,6 +361,3 @@ class Runner:
             self._finish()
             self.ro.save()
             await self._flush()
-        finally:
-            self._session = None
-            await session.close()

@@ -11,14 +11,11 @@ def ago(ts: float | None, now: float | None = None) -> str:
     """'12s ago', '3m ago', '5h ago', '2d ago'; '-' for none."""
     if not ts:
         return "-"
-    d = max(0.0, (now or time.time()) - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if d >= size:
-            return f"{d / size:.0f}{unit} ago"
-    return f"{d:.0f}s ago"
+    return age(max(0.0, (now or time.time()) - ts)) + " ago"
 
 
 def age(seconds: float | None) -> str:
+    """'12s', '3m', '5h', '2d'; '-' for none."""
     if seconds is None:
         return "-"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
