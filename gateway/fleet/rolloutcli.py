@@ -99,7 +99,7 @@ def start(args: argparse.Namespace, kind: Any, key: Any, what: str, members: lis
         args.group = args.group or ",".join(members)
     if not rows:
         print(f"sensegate: no gateway reports group {args.group!r} in its health summary "
-              f"(see `sensegate fleet status --group {args.group}`; agents older than 0.2 publish none: "
+              f"(see `sensegate fleet status --group {args.group}`; older agents publish none: "
               "--all-at-once sends one group-addressed document instead)", file=sys.stderr)
         return 2
     if args.expect and len(rows) < args.expect:
