@@ -170,8 +170,20 @@ def _print(answers: Any, expected: list[str], as_json: bool, fields: tuple[str, 
 
 
 def _expected(args: argparse.Namespace) -> list[str]:
-    """Who must answer by name: the gateway named (a group's members: see gateway.fleet.rollout)."""
-    return [args.to] if args.to else []
+    """Who must answer, by name: the gateway named, or the group's members as their health
+    summaries say (``--all-at-once``); ``args.expect`` defaults to their number."""
+    if args.to:
+        names = [args.to]
+    else:
+        from gateway.fleet.view import snapshot
+        from gateway.mqtt import MqttError
+
+        try:
+            names = [r.gateway for r in asyncio.run(snapshot(_broker(args))).rows(None, args.group)]
+        except MqttError:
+            names = []
+    args.expect = args.expect or len(names) or 1
+    return names
 
 
 def config_push(args: argparse.Namespace) -> int:
@@ -182,7 +194,6 @@ def config_push(args: argparse.Namespace) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    args.expect = args.expect or 1
     try:
         raw = Path(args.file).read_bytes()
         key = _sign_key(args)
@@ -202,12 +213,13 @@ def config_push(args: argparse.Namespace) -> int:
 
         rev = args.revision if args.revision is not None else int(time.time() * 1000)
         return start(args, ConfigKind(raw, rev, Path(args.file).name), key, f"config {args.file} revision {rev}")
+    expected = _expected(args)
     rev, answers = asyncio.run(push_config(_broker(args), key, raw, to=args.to, group=args.group,
                                            revision=args.revision, expect=args.expect, within=args.wait,
                                            retain=args.retain))
     if not args.json:
         print(f"pushed revision {rev} to {args.to or 'group ' + args.group}")
-    return _print(answers, _expected(args), args.json,
+    return _print(answers, expected, args.json,
                   ("state", "revision", "reason", "running_revision", "config_sha256"), args.expect)
 
 
@@ -229,7 +241,6 @@ def command(args: argparse.Namespace) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    args.expect = args.expect or 1
     cmd_args: dict[str, Any] = {}
     for item in args.args:
         name, eq, text = item.partition("=")
@@ -250,11 +261,12 @@ def command(args: argparse.Namespace) -> int:
 
         kind = CommandKind(args.op, cmd_args, f"c{int(time.time())}-{secrets.token_hex(4)}", args.ttl)
         return start(args, kind, key, kind.describe())
+    expected = _expected(args)
     cid, _, answers = asyncio.run(send_command(_broker(args), key, args.op, cmd_args, to=args.to, group=args.group,
                                                ttl=args.ttl, expect=args.expect, within=args.wait))
     if not args.json:
         print(f"command {cid}: {args.op} {cmd_args}")
-    return _print(answers, _expected(args), args.json, ("status", "result", "reason"), args.expect)
+    return _print(answers, expected, args.json, ("status", "result", "reason"), args.expect)
 
 
 def _verify_statuses(seen: dict[str, dict[str, Any]], specs: list[str]) -> list[str]:

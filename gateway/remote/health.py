@@ -30,6 +30,7 @@ log = logging.getLogger("sensegate.health")
 KIND = "heartbeat"
 CLOSE_WAIT = 2.0
 START_WAIT = 10.0  # a connect during a pipeline start: the publication waits this long for the drivers
+CLOCK_EVERY = 30.0  # seconds between two adjtimex readings
 
 
 def health_topic(prefix: str, gateway: str) -> str:
@@ -37,15 +38,25 @@ def health_topic(prefix: str, gateway: str) -> str:
     return f"{prefix}/{gateway}/health"
 
 
+_clock_cache: tuple[float, dict[str, Any]] = (-CLOCK_EVERY, {})
+
+
 def clock() -> dict[str, Any]:
-    """The kernel's clock discipline (adjtimex, read-only): synchronised, error bound, offset."""
+    """The kernel's clock discipline (adjtimex, read-only): synchronised, error bound, offset.
+    Read at most every CLOCK_EVERY s (the summary is also made for each watchdog ping and scrape)."""
+    global _clock_cache
+    at, last = _clock_cache
+    if time.monotonic() - at < CLOCK_EVERY:
+        return last
     from gateway.doctor import kernel_clock
 
     try:
         c = kernel_clock()
+        got: dict[str, Any] = {"synchronised": c.synchronised, "max_error_s": c.max_error_s, "offset_s": c.offset_s}
     except OSError as e:
-        return {"synchronised": None, "error": str(e)}
-    return {"synchronised": c.synchronised, "max_error_s": c.max_error_s, "offset_s": c.offset_s}
+        got = {"synchronised": None, "error": str(e)}
+    _clock_cache = (time.monotonic(), got)
+    return got
 
 
 def disk(path: str) -> dict[str, Any]:

@@ -62,3 +62,45 @@ async def test_a_wave_rollout_to_100_gateways_with_3_offline_completes_when_they
         assert rid in listed.stdout and "done" in listed.stdout
     finally:
         await stop_all(fleet)
+
+
+async def test_an_interrupted_rollout_is_picked_up_where_it_stopped(tmp_path: Path, broker: Mosquitto) -> None:
+    import asyncio
+    import signal
+
+    from tests.fleet.helpers import SG
+
+    _, key_file, pub = ops_key(tmp_path)
+    fleet = [SimGateway(tmp_path / "gws", f"gw-{i:02d}", broker.url, [str(pub)], ["street-4"]) for i in range(12)]
+    rollouts = tmp_path / "rollouts"
+    common = ["--url", broker.url, "--sign-key", str(key_file), "--rollouts", str(rollouts)]
+    try:
+        await start_all(fleet)
+        await until(lambda: all(g.daemon is not None and g.daemon.health.published for g in fleet), 60)
+        doc = tmp_path / "site.yaml"
+        doc.write_text(yaml.safe_dump({"uplinks": [{"type": "mqtt", "url": broker.url, "reconnect_max": 2}],
+                                       "metrics": {"status_interval": "1h"},
+                                       "drivers": [{**SIM_DRIVER, "interval": "9s"}]}))
+        proc = await asyncio.create_subprocess_exec(
+            *SG, "config", "push", str(doc), "--group", "street-4", "--wave-size", "1", "--revision", "900", *common,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        seen = []
+        async with asyncio.timeout(60):
+            while not any(line.startswith("wave 3/11") and "1 ok" in line for line in seen):
+                seen.append((await proc.stdout.readline()).decode())
+        proc.send_signal(signal.SIGINT)  # the operator's laptop lid closes mid-rollout
+        _, err = await proc.communicate()
+        assert proc.returncode == 130 and "sensegate rollout resume" in err.decode(), err
+        rid = seen[0].split()[1].rstrip(":")
+        state = json.loads((rollouts / f"{rid}.json").read_text())
+        assert state["state"] == "interrupted", state["state"]
+        took = sum(e["state"] == "ok" for e in state["gateways"].values())
+        assert 4 <= took < 12 and sum(e["state"] == "waiting" for e in state["gateways"].values()) >= 1
+
+        r = await sg("rollout", "resume", rid, *common)
+        assert r.returncode == 0 and "DONE: 12 ok, 0 failed" in r.stdout, r.stdout + r.stderr
+        assert all(g.daemon is not None and g.daemon.remote is not None and g.daemon.remote.revision == 900
+                   for g in fleet)
+    finally:
+        await stop_all(fleet)
