@@ -91,6 +91,7 @@ class AgentState:
     trial: Trial | None = None
     outcome: dict[str, Any] | None = None
     seen: list[str] = field(default_factory=list)  # SHA-256 of the manifests taken (a retained one comes again)
+    factory: str = ""  # the installed agent's version when ``current`` was chosen (dpkg may replace it since)
 
     @classmethod
     def load(cls, root: Path) -> AgentState:
@@ -98,7 +99,7 @@ class AgentState:
             raw = json.loads((root / "state.json").read_bytes())
             trial = Trial(**raw["trial"]) if raw.get("trial") else None
             return cls(raw.get("current"), str(raw.get("floor") or ""), trial, raw.get("outcome"),
-                       [str(s) for s in raw.get("seen") or []])
+                       [str(s) for s in raw.get("seen") or []], str(raw.get("factory") or ""))
         except FileNotFoundError:
             return cls()
         except (ValueError, TypeError, KeyError) as e:
@@ -185,6 +186,15 @@ def _record_factory(root: Path) -> None:
 
 def _decide(root: Path, st: AgentState) -> str | None:
     """The release to exec (None: the factory), going back from a trial that never became healthy."""
+    if st.current and st.factory and st.factory != __version__:
+        # the installed package was replaced (dpkg, apt) since the release was chosen: it takes over
+        log.warning("agent launcher: the installed agent is now %s (was %s); it replaces release %s",
+                    __version__, st.factory, st.current)
+        st.outcome = {"state": "replaced", "version": st.current, "ts": time.time(), "reported": False,
+                      "reason": f"the installed agent was replaced by {__version__} (package upgrade); it runs now"}
+        st.current, st.trial, st.factory = None, None, __version__
+        st.save(root)
+        return None
     t = st.trial
     if t is not None:
         if t.starts >= TRIAL_STARTS or time.time() > t.deadline + 60:

@@ -277,6 +277,7 @@ class AgentUpdater:
         st.trial = Trial(m.version, st.current, now, now + float(self.settings.update_health_timeout),
                          baseline={"drivers": running})
         st.current = m.version
+        st.factory = str(releases.factory_info(self.root).get("version") or __version__)
         if m.floor and (not st.floor or version_key(m.floor) > version_key(st.floor)):
             st.floor = m.floor
         st.outcome = None

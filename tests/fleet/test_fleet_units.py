@@ -200,3 +200,26 @@ def test_a_push_summary_names_who_rolled_back_and_who_did_not_answer() -> None:
     lines, code = outcome_summary({"gw-1": {"state": "applied"}}, [], expect=3)
     assert code == 2 and "2 more (not named" in lines[-1]
     assert outcome_summary({"gw-1": {"status": "done"}}, ["gw-1"])[1] == 0
+
+
+def test_the_launcher_runs_the_release_then_goes_back_from_a_trial_that_never_became_healthy(tmp_path: Path) -> None:
+    from gateway import __version__
+    from gateway.remote.releases import AgentState, Trial, _decide, release_python
+
+    py = release_python(tmp_path, "9.0.0")
+    py.parent.mkdir(parents=True)
+    py.write_text("")
+    now = time.time()
+    st = AgentState(current="9.0.0", factory=__version__, trial=Trial("9.0.0", None, now, now + 120))
+    assert _decide(tmp_path, st) == "9.0.0" and st.trial is not None and st.trial.starts == 1
+    again = AgentState.load(tmp_path)  # started a second time, never healthy: back to the installed agent
+    assert _decide(tmp_path, again) is None
+    back = AgentState.load(tmp_path)
+    assert back.current is None and back.trial is None and back.outcome is not None
+    assert back.outcome["state"] == "rolled_back" and "started 1 time(s)" in back.outcome["reason"]
+
+    kept = AgentState(current="9.0.0", factory=__version__)
+    assert _decide(tmp_path, kept) == "9.0.0", "a healthy release keeps running at every start"
+    replaced = AgentState(current="9.0.0", factory="0.0.1")  # dpkg installed another agent since
+    assert _decide(tmp_path, replaced) is None
+    assert AgentState.load(tmp_path).outcome["state"] == "replaced"  # type: ignore[index]

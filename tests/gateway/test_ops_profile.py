@@ -157,7 +157,7 @@ def test_ops_init_show_and_a_push_with_only_the_profile(tmp_path: Path, broker: 
             if r.returncode == 0:
                 break
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "to group street-9" in r.stdout and "gw-prof: state=applied" in r.stdout
+        assert "to group street-9: 1 gateway(s)" in r.stdout and "DONE: 1 ok, 0 failed" in r.stdout  # a rollout
         st = sg("status", "gw-prof", "--wait", "10", env=env)  # --trust from the profile
         assert st.returncode == 0 and st.stdout.splitlines()[1].split()[:4] == ["gw-prof", "online", "applied",
                                                                               "yes"], st.stdout + st.stderr
