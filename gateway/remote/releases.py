@@ -21,19 +21,13 @@ systemd's ``Restart=on-failure`` brings the crashed process back into the launch
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
-import lzma
 import os
 import re
-import shutil
 import subprocess
 import sys
-import sysconfig
-import tarfile
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +172,8 @@ def launch(config_path: str | Path) -> None:
 
 
 def _record_factory(root: Path) -> None:
+    import sysconfig
+
     info = {"version": __version__, "python": sys.executable, "purelib": sysconfig.get_paths()["purelib"],
             "argv": list(sys.orig_argv), "wheels": str(FACTORY_WHEELS) if FACTORY_WHEELS.is_dir() else ""}
     if factory_info(root) != info:
@@ -219,6 +215,8 @@ def _decide(root: Path, st: AgentState) -> str | None:
 
 def unpack(bundle: Path, fmt: str, into: Path) -> Path:
     """The wheels of a bundle in a directory: a tar of wheels, or the wheelhouse inside a .deb."""
+    import tarfile  # the heavier modules of an update are loaded when one comes, not by every daemon
+
     into.mkdir(parents=True, exist_ok=True)
     if fmt == "wheels":
         with tarfile.open(bundle) as tar:
@@ -240,6 +238,10 @@ def unpack(bundle: Path, fmt: str, into: Path) -> Path:
 
 def _deb_wheels(deb: bytes) -> list[tuple[str, bytes]]:
     """The wheels under usr/share/sensegate/wheels of a .deb (an ar archive with data.tar.*)."""
+    import lzma
+    import tarfile
+    import zlib
+
     try:
         return _deb_members(deb)
     except (ValueError, tarfile.TarError, EOFError, OSError, LookupError, lzma.LZMAError, zlib.error) as e:
@@ -247,6 +249,9 @@ def _deb_wheels(deb: bytes) -> list[tuple[str, bytes]]:
 
 
 def _deb_members(deb: bytes) -> list[tuple[str, bytes]]:
+    import io
+    import tarfile
+
     if not deb.startswith(b"!<arch>\n"):
         raise ReleaseError("not a .deb (no ar header)")
     pos, data = 8, None
@@ -273,6 +278,8 @@ def _deb_members(deb: bytes) -> list[tuple[str, bytes]]:
 
 def install(root: Path, version: str, wheels: Path) -> Path:
     """Make ``releases/<version>/venv`` from the wheels (no network), beside the running agent."""
+    import shutil
+
     rel = root / "releases" / version
     shutil.rmtree(rel, ignore_errors=True)
     rel.mkdir(parents=True, mode=0o750)
@@ -329,6 +336,8 @@ def _run(cmd: list[str], what: str) -> str:
 
 def prune(root: Path, keep: list[str | None]) -> None:
     """Remove releases other than those named (the current and the previous one)."""
+    import shutil
+
     d = root / "releases"
     if not d.is_dir():
         return
