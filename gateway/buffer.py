@@ -147,6 +147,7 @@ class BufferStats:
     reservations: int = 0  # blocks of numbers reserved (each one fsync)
     syncs: int = 0  # fsyncs for readings waiting unacknowledged (at most one per SYNC_EVERY)
     skipped_unclean: int = 0  # reading numbers skipped at open after an unclean stop
+    last_ack_ns: int = 0  # wall clock of the last acknowledged batch (doctor: is anything delivered?)
 
 
 class Buffer:
@@ -995,6 +996,7 @@ class Buffer:
     def _released_stats(self, batch: Batch) -> None:
         st = self.stats
         st.acked_batches += 1
+        st.last_ack_ns = time.time_ns()
         st.acked_readings += max(batch.count, 0)
         st.readings -= max(batch.count, 0)
         st.bytes -= batch.nbytes

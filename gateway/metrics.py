@@ -1,7 +1,8 @@
 """Health numbers: one summary dict (status topic, STATUS= line) and its Prometheus text form.
 
 ``summary(daemon)`` is the single source: the status topic publishes it as JSON, the
-``/metrics`` endpoint renders it in the Prometheus text exposition format (version 0.0.4),
+``/metrics`` endpoint renders it in the Prometheus text exposition format (version 0.0.4)
+(``/status`` serves it as JSON, which `sensegate doctor` reads),
 and ``status_line`` condenses it for `systemctl status`. The endpoint is a few lines of
 HTTP/1.0 on the daemon's own event loop: no thread, no extra dependency, loopback by default.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -81,6 +83,10 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             "last_error": s.last_error,
             "events": dict(s.extra),
         }
+    for d in getattr(cfg, "down", ()):  # configured, but its driver does not load
+        drivers[d.name] = {"driver": d.driver, "state": "failed", "readings": 0, "polls": 0, "errors": 0,
+                           "timeouts": 0, "restarts": 0, "latency_sum_s": 0.0, "latency_max_s": 0.0,
+                           "last_error": d.reason, "events": {}}
     out["drivers"] = drivers
     nodes = getattr(daemon, "nodes", None)
     out["nodes"] = dict(sorted((getattr(nodes, "state", None) or {}).items()))
@@ -91,6 +97,7 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             pipe = dict(stats_fn())
         except Exception as e:  # a metrics read must never hurt the daemon
             log.debug("pipeline stats failed: %r", e)
+    out["config"] = _running_config(daemon)
     out["buffer"] = pipe.get("buffer")
     out["batches"] = pipe.get("batches")
     out["uplinks"] = pipe.get("uplinks") or {}
@@ -102,6 +109,14 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
 
     out.update(extras(daemon))
     return out
+
+
+def _running_config(daemon: _Daemon) -> dict[str, Any]:
+    """Which config the daemon runs: a pushed revision, or its local file (doctor shows it)."""
+    remote = getattr(daemon, "remote", None)
+    revision = getattr(remote, "revision", None)
+    return {"source": "local" if revision is None else "pushed", "revision": revision,
+            "file": str(getattr(daemon, "config_path", "") or "")}
 
 
 def status_line(daemon: _Daemon) -> str:
@@ -258,6 +273,10 @@ class MetricsServer:
         """(status, body, content type) for a path a subclass serves besides /metrics (the fleet page)."""
         return None
 
+    def status(self) -> str | None:
+        """The daemon's summary as JSON, served at /status for `sensegate doctor` (None: not served)."""
+        return json.dumps(summary(self.daemon)) if self.daemon is not None else None
+
     @property
     def port(self) -> int | None:
         """The bound port (useful when listening on port 0)."""
@@ -309,8 +328,11 @@ class MetricsServer:
                 status, body, ctype = routed
             elif path == "/metrics":
                 status, body, ctype = "200 OK", self.page(), CONTENT_TYPE
+            elif path == "/status" and (doc := self.status()) is not None:  # for `sensegate doctor`
+                status, body, ctype = "200 OK", doc, "application/json"
             elif path == "/":
-                status, body, ctype = "200 OK", "sensegate: metrics at /metrics\n", "text/plain"
+                also = ", status at /status" if self.daemon is not None else ""
+                status, body, ctype = "200 OK", f"sensegate: metrics at /metrics{also}\n", "text/plain"
             else:
                 status, body, ctype = "404 Not Found", "not found; try /metrics\n", "text/plain"
             data = body.encode()

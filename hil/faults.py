@@ -8,7 +8,8 @@ which mechanism ran.
 * devices: ``unplug``/``plug``, ``noise``, ``inject`` (raw bytes) on a rig device (simulated:
   the pty/server/bus itself; bench: the shell commands in the rig file);
 * the daemon: ``kill9``;
-* the broker: ``BrokerOutage`` (stop and start the private broker's process);
+* the broker: ``BrokerOutage`` (stop and start the private broker's process, or kill it: what
+  the killed broker had acknowledged but not yet saved is read from its packet log);
 * the network: ``Partition`` (the daemon in its own network namespace, joined to the broker by a
   veth pair; ``cut()`` takes the link down, silently, like a pulled cable or a dead 4G modem;
   ``delay()`` adds latency with netem where the kernel has it);
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hil.mosquitto import Mosquitto
+from hil.mosquitto import AckedMessage, Mosquitto, acked_unsaved
 
 
 @dataclass
@@ -107,19 +108,47 @@ async def kill9(daemon: Any) -> int:
 
 
 class BrokerOutage:
-    """Stop the broker process (its listener is gone: connections refused) and start it again."""
+    """Stop the broker process (its listener is gone: connections refused) and start it again;
+    ``abrupt``: kill it (SIGKILL), a crash; with ``hang_until``, it first hangs (SIGSTOP) for
+    ``hang_at_least`` seconds and until that condition holds (e.g. the gateway has a batch in
+    flight that will never be acknowledged)."""
 
     mechanism = "broker process stopped (listener closed)"
 
-    def __init__(self, broker: Mosquitto, abrupt: bool = False) -> None:
+    def __init__(self, broker: Mosquitto, abrupt: bool = False, hang_until: Callable[[], Any] | None = None,
+                 hang_what: str = "", hang_at_least: float = 0.0) -> None:
         self.broker = broker
         self.abrupt = abrupt
+        self.hang_until = hang_until
+        self.hang_what = hang_what
+        self.hang_at_least = hang_at_least
+        self.crash_log = ""  # the killed instance's log, kept for acked_unsaved()
+        if abrupt:
+            hang = f"hung (SIGSTOP) until {hang_what or 'a condition held'}, then " if hang_until else ""
+            self.mechanism = (f"broker process {hang}killed (SIGKILL: no DISCONNECT, connections reset, "
+                              "database as last saved)")
 
     async def cut(self) -> None:
-        await asyncio.to_thread(self.broker.kill if self.abrupt else self.broker.stop)
+        if not self.abrupt:
+            await asyncio.to_thread(self.broker.stop)
+            return
+        if self.hang_until is not None:
+            self.broker.freeze()
+            try:
+                await asyncio.sleep(self.hang_at_least)
+                await until(self.hang_until, within=60, what=self.hang_what or "the hang's condition")
+            except BaseException:
+                await asyncio.to_thread(self.broker.kill)
+                raise
+        await asyncio.to_thread(self.broker.kill)
+        self.crash_log = await asyncio.to_thread(self.broker.instance_log)
 
     async def heal(self) -> None:
         await asyncio.to_thread(self.broker.start)
+
+    def acked_unsaved(self, topic_suffix: str) -> list[AckedMessage]:
+        """What the killed broker had acknowledged since its last save (needs ``log_packets``)."""
+        return acked_unsaved(self.crash_log, topic_suffix)
 
 
 # -- the network --------------------------------------------------------------------------------

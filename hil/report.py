@@ -23,7 +23,8 @@ class ScenarioResult:
     name: str
     produced: int = 0  # readings the daemon accepted (buffer next_seq - 1 over all runs)
     received: int = 0  # distinct readings the receiver verified
-    gaps: int = 0  # readings missing with no declared drop
+    gaps: int = 0  # readings missing with no declared drop: lost by the gateway (never the broker's below)
+    broker_lost: int = 0  # in batches a crashed broker acknowledged to the gateway and lost (its log, the buffer agree)
     duplicate_batches: int = 0
     duplicate_readings: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # declared drops by reason
@@ -67,17 +68,20 @@ class RigReport:
         lines = [f"# Rig run: {self.rig}", "",
                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))}, {took:.0f} s wall time. "
                  "Produced = readings the daemon numbered (buffer `next_seq - 1`); received = distinct readings "
-                 "the reference receiver verified; gaps = missing and not declared dropped; skipped = numbers "
+                 "the reference receiver verified; gaps = missing and not declared dropped, not explained by a broker "
+                 "crash: lost by the gateway; lost in broker = in batches a crashed broker had acknowledged "
+                 "(PUBACK) to the gateway and not saved, proven from the broker's packet log and the gateway's "
+                 "buffer (hil/README.md, \"Broker restart\"); skipped = numbers "
                  "declared after an unclean stop (kill -9) that never arrived: lost in it, or never used.", ""]
         if self.skipped_devices:
             lines.append("Devices left out: " + "; ".join(f"`{k}`: {v}" for k, v in self.skipped_devices.items()))
             lines.append("")
-        lines += ["| scenario | result | produced | received | gaps | duplicates (batches/readings) | "
+        lines += ["| scenario | result | produced | received | gaps | lost in broker | duplicates (batches/readings) | "
                   "dropped (declared) | skipped | wall s |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
         for r in self.scenarios.values():
             drops = ", ".join(f"{n} {why}" for why, n in r.dropped.items()) or "0"
-            lines.append(f"| {r.name} | {r.outcome} | {r.produced} | {r.received} | {r.gaps} | "
+            lines.append(f"| {r.name} | {r.outcome} | {r.produced} | {r.received} | {r.gaps} | {r.broker_lost} | "
                          f"{r.duplicate_batches}/{r.duplicate_readings} | {drops} | {r.skipped} | {r.wall_s:.1f} |")
         faults = [(r.name, f) for r in self.scenarios.values() for f in r.faults]
         if faults:

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from gateway.keys import init_key
-from gateway.mqtt import subscribe_forever
+from gateway.mqtt import batch_topic, subscribe_forever
 from gateway.receiver import KeyBindings, Receiver
 from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
 from gateway.registry import Registry
@@ -49,6 +49,7 @@ from gateway.service import service_env
 from hil.mosquitto import Mosquitto
 
 RIGS = Path(__file__).with_name("rigs")
+TOPIC_PREFIX = "sensegate"  # the MQTT uplink's default topic_prefix, which the rig's config keeps
 _PLACEHOLDER = re.compile(r"^\{(\w+)\}$")
 
 
@@ -636,6 +637,7 @@ class RigReceiver:
     def __init__(self, url: str, pub: Path, gateway: str, client_id: str = "rig-receiver") -> None:
         self.rx = Receiver(KeyBindings.files(gateway, pub))
         self.got: list[Received] = []
+        self.batches: dict[int, tuple[int, int]] = {}  # batch number -> (first, last) reading of each verified batch
         self.statuses: dict[str, int] = {}
         self.settings = receiver_settings(url, client_id=client_id)
         self.changed = asyncio.Event()
@@ -651,6 +653,9 @@ class RigReceiver:
             now = time.monotonic()
             boot = int(res.header.get("bo", 0))
             self.got.extend(Received(r, boot, now) for r in res.readings)
+            if res.status == "ok":
+                first, last = res.header["sq"]
+                self.batches[int(res.header["bs"])] = (int(first), int(last))
         self.changed.set()
 
     async def _run(self) -> None:
@@ -735,11 +740,29 @@ class DaemonProc:
 # -- one scenario's run -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BatchLedger:
+    """The gateway's batches at one moment: numbers 1..made exist, ``unacked`` await a PUBACK."""
+
+    made: int
+    unacked: frozenset[int]
+
+    @property
+    def acked(self) -> frozenset[int]:
+        return frozenset(range(1, self.made + 1)) - self.unacked
+
+
 class RigBroker(Mosquitto):
-    """A private mosquitto that can listen on extra addresses (a veth for the netns partition)."""
+    """A private mosquitto that can listen on extra addresses (a veth for the netns partition).
+
+    It logs every packet (``mosquitto/mosquitto.log`` in the scenario's directory), so a failed
+    scenario can be read packet by packet and a broker crash's loss can be told from the
+    gateway's (hil.mosquitto.acked_unsaved). It saves its database every second, not after every
+    change: the rig is about the gateway, and a broker that can still lose what it acknowledged
+    keeps the scenario's proof of whose loss it is in use."""
 
     def __init__(self, workdir: Path, extra_addresses: list[str] | None = None) -> None:
-        super().__init__(workdir)
+        super().__init__(workdir, log_packets=True)
         self.extra_addresses = extra_addresses or []
 
     def _write_conf(self) -> Path:
@@ -901,6 +924,23 @@ class RigRun:
     def produced(self) -> int:
         """Readings the daemon accepted (numbered) so far: next_seq - 1."""
         return int(self.buffer_meta()["next_seq"]) - 1
+
+    def ledger(self) -> BatchLedger:
+        """The gateway's own record of its batches (its buffer file): made, and still unacknowledged.
+
+        Acknowledgements reach the file within a second (gateway.buffer, ``ack_many``), so read
+        it a second or more after the last one can have come (e.g. with the broker down)."""
+        db = sqlite3.connect(self.state / "buffer.db", timeout=10)
+        try:
+            made = int(db.execute("SELECT value FROM meta WHERE key = 'next_bseq'").fetchone()[0]) - 1
+            unacked = frozenset(b for (b,) in db.execute("SELECT bseq FROM batches"))
+        finally:
+            db.close()
+        return BatchLedger(made, unacked)
+
+    @property
+    def batch_topic(self) -> str:
+        return batch_topic(TOPIC_PREFIX, self.spec.gateway_id)
 
     def nodes_of(self, device: str) -> list[str]:
         return self.spec.device(device).nodes

@@ -69,12 +69,23 @@ class LightPipeline:
             self.key.close()
 
 
-def broken_registry(missing: str = "sensegate_sim_hardware_lib") -> Registry:
-    """The installed drivers, except that ``sim`` needs a library this gateway does not have."""
-    reg = Registry.discover()
-    manifests = dict(reg.manifests)
-    manifests["sim"] = dataclasses.replace(manifests["sim"], requires=(*manifests["sim"].requires, missing))
-    return Registry(manifests, list(reg.broken))
+class BrokenRegistry(Registry):
+    """The installed drivers, except that ``sim`` needs a library this gateway does not have,
+    also after the re-discovery a reload or a push makes."""
+
+    MISSING = "sensegate_sim_hardware_lib"
+
+    def refresh(self) -> None:
+        super().refresh()
+        sim = self.manifests["sim"]
+        self.manifests = {**self.manifests, "sim": dataclasses.replace(sim, requires=(*sim.requires, self.MISSING))}
+
+
+def broken_registry() -> Registry:
+    """A registry in which the ``sim`` driver cannot load (see BrokenRegistry)."""
+    reg = BrokenRegistry({}, [])
+    reg.refresh()
+    return reg
 
 
 class SimGateway:
