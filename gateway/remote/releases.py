@@ -295,7 +295,9 @@ def install(root: Path, version: str, wheels: Path) -> Path:
     purelib = _run([py, "-P", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                    "reading the venv").strip()
     if factory.get("purelib"):  # the dependencies the release does not bring come from the installed agent
-        Path(purelib, "_sensegate_factory.pth").write_text(factory["purelib"] + "\n")
+        # as a site directory, so the installed agent's own .pth files count too (and its pip)
+        Path(purelib, "_sensegate_factory.pth").write_text(
+            f"import site; site.addsitedir({factory['purelib']!r})\n")
     links = ["--find-links", str(wheels)]
     if factory.get("wheels"):
         links += ["--find-links", factory["wheels"]]
@@ -307,19 +309,32 @@ def install(root: Path, version: str, wheels: Path) -> Path:
     got = _run([py, "-P", "-c", "import gateway; print(gateway.__version__)"], "checking the installed release").strip()
     if got != version:
         raise ReleaseError(f"the release's venv runs sensegate {got}, not {version}")
-    _carry_drivers(py)
+    _carry_drivers(root.parent, py)
     return venv
 
 
-def _carry_drivers(python: str) -> None:
-    """Drivers installed with `sensegate driver install` come along (gateway.driverstore, when present)."""
-    try:
-        from gateway import driverstore  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    carry = getattr(driverstore, "carry_over", None)
-    if carry is not None:
-        carry(python)
+def driver_dirs(state_dir: Path) -> list[Path]:
+    """Where `sensegate driver install` keeps its verified wheels: the state directory's, the default."""
+    from gateway.driverstore import DEFAULT_DIR
+
+    found = []
+    for d in (state_dir / "drivers", DEFAULT_DIR):
+        if (d / "installed.json").exists() and d.resolve() not in [f.resolve() for f in found]:
+            found.append(d)
+    return found
+
+
+def _carry_drivers(state_dir: Path, python: str) -> None:
+    """Drivers installed with `sensegate driver install` go into the release, as the package's postinst
+    puts them back into an upgraded venv; one that does not install fails the update before any restart."""
+    from gateway.driverstore import DriverStore
+
+    for d in driver_dirs(state_dir):
+        failed = DriverStore(d, python=python).reinstall()
+        if failed:
+            raise ReleaseError("driver(s) installed with `sensegate driver install` do not install into the new "
+                               "release: " + "; ".join(f"{r.dist} ({', '.join(r.drivers)}): {why}" for r, why in failed))
+        log.info("agent update: driver(s) from %s installed into the new release", d)
 
 
 def _run(cmd: list[str], what: str) -> str:

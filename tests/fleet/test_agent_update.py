@@ -4,7 +4,11 @@ built in the test from this source tree (wheels with other version numbers, two 
 An update signed by an ops key instead of a release key is refused, and so is one below the
 minimum version; one that crashes on start is rolled back by the gateway itself (its launcher,
 when systemd starts it again); one whose drivers do not come up is rolled back by the new version
-itself at its deadline; a good one stays, also across a restart.
+itself at its deadline; a good one stays, also across a restart, and takes along a driver that
+`sensegate driver install` put into the installed agent.
+
+The installed agent is a venv of its own (as /opt/venvs/sensegate on a gateway; its packages are
+those of the test environment behind it), so the driver install does not touch the test environment.
 
 The process runs under a small stand-in for systemd's ``Restart=on-failure`` (systemd does not run
 in this container): when the process exits with a failure it is started again after a second,
@@ -18,8 +22,11 @@ import contextlib
 import json
 import os
 import signal
+import hashlib
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,7 @@ import yaml
 from gateway import __version__
 from gateway.keys import init_key
 from hil.mosquitto import Mosquitto
-from tests.fleet.helpers import SG, ops_key, sg
+from tests.fleet.helpers import ops_key, sg
 
 ROOT = Path(__file__).parents[2]
 GW = "gw-up"
@@ -37,7 +44,8 @@ GW = "gw-up"
 class Unit:
     """`sensegate run` restarted on failure, like systemd's Restart=on-failure."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, python: Path, config: Path, log: Path) -> None:
+        self.python = python
         self.config = config
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
@@ -49,8 +57,9 @@ class Unit:
         with self.log.open("ab") as out:
             while not self._stopping:
                 self.starts += 1
-                self.proc = await asyncio.create_subprocess_exec(*SG, "run", "-c", str(self.config), stdout=out,
-                                                                 stderr=out, env=os.environ.copy())
+                self.proc = await asyncio.create_subprocess_exec(str(self.python), "-m", "gateway", "run", "-c",
+                                                                 str(self.config), stdout=out, stderr=out,
+                                                                 env=os.environ.copy())
                 code = await self.proc.wait()
                 if code == 0 or self._stopping:
                     return
@@ -100,6 +109,36 @@ async def build_wheel(tmp: Path, version: str, patch: Any = None) -> Path:
     return next(out.glob("sensegate-*.whl"))
 
 
+def installed_agent(tmp: Path) -> Path:
+    """A venv standing for the packaged agent's, with the test environment's packages behind it."""
+    venv = tmp / "installed-agent"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "_test_env.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    return py
+
+
+def driver_wheel(tmp: Path) -> Path:
+    """The wheel of a driver package from outside the project (tests/fixtures/sgtestdrivers: `tick`)."""
+    src = tmp / "sgtestdrivers"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "sgtestdrivers", src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp / "driver-wheel"), str(src)], check=True, capture_output=True)
+    return next((tmp / "driver-wheel").glob("sgtestdrivers-*.whl"))
+
+
+def install_driver(tmp: Path, python: Path, state: Path) -> None:
+    """`sensegate driver install WHEEL --sha256 HEX` with the installed agent, as a technician runs it."""
+    wheel = driver_wheel(tmp)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    r = subprocess.run([str(python), "-m", "gateway", "driver", "install", str(wheel), "--sha256", digest,
+                        "--dir", str(state / "drivers")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "driver(s) " in r.stdout and "tick" in r.stdout, r.stdout + r.stderr
+
+
 def crash_on_start(src: Path) -> None:
     daemon = src / "gateway" / "daemon.py"
     daemon.write_text(daemon.read_text() + '\nraise RuntimeError("this build is broken")\n')
@@ -138,18 +177,23 @@ async def test_agent_updates_forged_downgrade_crash_unhealthy_and_good(tmp_path:
         "metrics": {"status_interval": "1h"},
         "remote": {"ops_keys": [str(ops_pub)], "release_keys": [str(release.public_path)], "groups": ["lab"],
                    "allow_agent_update": True, "min_agent_version": __version__, "update_health_timeout": "15s"},
-        "drivers": [{"driver": "sim", "name": "counter", "interval": "500ms", "points": [{"name": "n"}]}]}))
-    good, crash, unhealthy = await asyncio.gather(build_wheel(tmp_path, "0.9.1"),
-                                                  build_wheel(tmp_path, "0.9.2", crash_on_start),
-                                                  build_wheel(tmp_path, "0.9.3", sim_never_answers))
+        "drivers": [{"driver": "sim", "name": "counter", "interval": "500ms", "points": [{"name": "n"}]},
+                    {"driver": "tick", "name": "tick", "interval": "500ms"}]}))
+    python = await asyncio.to_thread(installed_agent, tmp_path)
+    good, crash, unhealthy, _ = await asyncio.gather(build_wheel(tmp_path, "0.9.1"),
+                                                     build_wheel(tmp_path, "0.9.2", crash_on_start),
+                                                     build_wheel(tmp_path, "0.9.3", sim_never_answers),
+                                                     asyncio.to_thread(install_driver, tmp_path, python,
+                                                                       tmp_path / GW))
     low = tmp_path / "wheels" / "sensegate-0.0.9-py3-none-any.whl"
     low.write_bytes(good.read_bytes())
     common = ["--to", GW, "--url", broker.url, "--rollouts", str(tmp_path / "rollouts"), "--wave-timeout", "120s"]
     rel = ["--release-key", str(release.private_path)]
-    unit = Unit(config, tmp_path / "gateway.log")
+    unit = Unit(python, config, tmp_path / "gateway.log")
     unit.start()
     try:
-        await until_version(broker.url, __version__)
+        h = await until_version(broker.url, __version__)
+        assert h["drivers_up"] == 2, h  # sim and the installed tick
 
         r = await sg("agent", "update", str(good), "--release-key", str(ops_file), *common)
         assert r.returncode == 1 and "refused: not a valid release signature" in r.stdout, r.stdout + r.stderr
@@ -178,7 +222,10 @@ async def test_agent_updates_forged_downgrade_crash_unhealthy_and_good(tmp_path:
         assert "DONE: 1 ok, 0 failed" in r.stdout
         h = await until_version(broker.url, "0.9.1")
         assert h["agent"]["release"] == "0.9.1" and h["agent"]["update"]["state"] == "healthy", h
-        assert h["drivers_up"] == 1 and "releases/0.9.1/venv" in unit.cmdline()
+        assert h["drivers_up"] == 2 and "releases/0.9.1/venv" in unit.cmdline(), h
+        release = tmp_path / GW / "agent" / "releases" / "0.9.1" / "venv"
+        assert list(release.glob("lib/python*/site-packages/sgtestdrivers-*.dist-info")), \
+            "the driver installed with `driver install` was installed into the release"
         releases = sorted(p.name for p in (tmp_path / GW / "agent" / "releases").iterdir())
         assert releases == ["0.9.1"], "failed releases are pruned once a good one is healthy"
 

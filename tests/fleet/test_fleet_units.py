@@ -223,3 +223,16 @@ def test_the_launcher_runs_the_release_then_goes_back_from_a_trial_that_never_be
     replaced = AgentState(current="9.0.0", factory="0.0.1")  # dpkg installed another agent since
     assert _decide(tmp_path, replaced) is None
     assert AgentState.load(tmp_path).outcome["state"] == "replaced"  # type: ignore[index]
+
+
+def test_a_driver_that_does_not_go_into_the_release_fails_the_update_by_name(tmp_path: Path) -> None:
+    from gateway.remote.releases import _carry_drivers
+
+    store = tmp_path / "drivers"
+    (store / "wheels").mkdir(parents=True)
+    (store / "wheels" / "sgthermo-1.0-py3-none-any.whl").write_bytes(b"changed on the card since it was verified")
+    record = {"dist": "sgthermo", "version": "1.0", "wheel": "sgthermo-1.0-py3-none-any.whl", "sha256": "0" * 64,
+              "verified": "sha256 given at install", "drivers": ["thermo"], "installed": "", "extra_wheels": []}
+    (store / "installed.json").write_text(json.dumps({"drivers": {"sgthermo": record}}))
+    with pytest.raises(ReleaseError, match=r"sgthermo \(thermo\): .*changed since it was verified"):
+        _carry_drivers(tmp_path, "/nonexistent/python")
