@@ -332,8 +332,9 @@ def _carry_drivers(state_dir: Path, python: str) -> None:
     for d in driver_dirs(state_dir):
         failed = DriverStore(d, python=python).reinstall()
         if failed:
-            raise ReleaseError("driver(s) installed with `sensegate driver install` do not install into the new "
-                               "release: " + "; ".join(f"{r.dist} ({', '.join(r.drivers)}): {why}" for r, why in failed))
+            names = "; ".join(f"{r.dist} ({', '.join(r.drivers)}): {why}" for r, why in failed)
+            raise ReleaseError(f"driver(s) installed with `sensegate driver install` do not install into the new "
+                               f"release: {names}")
         log.info("agent update: driver(s) from %s installed into the new release", d)
 
 

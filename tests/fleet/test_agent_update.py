@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
-import signal
-import hashlib
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
