@@ -317,7 +317,7 @@ def driver_dirs(state_dir: Path) -> list[Path]:
     """Where `sensegate driver install` keeps its verified wheels: the state directory's, the default."""
     from gateway.driverstore import DEFAULT_DIR
 
-    found = []
+    found: list[Path] = []
     for d in (state_dir / "drivers", DEFAULT_DIR):
         if (d / "installed.json").exists() and d.resolve() not in [f.resolve() for f in found]:
             found.append(d)
