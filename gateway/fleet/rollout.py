@@ -233,8 +233,8 @@ class Runner:
         await session.connect()
         self._session = session
         try:
-            for f in [*subscriptions(self.broker.prefix), *self.kind.answer_filters(self.broker.prefix)]:
-                session.client.subscribe(f, qos=1)
+            prefix = self.broker.prefix
+            await session.subscribe_each([*subscriptions(prefix), *self.kind.answer_filters(prefix)])
             await self._settle()
             yield
         finally:

@@ -186,8 +186,7 @@ async def snapshot(broker: Any, within: float = 5.0) -> FleetWatch:
     session = MqttSession(broker.settings, on_message=watch.on_message)
     await session.connect()
     try:
-        for f in subscriptions(broker.prefix):
-            session.client.subscribe(f, qos=1)
+        await session.subscribe_each(subscriptions(broker.prefix), within=within)
         start = time.monotonic()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):

@@ -132,7 +132,7 @@ class FleetPage:
         from gateway.mqtt import subscribe_forever
 
         self._task = asyncio.create_task(subscribe_forever(self.broker.settings, subscriptions(self.broker.prefix),
-                                                           self.watch.on_message), name="fleet-watch")
+                                                           self.watch.on_message, qos=0), name="fleet-watch")
 
     async def close(self) -> None:
         from gateway.bounded import stop_task
