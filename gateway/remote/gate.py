@@ -90,10 +90,10 @@ async def check(host: Any, settings: Any, wiring: Wiring, p: Plan, new: GatewayC
                     return None
                 await asyncio.sleep(0.1)
     except TimeoutError:
-        sup = host.supervisor
-        late = [f"{n} ({sup.runners[n].stats.state}: {sup.runners[n].stats.last_error or 'no error'})"
-                for n in names if sup is not None and n in sup.runners
-                and sup.runners[n].stats.state not in want(n)]
+        runs = host.supervisor.runners if host.supervisor is not None else {}
+        late = [f"{n} (not started yet)" if n not in runs else
+                f"{n} ({runs[n].stats.state}: {runs[n].stats.last_error or 'no error'})"
+                for n in names if n not in runs or runs[n].stats.state not in want(n)]
         return f"driver instance(s) not up within {s.driver_timeout:g} s: {', '.join(late)}"
 
 
