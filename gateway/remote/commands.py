@@ -25,7 +25,7 @@ import cbor2
 from gateway.config.validate import GatewayConfig
 from gateway.driver_api import ConfigError
 from gateway.logs import set_level
-from gateway.remote.envelope import MAX_UINT, Rejected, check_numbers
+from gateway.remote.envelope import MAX_UINT, Rejected, cbor_map, check_numbers
 from gateway.remote.store import write_atomic
 from gateway.remote.topics import COMMAND_ID
 from gateway.scheduler import InstanceRunner, Supervisor
@@ -72,12 +72,7 @@ def peek_id(payload: bytes) -> str:
 
 def parse_command(payload: bytes) -> Command:
     """Decode and check a command's CBOR map: id, op, args, exp."""
-    try:
-        body = cbor2.loads(payload)
-    except Exception as e:
-        raise Rejected(f"command is not CBOR: {e}") from None
-    if not isinstance(body, dict):
-        raise Rejected("a command is a CBOR map with id, op, args and exp")
+    body = cbor_map(payload, "command (a map with id, op, args and exp)")
     cid, op, args, exp = body.get("id"), body.get("op"), body.get("args", {}), body.get("exp")
     if not isinstance(cid, str) or not COMMAND_ID.match(cid):
         raise Rejected("command id must be 1-64 characters of A-Z a-z 0-9 _ . : -")

@@ -43,6 +43,17 @@ class Rejected(Exception):
     """A pushed document or command is refused; the message is the reason sent back in the status."""
 
 
+def cbor_map(payload: bytes, what: str) -> dict[Any, Any]:
+    """A signed document's CBOR body, which must be a map (a command, an update manifest)."""
+    try:
+        body = cbor2.loads(payload)
+    except Exception as e:  # cbor2 raises many kinds on garbage
+        raise Rejected(f"{what} is not CBOR: {e}") from None
+    if not isinstance(body, dict):
+        raise Rejected(f"{what} is not a CBOR map")
+    return body
+
+
 @dataclass(frozen=True)
 class Signed:
     """A verified document: who signed it, for whom, and what it says."""

@@ -23,12 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cbor2
-
 from gateway import __version__
 from gateway.mqtt import MqttError, MqttSession
 from gateway.remote import releases, topics
-from gateway.remote.envelope import Rejected, load_trusted, open_signed
+from gateway.remote.envelope import Rejected, cbor_map, load_trusted, open_signed
 from gateway.remote.gate import downlinks
 from gateway.remote.releases import AgentState, ReleaseError, Trial, version_key
 from gateway.signedjson import seal_async
@@ -55,12 +53,7 @@ class Manifest:
 
     @classmethod
     def parse(cls, payload: bytes) -> Manifest:
-        try:
-            m = cbor2.loads(payload)
-        except Exception as e:
-            raise Rejected(f"the update manifest is not CBOR: {e}") from None
-        if not isinstance(m, dict):
-            raise Rejected("the update manifest is not a map")
+        m = cbor_map(payload, "the update manifest")
         try:
             got = cls(str(m["version"]), str(m["format"]), int(m["size"]), str(m["sha256"]), int(m["chunk"]),
                       [str(c) for c in m["chunks"]], str(m.get("floor") or ""), str(m.get("name") or ""))
