@@ -140,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.remote.cli import add_parsers as remote_parsers
 
     remote_parsers(sub)  # config push, command, status
+    from gateway.remote.profile import add_parsers as ops_parsers
+
+    ops_parsers(sub)  # ops init, ops show
+    from gateway.fleet.rolloutcli import add_parsers as rollout_parsers
+
+    rollout_parsers(sub)  # rollout list, status, resume, abort, rollback
+    from gateway.fleet.agentkind import add_parsers as agent_parsers
+
+    agent_parsers(sub)  # agent update
     from gateway.ingest.cli import add_parsers as ingest_parsers
 
     ingest_parsers(sub)  # ingest, fleet
@@ -156,7 +165,9 @@ def _run(args: argparse.Namespace) -> int:
     path = args.config or DEFAULT_CONFIG
     from gateway.buffer import BufferError_
     from gateway.pipeline import PipelineError
+    from gateway.remote.releases import launch
 
+    launch(path)  # a newer release installed by an agent update runs instead of this one (docs/fleet.md)
     try:
         return run_process(path)
     except ConfigInvalid as e:
@@ -501,6 +512,27 @@ def _status(args: argparse.Namespace) -> int:
     from gateway.remote.cli import status
 
     return status(args)
+
+
+@command("ops")
+def _ops(args: argparse.Namespace) -> int:
+    from gateway.remote.profile import main as ops_main
+
+    return ops_main(args)
+
+
+@command("rollout")
+def _rollout(args: argparse.Namespace) -> int:
+    from gateway.fleet.rolloutcli import main as rollout_main
+
+    return rollout_main(args)
+
+
+@command("agent")
+def _agent(args: argparse.Namespace) -> int:
+    from gateway.fleet.agentkind import main as agent_main
+
+    return agent_main(args)
 
 
 @command("ingest")

@@ -97,6 +97,7 @@ class Daemon:
         self.cfg: GatewayConfig | None = None
         self.nodes = NodeTracker()
         self.pipeline: Pipeline | None = None
+        self.build_pipeline = build_pipeline  # what a config's pipeline is made by (a fleet simulator swaps it)
         self.supervisor: Supervisor | None = None
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -105,10 +106,15 @@ class Daemon:
         self.ready = asyncio.Event()
         self.notifier = Notifier()  # sd_notify; a no-op outside systemd
         self.metrics = MetricsServer(self)
+        self.exec_after: list[str] | None = None  # after a clean stop, start this (an agent update's restart)
         self.hard_exit_after: float | None = None  # set by run_process: the process's last resort
         self._closing: asyncio.Task[None] | None = None  # the shutdown of the drivers and the pipeline
         self._stop_at: float | None = None  # loop time of the stop request
         self._health: asyncio.Task[None] | None = None  # publishes the health summary (metrics.status_interval)
+        from gateway.metrics import summary
+        from gateway.remote.health import HealthPublisher
+
+        self.health = HealthPublisher(self, summary)  # signed, on the status topic, and at every connect
 
     def request_stop(self) -> None:
         """Ask the daemon to stop (signal-safe: called from the loop)."""
@@ -119,6 +125,11 @@ class Daemon:
             # should the loop itself be wedged, the stop still ends (with every thread's stack)
             faulthandler.dump_traceback_later(self.hard_exit_after, exit=True)
         self._stop.set()
+
+    def restart_into(self, argv: list[str]) -> None:
+        """Stop cleanly, then replace this process by ``argv`` (the launcher: an agent update)."""
+        self.exec_after = argv
+        self.request_stop()
 
     def request_reload(self) -> None:
         """Ask the daemon to re-read its config file."""
@@ -167,7 +178,8 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             await asyncio.gather(settle(self.metrics.close(), SIDE_CLOSE, "closing the metrics endpoint"),
-                                 settle(self.remote.close(), SIDE_CLOSE, "closing remote config"))
+                                 settle(self.remote.close(), SIDE_CLOSE, "closing remote config"),
+                                 settle(self.health.close(), SIDE_CLOSE, "closing the health publisher"))
             await self._shutdown(deadline)
             self.notifier.close()
         log.info("sensegate stopped")
@@ -182,14 +194,10 @@ class Daemon:
         self._health = asyncio.create_task(self._health_loop(m.status_interval), name="health")
 
     async def _health_loop(self, interval: float) -> None:
-        """Publish the health summary on the status topic of each MQTT uplink, every ``interval`` s."""
-        from gateway.metrics import summary
-
+        """Publish the signed health summary on the status topic of each MQTT uplink, every ``interval`` s."""
         while interval:
             await asyncio.sleep(interval)
-            for up in getattr(self.pipeline, "uplinks", []):
-                if hasattr(up, "publish_health"):
-                    up.publish_health(summary(self))
+            await self.health.publish()
 
     def _bootstrap_bytes(self) -> bytes:
         """The local config as read: the file and its drop-ins, in merge order."""
@@ -213,9 +221,10 @@ class Daemon:
     async def _start(self, cfg: GatewayConfig) -> None:
         self._report_down(cfg)
         self.cfg = cfg
-        pipeline = build_pipeline(cfg, self.nodes)
+        pipeline = self.build_pipeline(cfg, self.nodes)
         if self.remote is not None:
             self.remote.attach(pipeline)  # downlink hooks go on before the uplinks connect
+        self.health.attach(pipeline)
         try:
             await pipeline.start()
         except BaseException:
@@ -330,7 +339,22 @@ def run_process(config_path: str | Path) -> int:
             faulthandler.cancel_dump_traceback_later()
             asyncio.set_event_loop(None)
             loop.close()
+    if daemon.exec_after:
+        _exec(daemon.exec_after)
     return status
+
+
+def _exec(argv: list[str]) -> None:
+    """Become the launcher again (same PID, so systemd's notify socket and watchdog carry on)."""
+    from gateway.remote.releases import ENV_RELEASE
+
+    log.warning("restarting: %s", " ".join(argv))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    env = {k: v for k, v in os.environ.items() if k != ENV_RELEASE}
+    os.execve(argv[0], argv, env)
 
 
 async def _leftovers(within: float) -> list[str]:

@@ -68,6 +68,7 @@ class ClockState:
     synchronised: bool
     max_error_s: float | None = None
     source: str = "adjtimex"
+    offset_s: float | None = None  # the NTP offset the kernel is slewing away (fleet health)
 
 
 def kernel_clock() -> ClockState:
@@ -105,8 +106,9 @@ def kernel_clock() -> ClockState:
     state = libc.adjtimex(ctypes.byref(tx))
     if state < 0:
         raise OSError(ctypes.get_errno(), "adjtimex failed")
-    sta_unsync, time_error = 0x0040, 5
-    return ClockState(state != time_error and not (tx.status & sta_unsync), tx.maxerror / 1e6)
+    sta_unsync, sta_nano, time_error = 0x0040, 0x2000, 5
+    offset = tx.offset / (1e9 if tx.status & sta_nano else 1e6)
+    return ClockState(state != time_error and not (tx.status & sta_unsync), tx.maxerror / 1e6, offset_s=offset)
 
 
 @dataclass

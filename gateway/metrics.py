@@ -105,6 +105,9 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     if "start_time" in proc:
         proc["uptime_seconds"] = max(0.0, out["time"] - proc["start_time"])
     out["process"] = proc
+    from gateway.remote.health import extras  # the fleet view's part: config, clock, disk, agent
+
+    out.update(extras(daemon))
     return out
 
 
@@ -266,6 +269,10 @@ class MetricsServer:
         assert self.daemon is not None
         return render(summary(self.daemon))
 
+    async def route(self, path: str, query: str) -> tuple[str, str, str] | None:
+        """(status, body, content type) for a path a subclass serves besides /metrics (the fleet page)."""
+        return None
+
     def status(self) -> str | None:
         """The daemon's summary as JSON, served at /status for `sensegate doctor` (None: not served)."""
         return json.dumps(summary(self.daemon)) if self.daemon is not None else None
@@ -313,9 +320,12 @@ class MetricsServer:
                 while await reader.readline() not in (b"\r\n", b"\n", b""):
                     pass
             method, target, *_ = request.decode("latin-1").split() or ["", ""]
-            path = target.split("?", 1)[0] if target else ""
+            path, _, query = (target or "").partition("?")
+            routed = await self.route(path, query) if method in ("GET", "HEAD") else None
             if method not in ("GET", "HEAD"):
                 status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
+            elif routed is not None:
+                status, body, ctype = routed
             elif path == "/metrics":
                 status, body, ctype = "200 OK", self.page(), CONTENT_TYPE
             elif path == "/status" and (doc := self.status()) is not None:  # for `sensegate doctor`

@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -197,9 +197,11 @@ class MqttSession:
             self.client.on_message = lambda c, u, msg: on_message(msg)
         if on_publish is not None:
             self.client.on_publish = lambda c, u, mid, rc, props: on_publish(mid)
+        self.client.on_subscribe = self._on_subscribe
         self.closed = asyncio.Event()
         self.close_reason = ""
         self._connack: asyncio.Future[ReasonCode] | None = None
+        self._subacks: dict[int, asyncio.Future[None]] = {}
         self._sock: Any = None
         self._misc: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
@@ -310,6 +312,11 @@ class MqttSession:
         self._misc = None
         if not self.closed.is_set():
             self.closed.set()
+        for fut in self._subacks.values():  # no SUBACK comes on a closed connection
+            if not fut.done():
+                with contextlib.suppress(RuntimeError):  # its loop is already closed
+                    fut.set_result(None)
+        self._subacks.clear()
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(MqttError(self.close_reason or "connection closed before CONNACK"))
 
@@ -319,6 +326,36 @@ class MqttSession:
             if self.client.loop_misc() != paho.MQTT_ERR_SUCCESS:
                 self._detach()
                 return
+
+    def _on_subscribe(self, c: Any, u: Any, mid: int, codes: Any, props: Properties | None) -> None:
+        fut = self._subacks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def subscribe_each(self, topic_filters: Iterable[str], qos: int = 0, within: float = 10.0) -> bool:
+        """Subscribe to one filter at a time, each once the broker acknowledged the one before.
+
+        A broker queues a subscription's retained messages for the client at once and drops what
+        passes its queue limit (mosquitto's max_queued_messages, 1000 by default: QoS 1 messages
+        queued beyond those in flight, or QoS 0 packets not yet written), so a reader of several
+        kinds of retained message from 500 gateways would lose some if it subscribed to all at
+        once. Mosquitto queues a SUBSCRIBE's retained messages before its SUBACK: at QoS 0 the
+        SUBACK also marks the end of that filter's burst. False if one was not acknowledged in time.
+        """
+        for topic_filter in topic_filters:
+            rc, mid = self.client.subscribe(topic_filter, qos=qos)
+            if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+                return False
+            fut = self._subacks[mid] = self._loop.create_future()
+            try:
+                async with asyncio.timeout(within):
+                    await fut
+            except TimeoutError:
+                self._subacks.pop(mid, None)
+                return False
+            if self.closed.is_set():
+                return False
+        return True
 
     def _on_connect(self, c: Any, u: Any, flags: Any, rc: ReasonCode, props: Properties | None) -> None:
         if self._connack is not None and not self._connack.done():
@@ -352,8 +389,9 @@ async def subscribe_forever(
     connected: asyncio.Event | None = None,
     on_error: Callable[[MqttError], None] | None = None,
     backoff: tuple[float, float] = (0.2, 10.0),
+    qos: int = 1,
 ) -> None:
-    """Stay subscribed until cancelled: connect, subscribe (QoS 1), reconnect with backoff.
+    """Stay subscribed until cancelled: connect, subscribe (QoS 1 unless told), reconnect with backoff.
 
     Shared by the reference receiver, the test kit and the rig; ``connected`` is set while a
     session is up.
@@ -371,11 +409,10 @@ async def subscribe_forever(
             await asyncio.sleep(wait.next())
             continue
         wait.reset()
-        for topic_filter in topic_filters:
-            session.client.subscribe(topic_filter, qos=1)
-        if connected is not None:
-            connected.set()
         try:
+            await session.subscribe_each(topic_filters, qos)
+            if connected is not None:
+                connected.set()
             await session.closed.wait()
         finally:
             if connected is not None:

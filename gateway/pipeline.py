@@ -158,6 +158,7 @@ class BufferedPipeline:
         self._task: asyncio.Task[None] | None = None
         self._blob_task: asyncio.Task[None] | None = None
         self._blob_wake = asyncio.Event()
+        self.last_acked: tuple[int, float | None] = (0, None)  # batch number and time of the last acknowledgement
         self.key: Any = None
         self.device: DeviceKey | None = None
         self._signing = asyncio.Lock()  # a key switch happens between two batches, never during one
@@ -347,6 +348,8 @@ class BufferedPipeline:
                               lane.uplink.name, batch.bseq, reason)
                     await self.buffer.dead_letter(batch, lane.uplink.name, reason)
                 acks.append((batch, lane.uplink.name))
+                if kind == "ack" and batch.bseq >= self.last_acked[0]:
+                    self.last_acked = (batch.bseq, time.time())  # for the fleet view
             released = await self.buffer.ack_many(acks, self.required)
             if self.mode == "all":
                 for (batch, _), done in zip(acks, released, strict=True):
@@ -519,7 +522,8 @@ class BufferedPipeline:
                        "fsyncs": b.reservations + b.syncs, "skipped_unclean": b.skipped_unclean,
                        "last_ack_age_s": (time.time_ns() - b.last_ack_ns) / 1e9 if b.last_ack_ns else None},
             "batches": {"sent": self.batches_sent, "acked": b.acked_batches, "sign_errors": self.sign_errors,
-                        "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes},
+                        "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes,
+                        "last_acked": self.last_acked[0] or None, "last_acked_at": self.last_acked[1]},
             "uplinks": {lane.uplink.name: {"connected": lane.uplink.connected, "inflight": len(lane.inflight),
                                            "acked": getattr(lane.uplink, "acked", 0),
                                            "errors": getattr(lane.uplink, "errors", 0),

@@ -35,6 +35,9 @@ if [ "$what" = test ]; then
     ['/usr/lib/*/libtss2-tcti-swtpm.so.0']=libtss2-tcti-swtpm0
     # the fleet ingest's tests: a NATS cluster (JetStream, MQTT) and PostgreSQL from initdb
     [nats-server]=nats-server
+    # the fleet page is checked in a real headless browser through WebDriver (tests/fleet)
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
     ['/usr/lib/postgresql/*/bin/initdb']=postgresql
   )
 fi

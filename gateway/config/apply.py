@@ -27,6 +27,7 @@ APPLY: dict[str, tuple[How, str]] = {
     "remote": ("pipeline", "local file only (a push that changes it is refused); on SIGHUP the pipeline "
                            "restarts so the uplinks subscribe for the new groups, and the CoAP listener moves"),
     "drivers": ("instances", "only the instances whose sections changed restart"),
+    "health": ("read", "nothing restarts: the next health gate and health summary read it"),
 }
 LIVE_GATEWAY = {"log_level"}  # gateway fields applied without a restart
 
@@ -41,13 +42,15 @@ class Plan:
     restart_pipeline: bool
     metrics: bool = False
     log_level: bool = False
+    health: bool = False  # the expected-absent instances changed (read, nothing restarts)
     sections: tuple[str, ...] = ()  # the top-level sections that differ
     restart_for: tuple[str, ...] = ()  # the sections that restart the pipeline
 
     @property
     def empty(self) -> bool:
         """Nothing changes."""
-        return not (self.stop or self.start or self.restart_pipeline or self.metrics or self.log_level)
+        return not (self.stop or self.start or self.restart_pipeline or self.metrics or self.log_level
+                    or self.health)
 
 
 def plan(old: GatewayConfig, new: GatewayConfig) -> Plan:
@@ -68,4 +71,5 @@ def plan(old: GatewayConfig, new: GatewayConfig) -> Plan:
     restart_for = tuple(k for k in sections if APPLY[k][0] == "pipeline" and (k != "gateway" or gateway_restart))
     return Plan(tuple(stop), tuple(start), tuple(keep), bool(restart_for),
                 metrics="metrics" in sections, log_level=a.gateway.log_level != b.gateway.log_level,
+                health="health" in sections,
                 sections=sections, restart_for=restart_for)

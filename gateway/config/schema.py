@@ -262,8 +262,42 @@ class RemoteSection(Section):
         "/sensegate/config and serves its status on /sensegate/config/status; empty: MQTT only.",
     )
     commands: bool = Field(default=True, description="Accept signed commands (writes, snapshots, restarts, ping).")
+    allow_agent_update: bool = Field(
+        default=False,
+        description="Accept updates of the agent itself, signed by a release key (docs/fleet.md): installed beside "
+        "the running version, restarted into, and kept only if healthy within update_health_timeout.",
+    )
+    release_keys: list[str] = Field(
+        default_factory=lambda: ["release-keys"],
+        description="Trusted release public keys (PEM files, or directories of *.pem), relative to the config file's "
+        "directory; distinct from ops_keys: an ops key can never sign an agent update.",
+    )
+    min_agent_version: str = Field(
+        default="", pattern=r"^$|^\d+(\.\d+){0,3}([ab]\d+|rc\d+)?(\.post\d+)?(\.dev\d+)?$",
+        description="Updates to versions below this are refused (with the highest floor a release declared).",
+    )
+    update_health_timeout: Duration = Field(
+        default=120.0, ge=10, le=3600,
+        description="A new agent version must be healthy this soon after its start (uplinks connected, the driver "
+        "instances that ran before running), or the gateway goes back to the previous version.",
+    )
+    max_update_bytes: ByteSize = Field(
+        default=128 * 1024**2, ge=1024 * 1024, description="Larger update bundles are refused unread.")
     max_command_ttl: Duration = Field(
         default=3600.0, gt=0, le=7 * 86400, description="Commands expiring further ahead than this are refused."
+    )
+
+
+class HealthSection(Section):
+    """How driver instances count in the health gate of a pushed config and in the fleet view."""
+
+    expect_absent: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]] = Field(
+        default_factory=list,
+        description="Driver instances whose devices are not wired yet (a meter to be fitted next week): until an "
+        "instance first comes up (reaches 'running', remembered in <state_dir>/remote/wired.json) it does not count "
+        "against the health gate of a push, and the fleet view shows it as 'absent (expected)' rather than down. "
+        "From its first run on it counts like any other instance. Each name must be a configured instance. "
+        "Can be pushed on its own: nothing restarts.",
     )
 
 
@@ -288,6 +322,9 @@ class Config(Section):
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Prometheus metrics endpoint.")
     remote: RemoteSection = Field(
         default_factory=RemoteSection, description="Signed remote config and commands (trust anchor: this file)."
+    )
+    health: HealthSection = Field(
+        default_factory=HealthSection, description="Driver instances expected absent (not wired yet)."
     )
     drivers: list[Any] = Field(
         default_factory=list, description="Driver instances: `driver: <name>` plus that driver's options."

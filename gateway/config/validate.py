@@ -215,6 +215,12 @@ def validate_document(doc: Document, registry: Registry, source: str = "", broke
             if dc.enabled:
                 instances.append(Instance(name, manifest, dc))
     if config is not None:
+        declared = {str(d.get("name") or d.get("driver")) for d in raw_drivers or [] if isinstance(d, dict)}
+        for i, name in enumerate(config.health.expect_absent):
+            if name not in declared:
+                where = ("health", "expect_absent", i)
+                problems.append(Problem(*doc.where(where), f"{_dotted(where)}: no driver instance named {name!r} "
+                                        f"(instances: {', '.join(sorted(declared)) or 'none'})"))
         seen: dict[str, int] = {}
         for i, up in enumerate(config.uplinks):
             if up.name in seen:

@@ -14,6 +14,7 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.ingest.stores import DEFAULT_DB, NeedsExtra, open_storage
 
@@ -39,6 +40,11 @@ def add_parsers(sub: Any) -> None:
     ing.add_argument("--key", default="", help="MQTT: client key")
     ing.add_argument("--username", default="")
     ing.add_argument("--password", default="")
+    ing.add_argument("--fleet-url", default="",
+                     help="serve the fleet page at /fleet of --metrics, reading the gateways' health from this MQTT "
+                     "broker (default: --broker when it is mqtt://); each row shows the ledger's verdict")
+    ing.add_argument("--fleet-trust", action="append", default=[], metavar="DIR|FILE|GATEWAY-ID=FILE",
+                     help="bound keys to check the health summaries on the fleet page (as `fleet status --trust`)")
     ing.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
     fleet = sub.add_parser("fleet", help="the ingest's registry and ledgers: enrol keys, revoke, report")
@@ -63,6 +69,9 @@ def add_parsers(sub: Any) -> None:
     report.add_argument("--json", action="store_true")
     for p in (enrol, revoke, keys, report):
         p.add_argument("--db", default=DEFAULT_DB, help="the ingest's database (sqlite:PATH or postgresql://...)")
+    from gateway.fleet.cli import add_fleet_parsers
+
+    add_fleet_parsers(fleet_sub)  # fleet status, fleet web (the gateways' own health summaries)
 
 
 # -- sensegate ingest ------------------------------------------------------------------------------
@@ -96,16 +105,45 @@ async def _ingest(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server = IngestMetricsServer(metrics)
+    fleet = _fleet_page(args, storage)
+    server = IngestMetricsServer(metrics, fleet)
     if args.metrics:
         await server.apply(True, args.metrics)
+        if fleet is not None:
+            await fleet.start()
     try:
         await worker.run(stop)
     finally:
         await server.close()
+        if fleet is not None:
+            await fleet.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _fleet_page(args: argparse.Namespace, storage: Any) -> Any:
+    """The fleet page (gateway/fleet/web.py) with this ingest's completeness verdicts, when asked for."""
+    url = args.fleet_url or (args.broker if args.broker.startswith(("mqtt://", "mqtts://")) else "")
+    if not url or not args.metrics:
+        return None
+    from gateway.fleet.web import FleetPage
+    from gateway.ingest.ledger import summarize
+    from gateway.remote.ops import Broker
+
+    async def verdicts() -> dict[str, str]:
+        found = summarize(await storage.ledgers(None), await storage.refusals(None))
+        return {s.gateway: s.verdict() for s in found}
+
+    trust = None
+    if args.fleet_trust:
+        from gateway.receiver.trust import KeyBindings
+
+        trust = KeyBindings.from_specs(args.fleet_trust)
+    broker = Broker.from_url(url if urlsplit(url).path.strip("/") else url.rstrip("/") + "/" + args.prefix,
+                             ca_file=args.ca, cert_file=args.cert, key_file=args.key, username=args.username,
+                             password=args.password)
+    return FleetPage(broker, trust, verdicts)
 
 
 # -- sensegate fleet ---------------------------------------------------------------------------------
@@ -113,6 +151,10 @@ async def _ingest(args: argparse.Namespace) -> int:
 
 def fleet_main(args: argparse.Namespace) -> int:
     """Entry point for `sensegate fleet ...` (simulate comes with the fleet simulator)."""
+    if args.fleet_command in ("status", "web"):
+        from gateway.fleet.cli import fleet_view_main
+
+        return fleet_view_main(args)
     try:
         return asyncio.run(_fleet(args))
     except (NeedsExtra, ValueError) as e:

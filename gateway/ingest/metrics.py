@@ -7,6 +7,7 @@ missing readings are read from the database, so every worker reports the fleet's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway import __version__
 from gateway.ingest.contract import StoreReport
@@ -94,9 +95,13 @@ class IngestMetrics:
 class IngestMetricsServer(MetricsServer):
     """GET /metrics of an ingest worker (the gateway's endpoint, serving these numbers)."""
 
-    def __init__(self, metrics: IngestMetrics) -> None:
+    def __init__(self, metrics: IngestMetrics, fleet: Any = None) -> None:
         super().__init__(None)
         self.metrics = metrics
+        self.fleet = fleet  # gateway.fleet.web.FleetPage: the fleet page at /fleet, with ledger verdicts
 
     def page(self) -> str:
         return self.metrics.render()
+
+    async def route(self, path: str, query: str) -> tuple[str, str, str] | None:
+        return None if self.fleet is None else await self.fleet.route(path, query)

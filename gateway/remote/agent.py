@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,16 +28,21 @@ from gateway.config.validate import validate_document
 from gateway.keyevents import EventRefused
 from gateway.metrics import MetricsServer
 from gateway.registry import Registry
-from gateway.remote import topics
+from gateway.remote import gate, topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
 from gateway.remote.envelope import Rejected, gateway_ops_keys, group_target, load_trusted, open_signed
+from gateway.remote.gate import describe, downlinks
+from gateway.remote.releases import agent_dir
+from gateway.remote.statuses import StatusBoard
 from gateway.remote.store import ConfigStore
+from gateway.remote.update import AgentUpdater
+from gateway.remote.wiring import Wiring
 from gateway.scheduler import Supervisor
-from gateway.signedjson import seal_async
 
 log = logging.getLogger("sensegate.remote")
 QUEUE = 4  # config pushes waiting while one applies; more are refused as busy
 MAX_COMMANDS = 16  # commands running at once
+WIRING_TICK = 2.0  # how often expected-absent instances are checked for their first run
 CLOSE_WAIT = 2.0  # at a stop, for the apply or command running, and for the CoAP server
 
 
@@ -72,15 +76,15 @@ class Downlink(Protocol):
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool: ...
 
 
-def downlinks(pipeline: Any) -> Iterator[Downlink]:
-    """The pipeline's uplinks that carry a downlink (one today; a list with multi-uplink support)."""
-    ups = getattr(pipeline, "uplinks", None)
-    if ups is None:
-        single = getattr(pipeline, "uplink", None)
-        ups = [single] if single is not None else []
-    for up in ups:
-        if hasattr(up, "on_downlink") and hasattr(up, "subscriptions") and hasattr(up, "publish"):
-            yield up
+def _name(revision: int | None) -> str:
+    return "the local config file" if revision is None else f"revision {revision}"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def sha256(data: bytes) -> str:
@@ -103,16 +107,16 @@ class RemoteAgent:
         self.trusted = gateway_ops_keys(self.settings.ops_keys, bootstrap_path.parent, g.state_dir)
         self.store = ConfigStore(root, self.settings.history)
         self.commands = CommandLog(root / "commands.json")
+        self.wiring = Wiring(root / "wired.json")  # expected-absent instances that came up once
+        self.updater = AgentUpdater(self, agent_dir(g.state_dir))
         self.revision: int | None = None  # the pushed revision running; None: the local file
         self.digest = ""  # SHA-256 of the running config's YAML
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE)
         self._worker: asyncio.Task[None] | None = None
+        self._wiring_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._uplink_changed = asyncio.Event()
-        self._unsent: dict[str, Any] | None = None  # a status no uplink could take yet
-        self._pipeline: Any = None  # the pipeline attached last: its device key signs the statuses
-        self._statuses: set[asyncio.Task[None]] = set()  # being signed and sent, in order
-        self._status_lock = asyncio.Lock()
+        self.board = StatusBoard(self.gateway_id, host, self.info, root / "status.json")
         self._coap: Any = None  # CoapConfigServer when remote.coap_listen is set
 
     @property
@@ -128,11 +132,14 @@ class RemoteAgent:
     def boot_config(self, bootstrap_bytes: bytes) -> GatewayConfig:
         """The config to start with: the current pushed one, else a good earlier one, else the file."""
         self.digest = sha256(bootstrap_bytes)
+        self.wiring.open()
         if not self.enabled:
             log.info("remote config and commands are off: no trusted ops key (remote.ops_keys)")
             return self.bootstrap
         self.store.open()
         self.commands.open()
+        self.updater.open()
+        self.board.open()
         choice = self.store.boot()
         tried = []
         if choice.revision is not None and choice.data is not None:
@@ -148,14 +155,14 @@ class RemoteAgent:
                 self.store.fall_back(rev)
             self.revision, self.digest = rev, sha256(data)
             if choice.note:
-                self._status("rolled_back", choice.note, self.store.state.highest)
+                self.board.status("rolled_back", choice.note, self.store.state.highest)
             log.info("running pushed config revision %d", rev)
             return cfg
         if choice.revision is not None:
             self.store.fall_back(None)
-            self._status("rolled_back", "no pushed config loads; running the local config file", choice.revision)
+            self.board.status("rolled_back", "no pushed config loads; running the local config file", choice.revision)
         elif choice.note:
-            self._status("rolled_back", choice.note, self.store.state.highest)
+            self.board.status("rolled_back", choice.note, self.store.state.highest)
         return self.bootstrap
 
     def refresh_bootstrap(self, bootstrap: GatewayConfig, bootstrap_bytes: bytes) -> GatewayConfig:
@@ -214,7 +221,7 @@ class RemoteAgent:
         """Hook a new pipeline's uplinks before they start: subscriptions, downlink, status flush."""
         if not self.enabled:
             return
-        self._pipeline = pipeline
+        self.board.pipeline = pipeline
         for up in downlinks(pipeline):
             prefix = up.cfg.topic_prefix
             up.subscriptions = topics.subscriptions(prefix, self.gateway_id, list(self.settings.groups))
@@ -224,11 +231,13 @@ class RemoteAgent:
             def on_state(connected: bool, before: Callable[[bool], None] = before, up: Downlink = up) -> None:
                 before(connected)
                 if connected:
-                    self._flush(up)
+                    self.board.flush(up)
+                    self.updater.flush()
 
             up.on_state = on_state
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="remote-config")
+            self._wiring_task = asyncio.create_task(self._watch_wiring(), name="remote-wiring")
         self._sync_coap()
 
     def _sync_coap(self) -> None:
@@ -241,6 +250,7 @@ class RemoteAgent:
 
         self._coap = new = CoapConfigServer(want, self._take_coap, int(self.settings.max_document_bytes)) \
             if want else None
+        self.board.coap = new
 
         async def move() -> None:
             if old is not None:
@@ -248,9 +258,20 @@ class RemoteAgent:
             if new is not None:
                 await new.start()
 
-        task = asyncio.create_task(move(), name="remote-coap")
+        self._spawn(move(), "remote-coap")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _watch_wiring(self) -> None:
+        """Notice the first run of an expected-absent instance (health.expect_absent) soon after it
+        happens; idle while none is pending."""
+        while True:
+            await asyncio.sleep(WIRING_TICK)
+            if self.wiring.absent(self.host.cfg):
+                self.wiring.observe(self.host.cfg, self.host.supervisor)
 
     def _take_coap(self, payload: bytes) -> bool:
         """A push PUT over CoAP joins the same queue as MQTT pushes; False when it is full."""
@@ -264,30 +285,36 @@ class RemoteAgent:
         """Stop taking pushes and commands (an apply in progress is cancelled: pending stays on disk).
 
         Bounded: a task that will not stop is left behind (gateway.bounded), logged once."""
-        if self._statuses:  # the last statuses (e.g. rolled_back) still go out
-            await asyncio.wait(set(self._statuses), timeout=1.0)
-        tasks = [t for t in (self._worker, *self._tasks, *self._statuses) if t is not None]
-        self._worker = None
+        if self.board.tasks:  # the last statuses (e.g. rolled_back) still go out
+            await asyncio.wait(set(self.board.tasks), timeout=1.0)
+        tasks = [t for t in (self._worker, self._wiring_task, *self._tasks, *self.board.tasks) if t is not None]
+        self._worker = self._wiring_task = None
         stopped = await asyncio.gather(*(stop_task(t, (CLOSE_WAIT,)) for t in tasks))
         for t, ok in zip(tasks, stopped, strict=True):
             if not ok:
                 abandon(t, f"remote task {t.get_name()} would not stop", log)
+        await self.updater.close()
         coap, self._coap = self._coap, None
+        self.board.coap = None
         if coap is not None:
             await settle(coap.close(), CLOSE_WAIT, "closing the CoAP config server")
 
     def _downlink(self, topic: str, payload: bytes) -> None:
-        if topic.endswith("/config/set"):
+        if not payload and (topic.endswith("/config/set") or topic.endswith("/cmd/req")):
+            return  # a retained push or command cleared by its rollout: nothing to take
+        if topic.endswith("/agent/set"):
+            self.updater.take(topic, payload)
+        elif topic.endswith("/config/set"):
             try:
                 self._queue.put_nowait((topic, payload))
             except asyncio.QueueFull:
                 log.warning("config push on %s refused: %d pushes already waiting", topic, QUEUE)
-                self._status("rejected", "busy: too many pushes waiting; push again later", None)
+                self.board.status("rejected", "busy: too many pushes waiting; push again later", None)
         elif "/ops/keys/" in topic:
             self._ops_key_event(topic, payload)
         elif topic.endswith("/cmd/req"):
             if len(self._tasks) >= MAX_COMMANDS:
-                self._result(peek_id(payload), {"status": "refused", "reason": "busy: too many commands running"})
+                self.board.result(peek_id(payload), {"status": "refused", "reason": "busy: too many commands running"})
                 return
             task = asyncio.create_task(self._command(payload), name="remote-command")
             self._tasks.add(task)
@@ -305,55 +332,15 @@ class RemoteAgent:
 
     # -- status -------------------------------------------------------------------------
 
+    def last_push(self) -> dict[str, Any] | None:
+        """The latest push outcome, for the health summary."""
+        return self.board.last_push()
+
     def info(self) -> dict[str, Any]:
         """What every status and ping reports about the running config."""
         cfg = self.host.cfg
         return {"running_revision": self.revision, "config_sha256": self.digest,
                 "config_version": cfg.config.config_version if cfg is not None else None}
-
-    def _publish(self, topic_of: Callable[[str], str], body: dict[str, Any], retain: bool) -> bool:
-        """Publish on every connected downlink uplink; False if none took it."""
-        payload = json.dumps(body).encode()
-        sent = False
-        for up in downlinks(self.host.pipeline):
-            sent = up.publish(topic_of(up.cfg.topic_prefix), payload, retain=retain) or sent
-        return sent
-
-    def _status_topic(self, prefix: str) -> str:
-        return topics.config_status(prefix, self.gateway_id)
-
-    def _flush(self, up: Downlink) -> None:
-        """A (re)connected uplink gets the status that could not be published (e.g. at boot)."""
-        if self._unsent is not None:
-            self._send(self._unsent)
-
-    def _status(self, state: str, reason: str, revision: int | None) -> None:
-        body = {"gateway": self.gateway_id, "state": state, "revision": revision, "reason": reason,
-                **self.info(), "ts": round(time.time(), 3)}
-        (log.info if state in ("received", "applied") else log.warning)(
-            "config push%s: %s%s", f" revision {revision}" if revision else "", state, f": {reason}" if reason else "")
-        self._send(body)
-
-    def _send(self, body: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._send_signed(body), name="config-status")
-        self._statuses.add(task)
-        task.add_done_callback(self._statuses.discard)
-
-    async def _send_signed(self, body: dict[str, Any]) -> None:
-        """Sign a status with the device key (off the loop: it may be a token's) and publish it
-        retained, in the order the statuses were made (gateway/signedjson.py)."""
-        async with self._status_lock:
-            payload = await seal_async(body, getattr(self._pipeline, "key", None), self.gateway_id, "config-status")
-            sent = False
-            for up in downlinks(self.host.pipeline):
-                sent = up.publish(self._status_topic(up.cfg.topic_prefix), payload, retain=True) or sent
-            self._unsent = None if sent else body
-            if self._coap is not None:
-                self._coap.status.update(payload)
-
-    def _result(self, cmd_id: str, body: dict[str, Any]) -> None:
-        body = {"gateway": self.gateway_id, "id": cmd_id, **body, "ts": round(time.time(), 3)}
-        self._publish(lambda p: topics.command_result(p, self.gateway_id, cmd_id), body, retain=False)
 
     # -- config pushes ------------------------------------------------------------------
 
@@ -369,20 +356,21 @@ class RemoteAgent:
         """Check, stage, apply, health-gate, then commit or roll back one pushed document."""
         s = self.settings
         digest = sha256(data)
+        if digest == self.store.state.seen:  # a retained push delivered again at a connect
+            log.debug("config push %s delivered again; already handled", digest[:12])
+            return
         try:
             signed = open_signed(data, self.trusted, "config", self.targets, int(s.max_document_bytes))
         except Rejected as e:
-            self._status("rejected", str(e), None)
+            self.board.status("rejected", str(e), None)
             return
         rev = signed.revision
-        if digest == self.store.state.seen:
-            log.debug("config revision %d delivered again; already handled", rev)
-            return
         if rev <= self.store.state.highest:
-            self._status("rejected", f"revision {rev} is not newer than revision {self.store.state.highest} "
+            self.store.refuse(rev, digest)  # a retained copy delivered again is then ignored quietly
+            self.board.status("rejected", f"revision {rev} is not newer than revision {self.store.state.highest} "
                          "(anti-rollback)", rev)
             return
-        self._status("received", f"signed by ops key {signed.signer}", rev)
+        self.board.status("received", f"signed by ops key {signed.signer}", rev)
         try:
             new = self.effective(signed.payload, rev)
         except (ConfigInvalid, Rejected) as e:
@@ -392,125 +380,71 @@ class RemoteAgent:
                 lines = reason.splitlines()
                 reason = "invalid config: " + "; ".join(lines[:5]) + (f" (+{len(lines) - 5} more)" if len(lines) > 5
                                                                      else "")
-            self._status("rejected", reason, rev)
+            self.board.status("rejected", reason, rev)
             return
         async with self.host.apply_lock:
-            old = self.host.cfg
-            assert old is not None
             self.store.stage(rev, signed.payload, digest)
-            p = plan(old, new)
             try:
-                await self.host.apply_config(new)
-                failure = await self._health(p, new)
-            except Exception as e:  # a pipeline that cannot start, a key mismatch
-                log.exception("apply of revision %d failed", rev)
-                failure = f"apply failed: {e}"
+                failure, p = await self._apply_gated(new, f"revision {rev}")
+            except BaseException:  # the old config would not start again either, or a stop: pending stays clear
+                self.store.rollback(rev)
+                raise
             if failure is None:
                 self.store.commit(rev)
                 self.revision, self.digest = rev, sha256(signed.payload)
-                self._status("applied", f"restarted: {self._describe(p)}", rev)
-                return
-            log.warning("revision %d failed its health gate (%s); rolling back", rev, failure)
-            try:
-                await self.host.apply_config(old)
-            finally:
+                self.board.status("applied", f"restarted: {describe(p)}", rev)
+            else:
                 self.store.rollback(rev)
-            self._status("rolled_back", failure, rev)
+                self.board.status("rolled_back", failure, rev)
 
-    @staticmethod
-    def _describe(p: Plan) -> str:
-        if p.empty:
-            return "nothing (no change)"
-        parts = []
-        if p.restart_pipeline:
-            parts.append(f"pipeline ({', '.join(p.restart_for)} changed)")
-        if p.metrics:
-            parts.append("metrics")
-        if p.log_level:
-            parts.append("log level")
-        if p.start:
-            parts.append("drivers " + ", ".join(p.start))
-        stopped = [n for n in p.stop if n not in p.start]
-        if stopped:
-            parts.append("stopped " + ", ".join(stopped))
-        return "; ".join(parts)
-
-    async def _health(self, p: Plan, new: GatewayConfig) -> str | None:
-        """None when the uplinks answer, restarted drivers came up and the metrics endpoint
-        listens, each in time; else why not."""
-        s = self.settings
-        why = await self._uplinks_up(new)
-        if why is not None:
-            return why
-        m = new.config.metrics
-        if m.enabled and self.host.metrics.listen != m.listen:
-            return f"the metrics endpoint did not start: {self.host.metrics.error or 'not listening on ' + m.listen}"
-        # instances whose sections changed must come up; unchanged ones restarted with the pipeline
-        # must only not fail (a device that was offline before is not the new config's fault)
-        names = [i.name for i in new.instances] if p.restart_pipeline else list(p.start)
-        strict = ("running",) if s.require_drivers_running else ("running", "unavailable")
-        loose = ("running", "unavailable")
-
-        def want(n: str) -> tuple[str, ...]:
-            return strict if n in p.start else loose
-
+    async def _apply_gated(self, new: GatewayConfig, what: str) -> tuple[str | None, Plan]:
+        """Apply ``new`` and hold it to the health gate; put the running config back if it fails.
+        The caller holds the apply lock and records the outcome."""
+        old = self.host.cfg
+        assert old is not None
+        p = plan(old, new)
         try:
-            async with asyncio.timeout(s.driver_timeout):
-                while True:
-                    sup = self.host.supervisor
-                    runners = [sup.runners[n] for n in names if sup is not None and n in sup.runners]
-                    for r in runners:
-                        if r.stats.state == "failed":
-                            return f"driver instance {r.name} failed: {r.stats.last_error}"
-                    if len(runners) == len(names) and all(r.stats.state in want(r.name) for r in runners):
-                        return None
-                    await asyncio.sleep(0.1)
-        except TimeoutError:
-            sup = self.host.supervisor
-            late = [f"{n} ({sup.runners[n].stats.state}: {sup.runners[n].stats.last_error or 'no error'})"
-                    for n in names if sup is not None and n in sup.runners
-                    and sup.runners[n].stats.state not in want(n)]
-            return f"driver instance(s) not up within {s.driver_timeout:g} s: {', '.join(late)}"
+            await self.host.apply_config(new)
+            failure = await gate.check(self.host, self.settings, self.wiring, p, new)
+        except Exception as e:  # a pipeline that cannot start, a key mismatch
+            log.exception("apply of %s failed", what)
+            failure = f"apply failed: {e}"
+        if failure is not None:
+            log.warning("%s failed its health gate (%s); rolling back", what, failure)
+            await self.host.apply_config(old)
+        return failure, p
 
-    async def _uplinks_up(self, new: GatewayConfig) -> str | None:
-        """The uplink part of the health gate (docs/remote.md): with ``uplink_mode: all`` every
-        uplink must answer (one that never does would hold every batch); with ``failover`` one
-        must, and it must carry the MQTT downlink when pushes cannot come over CoAP."""
-        s = self.settings
-        ups = list(getattr(self.host.pipeline, "uplinks", []))
-        if not ups:  # JSON lines only: nothing to reach
-            return None
-        need_all = new.config.uplink_mode == "all"
-        need_downlink = not s.coap_listen
-        probes: dict[str, asyncio.Task[None]] = {}
-
-        def missing() -> list[str]:
-            if need_all:
-                return [u.name for u in ups if not u.reachable]
-            if need_downlink and not any(u.reachable for u in downlinks(self.host.pipeline)):
-                return [u.name for u in downlinks(self.host.pipeline)] or ["an MQTT uplink"]
-            return [] if any(u.reachable for u in ups) else [u.name for u in ups]
-
-        try:
-            async with asyncio.timeout(s.uplink_timeout):
-                while late := missing():
-                    for u in ups:  # nothing to send yet: ask the far end (a CoAP GET)
-                        if u.connected and not u.reachable and (u.name not in probes or probes[u.name].done()):
-                            probes[u.name] = asyncio.create_task(u.probe(), name=f"probe:{u.name}")
-                    await asyncio.sleep(0.1)
-        except TimeoutError:
-            if need_all:
-                return (f"uplink(s) {', '.join(late)} did not connect within {s.uplink_timeout:g} s "
-                        "(uplink_mode all would hold every batch for them)")
-            if need_downlink:
-                return (f"the uplink did not connect within {s.uplink_timeout:g} s "
-                        f"({', '.join(late)}; the gateway would be locked out)")
-            return f"no uplink connected within {s.uplink_timeout:g} s ({', '.join(late)})"
-        finally:
-            for t in probes.values():
-                t.cancel()
-            await asyncio.gather(*probes.values(), return_exceptions=True)
-        return None
+    async def revert(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Go back from revision ``from`` to the config that ran before it (``to``: an earlier pushed
+        revision kept here, or null for the local file), through the same health gate: a rollout's
+        rollback. Refused unless ``from`` is what runs now (nothing newer is ever undone)."""
+        frm, to = args.get("from"), args.get("to")
+        if self.revision is None or frm != self.revision:
+            raise Refused(f"running {_name(self.revision)}, not revision {frm}: nothing to revert")
+        if to is not None and (not isinstance(to, int) or isinstance(to, bool)):
+            raise Refused("to must be a revision number or null (the local config file)")
+        if to is None:
+            new, data = self.bootstrap, _read(self.bootstrap_path)
+        else:
+            kept = self.store.read(to)
+            if kept is None:
+                raise Refused(f"revision {to} is no longer kept here (remote.history); push it again instead")
+            new, data = self.effective(kept, to), kept
+        async with self.host.apply_lock:
+            self.store.mark_pending(to)
+            try:
+                failure, p = await self._apply_gated(new, f"the revert to {_name(to)}")
+            except BaseException:
+                self.store.rollback(frm)
+                raise
+            if failure is not None:
+                self.store.rollback(frm)
+                self.board.status("rolled_back", f"revert to {_name(to)} failed: {failure}", frm)
+                raise Refused(f"the revert to {_name(to)} failed its health gate: {failure}")
+            self.store.commit(to)
+            self.revision, self.digest = to, sha256(data)
+            self.board.status("reverted", f"back on {_name(to)} (from revision {frm}); restarted: {describe(p)}", frm)
+        return {"reverted": True, "from": frm, "running_revision": to}
 
     # -- commands -----------------------------------------------------------------------
 
@@ -532,14 +466,14 @@ class RemoteAgent:
             cmd_id = cmd.id
             self.commands.take(cmd, time.time(), self.settings.max_command_ttl)
             log.info("command %s: %s %s (signed by %s)", cmd.id, cmd.op, cmd.args, signed.signer)
-            result = await execute(cmd, self.host, self.info())
+            result = await (self.revert(cmd.args) if cmd.op == "revert" else execute(cmd, self.host, self.info()))
         except Refused as e:
-            self._result(cmd_id, {"status": "refused", "reason": str(e)})
+            self.board.result(cmd_id, {"status": "refused", "reason": str(e)})
         except Rejected as e:
             log.warning("command %s refused: %s", cmd_id, e)
-            self._result(cmd_id, {"status": "refused", "reason": str(e)})
+            self.board.result(cmd_id, {"status": "refused", "reason": str(e)})
         except Exception as e:
             log.warning("command %s failed: %s: %s", cmd_id, type(e).__name__, e)
-            self._result(cmd_id, {"status": "failed", "reason": f"{type(e).__name__}: {e}"})
+            self.board.result(cmd_id, {"status": "failed", "reason": f"{type(e).__name__}: {e}"})
         else:
-            self._result(cmd_id, {"status": "done", "result": result})
+            self.board.result(cmd_id, {"status": "done", "result": result})

@@ -25,13 +25,13 @@ import cbor2
 from gateway.config.validate import GatewayConfig
 from gateway.driver_api import ConfigError
 from gateway.logs import set_level
-from gateway.remote.envelope import MAX_UINT, Rejected, check_numbers
+from gateway.remote.envelope import MAX_UINT, Rejected, cbor_map, check_numbers
 from gateway.remote.store import write_atomic
 from gateway.remote.topics import COMMAND_ID
 from gateway.scheduler import InstanceRunner, Supervisor
 
 log = logging.getLogger("sensegate.remote")
-OPS = ("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key")
+OPS = ("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key", "revert")
 ROTATE_TIMEOUT = 60.0  # a token that takes longer: the switch finishes later, the answer says so
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_REMEMBERED = 10_000
@@ -72,12 +72,7 @@ def peek_id(payload: bytes) -> str:
 
 def parse_command(payload: bytes) -> Command:
     """Decode and check a command's CBOR map: id, op, args, exp."""
-    try:
-        body = cbor2.loads(payload)
-    except Exception as e:
-        raise Rejected(f"command is not CBOR: {e}") from None
-    if not isinstance(body, dict):
-        raise Rejected("a command is a CBOR map with id, op, args and exp")
+    body = cbor_map(payload, "command (a map with id, op, args and exp)")
     cid, op, args, exp = body.get("id"), body.get("op"), body.get("args", {}), body.get("exp")
     if not isinstance(cid, str) or not COMMAND_ID.match(cid):
         raise Rejected("command id must be 1-64 characters of A-Z a-z 0-9 _ . : -")

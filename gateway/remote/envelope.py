@@ -1,9 +1,11 @@
 """Signed ops documents: COSE_Sign1 over a config's YAML bytes, a command's CBOR map or a driver bundle.
 
 The protected header carries, besides ``alg`` and ``kid``: ``"sgk"`` the kind (``config``,
-``command`` or ``driver``, so one kind can never be replayed as the other), ``"to"`` the target (a gateway id
+``command``, ``driver`` or ``agent``, so one kind can never be replayed as another), ``"to"`` the target (a gateway id
 or ``group/<name>``), ``"iat"`` when it was signed, and for configs ``"rv"`` the push revision
-(anti-rollback: a gateway applies only revisions newer than any it has seen).
+(anti-rollback: a gateway applies only revisions newer than any it has seen), and optionally
+``"exp"``, the time after which a retained copy must no longer be taken (rollouts retain each
+gateway's document for gateways that are offline; docs/fleet.md).
 
 Every number in a signed document is an integer (``rv``, ``iat``: 0..2^63-1) or, in a
 command's body, a finite number (``check_numbers``): a NaN compares false with everything and
@@ -30,14 +32,26 @@ if TYPE_CHECKING:
 MAX_UINT = 2**63 - 1  # revisions, signing times: they fit a signed 64-bit integer everywhere
 MAX_INT_ARG = 2**64 - 1  # integers in a command's arguments: a 64-bit register, signed or unsigned
 MAX_DEPTH = 8
-Kind = Literal["config", "command", "driver"]
-KIND, TARGET, REVISION, ISSUED = "sgk", "to", "rv", "iat"
-CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor", "driver": "application/zip"}
+Kind = Literal["config", "command", "agent", "driver"]
+KIND, TARGET, REVISION, ISSUED, EXPIRES = "sgk", "to", "rv", "iat", "exp"
+CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor", "agent": "application/cbor",
+                 "driver": "application/zip"}
 OPS_EVENTS = "opskeys.cbor"  # under <state_dir>/remote: the ops key events a gateway took, in order
 
 
 class Rejected(Exception):
     """A pushed document or command is refused; the message is the reason sent back in the status."""
+
+
+def cbor_map(payload: bytes, what: str) -> dict[Any, Any]:
+    """A signed document's CBOR body, which must be a map (a command, an update manifest)."""
+    try:
+        body = cbor2.loads(payload)
+    except Exception as e:  # cbor2 raises many kinds on garbage
+        raise Rejected(f"{what} is not CBOR: {e}") from None
+    if not isinstance(body, dict):
+        raise Rejected(f"{what} is not a CBOR map")
+    return body
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class Signed:
     issued: int
     payload: bytes
     signer: str  # the ops key's fingerprint
+    expires: int = 0  # Unix seconds after which it must not be taken (0: no expiry)
 
 
 def check_numbers(value: Any, where: str, depth: int = 0) -> None:
@@ -86,12 +101,15 @@ def group_target(group: str) -> str:
     return f"group/{group}"
 
 
-def sign(key: PrivateKey, kind: Kind, target: str, payload: bytes, revision: int = 0) -> bytes:
-    """Sign a config (YAML bytes) or a command (CBOR map) for a gateway or a group."""
+def sign(key: PrivateKey, kind: Kind, target: str, payload: bytes, revision: int = 0, expires: int = 0) -> bytes:
+    """Sign a config (YAML bytes) or a command (CBOR map) for a gateway or a group; ``expires``
+    (Unix seconds) bounds how long a retained copy may still be taken (a rollout's offline gateways)."""
     extra: dict[Any, Any] = {cose.CONTENT_TYPE: CONTENT_TYPES[kind], KIND: kind, TARGET: target,
                              ISSUED: int(time.time())}
     if kind == "config":
         extra[REVISION] = revision
+    if expires:
+        extra[EXPIRES] = int(expires)
     protected = cose.protected_header(key, key_id(key.public_key()), extra)
     return cose.encode_sign1(protected, payload, cose.sign(key, protected, payload))
 
@@ -154,9 +172,12 @@ def open_signed(data: bytes, trusted: Mapping[bytes, PublicKey], kind: Kind, tar
         raise Rejected(f"addressed to {target!r}, not to this gateway or its groups")
     revision = _uint(h, REVISION, "revision")
     issued = _uint(h, ISSUED, "signing time (iat)")
+    expires = _uint(h, EXPIRES, "expiry (exp)")
     if kind == "config" and revision < 1:
         raise Rejected("a config push needs a revision >= 1")
-    return Signed(kind, target, revision, issued, msg.payload, fingerprint(pub))
+    if expires and expires < time.time():
+        raise Rejected(f"expired {time.time() - expires:.0f} s ago (a retained push kept past its rollout's expiry)")
+    return Signed(kind, target, revision, issued, msg.payload, fingerprint(pub), expires)
 
 
 def encode_command(cmd_id: str, op: str, args: Mapping[str, Any], expires: float) -> bytes:

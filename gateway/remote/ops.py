@@ -78,8 +78,7 @@ async def exchange(broker: Broker, subscribe: list[str], publish: tuple[str, byt
     session = MqttSession(broker.settings, on_message=on_message)
     await session.connect()
     try:
-        for f in subscribe:
-            session.client.subscribe(f, qos=1)
+        await session.subscribe_each(subscribe)  # QoS 0, one at a time: nothing past the broker's queue limit
         if publish is not None:
             session.client.publish(publish[0], publish[1], qos=1, retain=publish[2])
         try:
@@ -116,6 +115,8 @@ async def push_config(broker: Broker, key: PrivateKey, yaml_bytes: bytes, *, to:
         if to and body.get("gateway") != to:
             return ""
         if body.get("revision") not in (rev, None):  # None: refused before its revision could be trusted
+            return ""
+        if body.get("republished") and body.get("revision") != rev:  # an earlier answer, sent again at a connect
             return ""
         return "final" if body.get("state") in FINAL else "progress"
 

@@ -135,22 +135,28 @@ class ConfigStore:
         self.state.seen = digest
         self._save()
 
+    def mark_pending(self, revision: int | None) -> None:
+        """A revert to ``revision`` (None: the local file) starts: a power cut boots the running one."""
+        self.state.pending = {"revision": revision, "previous": self.state.current}
+        self._save()
+
     def refuse(self, revision: int, digest: str) -> None:
         """Remember a refused document so a newer-only rule also covers it."""
         self.state.highest = max(self.state.highest, revision)
         self.state.seen = digest
         self._save()
 
-    def commit(self, revision: int) -> None:
-        """The apply passed its health gate: make it current and last known good."""
+    def commit(self, revision: int | None) -> None:
+        """The apply passed its health gate: make it current and last known good (None: the local file)."""
         self.state.pending = None
         self.state.current = revision
-        good = [revision] + [r for r in self.state.good if r != revision]
-        self.state.good = good[: self.history + 1]
+        if revision is not None:
+            good = [revision] + [r for r in self.state.good if r != revision]
+            self.state.good = good[: self.history + 1]
         self._save()
         self._tidy()
 
-    def rollback(self, revision: int) -> None:
+    def rollback(self, revision: int | None) -> None:
         """The apply failed: stay on the previous config and forget the staged one."""
         self.state.pending = None
         self._save()
@@ -166,7 +172,7 @@ class ConfigStore:
         keep = {self.path(r).name for r in self.state.good}
         if self.state.current is not None:
             keep.add(self.path(self.state.current).name)
-        if self.state.pending is not None:
+        if self.state.pending is not None and self.state.pending.get("revision") is not None:
             keep.add(self.path(int(self.state.pending["revision"])).name)
         for f in self.dir.iterdir():
             if f.name not in keep:

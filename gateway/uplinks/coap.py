@@ -56,6 +56,7 @@ class CoapUplink:
         self.on_state: Callable[[bool], None] = _noop_state
         self.on_reject: Callable[[Batch, str], None] = _log_reject
         self.errors = 0
+        self.last_error = ""
         self.acked = 0
         self.rejected = 0
         self.latency_s = 0.0
@@ -235,6 +236,7 @@ class CoapUplink:
     def _failed(self, why: str, retry_after: float = 0.0) -> None:
         """No answer, or "try later": down until the backoff (at least ``retry_after``) expires."""
         self.errors += 1
+        self.last_error = why  # the health gate's rollback reason quotes it
         if not self._up:
             return  # already counted as down (an abandoned POST finishing late)
         if not self._outage_logged:

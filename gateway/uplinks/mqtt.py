@@ -46,6 +46,7 @@ class MqttUplink:
         self.on_ack: Callable[[Batch], None] = _noop_ack
         self.on_state: Callable[[bool], None] = _noop_state
         self.errors = 0
+        self.last_error = ""  # the last connect failure or loss, in words (quoted by the health gate)
         self.acked = 0
         self.latency_s = 0.0
         password = cfg.password
@@ -119,6 +120,7 @@ class MqttUplink:
                 await session.connect()
             except MqttError as e:
                 self.errors += 1
+                self.last_error = str(e)
                 if not outage_logged:
                     log.warning("%s: %s; retrying with backoff", self.name, e)
                     outage_logged = True
@@ -144,6 +146,7 @@ class MqttUplink:
                 self._inflight.clear()
                 self.on_state(False)
             self.errors += 1
+            self.last_error = f"connection lost ({session.close_reason or 'socket closed'})"
             log.warning("%s: connection lost (%s); reconnecting", self.name, session.close_reason or "socket closed")
             await session.close(graceful=False)
             await asyncio.sleep(backoff.next())

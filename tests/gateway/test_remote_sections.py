@@ -81,6 +81,10 @@ async def _check_remote(d: Daemon, ctx: dict[str, Any]) -> None:
     assert isinstance(await _coap_status(ctx["coap_port"]), dict), "the CoAP listener moved to the new port"
 
 
+def _check_health(d: Daemon, ctx: dict[str, Any]) -> None:
+    assert d.cfg is not None and d.cfg.config.health.expect_absent == ["counter"]
+
+
 def _uplinks(doc: dict[str, Any], ctx: dict[str, Any]) -> None:
     doc["uplinks"][0]["keepalive"] = "7s"
 
@@ -109,6 +113,8 @@ CASES: dict[str, Case] = {
                     "applied", _check_metrics, "metrics"),
     "remote": Case(_set("remote", groups=["district-9"], coap_listen=lambda ctx: f"127.0.0.1:{ctx['coap_port']}"),
                    "can only be changed in the local file", _check_remote),
+    "health": Case(_set("health", expect_absent=["counter"]), "applied", _check_health,
+                   "health (expected-absent instances)"),
     "drivers": Case(_drivers, "applied", lambda d, ctx: _eq(d.supervisor.runners["counter"].inst.config.interval,  # type: ignore[union-attr]
                                                             0.03), "drivers counter"),
 }

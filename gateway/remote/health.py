@@ -1,0 +1,172 @@
+"""The fleet's view of one gateway: what the health summary adds for ops, and its signed publication.
+
+``extras(daemon)`` is what gateway.metrics.summary() adds for the fleet view: the running config
+(revision and whether it was pushed or is the local file), the gateway's groups, which driver
+instances are expected absent, the clock (adjtimex, as `sensegate doctor` reads it), the disk left
+in the state directory, and the agent's version and update state.
+
+``HealthPublisher`` signs the summary with the device key (gateway/signedjson.py, kind
+``heartbeat``) and publishes it retained on ``<prefix>/<gw>/status`` (where the last will says
+``offline``) and on ``<prefix>/<gw>/health`` (which the will leaves alone: the last health and
+last-seen time of a gateway that vanished). It publishes every ``metrics.status_interval`` and
+at every connect, so a broker that lost its retained messages has them again at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.bounded import stop_task
+from gateway.signedjson import seal_async
+
+log = logging.getLogger("sensegate.health")
+KIND = "heartbeat"
+CLOSE_WAIT = 2.0
+START_WAIT = 10.0  # a connect during a pipeline start: the publication waits this long for the drivers
+CLOCK_EVERY = 30.0  # seconds between two adjtimex readings
+
+
+def health_topic(prefix: str, gateway: str) -> str:
+    """Retained: the last signed health summary (not overwritten by the last will)."""
+    return f"{prefix}/{gateway}/health"
+
+
+_clock_cache: tuple[float, dict[str, Any]] = (-CLOCK_EVERY, {})
+
+
+def clock() -> dict[str, Any]:
+    """The kernel's clock discipline (adjtimex, read-only): synchronised, error bound, offset.
+    Read at most every CLOCK_EVERY s (the summary is also made for each watchdog ping and scrape)."""
+    global _clock_cache
+    at, last = _clock_cache
+    if time.monotonic() - at < CLOCK_EVERY:
+        return last
+    from gateway.doctor import kernel_clock
+
+    try:
+        c = kernel_clock()
+        got: dict[str, Any] = {"synchronised": c.synchronised, "max_error_s": c.max_error_s, "offset_s": c.offset_s}
+    except OSError as e:
+        got = {"synchronised": None, "error": str(e)}
+    _clock_cache = (time.monotonic(), got)
+    return got
+
+
+def disk(path: str) -> dict[str, Any]:
+    """Space left where the buffer and state live."""
+    try:
+        st = os.statvfs(path)
+    except OSError as e:
+        return {"path": path, "error": e.strerror or str(e)}
+    return {"path": path, "free_bytes": st.f_bavail * st.f_frsize, "total_bytes": st.f_blocks * st.f_frsize}
+
+
+def extras(daemon: Any) -> dict[str, Any]:
+    """What the fleet view needs beyond the metrics (added to gateway.metrics.summary)."""
+    cfg = getattr(daemon, "cfg", None)
+    remote = getattr(daemon, "remote", None)
+    out: dict[str, Any] = {"clock": clock()}
+    if cfg is not None:
+        out["disk"] = disk(cfg.config.gateway.state_dir)
+        out["groups"] = list(cfg.config.remote.groups)
+        out["status_interval"] = cfg.config.metrics.status_interval
+    if remote is not None:
+        info = remote.info()
+        out["config"] = {"revision": info["running_revision"],
+                         "source": "local file" if info["running_revision"] is None else "pushed",
+                         "sha256": info["config_sha256"], "last_push": remote.last_push()}
+        out["absent"] = sorted(remote.wiring.absent(cfg))
+    updater = getattr(remote, "updater", None)
+    if updater is not None:
+        out["agent"] = updater.describe()
+    return out
+
+
+def plain(value: Any) -> Any:
+    """JSON-safe: tuples as lists, odd types as text, NaN and infinities as null (a NaN would not
+    compare equal to itself, and the signed copy would look altered)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+class HealthPublisher:
+    """Signs and publishes the health summary on the status and health topics of every MQTT uplink."""
+
+    def __init__(self, daemon: Any, summary: Callable[[Any], dict[str, Any]]) -> None:
+        self.daemon = daemon
+        self.summary = summary
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.published = 0
+        self._closed = False
+
+    def attach(self, pipeline: Any) -> None:
+        """Publish at once whenever one of the pipeline's MQTT uplinks (re)connects."""
+        for up in getattr(pipeline, "uplinks", []):
+            if not hasattr(up, "publish_health"):
+                continue
+            before = up.on_state
+
+            def on_state(connected: bool, before: Callable[[bool], None] = before, up: Any = up) -> None:
+                before(connected)
+                if connected:
+                    self.soon(pipeline, [up])
+
+            up.on_state = on_state
+
+    def soon(self, pipeline: Any = None, uplinks: list[Any] | None = None) -> None:
+        """Publish from a task of its own (a connect, a config applied); nothing once closed."""
+        if self._closed:
+            return
+        task = asyncio.create_task(self._when_started(pipeline, uplinks), name="health-publish")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _when_started(self, pipeline: Any, uplinks: list[Any] | None) -> None:
+        # a connect during the pipeline's start: wait (bounded) until the daemon runs it with its drivers
+        for _ in range(int(START_WAIT / 0.1)):
+            if pipeline is None or (self.daemon.pipeline is pipeline and self.daemon.supervisor is not None):
+                break
+            await asyncio.sleep(0.1)
+        await self.publish(uplinks, pipeline)
+
+    async def publish(self, uplinks: list[Any] | None = None, pipeline: Any = None) -> int:
+        """Sign the summary once and publish it on each connected MQTT uplink; how many took it."""
+        async with self._lock:
+            pipeline = pipeline or getattr(self.daemon, "pipeline", None)
+            ups = [u for u in (uplinks or getattr(pipeline, "uplinks", [])) if hasattr(u, "publish_health")]
+            if not ups or not any(u.connected for u in ups):
+                return 0
+            health = self.summary(self.daemon)
+            gw = ups[0].gateway_id
+            body = {"state": "online", "gateway": gw, "boot": getattr(ups[0], "boot", 0),
+                    "ts": round(time.time(), 3), "health": plain(health)}
+            payload = await seal_async(body, getattr(pipeline, "key", None), gw, KIND)
+            sent = 0
+            for up in ups:
+                ok = up.publish(up.status, payload, retain=True)
+                ok = up.publish(health_topic(up.cfg.topic_prefix, gw), payload, retain=True) and ok
+                sent += ok
+            self.published += sent
+            return sent
+
+    async def close(self) -> None:
+        """Stop the publications started by connects (bounded); start no more."""
+        self._closed = True
+        for t in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await stop_task(t, (CLOSE_WAIT,))
