@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from gateway.buffer import backlog
 from gateway.keys import init_key
 from gateway.service import service_env
+from gateway.store import backlog
 from gateway.testing import free_port
 from hil.mosquitto import Mosquitto
 

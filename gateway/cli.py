@@ -134,15 +134,15 @@ def _run(args: argparse.Namespace) -> int:
 
     setup_logging("info")
     path = args.config or DEFAULT_CONFIG
-    from gateway.buffer import BufferError_
     from gateway.pipeline import PipelineError
+    from gateway.store import StoreError
 
     try:
         return run_process(path)
     except ConfigInvalid as e:
         print(e, file=sys.stderr)
         return 1
-    except (PipelineError, BufferError_) as e:
+    except (PipelineError, StoreError) as e:
         print(f"sensegate: cannot start: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -34,7 +34,7 @@ from gateway.metrics import MetricsServer, status_line
 from gateway.registry import Registry
 from gateway.remote.agent import RemoteAgent
 from gateway.remote.envelope import Rejected
-from gateway.scheduler import NodeTracker, Supervisor
+from gateway.scheduler import NodeTracker, Sink, Supervisor
 from gateway.service import Notifier
 from gateway.sinks import JsonlSink
 
@@ -53,9 +53,11 @@ PIPELINE_FLOOR = 3.0  # the pipeline's close (the buffer's last commit) gets at 
 class Pipeline(Protocol):
     """Everything between the drivers' emit and the network: takes readings, never blocks."""
 
-    async def start(self) -> None: ...
+    @property
+    def sink(self) -> Sink:
+        """Where drivers' readings go (``sink.put`` is called once per reading)."""
 
-    def put(self, reading: Reading) -> None: ...
+    async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -65,6 +67,10 @@ class DirectPipeline:
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self.sinks = [JsonlSink(u.path) for u in cfg.config.uplinks if u.type == "jsonl"]
+
+    @property
+    def sink(self) -> Sink:
+        return self.sinks[0] if len(self.sinks) == 1 else self
 
     async def start(self) -> None:
         for s in self.sinks:
@@ -207,7 +213,7 @@ class Daemon:
             await settle(pipeline.close(), SHUTDOWN_DEADLINE, "closing a pipeline that did not start")
             raise
         self.pipeline = pipeline
-        self.supervisor = Supervisor(cfg.config.gateway.id, self.pipeline, self.nodes)
+        self.supervisor = Supervisor(cfg.config.gateway.id, self.pipeline.sink, self.nodes)
         for inst in cfg.instances:
             self.supervisor.start(inst)
 

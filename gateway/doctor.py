@@ -766,7 +766,7 @@ def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
     if not db.exists():
         return Finding("buffer", "ok", f"{db} not created yet (the daemon has not run)")
     try:
-        from gateway.buffer import backlog
+        from gateway.store import backlog
 
         waiting, age = backlog(db)
     except ImportError as e:

@@ -1,4 +1,8 @@
-"""The durable path: drivers -> buffer -> signed batches -> uplink(s) -> acknowledged.
+"""The durable path: drivers -> store -> batcher -> uplink(s) -> acknowledged.
+
+The one place that joins the stages: the store (gateway/store/) keeps readings and batches, the
+batcher (gateway/batcher.py) makes and signs each batch inside the store's transaction, and the
+uplinks (gateway/uplinks/) carry them and report acknowledgements, which go back to the store.
 
 Batching policy: while nothing is in flight a batch goes out as soon as readings are
 committed (low latency at low load); while batches are in flight the next one waits until it
@@ -32,15 +36,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.batcher import Batcher
 from gateway.bounded import abandon, settle, stop_task
-from gateway.buffer import Batch, Buffer
 from gateway.config.validate import GatewayConfig
 from gateway.devicekey import DeviceKey, KeyFiles, open_current, prepare_next
 from gateway.driver_api import Reading
 from gateway.keys import KeyError_, Signer, alg_of, fingerprint
 from gateway.pkcs11uri import is_pkcs11
-from gateway.scheduler import NodeTracker
+from gateway.scheduler import NodeTracker, Sink
+from gateway.store import Store
 from gateway.uplinks import Uplink
+from gateway.wire import Batch
 
 log = logging.getLogger("sensegate.pipeline")
 TOKEN_OPEN_TIMEOUT = 30.0
@@ -128,14 +134,14 @@ class _Lane:
 
 
 class BufferedPipeline:
-    """Owns the buffer, the signing key and the uplinks, and moves batches between them."""
+    """Owns the store, the batcher (with the signing key) and the uplinks, and moves batches
+    between them."""
 
     def __init__(self, cfg: GatewayConfig, nodes: NodeTracker) -> None:
         c = cfg.config
         self.cfg = cfg
         self.mode = c.uplink_mode
-        self.buffer = Buffer(buffer_path(cfg), c.gateway.id, c.buffer, c.batch)
-        self.put = self.buffer.put  # type: ignore[method-assign]  # the hot path: one call per reading fewer
+        self.store = Store(buffer_path(cfg), c.gateway.id, c.buffer, c.batch)
         batch_uplinks = [u for u in c.uplinks if u.type != "jsonl"]
         if not batch_uplinks or len(batch_uplinks) != len(c.uplinks):
             raise PipelineError("a jsonl uplink cannot be combined with mqtt/coap uplinks; use it alone")
@@ -158,8 +164,9 @@ class BufferedPipeline:
         self._task: asyncio.Task[None] | None = None
         self._blob_task: asyncio.Task[None] | None = None
         self._blob_wake = asyncio.Event()
-        self.key: Any = None
+        self.key: Signer | None = None
         self.device: DeviceKey | None = None
+        self.batcher: Batcher | None = None  # made at start; signs with the device key of the moment
         self._signing = asyncio.Lock()  # a key switch happens between two batches, never during one
         self._sign_failing = 0.0  # monotonic time the key (a token) stopped signing; 0: it signs
         self.sign_errors = 0
@@ -180,14 +187,16 @@ class BufferedPipeline:
         except KeyError_ as e:
             raise PipelineError(str(e)) from None
         self.device = DeviceKey(key_files(self.cfg), self.key, self.cfg.config.gateway.id)
-        want = self.cfg.config.batch.alg
-        if alg_of(self.key) != want:
-            where = self.cfg.config.gateway.key_file or key_path(self.cfg)
-            raise PipelineError(f"batch.alg is {want} but {where} is an {alg_of(self.key)} key")
-        self.buffer.on_commit = self._committed
-        self.buffer.on_pending = self._readings_waiting
-        await self.buffer.open()
-        outbox = await self.buffer.outbox()
+        c = self.cfg.config
+        if alg_of(self.key) != c.batch.alg:
+            where = c.gateway.key_file or key_path(self.cfg)
+            raise PipelineError(f"batch.alg is {c.batch.alg} but {where} is an {alg_of(self.key)} key")
+        self.batcher = Batcher(self.key, c.gateway.id, c.batch)
+        intake = self.store.intake
+        intake.on_commit = self._committed
+        intake.on_pending = self._readings_waiting
+        await self.store.open()
+        outbox = await self.store.outbox()
         if outbox:
             log.info("re-sending %d unacknowledged batch(es) from before the restart", len(outbox))
         for bseq, acked_by in outbox:
@@ -198,25 +207,30 @@ class BufferedPipeline:
             else:
                 self._shared.append(bseq)
         for lane in self.lanes:
-            lane.uplink.boot = self.buffer.boot  # type: ignore[attr-defined]
+            lane.uplink.boot = self.store.boot  # type: ignore[attr-defined]
             await lane.uplink.start()
         self._task = asyncio.create_task(self._pump_loop(), name="pipeline")
         self._blob_task = asyncio.create_task(self._blob_loop(), name="blob-upload")
         self._changed.set()
 
-    def put(self, reading: Reading) -> None:
-        """Hand a reading to the buffer. (``__init__`` binds ``self.put`` to ``buffer.put`` itself,
-        so a driver's emit reaches the buffer without this extra call.)"""
-        self.buffer.put(reading)
+    @property
+    def sink(self) -> Sink:
+        """Where drivers' readings go: the store's intake, whose ``put`` is the hot path (one
+        call per reading, nothing in between)."""
+        return self.store.intake
 
-    # -- callbacks from the buffer and the uplinks (on the loop, must not block) ----------------
+    def put(self, reading: Reading) -> None:
+        """Hand one reading to the store (for callers other than drivers, which use ``sink``)."""
+        self.store.intake.put(reading)
+
+    # -- callbacks from the store and the uplinks (on the loop, must not block) ----------------
 
     def _committed(self) -> None:
         if not self._since:
             self._since = time.monotonic()
         self._changed.set()
-        if self.buffer.blob_commits != self._blob_commits:  # a new image to upload
-            self._blob_commits = self.buffer.blob_commits
+        if self.store.intake.blob_commits != self._blob_commits:  # a new image to upload
+            self._blob_commits = self.store.intake.blob_commits
             self._blob_wake.set()
 
     def _readings_waiting(self) -> None:
@@ -268,7 +282,7 @@ class BufferedPipeline:
     async def _switch(self) -> bytes:
         """Switch to the waiting next key at the next batch number (the caller holds ``_signing``)."""
         assert self.device is not None
-        doc = await self.device.switch(self.buffer.stream, self.buffer.next_batch)
+        doc = await self.device.switch(self.store.stream, self.store.next_bseq)
         self.key = self.device.signer
         for lane in self.lanes:
             if lane.uplink.connected:
@@ -278,15 +292,15 @@ class BufferedPipeline:
     async def rotate_key(self) -> dict[str, Any]:
         """Make a next key (unless one waits) and switch to it now (the ``rotate_key`` command)."""
         assert self.device is not None
-        alg = alg_of(self.key)
+        alg = alg_of(self.device.signer)
         prepared = await asyncio.to_thread(prepare_next, self.device.files, alg)
         async with self._signing:
-            at = self.buffer.next_batch
+            at = self.store.next_bseq
             if self.device.files.next_public.exists():
                 await self._switch()
-            pub = self.key.public_key()
-            return {"kid": self.key.kid.hex(), "fingerprint": fingerprint(pub), "from_batch": at,
-                    "stream": self.buffer.stream, "made": prepared.new}
+            key = self.device.signer
+            return {"kid": key.kid.hex(), "fingerprint": fingerprint(key.public_key()), "from_batch": at,
+                    "stream": self.store.stream, "made": prepared.new}
 
     # -- the pump --------------------------------------------------------------------------
 
@@ -294,7 +308,7 @@ class BufferedPipeline:
         return sum(len(lane.inflight) for lane in self.lanes)
 
     def _due(self) -> bool:
-        if self.buffer.waiting() >= self.cfg.config.batch.max_readings:
+        if self.store.waiting() >= self.cfg.config.batch.max_readings:
             return True  # a full batch is there
         if not self._inflight():
             # at once, unless a batch was made less than batch.min_interval ago: then as soon as
@@ -345,9 +359,9 @@ class BufferedPipeline:
                 if kind == "reject":
                     log.error("%s refused batch %d as bad (%s); kept in the dead-letter table",
                               lane.uplink.name, batch.bseq, reason)
-                    await self.buffer.dead_letter(batch, lane.uplink.name, reason)
+                    await self.store.dead_letter(batch, lane.uplink.name, reason)
                 acks.append((batch, lane.uplink.name))
-            released = await self.buffer.ack_many(acks, self.required)
+            released = await self.store.ack_many(acks, self.required)
             if self.mode == "all":
                 for (batch, _), done in zip(acks, released, strict=True):
                     if done:  # acknowledged everywhere: nothing left to send
@@ -359,7 +373,7 @@ class BufferedPipeline:
         """Sign the next batch if the policy says it is time."""
         if not self._due():
             return None
-        assert self.device is not None
+        assert self.device is not None and self.batcher is not None
         if self.device.busy:  # a switch whose wait was cancelled is still finishing
             return None
         async with self._signing:
@@ -369,9 +383,10 @@ class BufferedPipeline:
                 except (KeyError_, OSError) as e:
                     log.error("cannot switch to the next device key (%s); signing with the current one", e)
             self.key = self.device.signer
+            carry = self.device.carry(self.store.stream, self.store.next_bseq)
+            self.batcher.use(self.key, carry.get("kr") if carry else None)
             try:
-                made = await self.buffer.make_batch(self.key, self.device.carry(self.buffer.stream,
-                                                                                self.buffer.next_batch))
+                made = await self.store.make_batch(self.batcher)
             except KeyError_ as e:
                 self._sign_failed(e)
                 raise
@@ -383,7 +398,7 @@ class BufferedPipeline:
             self._since = 0.0
             return None
         self._last_made = time.monotonic()
-        self._since = time.monotonic() if self.buffer.unbatched() > 0 else 0.0
+        self._since = time.monotonic() if self.store.unbatched() > 0 else 0.0
         if self.mode == "all":
             for lane in self.lanes:
                 lane.pending.append(made.bseq)
@@ -404,7 +419,7 @@ class BufferedPipeline:
         for lane in self.lanes:
             if bseq in lane.inflight:
                 return lane.inflight[bseq]
-        return await self.buffer.load_batch(bseq)
+        return await self.store.load_batch(bseq)
 
     def _send(self, lane: _Lane, batch: Batch) -> None:
         lane.inflight[batch.bseq] = batch
@@ -452,7 +467,7 @@ class BufferedPipeline:
                     self._shared.appendleft(bseq)
                     continue
                 self._send(lane, batch)
-        self.buffer.eager = not self._inflight()
+        self.store.intake.eager = not self._inflight()
         self._pumped.set()
 
     # -- blobs -----------------------------------------------------------------------------
@@ -474,7 +489,7 @@ class BufferedPipeline:
             up: Any = next((u for u in self.uplinks if u.connected and hasattr(u, "send_blob")), None)
             if up is None:
                 return
-            blob = await self.buffer.next_blob()
+            blob = await self.store.next_blob()
             if blob is None:
                 return
             sha, content_type, data = blob
@@ -484,7 +499,7 @@ class BufferedPipeline:
                 log.info("blob upload over %s interrupted (%s); will resume", up.name, e)
                 await asyncio.sleep(1.0)
                 continue
-            await self.buffer.blob_done(sha)
+            await self.store.blob_done(sha)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -492,7 +507,7 @@ class BufferedPipeline:
         """Commit what is pending and let the uplinks take what they can, for up to ``within`` s."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
-                await self.buffer.commit()
+                await self.store.commit()
                 self._changed.set()
                 while self._work_left():
                     self._pumped.clear()
@@ -502,7 +517,7 @@ class BufferedPipeline:
         connected = [ln for ln in self.lanes if ln.uplink.connected]
         if not connected:
             return False
-        if self._events or self.buffer.unbatched() > 0:
+        if self._events or self.store.unbatched() > 0:
             return True
         if self.mode == "all":
             return any(ln.inflight or ln.pending for ln in connected)
@@ -510,7 +525,7 @@ class BufferedPipeline:
 
     def stats(self) -> dict[str, Any]:
         """Numbers for metrics and the status topic."""
-        b = self.buffer.stats
+        b = self.store.stats
         age = (time.time_ns() - b.oldest_ns) / 1e9 if b.oldest_ns else 0.0
         return {
             "buffer": {"readings": b.readings, "bytes": b.bytes, "oldest_age_s": age,
@@ -543,7 +558,7 @@ class BufferedPipeline:
         await settle(self._handle_events(), CLOSE_STEP, "recording the last acknowledgements")
         await asyncio.gather(*(settle(lane.uplink.close(), CLOSE_STEP, f"closing uplink {lane.uplink.name}")
                                for lane in self.lanes))
-        await self.buffer.close()
+        await self.store.close()
         if self.device is not None:
             self.device.close()  # a token's session; nothing for a PEM key
         elif self.key is not None:

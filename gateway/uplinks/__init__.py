@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway.buffer import Batch
+from gateway.wire import Batch
 
 
 class Uplink(Protocol):

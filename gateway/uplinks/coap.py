@@ -24,9 +24,9 @@ import aiocoap
 import cbor2
 
 from gateway import coap
-from gateway.buffer import Batch
 from gateway.config.schema import CoapUplink as CoapUplinkConfig
 from gateway.scheduler import Backoff, NodeTracker
+from gateway.wire import Batch
 
 log = logging.getLogger("sensegate.uplink.coap")
 

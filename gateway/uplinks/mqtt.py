@@ -14,10 +14,10 @@ from typing import Any
 
 import cbor2
 
-from gateway.buffer import Batch
 from gateway.config.schema import MqttUplink as MqttUplinkConfig
 from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, insecurities, node_topic, status_topic
 from gateway.scheduler import Backoff, NodeTracker
+from gateway.wire import Batch
 
 log = logging.getLogger("sensegate.uplink.mqtt")
 BLOB_CHUNK = 64 * 1024

@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 
-from gateway.buffer import Buffer
+from gateway.batcher import Batcher
 from gateway.driver_api import Blob, Location, Quality, Reading
 from gateway.driver_api import Path as IPath
-from gateway.keys import Ed25519PrivateKey, load_private_key, private_pem, public_pem
-from gateway.receiver import Receiver
-from tests.gateway.helpers import make_config
+from gateway.keys import Ed25519PrivateKey, private_pem, public_pem
+from gateway.receiver import KeyBindings, Receiver
+from gateway.store import Store
+from tests.gateway.helpers import batcher_for, make_config
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden" / "batches.json"
 SEED = bytes(range(32))  # the golden gateway's Ed25519 key
@@ -58,14 +59,14 @@ def _key(state: Path) -> None:
     (keys / "device.pub.pem").write_bytes(public_pem(key.public_key()))
 
 
-def _open(state: Path, **buffer: Any) -> tuple[Buffer, Any]:
-    cfg = make_config(state, buffer=buffer, batch={"max_readings": 40, "max_bytes": "16KiB"}).config
-    return Buffer(state / "buffer.db", cfg.gateway.id, cfg.buffer, cfg.batch), load_private_key(
-        state / "keys/device.key")
+def _open(state: Path, **buffer: Any) -> tuple[Store, Batcher]:
+    config = make_config(state, buffer=buffer, batch={"max_readings": 40, "max_bytes": "16KiB"})
+    cfg = config.config
+    return Store(state / "buffer.db", cfg.gateway.id, cfg.buffer, cfg.batch), batcher_for(config)
 
 
-async def _drain(buf: Buffer, key: Any, out: list[Any], ack: bool = True) -> None:
-    while (b := await buf.make_batch(key)) is not None:
+async def _drain(buf: Store, batcher: Batcher, out: list[Any], ack: bool = True) -> None:
+    while (b := await buf.make_batch(batcher)) is not None:
         out.append(b)
         if ack:
             await buf.ack(b)
@@ -74,30 +75,30 @@ async def _drain(buf: Buffer, key: Any, out: list[Any], ack: bool = True) -> Non
 async def _scenario(state: Path) -> list[Any]:
     """Every batch the scenario makes, in order."""
     made: list[Any] = []
-    buf, key = _open(state, max_bytes="1MiB", max_blob_bytes="1MiB", policy="refuse_new")
+    buf, batcher = _open(state, max_bytes="1MiB", max_blob_bytes="1MiB", policy="refuse_new")
     await buf.open()
     for r in READINGS:  # one batch of every value type
         buf.put(r)
     await buf.commit()
-    await _drain(buf, key, made)
+    await _drain(buf, batcher, made)
     for i in range(130):  # several segments per batch, cut by max_readings and max_bytes
         buf.put(Reading("gw-test", "n", T0 + 1000 + i * 1_000_003, i if i % 7 else f"text {i}" * (i % 5)))
         if i % 9 == 0:
             await buf.commit()
     await buf.commit()
-    await _drain(buf, key, made, ack=False)  # left unacknowledged: re-sent after the restart
+    await _drain(buf, batcher, made, ack=False)  # left unacknowledged: re-sent after the restart
     for i, img in enumerate((b"\x01" * 700_000, b"\x02" * 700_000)):  # the first blob is dropped
         buf.put(Reading("gw-test", "image", T0 + 5000 + i, Blob(img, "image/jpeg")))
         await buf.commit()
-    await _drain(buf, key, made)
-    buf._max_pending = 3  # the disk "cannot keep up": an overflow range declared
+    await _drain(buf, batcher, made)
+    buf.intake.max_pending = 3  # the disk "cannot keep up": an overflow range declared
     for i in range(6):
         buf.put(Reading("gw-test", "burst", T0 + 6000 + i, i))
     await buf.commit()
-    await _drain(buf, key, made)
+    await _drain(buf, batcher, made)
     await buf.close()
 
-    buf, key = _open(state, max_bytes="1MiB", max_blob_bytes="1MiB", policy="refuse_new")
+    buf, batcher = _open(state, max_bytes="1MiB", max_blob_bytes="1MiB", policy="refuse_new")
     await buf.open()  # a clean restart: boot 2, the outbox re-sent byte for byte
     for bseq, _ in await buf.outbox():
         again = await buf.load_batch(bseq)
@@ -109,7 +110,7 @@ async def _scenario(state: Path) -> list[Any]:
         if i % 100 == 99:
             await buf.commit()
     await buf.commit()
-    await _drain(buf, key, made)
+    await _drain(buf, batcher, made)
     await buf.close()
 
     db = sqlite3.connect(state / "buffer.db")  # as an unclean stop leaves it: numbers reserved, unused
@@ -117,12 +118,12 @@ async def _scenario(state: Path) -> list[Any]:
     db.execute("UPDATE meta SET value = value + 3 WHERE key = 'bseq_resv'")
     db.commit()
     db.close()
-    buf, key = _open(state)
+    buf, batcher = _open(state)
     await buf.open()  # boot 3: skips and declares the reserved reading numbers
     for i in range(5):
         buf.put(Reading("gw-test", "after", T0 + 9000 + i, float(i)))
     await buf.commit()
-    await _drain(buf, key, made)
+    await _drain(buf, batcher, made)
     await buf.close()
     return made
 
@@ -144,7 +145,7 @@ async def test_batches_are_byte_identical_to_the_golden_ones(tmp_path: Path, mon
     want = json.loads(GOLDEN.read_text())
     assert got["first_batch_hex"] == want["first_batch_hex"], "the first batch's bytes changed"
     assert got["batches"] == want["batches"]
-    rx = Receiver([Ed25519PrivateKey(SEED).public_key()])
+    rx = Receiver(KeyBindings.files("gw-test", state / "keys" / "device.pub.pem"))
     for b in made:
         assert rx.feed(b.data).status in ("ok", "duplicate")
     s = rx.summary()
