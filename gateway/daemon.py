@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.bounded import settle, stop_task
 from gateway.config import ConfigInvalid, GatewayConfig, load_config
@@ -37,6 +37,9 @@ from gateway.remote.envelope import Rejected
 from gateway.scheduler import NodeTracker, Sink, Supervisor
 from gateway.service import Notifier
 from gateway.sinks import JsonlSink
+
+if TYPE_CHECKING:
+    from gateway.uplinks import Uplink
 
 log = logging.getLogger("sensegate.daemon")
 DEFAULT_CONFIG = "/etc/sensegate/sensegate.yaml"
@@ -57,6 +60,13 @@ class Pipeline(Protocol):
     def sink(self) -> Sink:
         """Where drivers' readings go (``sink.put`` is called once per reading)."""
 
+    @property
+    def uplinks(self) -> list[Uplink]:
+        """The uplinks carrying signed batches (none for JSON lines)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for metrics and the status topic: ``buffer``, ``batches``, ``uplinks``."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -71,6 +81,13 @@ class DirectPipeline:
     @property
     def sink(self) -> Sink:
         return self.sinks[0] if len(self.sinks) == 1 else self
+
+    @property
+    def uplinks(self) -> list[Uplink]:
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
     async def start(self) -> None:
         for s in self.sinks:
@@ -192,9 +209,8 @@ class Daemon:
 
         while interval:
             await asyncio.sleep(interval)
-            for up in getattr(self.pipeline, "uplinks", []):
-                if hasattr(up, "publish_health"):
-                    up.publish_health(summary(self))
+            for up in self.pipeline.uplinks if self.pipeline is not None else []:
+                up.publish_health(summary(self))
 
     def _bootstrap_bytes(self) -> bytes:
         try:

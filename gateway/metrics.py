@@ -15,10 +15,15 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import __version__
 from gateway.bounded import settle
+
+if TYPE_CHECKING:
+    from gateway.config.validate import GatewayConfig
+    from gateway.daemon import Pipeline
+    from gateway.scheduler import NodeTracker, Supervisor
 
 log = logging.getLogger("sensegate.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -29,10 +34,10 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 class _Daemon(Protocol):
     """What summary() reads from a running daemon (gateway.daemon.Daemon)."""
 
-    cfg: Any
-    nodes: Any
-    pipeline: Any
-    supervisor: Any
+    cfg: GatewayConfig | None
+    nodes: NodeTracker
+    pipeline: Pipeline | None
+    supervisor: Supervisor | None
 
 
 # -- the summary --------------------------------------------------------------------------------
@@ -58,15 +63,15 @@ def process_stats() -> dict[str, float]:
 
 def summary(daemon: _Daemon) -> dict[str, Any]:
     """The gateway's health as one JSON-able dict: drivers, nodes, buffer, batches, uplinks, process."""
-    cfg = getattr(daemon, "cfg", None)
+    cfg = daemon.cfg
     out: dict[str, Any] = {
         "version": __version__,
         "gateway": cfg.config.gateway.id if cfg is not None else None,
         "time": time.time(),
     }
     drivers: dict[str, Any] = {}
-    supervisor = getattr(daemon, "supervisor", None)
-    for name, runner in sorted((getattr(supervisor, "runners", None) or {}).items()):
+    runners = daemon.supervisor.runners if daemon.supervisor is not None else {}
+    for name, runner in sorted(runners.items()):
         s = runner.stats
         drivers[name] = {
             "driver": runner.inst.manifest.name,
@@ -82,13 +87,11 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             "events": dict(s.extra),
         }
     out["drivers"] = drivers
-    nodes = getattr(daemon, "nodes", None)
-    out["nodes"] = dict(sorted((getattr(nodes, "state", None) or {}).items()))
-    stats_fn = getattr(getattr(daemon, "pipeline", None), "stats", None)
+    out["nodes"] = dict(sorted(daemon.nodes.state.items()))
     pipe: dict[str, Any] = {}
-    if callable(stats_fn):
+    if daemon.pipeline is not None:
         try:
-            pipe = dict(stats_fn())
+            pipe = dict(daemon.pipeline.stats())
         except Exception as e:  # a metrics read must never hurt the daemon
             log.debug("pipeline stats failed: %r", e)
     out["buffer"] = pipe.get("buffer")

@@ -32,12 +32,15 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.batcher import Batcher
 from gateway.bounded import abandon, settle, stop_task
+from gateway.config.schema import CoapUplink as CoapUplinkConfig
+from gateway.config.schema import MqttUplink as MqttUplinkConfig
 from gateway.config.validate import GatewayConfig
 from gateway.devicekey import DeviceKey, KeyFiles, open_current, prepare_next
 from gateway.driver_api import Reading
@@ -111,16 +114,16 @@ def buffer_path(cfg: GatewayConfig) -> Path:
     return Path(c.buffer.path) if c.buffer.path else Path(c.gateway.state_dir) / "buffer.db"
 
 
-def make_uplink(section: Any, gateway_id: str, nodes: NodeTracker) -> Uplink:
+def make_uplink(section: MqttUplinkConfig | CoapUplinkConfig, gateway_id: str, nodes: NodeTracker) -> Uplink:
     """Build the uplink object for one `uplinks:` entry."""
     if section.type == "mqtt":
         from gateway.uplinks.mqtt import MqttUplink
 
         return MqttUplink(section, gateway_id, nodes)
     if section.type == "coap":
-        from gateway.uplinks.coap import CoapUplink  # type: ignore[import-not-found,unused-ignore]
+        from gateway.uplinks.coap import CoapUplink
 
-        return CoapUplink(section, gateway_id, nodes)  # type: ignore[no-any-return,unused-ignore]
+        return CoapUplink(section, gateway_id, nodes)
     raise PipelineError(f"uplink type {section.type!r} cannot carry signed batches")
 
 
@@ -150,8 +153,7 @@ class BufferedPipeline:
         for lane in self.lanes:
             lane.uplink.on_ack = self._ack_handler(lane)
             lane.uplink.on_state = self._state_handler(lane)
-            if hasattr(lane.uplink, "on_reject"):
-                lane.uplink.on_reject = self._reject_handler(lane)
+            lane.uplink.on_reject = self._reject_handler(lane)
         self._shared: deque[int] = deque()  # failover: bseqs waiting for any uplink
         self._events: deque[tuple[str, _Lane, Batch, str]] = deque()
         self._changed = asyncio.Event()
@@ -207,7 +209,7 @@ class BufferedPipeline:
             else:
                 self._shared.append(bseq)
         for lane in self.lanes:
-            lane.uplink.boot = self.store.boot  # type: ignore[attr-defined]
+            lane.uplink.boot = self.store.boot
             await lane.uplink.start()
         self._task = asyncio.create_task(self._pump_loop(), name="pipeline")
         self._blob_task = asyncio.create_task(self._blob_loop(), name="blob-upload")
@@ -239,21 +241,21 @@ class BufferedPipeline:
             self._since = time.monotonic()
         self._changed.set()
 
-    def _ack_handler(self, lane: _Lane) -> Any:
+    def _ack_handler(self, lane: _Lane) -> Callable[[Batch], None]:
         def on_ack(batch: Batch) -> None:
             self._events.append(("ack", lane, batch, ""))
             self._changed.set()
 
         return on_ack
 
-    def _reject_handler(self, lane: _Lane) -> Any:
+    def _reject_handler(self, lane: _Lane) -> Callable[[Batch, str], None]:
         def on_reject(batch: Batch, reason: str) -> None:
             self._events.append(("reject", lane, batch, reason))
             self._changed.set()
 
         return on_reject
 
-    def _state_handler(self, lane: _Lane) -> Any:
+    def _state_handler(self, lane: _Lane) -> Callable[[bool], None]:
         def on_state(connected: bool) -> None:
             if not connected and lane.inflight:
                 # not acknowledged: send again, in order, ahead of anything newer
@@ -486,7 +488,7 @@ class BufferedPipeline:
 
     async def _upload_blobs(self) -> None:
         while True:
-            up: Any = next((u for u in self.uplinks if u.connected and hasattr(u, "send_blob")), None)
+            up = next((u for u in self.uplinks if u.connected), None)
             if up is None:
                 return
             blob = await self.store.next_blob()
@@ -535,9 +537,8 @@ class BufferedPipeline:
             "batches": {"sent": self.batches_sent, "acked": b.acked_batches, "sign_errors": self.sign_errors,
                         "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes},
             "uplinks": {lane.uplink.name: {"connected": lane.uplink.connected, "inflight": len(lane.inflight),
-                                           "acked": getattr(lane.uplink, "acked", 0),
-                                           "errors": getattr(lane.uplink, "errors", 0),
-                                           "latency_s": getattr(lane.uplink, "latency_s", 0.0)}
+                                           "acked": lane.uplink.acked, "errors": lane.uplink.errors,
+                                           "latency_s": lane.uplink.latency_s}
                         for lane in self.lanes},
         }
 

@@ -154,6 +154,10 @@ class CoapUplink:
             self._ctx = None
         self._release_oscore()
 
+    def publish_health(self, health: dict[str, Any]) -> bool:
+        """CoAP has no retained status to refresh: health goes out over MQTT uplinks only."""
+        return False
+
     # -- blobs -------------------------------------------------------------------------------
 
     async def send_blob(self, sha256: bytes, content_type: str, data: bytes) -> None:

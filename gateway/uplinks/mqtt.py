@@ -34,6 +34,10 @@ def _noop_state(up: bool) -> None:
     pass
 
 
+def _noop_reject(batch: Batch, reason: str) -> None:
+    pass  # a broker takes or drops a QoS 1 message; it never says a batch is bad
+
+
 class MqttUplink:
     """One broker connection at a time, re-made with backoff and jitter after any loss."""
 
@@ -45,6 +49,7 @@ class MqttUplink:
         self.nodes = nodes
         self.on_ack: Callable[[Batch], None] = _noop_ack
         self.on_state: Callable[[bool], None] = _noop_state
+        self.on_reject: Callable[[Batch, str], None] = _noop_reject
         self.errors = 0
         self.acked = 0
         self.latency_s = 0.0
