@@ -14,6 +14,7 @@ The exit status is the worst finding: 0 ok, 1 warnings, 2 failures (the Nagios c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -26,7 +27,6 @@ import shutil
 import socket
 import ssl
 import stat
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -35,6 +35,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gateway.config import ConfigInvalid, GatewayConfig, load_config
+from gateway.mqtt import MqttError, MqttSession, MqttSettings
 
 Status = Literal["ok", "warn", "fail"]
 EXIT = {"ok": 0, "warn": 1, "fail": 2}
@@ -534,43 +535,39 @@ def check_disk(cfg: GatewayConfig, env: Environment) -> Finding:
     )
 
 
-def _mqtt_connect(sock: socket.socket, client_id: str, username: str, password: str) -> int:
-    """Send an MQTT 3.1.1 CONNECT, return the CONNACK code (0 accepted), then DISCONNECT."""
-
-    def s(text: str) -> bytes:
-        b = text.encode()
-        return struct.pack("!H", len(b)) + b
-
-    flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
-    body = s("MQTT") + bytes([4, flags]) + struct.pack("!H", 10) + s(client_id)
-    body += (s(username) if username else b"") + (s(password) if password else b"")
-    n, length = len(body), b""
-    while True:
-        n, digit = divmod(n, 128)
-        length += bytes([digit | (0x80 if n else 0)])
-        if not n:
-            break
-    sock.sendall(b"\x10" + length + body)
-    ack = b""
-    while len(ack) < 4:
-        chunk = sock.recv(4 - len(ack))
-        if not chunk:
-            raise ConnectionError("the broker closed the connection instead of answering CONNECT")
-        ack += chunk
-    if ack[0] != 0x20:
-        raise ConnectionError(f"unexpected reply to CONNECT (0x{ack[0]:02x}); is this an MQTT broker?")
-    if ack[3] == 0:
-        with contextlib.suppress(OSError):
-            sock.sendall(b"\xe0\x00")
-    return ack[3]
+def _await_tls_alert(conn: ssl.SSLSocket, wait: float = 0.5) -> None:
+    """Raise the ssl.SSLError a TLS 1.3 server sends just after the handshake (a client
+    certificate it wants and did not get, or refuses); an MQTT broker says nothing else before
+    CONNECT, so silence for ``wait`` seconds means it accepted us."""
+    conn.settimeout(wait)
+    with contextlib.suppress(TimeoutError):
+        conn.recv(1)
 
 
+def _mqtt_login(settings: MqttSettings, timeout: float) -> MqttError | None:
+    """Connect and log in as the uplink would (gateway.mqtt, the daemon's own client), then
+    disconnect cleanly; None when the broker accepted, else why not. Runs its own event loop
+    (doctor is a plain command)."""
+
+    async def attempt() -> MqttError | None:
+        session = MqttSession(settings)
+        try:
+            await session.connect(within=timeout)
+        except MqttError as e:
+            return e
+        await session.close()
+        return None
+
+    return asyncio.run(attempt())
+
+
+# CONNACK reason codes (MQTT 5 numbering; paho gives MQTT 3.1.1's 1-5 as 132, 133, 136, 134, 135)
 _CONNACK = {
-    1: "refused the protocol version",
-    2: "rejected the client id",
-    3: "is unavailable",
-    4: "rejected the user name or password",
-    5: "says this client is not authorised (wrong user name or password, or not allowed by its ACL)",
+    132: "refused the protocol version",
+    133: "rejected the client id",
+    136: "is unavailable",
+    134: "rejected the user name or password",
+    135: "says this client is not authorised (wrong user name or password, or not allowed by its ACL)",
 }
 
 
@@ -669,6 +666,8 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
                     sock.close()
                     out.append(_verify_failure(name, host, port, e, tls.ca_file if tls else "", env))
                     continue
+                if isinstance(conn, ssl.SSLSocket) and conn.version() == "TLSv1.3":
+                    _await_tls_alert(conn)  # TLS 1.3 refuses a client certificate after the handshake
                 peer = conn.getpeercert() or {}
                 not_after = peer.get("notAfter")
                 if isinstance(not_after, str):
@@ -683,10 +682,6 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
                                 "tell the broker's operators; gateways cannot connect once it expires",
                             )
                         )
-            password = up.password
-            if up.password_file:
-                password = Path(up.password_file).read_text().strip()
-            code = _mqtt_connect(conn, f"sensegate-doctor-{gid}"[:23], up.username, password)
         except ssl.SSLError as e:
             out.append(
                 Finding(
@@ -705,15 +700,30 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
             continue
         finally:
             conn.close()
-        if code:
+        # the network and TLS are fine: now log in through the daemon's own MQTT client, with the
+        # uplink's settings (protocol, credentials, certificates) and a client id of its own, so
+        # a running daemon's session is not taken over
+        try:
+            settings = MqttSettings.for_uplink(up, gid, client_id=f"sensegate-doctor-{gid}"[:23])
+        except OSError as e:
+            out.append(Finding(name, "fail", f"password_file {up.password_file}: {e.strerror or e}",
+                               "check uplinks[].password_file (readable by the service user)"))
+            continue
+        refused = _mqtt_login(settings, env.connect_timeout)
+        if refused is not None and refused.refused:
+            code = refused.refused
             out.append(
                 Finding(
                     name,
                     "fail",
-                    f"{host}:{port} {_CONNACK.get(code, f'refused (code {code})')}",
+                    f"{host}:{port} {_CONNACK.get(code, f'refused the connection ({refused})')}",
                     "check username / password_file in the uplink, and the broker's ACL for this gateway",
                 )
             )
+            continue
+        if refused is not None:
+            fix = "is this the broker's MQTT port? check uplinks[].url"
+            out.append(Finding(name, "fail", f"{host}:{port}: {refused}", fix))
             continue
         if not tls_on:
             if unsafe:  # not this machine: said above

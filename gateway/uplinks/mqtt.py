@@ -9,7 +9,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -53,23 +52,7 @@ class MqttUplink:
         self.errors = 0
         self.acked = 0
         self.latency_s = 0.0
-        password = cfg.password
-        if cfg.password_file:
-            password = Path(cfg.password_file).read_text().strip()
-        tls = cfg.tls
-        self.settings = MqttSettings.from_url(
-            cfg.url,
-            ca_file=tls.ca_file if tls else "",
-            cert_file=tls.cert_file if tls else "",
-            key_file=tls.key_file if tls else "",
-            insecure=tls.insecure if tls else False,
-            username=cfg.username,
-            password=password,
-            client_id=cfg.client_id or f"sensegate-{gateway_id}",
-            protocol=cfg.protocol,
-            keepalive=int(cfg.keepalive),
-            max_packet=MAX_DOWNLINK_PACKET,
-        )
+        self.settings = MqttSettings.for_uplink(cfg, gateway_id, max_packet=MAX_DOWNLINK_PACKET)
         self.topic = batch_topic(cfg.topic_prefix, gateway_id)
         self.status = status_topic(cfg.topic_prefix, gateway_id)
         self._session: MqttSession | None = None
