@@ -207,7 +207,7 @@ def _drivers(args: argparse.Namespace) -> int:
 
 @command("keys")
 def _keys(args: argparse.Namespace) -> int:
-    from gateway.keys import KeyError_, init_key
+    from gateway.keys import KeyFileError, init_key
     from gateway.remote.cli import DEFAULT_OPS_DIR
 
     if args.keys_command != "init":
@@ -221,7 +221,7 @@ def _keys(args: argparse.Namespace) -> int:
         return _keys_on_token(args, Path(directory) / f"{name}.pub.pem")
     try:
         info = init_key(Path(directory), alg=args.alg, name=name, force=args.force)
-    except KeyError_ as e:
+    except KeyFileError as e:
         print(f"sensegate keys: {e}", file=sys.stderr)
         return 1
     print(f"private key: {info.private_path} (mode 0600)")
@@ -235,13 +235,13 @@ def _keys(args: argparse.Namespace) -> int:
 
 def _keys_on_token(args: argparse.Namespace, public_path: Path) -> int:
     """`keys init --pkcs11 URI`: the key pair is made by the token; only the public key is written."""
-    from gateway.keys import KeyError_, public_pem
+    from gateway.keys import KeyFileError, public_pem
 
     try:
         from gateway.hsm import create_key
 
         made = create_key(args.pkcs11, alg=args.alg, force=args.force)
-    except KeyError_ as e:
+    except KeyFileError as e:
         print(f"sensegate keys: {e}", file=sys.stderr)
         return 1
     try:
@@ -288,7 +288,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _provision(args: argparse.Namespace) -> int:
     from gateway.daemon import DEFAULT_CONFIG
     from gateway.doctor import EXIT, Environment, report, run_checks, worst
-    from gateway.keys import KeyError_
+    from gateway.keys import KeyFileError
     from gateway.provision import Plan, ProvisionError, provision
 
     plan = Plan(
@@ -304,7 +304,7 @@ def _provision(args: argparse.Namespace) -> int:
     )
     try:
         result, _ = provision(plan)
-    except (ProvisionError, KeyError_, OSError) as e:
+    except (ProvisionError, KeyFileError, OSError) as e:
         print(f"sensegate provision: {e}", file=sys.stderr)
         return 3  # 0-2 are doctor's verdict after a successful provisioning
     for line in result.done:

@@ -225,13 +225,13 @@ def check_identity(cfg: GatewayConfig) -> Finding:
 
 def check_key(cfg: GatewayConfig, env: Environment) -> Finding:
     """The device key exists, is private (0600), belongs to the service user and fits batch.alg."""
-    from gateway.keys import KeyError_, alg_of, fingerprint, load_private_key
+    from gateway.keys import KeyFileError, alg_of, fingerprint, load_private_key
     from gateway.pipeline import key_path
 
     path = key_path(cfg)
     try:
         key = load_private_key(path)
-    except KeyError_ as e:
+    except KeyFileError as e:
         if not path.exists():
             fix = f"sudo sensegate provision --id <GATEWAY-ID> (or: sudo sensegate keys init --dir {path.parent})"
         elif os.stat(path).st_mode & 0o077:
@@ -268,7 +268,7 @@ def check_token_key(cfg: GatewayConfig, env: Environment) -> list[Finding]:
     user alone, and the key signs (a probe, verified with its public key) with batch.alg."""
     import threading
 
-    from gateway.keys import KeyError_, fingerprint
+    from gateway.keys import KeyFileError, fingerprint
     from gateway.pkcs11uri import UriError, parse
 
     spec = cfg.config.gateway.key_file
@@ -312,7 +312,7 @@ def check_token_key(cfg: GatewayConfig, env: Environment) -> list[Finding]:
 
         try:
             key = open_token_key(spec)
-        except KeyError_ as e:
+        except KeyFileError as e:
             result.append(e)
             return
         result.append(key)
@@ -324,7 +324,7 @@ def check_token_key(cfg: GatewayConfig, env: Environment) -> list[Finding]:
     if not result:
         return [*out, Finding("signing key", "fail", f"{uri.describe()}: the token did not answer within "
                               f"{env.connect_timeout * 5:g} s", "check the token is plugged in and its daemon runs")]
-    if isinstance(result[0], KeyError_):
+    if isinstance(result[0], KeyFileError):
         return [*out, Finding("signing key", "fail", str(result[0]),
                               "check the token is present and the URI's token=/object= match "
                               "(pkcs11-tool --module MODULE --list-objects --login)")]

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.keys import KeyError_, PublicKey, alg_of, fingerprint, key_id, load_private_key, public_pem
+from gateway.keys import KeyFileError, PublicKey, alg_of, fingerprint, key_id, load_private_key, public_pem
 
 KID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 
@@ -89,7 +89,7 @@ def rotate_device(args: argparse.Namespace) -> int:
     files = key_files(cfg)
     try:
         made = prepare_next(files, cfg.config.batch.alg)
-    except (KeyError_, OSError) as e:
+    except (KeyFileError, OSError) as e:
         return _fail("rotate", e)
     print(f"next key:    {'made' if made.new else 'already waiting'}"
           f"{' on the token' if files.token else f' ({files.base.name}.next.key, mode 0600)'}")
@@ -116,7 +116,7 @@ def rotate_ops(args: argparse.Namespace) -> int:
         old = load_private_key(key_file)
         new = generate(alg_of(old))
         write_atomic(next_file, private_pem(new))
-    except (KeyError_, OSError) as e:
+    except (KeyFileError, OSError) as e:
         return _fail("rotate", e)
     old_pub, new_pub = old.public_key(), new.public_key()
     doc = make_rotation(old, new)
@@ -161,7 +161,7 @@ def revoke(args: argparse.Namespace) -> int:
     try:
         kid = _kid(args.key)
         signer = load_private_key(Path(args.sign_key))
-    except (KeyError_, OSError) as e:
+    except (KeyFileError, OSError) as e:
         return _fail("revoke", e)
     doc = make_revocation(signer, kid, args.gateway or "", args.reason)
     broker = _broker(args)

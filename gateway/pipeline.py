@@ -44,7 +44,7 @@ from gateway.config.schema import MqttUplink as MqttUplinkConfig
 from gateway.config.validate import GatewayConfig
 from gateway.devicekey import DeviceKey, KeyFiles, open_current, prepare_next
 from gateway.driver_api import Reading
-from gateway.keys import KeyError_, Signer, alg_of, fingerprint
+from gateway.keys import KeyFileError, Signer, alg_of, fingerprint
 from gateway.pkcs11uri import is_pkcs11
 from gateway.scheduler import NodeTracker, Sink
 from gateway.store import Store
@@ -105,7 +105,7 @@ async def open_device_key(cfg: GatewayConfig) -> Signer:
             return await asyncio.shield(done)
     except TimeoutError:
         done.cancel()
-        raise KeyError_(f"the PKCS#11 token did not answer within {TOKEN_OPEN_TIMEOUT:g} s") from None
+        raise KeyFileError(f"the PKCS#11 token did not answer within {TOKEN_OPEN_TIMEOUT:g} s") from None
 
 
 def buffer_path(cfg: GatewayConfig) -> Path:
@@ -186,7 +186,7 @@ class BufferedPipeline:
     async def start(self) -> None:
         try:
             self.key = await open_device_key(self.cfg)
-        except KeyError_ as e:
+        except KeyFileError as e:
             raise PipelineError(str(e)) from None
         self.device = DeviceKey(key_files(self.cfg), self.key, self.cfg.config.gateway.id)
         c = self.cfg.config
@@ -344,7 +344,7 @@ class BufferedPipeline:
             self._changed.clear()
             try:
                 await self._pump()
-            except KeyError_:  # the key cannot sign (said once by _sign_failed): readings stay buffered
+            except KeyFileError:  # the key cannot sign (said once by _sign_failed): readings stay buffered
                 await asyncio.sleep(1.0)
                 self._changed.set()
             except Exception:
@@ -382,14 +382,14 @@ class BufferedPipeline:
             if self.device.waiting():  # `sensegate keys rotate` made a next key
                 try:
                     await self._switch()
-                except (KeyError_, OSError) as e:
+                except (KeyFileError, OSError) as e:
                     log.error("cannot switch to the next device key (%s); signing with the current one", e)
             self.key = self.device.signer
             carry = self.device.carry(self.store.stream, self.store.next_bseq)
             self.batcher.use(self.key, carry.get("kr") if carry else None)
             try:
                 made = await self.store.make_batch(self.batcher)
-            except KeyError_ as e:
+            except KeyFileError as e:
                 self._sign_failed(e)
                 raise
         if self._sign_failing and made is not None:
@@ -408,7 +408,7 @@ class BufferedPipeline:
             self._shared.append(made.bseq)
         return made
 
-    def _sign_failed(self, e: KeyError_) -> None:
+    def _sign_failed(self, e: KeyFileError) -> None:
         """Count a batch the key could not sign; say it once per outage, not once a second."""
         self.sign_errors += 1
         if not self._sign_failing:

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.config import ConfigInvalid, GatewayConfig, load_config_bytes
-from gateway.keys import KeyError_, PublicKey, fingerprint, init_key, load_private_key, load_public_key, public_pem
+from gateway.keys import KeyFileError, PublicKey, fingerprint, init_key, load_private_key, load_public_key, public_pem
 from gateway.receiver.trust import DEFAULT_KEY_NAME, PUB_SUFFIX
 from gateway.registry import Registry
 
@@ -214,7 +214,7 @@ def ensure_device_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
     if path.exists():
         try:
             key = load_private_key(path)
-        except KeyError_ as e:
+        except KeyFileError as e:
             raise ProvisionError(f"{e}\n(provision keeps an existing key; fix it or move it away)") from None
         result.done.append(f"kept the existing device key {path}, fingerprint {fingerprint(key.public_key())}")
     else:
@@ -264,7 +264,7 @@ def ensure_token_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
         public, alg = made.public, made.alg
         result.done.append(f"made the device key on the token ({alg}, not extractable), "
                            f"fingerprint {made.fingerprint}")
-    except KeyError_ as e:
+    except KeyFileError as e:
         raise ProvisionError(f"{e}\n(the device key is on a PKCS#11 token: check the token and the URI)") from None
     if alg != cfg.config.batch.alg:
         raise ProvisionError(f"the token's key is {alg} but batch.alg is {cfg.config.batch.alg}; set batch.alg: {alg}")
@@ -344,7 +344,7 @@ def install_ops_keys(plan: Plan, result: Result) -> None:
     for src in plan.ops_keys:
         try:
             key = load_public_key(src)
-        except KeyError_ as e:
+        except KeyFileError as e:
             raise ProvisionError(str(e)) from None
         name = src.name if src.name.endswith(".pem") else src.name + ".pem"
         dest = dest_dir / name

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import cose
-from gateway.keys import KeyError_, Signer
+from gateway.keys import KeyFileError, Signer
 
 log = logging.getLogger("sensegate.remote")
 FIELD = "cose"
@@ -56,7 +56,7 @@ async def seal_async(body: dict[str, Any], key: Signer | None, gateway: str, kin
     try:
         async with asyncio.timeout(SIGN_TIMEOUT):
             return await asyncio.to_thread(seal, body, key, gateway, kind)
-    except (TimeoutError, KeyError_, OSError, ValueError) as e:  # a token that hangs or fails: say so, send unsigned
+    except (TimeoutError, KeyFileError, OSError, ValueError) as e:  # a token that hangs or fails: say so, send unsigned
         log.warning("a %s went out unsigned: the device key could not sign it (%s)", kind, e or "timeout")
         return json.dumps(body, default=str).encode()
 

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from gateway.config.schema import ID_PATTERN
 from gateway.keyevents import GATEWAY, ROTATE, EventRefused, KeyEvent, parse_event, verify_event
-from gateway.keys import KeyError_, PublicKey, fingerprint, key_id, public_key_from_pem
+from gateway.keys import KeyFileError, PublicKey, fingerprint, key_id, public_key_from_pem
 
 GATEWAY_ID_RE = re.compile(ID_PATTERN)
 PUB_SUFFIX = ".pub.pem"
@@ -96,7 +96,7 @@ def load_keys(path: Path) -> list[PublicKey]:
     blocks = _PEM_BLOCK.findall(raw) or [raw]
     try:
         return [public_key_from_pem(b, str(path)) for b in blocks]
-    except KeyError_ as e:
+    except KeyFileError as e:
         raise TrustError(str(e)) from None
 
 

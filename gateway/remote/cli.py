@@ -115,13 +115,13 @@ def _print(answers: Any, expect: int, as_json: bool, fields: tuple[str, ...]) ->
 
 
 def config_push(args: argparse.Namespace) -> int:
-    from gateway.keys import KeyError_
+    from gateway.keys import KeyFileError
     from gateway.remote.ops import push_config
 
     try:
         raw = Path(args.file).read_bytes()
         key = _sign_key(args)
-    except (OSError, KeyError_) as e:
+    except (OSError, KeyFileError) as e:
         print(f"sensegate config push: {e}", file=sys.stderr)
         return 2
     if not args.no_check:
@@ -150,7 +150,7 @@ def _value(text: str) -> Any:
 
 
 def command(args: argparse.Namespace) -> int:
-    from gateway.keys import KeyError_
+    from gateway.keys import KeyFileError
     from gateway.remote.ops import send_command
 
     cmd_args: dict[str, Any] = {}
@@ -162,7 +162,7 @@ def command(args: argparse.Namespace) -> int:
         cmd_args[name] = _value(text)
     try:
         key = _sign_key(args)
-    except KeyError_ as e:
+    except KeyFileError as e:
         print(f"sensegate command: {e}", file=sys.stderr)
         return 2
     cid, _, answers = asyncio.run(send_command(_broker(args), key, args.op, cmd_args, to=args.to, group=args.group,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import cbor2
 
 from gateway import cose
-from gateway.keys import KeyError_, PrivateKey, PublicKey, fingerprint, key_id, load_public_key
+from gateway.keys import KeyFileError, PrivateKey, PublicKey, fingerprint, key_id, load_public_key
 
 MAX_UINT = 2**63 - 1  # revisions, signing times: they fit a signed 64-bit integer everywhere
 MAX_INT_ARG = 2**64 - 1  # integers in a command's arguments: a 64-bit register, signed or unsigned
@@ -101,7 +101,7 @@ def load_trusted(paths: list[str], base: Path) -> dict[bytes, PublicKey]:
         for f in files:
             try:
                 pub = load_public_key(f)
-            except KeyError_:
+            except KeyFileError:
                 continue  # doctor reports unreadable keys; a bad file must not stop the daemon
             keys[key_id(pub)] = pub
     return keys

@@ -22,7 +22,7 @@ from tests.gateway.helpers import make_config
 T0 = 1_795_000_000_000_000_000
 
 
-@pytest.mark.skipif(bool(DiskFull.available()), reason=DiskFull.available() or "-")
+@pytest.mark.skipif(bool(DiskFull.unavailable_reason()), reason=DiskFull.unavailable_reason() or "-")
 async def test_blob_upload_survives_a_full_disk(tmp_path: Path, broker: Mosquitto,
                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "sensegate")
