@@ -782,7 +782,18 @@ def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
     except ImportError as e:
         return Finding("buffer", "warn", f"cannot inspect ({e})", "update sensegate")
     except Exception as e:  # sqlite3.Error and friends: never let doctor crash on a bad file
-        return Finding("buffer", "warn", f"cannot inspect {db}: {e}", f"ls -l {db}*; journalctl -u sensegate")
+        from gateway.store import salvage
+
+        if salvage.is_corrupt(e):
+            return Finding("buffer", "warn", f"cannot inspect {db}: SQLite says it is corrupt ({e})",
+                           "restart sensegate: it sets the file aside, recovers what it can read and declares "
+                           "the rest lost (then see this check again)")
+        why = salvage.describe(e, db)
+        fix = f"ls -l {db}*; journalctl -u sensegate"
+        if why.startswith("the disk is full"):
+            fix = ("free space on that disk (`sudo journalctl --vacuum-size=50M`, old logs, images): the daemon "
+                   "keeps readings in memory meanwhile and stores and sends them once there is room")
+        return Finding("buffer", "warn", f"cannot inspect {db}: {why}", fix)
     if not waiting:
         return Finding("buffer", "ok", "empty: everything was delivered")
     a = age or 0.0
@@ -795,6 +806,43 @@ def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
             "see the broker check above; `journalctl -u sensegate` says why batches are not acknowledged",
         )
     return Finding("buffer", "ok", text)
+
+
+def check_set_aside(cfg: GatewayConfig, env: Environment) -> list[Finding]:
+    """Buffer files set aside as corrupt: when, why, what they held and what became of it."""
+    from gateway.pipeline import buffer_path
+    from gateway.store import salvage
+
+    db = buffer_path(cfg)
+    out = []
+    for aside in sorted(db.parent.glob(f"{db.name}.corrupt-*")) if db.parent.is_dir() else []:
+        if aside.name.endswith(("-wal", "-shm")):
+            continue
+        try:
+            rep = json.loads(salvage.report_path(aside).read_text())
+        except (OSError, ValueError):
+            rep = None
+        fix = (f"nothing to redo for the data; check the storage (`dmesg`: a failing SD card corrupts files), "
+               f"keep the file for a post-mortem or delete it: sudo rm {aside}*")
+        if not isinstance(rep, dict):
+            out.append(Finding("buffer", "warn", f"{aside} was set aside as corrupt by an earlier sensegate; "
+                               "what it held was not recovered", fix))
+            continue
+        lost = rep.get("lost") or []
+        ranges = ", ".join(f"{a}-{b}" for a, b in lost[:5]) + (" ..." if len(lost) > 5 else "")
+        held = int(rep.get("recovered_readings", 0)) + int(rep.get("lost_readings", 0))
+        if rep.get("stream") == "kept":
+            what = (f"it held {held} reading(s) not yet delivered: {rep.get('recovered_readings', 0)} recovered and "
+                    f"sent, {rep.get('lost_readings', 0)} unreadable and declared lost"
+                    + (f" (reading numbers {ranges})" if lost else ""))
+        elif rep.get("stream") == "new":
+            what = (f"its reading numbers were unreadable: {rep.get('recovered_readings', 0)} reading(s) recovered "
+                    "and sent in a new stream; how many more it held cannot be told")
+        else:
+            what = "it belonged to another gateway; nothing was taken from it"
+        out.append(Finding("buffer", "warn", f"{aside} was set aside on {rep.get('set_aside_at', '?')} because "
+                           f"SQLite found it corrupt ({rep.get('error', '?')}); {what}", fix))
+    return out
 
 
 # -- running them -------------------------------------------------------------------------------
@@ -819,6 +867,7 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
         findings.append(check_disk(cfg, env))
         findings += check_broker(cfg, env)
         findings.append(check_backlog(cfg, env))
+        findings += check_set_aside(cfg, env)
     return findings
 
 

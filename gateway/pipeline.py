@@ -172,6 +172,7 @@ class BufferedPipeline:
         self._signing = asyncio.Lock()  # a key switch happens between two batches, never during one
         self._sign_failing = 0.0  # monotonic time the key (a token) stopped signing; 0: it signs
         self.sign_errors = 0
+        self._resumed = False  # the store's outbox is taken up (at start, or once the store opened)
         self.batches_sent = 0
 
     @property
@@ -197,19 +198,11 @@ class BufferedPipeline:
         intake = self.store.intake
         intake.on_commit = self._committed
         intake.on_pending = self._readings_waiting
+        self.store.on_open = self._store_opened
         await self.store.open()
-        outbox = await self.store.outbox()
-        if outbox:
-            log.info("re-sending %d unacknowledged batch(es) from before the restart", len(outbox))
-        for bseq, acked_by in outbox:
-            if self.mode == "all":
-                for lane in self.lanes:
-                    if lane.uplink.name not in acked_by:
-                        lane.pending.append(bseq)
-            else:
-                self._shared.append(bseq)
+        if self.store.opened.is_set():  # else (a full disk...) once it opens: see _pump
+            await self._resume()
         for lane in self.lanes:
-            lane.uplink.boot = self.store.boot
             await lane.uplink.start()
         self._task = asyncio.create_task(self._pump_loop(), name="pipeline")
         self._blob_task = asyncio.create_task(self._blob_loop(), name="blob-upload")
@@ -225,6 +218,22 @@ class BufferedPipeline:
         """Hand one reading to the store (for callers other than drivers, which use ``sink``)."""
         self.store.intake.put(reading)
 
+    async def _resume(self) -> None:
+        """Take up the store's outbox: unacknowledged batches from before the restart go again."""
+        outbox = await self.store.outbox()
+        if outbox:
+            log.info("re-sending %d unacknowledged batch(es) from before the restart", len(outbox))
+        for bseq, acked_by in outbox:
+            if self.mode == "all":
+                for lane in self.lanes:
+                    if lane.uplink.name not in acked_by:
+                        lane.pending.append(bseq)
+            else:
+                self._shared.append(bseq)
+        for lane in self.lanes:
+            lane.uplink.boot = self.store.boot
+        self._resumed = True
+
     # -- callbacks from the store and the uplinks (on the loop, must not block) ----------------
 
     def _committed(self) -> None:
@@ -234,6 +243,11 @@ class BufferedPipeline:
         if self.store.intake.blob_commits != self._blob_commits:  # a new image to upload
             self._blob_commits = self.store.intake.blob_commits
             self._blob_wake.set()
+
+    def _store_opened(self) -> None:
+        """The store's file could be opened at last (it could not at start)."""
+        self._changed.set()
+        self._blob_wake.set()
 
     def _readings_waiting(self) -> None:
         """Readings wait in memory and the uplink is idle: the next batch takes them."""
@@ -294,6 +308,8 @@ class BufferedPipeline:
     async def rotate_key(self) -> dict[str, Any]:
         """Make a next key (unless one waits) and switch to it now (the ``rotate_key`` command)."""
         assert self.device is not None
+        if not self.store.opened.is_set():  # the switch is recorded at a batch number of the stream
+            raise PipelineError("the buffer file cannot be opened yet (see the log): rotate once it is")
         alg = alg_of(self.device.signer)
         prepared = await asyncio.to_thread(prepare_next, self.device.files, alg)
         async with self._signing:
@@ -429,6 +445,10 @@ class BufferedPipeline:
         self.batches_sent += 1
 
     async def _pump(self) -> None:
+        if not self._resumed:
+            if not self.store.opened.is_set():
+                return  # nothing can be batched before the store's file is open
+            await self._resume()
         await self._handle_events()
         fresh: Batch | None = None
         if self.mode == "all":
@@ -487,7 +507,7 @@ class BufferedPipeline:
                 self._blob_wake.set()
 
     async def _upload_blobs(self) -> None:
-        while True:
+        while self.store.opened.is_set():
             up = next((u for u in self.uplinks if u.connected), None)
             if up is None:
                 return

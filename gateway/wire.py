@@ -43,6 +43,7 @@ BUFFER_FULL = "buffer_full"  # the buffer reached buffer.max_bytes (policy drop_
 EXPIRED = "expired"  # older than buffer.max_age
 OVERFLOW = "overflow"  # more readings waited in memory than the disk could take
 UNCLEAN_STOP = "unclean_stop"  # numbers reserved before an unclean stop: lost in it, or never used
+BUFFER_CORRUPT = "buffer_corrupt"  # in a buffer file SQLite found damaged, and not readable from it
 # Why a blob was never uploaded (the reason of a "bd" entry)
 BLOB_STORE_FULL = "blob_store_full"
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config.schema import BatchSection, BufferSection
 from gateway.driver_api import Reading
+from gateway.store import salvage
 from gateway.store.db import Database, StoreError, StoreStats
 from gateway.store.intake import Inserted, Intake
 from gateway.store.numbers import Numbers
@@ -33,6 +34,7 @@ from gateway.store.outbox import BatchStep, NewBatch, Outbox, Unbatched
 from gateway.wire import Batch
 
 __all__ = ["BatchStep", "NewBatch", "Store", "StoreError", "StoreStats", "Unbatched", "backlog"]
+RETRY_OPEN = 2.0  # seconds between attempts to open a buffer file that could not be opened
 log = logging.getLogger("sensegate.buffer")
 
 
@@ -49,32 +51,92 @@ class Store:
         self.batches = Outbox(self.db, self.numbers, self.stats)
         self.intake = Intake(self.db, self.numbers, self.batches, cfg, batch.max_readings, self.stats)
         self.db.before_timer_commit = self.batches.flush_if_released_sync
+        self.opened = asyncio.Event()  # the file is open (at once, or later: see open)
+        self.intake.opened = self.opened
+        self.on_open: Callable[[], None] = lambda: None  # called when it opened later than open()
+        self._opener: asyncio.Task[None] | None = None
+        self._why_not = ""
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open (or create, or set aside a corrupt) database and start the committer."""
-        await self.db.run(self._open_sync)
+        """Open (or create) the buffer file and start the committer.
+
+        A file SQLite says is corrupt is set aside and what it holds recovered
+        (gateway/store/salvage.py). A file that cannot be opened now (a full disk, a
+        permission, a lock, an I/O error) is left as it is: readings wait in memory within
+        their bound (``intake.max_pending``, then counted and declared), and opening is tried
+        again every RETRY_OPEN seconds; ``opened`` is set, and ``on_open`` called, once it
+        worked. Only a file that is not ours (a newer format, another gateway's) raises."""
+        try:
+            await self.db.run(self._open_sync)
+        except (sqlite3.Error, OSError) as e:
+            self._why_not = salvage.describe(e, self.path)
+            log.error("buffer: cannot open %s: %s; readings wait in memory (up to %d, then counted and "
+                      "declared) and are stored once it opens", self.path, self._why_not, self.intake.max_pending)
+            self._opener = asyncio.create_task(self._open_later(), name="buffer-open")
+        else:
+            self.opened.set()
         self.intake.start()
+
+    async def _open_later(self) -> None:
+        since = time.monotonic()
+        while True:
+            await asyncio.sleep(RETRY_OPEN)
+            try:
+                await self.db.run(self._open_sync)
+            except (sqlite3.Error, OSError, StoreError) as e:
+                why = str(e) if isinstance(e, StoreError) else salvage.describe(e, self.path)
+                if why != self._why_not:
+                    log.error("buffer: still cannot open %s: %s", self.path, why)
+                    self._why_not = why
+                continue
+            self._opener = None
+            log.warning("buffer: %s opened after %.0f s; the %d readings kept in memory are stored now",
+                        self.path, time.monotonic() - since, len(self.intake.pending) + self.intake.overflow)
+            self.opened.set()
+            self.on_open()
+            return
 
     def _open_sync(self) -> None:
         try:
-            self.db.connect_sync()
+            conn = self.db.connect_sync()
+            salvage.check_sync(conn)  # before anything is written to it
             self.numbers.load_sync()
-            assert self.db.conn is not None
-            self.db.conn.execute("PRAGMA quick_check").fetchone()
-        except sqlite3.DatabaseError as e:
+        except StoreError:
             self.db.close_sync()
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(self.path) + suffix)
-                if src.exists():
-                    os.replace(src, Path(str(aside) + suffix))
-            log.error("buffer %s is corrupt (%s); set aside as %s, starting a new one", self.path, e, aside)
-            self.db.connect_sync()
-            self.numbers.load_sync()
+            raise
+        except (sqlite3.Error, OSError) as e:
+            self.db.close_sync()
+            if not salvage.is_corrupt(e):
+                raise
+            self._recover_sync(e)
         assert self.db.conn is not None
         self.stats.recount(self.db.conn)
+
+    def _recover_sync(self, error: BaseException) -> None:
+        """Set a corrupt file aside and start a new one with what could be read from it."""
+        aside = salvage.set_aside(self.path)
+        log.error("buffer %s is corrupt (SQLite: %s); set aside as %s, recovering what it holds", self.path,
+                  error, aside.name)
+        found = salvage.read(aside)
+        report = salvage.Report(aside.name, time.strftime("%Y-%m-%dT%H:%M:%S%z"), str(error))
+        try:
+            salvage.restore_sync(self.db.connect_sync(), found, self.gateway_id, report)
+            self.numbers.load_sync()
+        except BaseException:  # (a full disk now, too): put the file back, recover it at the next attempt
+            self.db.close_sync()
+            salvage.put_back(aside, self.path)
+            raise
+        report.save(aside)
+        if report.stream == "kept":
+            log.warning("buffer: recovered %d readings from %s, numbers kept; %d could not be read and are "
+                        "declared lost in the next batch%s", report.recovered_readings, aside.name,
+                        report.lost_readings, f" (reading numbers {_ranges(report.lost)})" if report.lost else "")
+        elif report.stream == "new":
+            log.warning("buffer: the reading numbers in %s could not be read: %d readings recovered from it go out "
+                        "in a new stream; what else it held cannot be counted", aside.name,
+                        report.recovered_readings)
 
     async def close(self) -> None:
         """Commit what is pending, return the unused reserved numbers, close the database."""
@@ -87,6 +149,18 @@ class Store:
                     await task
         intake.committer = outbox.flusher = None
         await self.db.stop()
+        if self._opener is not None:
+            self._opener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opener
+            self._opener = None
+            if intake.pending or intake.overflow:  # a last try, so they are stored if it can open now
+                try:
+                    await self.db.run(self._open_sync)
+                    self.opened.set()
+                except (sqlite3.Error, OSError, StoreError) as e:
+                    log.error("buffer: the %d readings kept in memory are lost: %s still cannot be opened (%s)",
+                              len(intake.pending) + intake.overflow, self.path, salvage.describe(e, self.path))
         try:
             if self.db.conn is not None and (intake.pending or intake.overflow):
                 try:
@@ -121,8 +195,10 @@ class Store:
         self.intake.put(reading)
 
     async def commit(self) -> None:
-        """Store pending readings now (one transaction of at most ``commit_readings``)."""
-        await self.intake.commit()
+        """Store pending readings now (one transaction of at most ``commit_readings``); while
+        the file cannot be opened they stay in memory."""
+        if self.opened.is_set():
+            await self.intake.commit()
 
     def unbatched(self) -> int:
         """Committed readings not yet in a batch (approximate; for the batching policy)."""
@@ -151,6 +227,8 @@ class Store:
         """The next batch from unbatched segments (or pending drop reports), made by ``step``, or
         None. Readings still pending in memory are stored first, in the batch's transaction."""
         intake = self.intake
+        if not self.opened.is_set():
+            return None
         readings, overflow = intake.take() if intake.pending or intake.overflow else ([], 0)
         try:
             batch = await self.db.run(self._make_batch_sync, step, readings, overflow)
@@ -222,6 +300,11 @@ class Store:
     async def blob_done(self, sha256: bytes) -> None:
         """The blob reached the uplink: delete it."""
         await self.batches.blob_done(sha256)
+
+
+def _ranges(ranges: list[list[int]], most: int = 5) -> str:
+    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in ranges[:most])
+    return text + (f" and {len(ranges) - most} more" if len(ranges) > most else "")
 
 
 def backlog(path: str | Path) -> tuple[int, float | None]:

@@ -68,6 +68,7 @@ class Intake:
         self._commit_at = cfg.commit_readings - 1  # pending count at which a put wakes the committer
         self._wake = asyncio.Event()
         self.committer: asyncio.Task[None] | None = None
+        self.opened = asyncio.Event()  # the store's: nothing is stored before the file is open
         self._encoder = senml.RecordEncoder()
         self._dropping = False
         self._episode: list[int] = [0, 0, 0]  # count, first, last of the current drop episode
@@ -95,6 +96,8 @@ class Intake:
             self._wake.clear()
             if not self.pending and not self.overflow:
                 continue
+            if not self.opened.is_set():  # the file cannot be opened yet: readings wait here
+                await self.opened.wait()
             if self.eager and self.on_pending is not None and len(self.pending) < self.cfg.commit_readings:
                 # the uplink is idle: the next batch commits these readings in its own (fsynced)
                 # transaction, one disk flush for both; should no batch take them (no uplink),

@@ -25,6 +25,20 @@ BSEQ_BLOCK = (16, 1 << 16)  # of batch numbers
 log = logging.getLogger("sensegate.buffer")
 
 
+def new_meta(gateway_id: str, next_seq: int = 1) -> dict[str, Any]:
+    """The meta row of a new stream (a new buffer file, or one whose numbers were lost)."""
+    return {
+        "format": FORMAT_VERSION,
+        "gateway_id": gateway_id,
+        "stream": secrets.randbits(63),
+        "next_seq": next_seq,
+        "next_bseq": 1,
+        "batched_upto": 0,
+        "last_hash": GENESIS_HASH,
+        "boot": 0,
+    }
+
+
 class Numbers:
     """The ``meta`` row of one buffer file: identity, next numbers, reservations, the chain's end."""
 
@@ -57,18 +71,7 @@ class Numbers:
         """Read (or start) the meta row, count this boot, skip what an unclean stop left reserved."""
         conn = self.db.conn
         assert conn is not None
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if not meta:
-            meta = {
-                "format": FORMAT_VERSION,
-                "gateway_id": self.gateway_id,
-                "stream": secrets.randbits(63),
-                "next_seq": 1,
-                "next_bseq": 1,
-                "batched_upto": 0,
-                "last_hash": GENESIS_HASH,
-                "boot": 0,
-            }
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) or new_meta(self.gateway_id)
         fmt = meta.get("format")
         if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
             raise StoreError(
