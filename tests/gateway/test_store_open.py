@@ -23,33 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.config import load_config
 from gateway.doctor import Environment, check_backlog, check_disk, check_set_aside
 from gateway.driver_api import Reading
-from gateway.keys import init_key
 from gateway.store import RETRY_OPEN, Store, backlog, salvage
 from gateway.store.db import SCHEMA
 from hil.faults import DiskFull
 from hil.mosquitto import Mosquitto
-from tests.gateway.helpers import REGISTRY, MqttReceiver, batcher_for, make_config
+from tests.gateway.helpers import REGISTRY, MqttReceiver, batcher_for, make_config, sim_daemon_config
 
 T0 = 1_795_000_000_000_000_000
 ROOT = Path(__file__).parents[2]
-
-
-def _config(tmp: Path, url: str) -> Path:
-    init_key(tmp / "state" / "keys")
-    cfg = {
-        "gateway": {"id": "gw-disk", "state_dir": str(tmp / "state")},
-        "uplinks": [{"type": "mqtt", "url": url, "reconnect_max": 1}],
-        "drivers": [{"driver": "sim", "name": "fast", "interval": "10ms", "jitter": 0,
-                     "points": [{"name": "n", "pattern": "counter"}, {"name": "t", "unit": "Cel"}]}],
-    }
-    path = tmp / "gw.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 class Daemon:
@@ -109,7 +94,7 @@ def _waiting(db: Path) -> int:
 async def test_a_full_disk_at_start_keeps_the_buffer_and_delivers_everything_once_there_is_room(
         tmp_path: Path, broker: Mosquitto) -> None:
     with DiskFull(tmp_path / "state", size="4m") as disk:
-        config = _config(tmp_path, broker.url)
+        config = sim_daemon_config(tmp_path, broker.url, "gw-disk")
         db = tmp_path / "state" / "buffer.db"
         await asyncio.to_thread(broker.stop)  # run 1: nothing can be delivered, the buffer fills
         first = Daemon(config)
@@ -253,7 +238,7 @@ def _damage(db: Path) -> tuple[int, int]:
 async def test_a_corrupt_buffer_is_set_aside_and_what_it_holds_is_recovered_or_declared(
         tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "sensegate")
-    config = _config(tmp_path, broker.url)
+    config = sim_daemon_config(tmp_path, broker.url, "gw-disk")
     db = tmp_path / "state" / "buffer.db"
     rx = MqttReceiver(broker.url, tmp_path / "state/keys/device.pub.pem", gateway="gw-disk")
     async with rx.running():
