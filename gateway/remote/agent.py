@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.bounded import abandon, settle, stop_task
 from gateway.config import ConfigInvalid, GatewayConfig
@@ -35,6 +35,10 @@ from gateway.remote.envelope import Rejected, group_target, load_trusted, open_s
 from gateway.remote.store import ConfigStore
 from gateway.scheduler import Supervisor
 from gateway.signedjson import seal_async
+from gateway.uplinks import Downlink
+
+if TYPE_CHECKING:
+    from gateway.daemon import Pipeline
 
 log = logging.getLogger("sensegate.remote")
 QUEUE = 4  # config pushes waiting while one applies; more are refused as busy
@@ -46,7 +50,7 @@ class Host(Protocol):
     """What the agent needs from the daemon."""
 
     cfg: GatewayConfig | None
-    pipeline: Any
+    pipeline: Pipeline | None
     supervisor: Supervisor | None
     apply_lock: asyncio.Lock
     metrics: MetricsServer
@@ -54,33 +58,11 @@ class Host(Protocol):
     async def apply_config(self, new: GatewayConfig) -> None: ...
 
 
-class Downlink(Protocol):
-    """An uplink that can also receive (the MQTT uplink's hook)."""
-
-    name: str
-    cfg: Any
-    subscriptions: list[str]
-    on_downlink: Callable[[str, bytes], None] | None
-    on_state: Callable[[bool], None]
-
-    @property
-    def connected(self) -> bool: ...
-
-    @property
-    def reachable(self) -> bool: ...
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool: ...
-
-
-def downlinks(pipeline: Any) -> Iterator[Downlink]:
-    """The pipeline's uplinks that carry a downlink (one today; a list with multi-uplink support)."""
-    ups = getattr(pipeline, "uplinks", None)
-    if ups is None:
-        single = getattr(pipeline, "uplink", None)
-        ups = [single] if single is not None else []
-    for up in ups:
-        if hasattr(up, "on_downlink") and hasattr(up, "subscriptions") and hasattr(up, "publish"):
-            yield up
+def downlinks(pipeline: Pipeline | None) -> Iterator[Downlink]:
+    """The receiving halves of the pipeline's uplinks (the MQTT ones)."""
+    for up in pipeline.uplinks if pipeline is not None else []:
+        if up.downlink is not None:
+            yield up.downlink
 
 
 def sha256(data: bytes) -> str:
@@ -208,13 +190,13 @@ class RemoteAgent:
 
     # -- wiring -------------------------------------------------------------------------
 
-    def attach(self, pipeline: Any) -> None:
+    def attach(self, pipeline: Pipeline) -> None:
         """Hook a new pipeline's uplinks before they start: subscriptions, downlink, status flush."""
         if not self.enabled:
             return
         self._pipeline = pipeline
         for up in downlinks(pipeline):
-            prefix = up.cfg.topic_prefix
+            prefix = up.topic_prefix
             up.subscriptions = topics.subscriptions(prefix, self.gateway_id, list(self.settings.groups))
             up.on_downlink = self._downlink
             before = up.on_state
@@ -314,7 +296,7 @@ class RemoteAgent:
         payload = json.dumps(body).encode()
         sent = False
         for up in downlinks(self.host.pipeline):
-            sent = up.publish(topic_of(up.cfg.topic_prefix), payload, retain=retain) or sent
+            sent = up.publish(topic_of(up.topic_prefix), payload, retain=retain) or sent
         return sent
 
     def _status_topic(self, prefix: str) -> str:
@@ -344,7 +326,7 @@ class RemoteAgent:
             payload = await seal_async(body, getattr(self._pipeline, "key", None), self.gateway_id, "config-status")
             sent = False
             for up in downlinks(self.host.pipeline):
-                sent = up.publish(self._status_topic(up.cfg.topic_prefix), payload, retain=True) or sent
+                sent = up.publish(self._status_topic(up.topic_prefix), payload, retain=True) or sent
             self._unsent = None if sent else body
             if self._coap is not None:
                 self._coap.status.update(payload)
@@ -475,7 +457,7 @@ class RemoteAgent:
         uplink must answer (one that never does would hold every batch); with ``failover`` one
         must, and it must carry the MQTT downlink when pushes cannot come over CoAP."""
         s = self.settings
-        ups = list(getattr(self.host.pipeline, "uplinks", []))
+        ups = list(self.host.pipeline.uplinks) if self.host.pipeline is not None else []
         if not ups:  # JSON lines only: nothing to reach
             return None
         need_all = new.config.uplink_mode == "all"

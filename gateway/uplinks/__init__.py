@@ -54,6 +54,26 @@ class BatchCarrier(Protocol):
         """Stop: abandon what is in flight (it stays in the store)."""
 
 
+class Downlink(Protocol):
+    """The receiving half of an uplink whose transport also carries messages to the gateway
+    (MQTT: remote config and commands arrive on subscribed topics; gateway.remote uses it)."""
+
+    name: str
+    topic_prefix: str
+    subscriptions: list[str]  # topic filters subscribed on every connect
+    on_downlink: Callable[[str, bytes], None] | None  # set by gateway.remote: (topic, payload)
+    on_state: Callable[[bool], None]  # the uplink's own, which gateway.remote chains onto
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def reachable(self) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        """Publish a message other than a batch (status, command results); False when offline."""
+
+
 class UplinkCounters(Protocol):
     """What metrics and the status topic report per uplink."""
 
@@ -78,4 +98,9 @@ class HealthPublisher(Protocol):
 
 
 class Uplink(BatchCarrier, UplinkCounters, BlobCarrier, HealthPublisher, Protocol):
-    """Everything the pipeline uses of an uplink."""
+    """Everything the pipeline (and remote config) uses of an uplink."""
+
+    @property
+    def downlink(self) -> Downlink | None:
+        """Its receiving half, or None when its transport has none (CoAP: pushes to a CoAP-only
+        gateway go to its own CoAP resource, gateway/remote/coap_resource.py)."""

@@ -154,6 +154,11 @@ class CoapUplink:
             self._ctx = None
         self._release_oscore()
 
+    @property
+    def downlink(self) -> None:
+        """None: a CoAP-only gateway takes pushes on its own CoAP resource (remote.coap_listen)."""
+        return None
+
     def publish_health(self, health: dict[str, Any]) -> bool:
         """CoAP has no retained status to refresh: health goes out over MQTT uplinks only."""
         return False

@@ -53,6 +53,7 @@ class MqttUplink:
         self.acked = 0
         self.latency_s = 0.0
         self.settings = MqttSettings.for_uplink(cfg, gateway_id, max_packet=MAX_DOWNLINK_PACKET)
+        self.topic_prefix = cfg.topic_prefix
         self.topic = batch_topic(cfg.topic_prefix, gateway_id)
         self.status = status_topic(cfg.topic_prefix, gateway_id)
         self._session: MqttSession | None = None
@@ -65,6 +66,11 @@ class MqttUplink:
         self.subscriptions: list[str] = []
         self.on_downlink: Callable[[str, bytes], None] | None = None
         nodes.listeners.append(self._node_changed)
+
+    @property
+    def downlink(self) -> MqttUplink:
+        """It receives too: remote config and commands on subscribed topics."""
+        return self
 
     @property
     def connected(self) -> bool:
