@@ -63,10 +63,10 @@ class Batcher:
             first = waiting.next_seq
             last = first - 1
         header = wire.Header(self.gateway_id, waiting.stream, waiting.boot, waiting.next_bseq, waiting.last_hash,
-                             first, last, declared[0], [[sha, reason] for sha, reason in blob_drops], self.kr)
+                             (first, last), declared[0], [[sha, reason] for sha, reason in blob_drops], self.kr)
         signed = wire.sign(self.key, self.kid, header, parts)
         digest = hashlib.sha256(signed.data).digest()
-        batch = wire.Batch(header.bseq, first, last, signed.data, digest, time.time_ns(), nbytes)
+        batch = wire.Batch(header.bs, first, last, signed.data, digest, time.time_ns(), nbytes)
         upto = max(waiting.batched_upto, last, max((r[1] for r in drop_rows), default=0))
         return NewBatch(batch, signed, drop_rows[-1][0] if drop_rows else 0, [sha for sha, _ in blob_drops], upto)
 

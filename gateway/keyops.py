@@ -152,9 +152,9 @@ def _kid(spec: str) -> bytes:
 def revoke(args: argparse.Namespace) -> int:
     """Sign a revocation with the ops key and publish it retained."""
     from gateway.keyevents import make_revocation
-    from gateway.receiver.trust import GATEWAY_ID_RE
     from gateway.remote import topics
     from gateway.remote.ops import publish_retained
+    from gateway.wire import GATEWAY_ID_RE
 
     if args.gateway and not GATEWAY_ID_RE.match(args.gateway):
         return _fail("revoke", f"{args.gateway!r} is not a gateway id")

@@ -73,7 +73,7 @@ class Checked:
 def check(body: dict[str, Any], trust: Any, gateway: str, kind: str) -> Checked:
     """Verify a parsed message (``body``, with its ``"cose"``) about ``gateway`` against ``trust``
     (anything with ``lookup(gateway, kid)``: gateway.receiver.trust.Trust)."""
-    from gateway.receiver.trust import Untrusted
+    from gateway.wire import Untrusted
 
     plain = {k: v for k, v in body.items() if k != FIELD}
     sig = body.get(FIELD)
