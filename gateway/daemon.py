@@ -39,6 +39,7 @@ from gateway.service import Notifier
 from gateway.sinks import JsonlSink
 
 if TYPE_CHECKING:
+    from gateway.keys import Signer
     from gateway.uplinks import Uplink
 
 log = logging.getLogger("sensegate.daemon")
@@ -67,6 +68,15 @@ class Pipeline(Protocol):
     def stats(self) -> dict[str, Any]:
         """Numbers for metrics and the status topic: ``buffer``, ``batches``, ``uplinks``."""
 
+    @property
+    def key(self) -> Signer | None:
+        """The device key that signs batches now (it signs config statuses too); None when this
+        pipeline signs nothing (JSON lines)."""
+
+    async def rotate_key(self) -> dict[str, Any]:
+        """Switch to a next device key now (the ``rotate_key`` command); only called when ``key``
+        is not None."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -88,6 +98,13 @@ class DirectPipeline:
 
     def stats(self) -> dict[str, Any]:
         return {}
+
+    @property
+    def key(self) -> Signer | None:
+        return None  # JSON lines are not signed
+
+    async def rotate_key(self) -> dict[str, Any]:
+        raise RuntimeError("a JSON-lines pipeline has no device key")
 
     async def start(self) -> None:
         for s in self.sinks:

@@ -226,7 +226,7 @@ def check_identity(cfg: GatewayConfig) -> Finding:
 def check_key(cfg: GatewayConfig, env: Environment) -> Finding:
     """The device key exists, is private (0600), belongs to the service user and fits batch.alg."""
     from gateway.keys import KeyFileError, alg_of, fingerprint, load_private_key
-    from gateway.pipeline import key_path
+    from gateway.signing import key_path
 
     path = key_path(cfg)
     try:

@@ -78,8 +78,8 @@ def rotate_device(args: argparse.Namespace) -> int:
     from gateway.config import ConfigInvalid, load_config
     from gateway.daemon import DEFAULT_CONFIG
     from gateway.devicekey import prepare_next
-    from gateway.pipeline import key_files
     from gateway.registry import Registry
+    from gateway.signing import key_files
 
     path = args.config or DEFAULT_CONFIG
     try:

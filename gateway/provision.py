@@ -208,7 +208,7 @@ def write_identity(plan: Plan, registry: Registry, result: Result) -> GatewayCon
 
 def ensure_device_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
     """Make the signing key unless one exists; give it to the service user."""
-    from gateway.pipeline import key_path
+    from gateway.signing import key_path
 
     path = key_path(cfg)
     if path.exists():
@@ -249,8 +249,8 @@ def ensure_token_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
     """A key on the PKCS#11 token the config names (made there unless it exists); its public key
     written beside the state for ops, the PIN file given to the service user alone."""
     from gateway.hsm import NoTokenKey, create_key, open_token_key
-    from gateway.pipeline import key_path
     from gateway.pkcs11uri import parse
+    from gateway.signing import key_path
 
     spec = cfg.config.gateway.key_file
     public_path = key_path(cfg).with_name("device.pub.pem")
@@ -285,7 +285,7 @@ def ensure_token_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
 
 def make_csr(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
     """A P-256 TLS client key and a CSR (CN = gateway id) for the broker's CA."""
-    from gateway.pipeline import key_path
+    from gateway.signing import key_path
 
     mqtt = next((u for u in cfg.config.uplinks if u.type == "mqtt"), None)
     keys = key_path(cfg).parent

@@ -92,7 +92,7 @@ class RemoteAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._uplink_changed = asyncio.Event()
         self._unsent: dict[str, Any] | None = None  # a status no uplink could take yet
-        self._pipeline: Any = None  # the pipeline attached last: its device key signs the statuses
+        self._pipeline: Pipeline | None = None  # the pipeline attached last: its device key signs the statuses
         self._statuses: set[asyncio.Task[None]] = set()  # being signed and sent, in order
         self._status_lock = asyncio.Lock()
         self._coap: Any = None  # CoapConfigServer when remote.coap_listen is set
@@ -323,7 +323,8 @@ class RemoteAgent:
         """Sign a status with the device key (off the loop: it may be a token's) and publish it
         retained, in the order the statuses were made (gateway/signedjson.py)."""
         async with self._status_lock:
-            payload = await seal_async(body, getattr(self._pipeline, "key", None), self.gateway_id, "config-status")
+            key = self._pipeline.key if self._pipeline is not None else None
+            payload = await seal_async(body, key, self.gateway_id, "config-status")
             sent = False
             for up in downlinks(self.host.pipeline):
                 sent = up.publish(self._status_topic(up.topic_prefix), payload, retain=True) or sent
