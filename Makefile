@@ -8,7 +8,7 @@ RIG_ARGS ?= --soak-seconds 60
 RIG_OUT ?= out/rig
 DEB_OUT ?= dist
 
-.PHONY: help demo test lint typecheck pytest rig bench deps venv test-venv clean deb fuzz
+.PHONY: help demo test lint typecheck pytest rig bench deps venv test-venv clean deb fuzz arm64-check image image-check
 
 help:
 	@echo "make demo   - simulated devices + local mosquitto + daemon + receiver, verified batches"
@@ -18,6 +18,9 @@ help:
 	@echo "make bench  - the end-to-end benchmark (figures in bench/results/)"
 	@echo "make deb    - the Debian package (dist/sensegate_*_ARCH.deb); DEB_ARCH=arm64 for a Pi"
 	@echo "make fuzz   - every parser's fuzz target for FUZZ_SECONDS each (default 60); finds in out/fuzz/"
+	@echo "make arm64-check - the arm64 package installed, provisioned and delivering on arm64 (qemu-user-static)"
+	@echo "make image  - the Raspberry Pi image (Debian 12 arm64, sensegate installed): dist/sensegate-pi-arm64.img"
+	@echo "make image-check - boot that image under qemu-system-aarch64 with systemd: first boot, watchdog, upgrade"
 
 # Two stamps: the runtime (for demo/bench/deb) and the test tools, which need Debian headers
 # (dbus-python for python-dbusmock) installed first by hil/system-deps.sh.
@@ -80,6 +83,23 @@ fuzz: test-venv
 	    -artifact_prefix=out/fuzz/$$t- > out/fuzz/$$t.log 2>&1 || status=1; \
 	  echo "$$t: $$(grep -E '#[0-9]+[[:space:]]+DONE' out/fuzz/$$t.log | tail -1 || echo 'CRASH, see out/fuzz/'$$t'.log')"; \
 	done; exit $$status
+
+# arm64: the package on a Debian 12 arm64 root under qemu-user-static (root file system cached in
+# ~/.cache/sensegate, keyed by what goes into it). `make test` runs it too (tests/packaging).
+arm64-check: test-venv deps
+	$(BIN)/pytest tests/packaging/test_arm64.py $(PYTEST_ARGS)
+
+# The image a technician flashes (docs/deploying.md), and its check booted with real systemd.
+image: venv
+	@hil/system-deps.sh image
+	$(MAKE) -s deb DEB_ARCH=arm64
+	deploy/image/build.sh $(DEB_OUT)/sensegate-pi-arm64.img $$(ls -t $(DEB_OUT)/sensegate_*_arm64.deb | head -n 1)
+
+# Not in `make test`: cold (no cached root) it takes longer than CI's budget allows (figures in
+# docs/deploying.md); the on-site steps' times go to out/image-check.txt.
+image-check: test-venv deps
+	@hil/system-deps.sh image
+	SENSEGATE_IMAGE_REPORT=out/image-check.txt $(BIN)/pytest tests/packaging/test_image.py -m image $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info bench/results

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("file", nargs="?", help="config file to check")
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema instead")
+    check.add_argument("--fleet", action="store_true",
+                       help="FILE is a fleet document for `config push` (identity may be left out)")
 
     sub.add_parser("drivers", help="list installed drivers").add_argument(
         "--json", action="store_true", help="machine-readable output"
@@ -117,6 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     drv_check = drv_sub.add_parser("check", help="check driver folders against the conventions")
     drv_check.add_argument("paths", nargs="+", metavar="PATH", help="driver folder or out-of-tree project folder")
     drv_check.add_argument("--no-ruff", action="store_true", help="skip ruff's ASYNC rules")
+    drv_dir = argparse.ArgumentParser(add_help=False)
+    drv_dir.add_argument("--dir", default=None, help="drivers directory (default /var/lib/sensegate/drivers)")
+    inst = drv_sub.add_parser("install", parents=[drv_dir], help="install a driver: a wheel (with --sha256), a "
+                              "signed bundle (.sgdrv) or a project folder; kept across upgrades")
+    inst.add_argument("source", help="WHEEL.whl, BUNDLE.sgdrv or a driver project DIR")
+    inst.add_argument("--sha256", default="", help="the wheel's SHA-256 as its author published it")
+    inst.add_argument("-c", "--config", default=None, help="config naming the trusted ops keys (for bundles)")
+    rm = drv_sub.add_parser("remove", parents=[drv_dir], help="uninstall a driver installed with `driver install`")
+    rm.add_argument("name", help="driver or distribution name")
+    drv_sub.add_parser("list", parents=[drv_dir], help="drivers installed with `driver install`, and their state")
+    drv_sub.add_parser("reinstall", parents=[drv_dir], help=argparse.SUPPRESS)  # the package's postinst
+    bundle = drv_sub.add_parser("bundle", help="ops: sign a driver wheel (+ dependency wheels) into a bundle")
+    bundle.add_argument("wheels", nargs="+", metavar="WHEEL")
+    bundle.add_argument("-o", "--out", required=True, help="bundle file to write (NAME.sgdrv)")
+    from gateway.remote.cli import DEFAULT_OPS_DIR
+
+    bundle.add_argument("--sign-key", default=str(DEFAULT_OPS_DIR / "ops.key"), help="ops private key")
     from gateway.remote.cli import add_parsers as remote_parsers
 
     remote_parsers(sub)  # config push, command, status
@@ -163,15 +183,45 @@ def _check(args: argparse.Namespace) -> int:
     if not args.file:
         print("sensegate check: give a config FILE (or --schema)", file=sys.stderr)
         return 2
+    from gateway.config.validate import config_files
+
+    if args.fleet:
+        return _check_fleet(args.file, registry)
     try:
         cfg = load_config(args.file, registry)
     except ConfigInvalid as e:
         print(e)
+        if "missing required key 'id'" in str(e) or "missing required key 'gateway'" in str(e):
+            print(f"(a fleet document for `sensegate config push`? check it with: sensegate check --fleet {args.file})")
         return 1
+    dropins = config_files(args.file)[1:]
+    merged = f", merged with {len(dropins)} drop-in(s): {', '.join(f.name for f in dropins)}" if dropins else ""
     print(
         f"{args.file}: ok (gateway {cfg.config.gateway.id}, {len(cfg.instances)} driver instance(s), "
-        f"{len(cfg.config.uplinks)} uplink(s))"
+        f"{len(cfg.config.uplinks)} uplink(s){merged})"
     )
+    return 0
+
+
+def _check_fleet(file: str, registry: Any) -> int:
+    """`sensegate check --fleet`: the validator `config push` uses before it signs."""
+    from gateway.config import ConfigInvalid
+    from gateway.config.fleet import check_fleet_document
+
+    try:
+        cfg, refused = check_fleet_document(Path(file).read_bytes(), registry, file)
+    except OSError as e:
+        print(f"{file}:1:1: cannot read config: {e.strerror or e}")
+        return 1
+    except ConfigInvalid as e:
+        print(e)
+        return 1
+    for why in refused:
+        print(f"{file}: {why}")
+    if refused:
+        return 1
+    print(f"{file}: ok as a fleet document ({len(cfg.instances)} driver instance(s), {len(cfg.config.uplinks)} "
+          "uplink(s); each gateway keeps its own identity)")
     return 0
 
 
@@ -304,6 +354,13 @@ def _provision(args: argparse.Namespace) -> int:
     )
     try:
         result, _ = provision(plan)
+    except PermissionError as e:
+        again = "sudo sensegate provision ..."
+        if sys.argv[1:2] == ["provision"]:
+            again = " ".join(["sudo", "sensegate", *sys.argv[1:]])
+        print(f"sensegate provision: not allowed to write {e.filename or 'a file'}: provisioning writes the config "
+              f"directory and the device key, so it must run as root: {again}", file=sys.stderr)
+        return 3
     except (ProvisionError, KeyFileError, OSError) as e:
         print(f"sensegate provision: {e}", file=sys.stderr)
         return 3  # 0-2 are doctor's verdict after a successful provisioning
@@ -314,13 +371,98 @@ def _provision(args: argparse.Namespace) -> int:
     if args.no_doctor:
         return 0
     print()
-    findings = run_checks(plan.config, Environment(service_user=args.user))
+    # provisioning comes before the agent starts (first boot runs it before the service): the
+    # files are checked here, the running agent by `sensegate doctor` once it runs
+    findings = run_checks(plan.config, Environment(service_user=args.user, look_at_agent=False))
     print(report(findings, str(plan.config)))
     return EXIT[worst(findings)]
 
 
+def _driver_store(args: argparse.Namespace) -> int:
+    from gateway.driverstore import DEFAULT_DIR, DriverStore, DriverStoreError, make_bundle
+
+    store = DriverStore(Path(getattr(args, "dir", None) or DEFAULT_DIR))
+    what = args.driver_command
+    try:
+        if what == "bundle":
+            from gateway.keys import KeyFileError, load_ops_key
+
+            try:
+                key = load_ops_key(Path(args.sign_key))
+            except KeyFileError as e:
+                print(f"sensegate driver bundle: {e}", file=sys.stderr)
+                return 2
+            out = make_bundle([Path(w) for w in args.wheels], key, Path(args.out))
+            print(f"wrote {out}: install it on a gateway that trusts this ops key with: "
+                  f"sudo sensegate driver install {out.name}")
+            return 0
+        if what == "install":
+            src = Path(args.source)
+            if src.is_dir():
+                rec = store.install_dir(src)
+            elif src.suffix == ".sgdrv":
+                rec = store.install_bundle(src, _trusted_ops_keys(args.config))
+            else:
+                rec = store.install_wheel(src, sha256=args.sha256)
+            print(f"installed {rec.dist} {rec.version} ({rec.verified}): driver(s) {', '.join(rec.drivers)}")
+            print("a running gateway picks it up on reload: sudo systemctl reload sensegate")
+            return 0
+        if what == "remove":
+            rec = store.remove(args.name)
+            print(f"removed {rec.dist} {rec.version} (driver(s) {', '.join(rec.drivers)})")
+            return 0
+        if what == "reinstall":
+            failed = store.reinstall()
+            for rec, why in failed:
+                print(f"sensegate: driver {rec.dist} ({', '.join(rec.drivers)}) not put back: {why}; its instances "
+                      "stay down until it is installed again", file=sys.stderr)
+            return 1 if failed else 0
+        from gateway.registry import Registry
+
+        reg = Registry.discover()
+        records = store.records()
+        if not records:
+            print(f"no drivers installed with `sensegate driver install` ({store.root})")
+        for rec in records.values():
+            for name in rec.drivers:
+                broken = reg.broken_reason(name)
+                state = "loads" if name in reg.manifests else f"BROKEN: {broken}" if broken else (
+                    "NOT INSTALLED (run: sudo sensegate driver reinstall)")
+                print(f"{name:<12} {rec.dist} {rec.version:<9} {state}; {rec.verified}, {rec.installed}")
+        return 0
+    except PermissionError as e:
+        print(f"sensegate driver {what}: not allowed to write {e.filename}: run it as root (sudo)", file=sys.stderr)
+        return 2
+    except DriverStoreError as e:
+        print(f"sensegate driver {what}: {e}", file=sys.stderr)
+        return 1
+
+
+def _trusted_ops_keys(config: str | None) -> Mapping[bytes, Any]:
+    """The ops keys this gateway trusts now (its files' keys, as rotated and revoked since)."""
+    from gateway.config import load_config
+    from gateway.daemon import DEFAULT_CONFIG
+    from gateway.driverstore import DriverStoreError
+    from gateway.registry import Registry
+    from gateway.remote.envelope import gateway_ops_keys
+
+    path = Path(config or DEFAULT_CONFIG)
+    try:
+        cfg = load_config(path, Registry.discover(), broken_ok=True)
+    except Exception as e:
+        raise DriverStoreError(f"cannot read the trusted ops keys from {path}: {e}") from None
+    trusted = gateway_ops_keys(cfg.config.remote.ops_keys, path.parent, cfg.config.gateway.state_dir)
+    if not trusted:
+        gone = f" (every one was rotated or revoked since: {len(trusted.gone)} key event(s))" if trusted.gone else ""
+        raise DriverStoreError(f"this gateway trusts no ops key ({path}: remote.ops_keys){gone}; sudo sensegate "
+                               "provision --ops-key OPS.pub.pem")
+    return trusted
+
+
 @command("driver")
 def _driver(args: argparse.Namespace) -> int:
+    if args.driver_command in ("install", "remove", "list", "reinstall", "bundle"):
+        return _driver_store(args)
     if args.driver_command == "check":
         from gateway.sdk.checker import main as check_main
 
@@ -338,6 +480,10 @@ def _driver(args: argparse.Namespace) -> int:
 
 @command("config")
 def _config(args: argparse.Namespace) -> int:
+    if args.config_command == "use-local":
+        from gateway.remote.handback import use_local
+
+        return use_local(args)
     from gateway.remote.cli import config_push
 
     return config_push(args)

@@ -166,7 +166,8 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit status."""
-        boot = load_config(self.config_path, self.registry)  # ConfigInvalid propagates to the CLI
+        # ConfigInvalid propagates to the CLI; an instance whose driver does not load stays down alone
+        boot = load_config(self.config_path, self.registry, broken_ok=True)
         self.remote = RemoteAgent(self, boot, self.config_path, self.registry)
         cfg = self.remote.boot_config(self._bootstrap_bytes())
         set_level(cfg.config.gateway.log_level)
@@ -230,12 +231,26 @@ class Daemon:
                 up.publish_health(summary(self))
 
     def _bootstrap_bytes(self) -> bytes:
-        try:
-            return self.config_path.read_bytes()
-        except OSError:
-            return b""
+        """The local config as read: the file and its drop-ins, in merge order."""
+        from gateway.config.validate import config_files
+
+        out = b""
+        for f in config_files(self.config_path):
+            try:
+                out += f.read_bytes()
+            except OSError:
+                continue
+        return out
+
+    def _report_down(self, cfg: GatewayConfig) -> None:
+        """One line per instance whose driver does not load (the others run)."""
+        for d in cfg.down:
+            log.error("driver instance %s is down: driver %r does not load: %s (the other %d instance(s) run; "
+                      "`sensegate drivers` lists it, `sensegate driver list` shows installed drivers)",
+                      d.name, d.driver, d.reason, len(cfg.instances))
 
     async def _start(self, cfg: GatewayConfig) -> None:
+        self._report_down(cfg)
         self.cfg = cfg
         pipeline = build_pipeline(cfg, self.nodes)
         if self.remote is not None:
@@ -280,7 +295,8 @@ class Daemon:
     async def reload(self) -> bool:
         """Re-read the config file and apply what changed; keep running on a bad file."""
         try:
-            new = load_config(self.config_path, self.registry)
+            self.registry.refresh()  # drivers installed since the start are found
+            new = load_config(self.config_path, self.registry, broken_ok=True)
             if self.remote is not None:
                 new = self.remote.refresh_bootstrap(new, self._bootstrap_bytes())
         except (ConfigInvalid, Rejected) as e:
@@ -307,6 +323,7 @@ class Daemon:
             await self._shutdown()
             await self._start(new)
             return
+        self._report_down(new)
         for name in p.stop:
             await self.supervisor.stop(name)
         for name in p.start:

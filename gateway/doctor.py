@@ -35,6 +35,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gateway.config import ConfigInvalid, GatewayConfig, load_config
+from gateway.doctor_agent import UnitState, fetch_status, systemd_unit
 from gateway.mqtt import MqttError, MqttSession, MqttSettings
 
 Status = Literal["ok", "warn", "fail"]
@@ -43,8 +44,12 @@ SERVICE_USER = "sensegate"
 PLACEHOLDER_IDS = {"CHANGE-ME", "change-me", "changeme"}
 CLOCK_FLOOR = dt.datetime(2025, 1, 1, tzinfo=dt.UTC).timestamp()
 """No real clock reads earlier than this; a Pi without RTC boots at its last saved time (or 1970)."""
+CLOCK_CEILING = dt.datetime(2036, 1, 1, tzinfo=dt.UTC).timestamp()
+"""Nor later than this (a bad RTC, a wrong manual date): certificates and timestamps would be wrong."""
 MIN_FREE_BYTES = 64 * 1024 * 1024
 BACKLOG_WARN_AGE = 600.0
+DEVICE_GROUPS = (("tty", "dialout"), ("i2c-", "i2c"), ("video", "video"), ("gpiochip", "gpio"), ("hidraw", "plugdev"))
+"""The group a udev rule gives a device node, by its kernel name (Debian's own groups for them)."""
 
 
 @dataclass(frozen=True)
@@ -113,10 +118,18 @@ class Environment:
     bluetooth_sysfs: Path = Path("/sys/class/bluetooth")
     clock: Callable[[], ClockState] = kernel_clock
     now: Callable[[], float] = time.time
+    # whether this system keeps its own clock (systemd runs here); False in a container, a
+    # chroot or a test bench, where the host keeps the time and its NTP state may be invisible
+    keeps_time: Callable[[], bool] = lambda: os.path.isdir("/run/systemd/system")
     connect_timeout: float = 3.0
     expiry_warn_days: float = 30.0
     backlog_warn_age: float = BACKLOG_WARN_AGE
     bluetooth_drivers: frozenset[str] = frozenset({"ble"})
+    state_dir: Path = Path("/var/lib/sensegate")  # where first boot leaves its verdict
+    # the running agent: systemd's view of the unit, and the agent's own GET /status
+    unit: Callable[[], UnitState | None] = systemd_unit
+    agent: Callable[[str, float], dict[str, Any] | str] = fetch_status
+    look_at_agent: bool = True  # False: the files only (provision runs before the agent starts)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -378,7 +391,7 @@ def check_devices(cfg: GatewayConfig, env: Environment) -> list[Finding]:
                         "fail",
                         f"{what}: {who} may not read and write it (owner {st.st_uid}, group {group}, "
                         f"mode {stat.S_IMODE(st.st_mode):04o})",
-                        f"sudo usermod -aG {group} {user.name} && sudo systemctl restart sensegate",
+                        _device_access_fix(value, st, user),
                     )
                 )
                 continue
@@ -466,27 +479,42 @@ def check_network_sources(cfg: GatewayConfig, env: Environment) -> list[Finding]
     return out
 
 
+def _date(ts: float) -> str:
+    return f"{dt.datetime.fromtimestamp(ts, dt.UTC):%Y-%m-%d %H:%M} UTC"
+
+
 def check_clock(env: Environment) -> Finding:
-    """The clock is synchronised: without it every timestamp (and TLS) is wrong."""
+    """The clock reads a possible date and is synchronised: without it every timestamp (and TLS) is wrong."""
     now = env.now()
-    if now < CLOCK_FLOOR:
+    if now < CLOCK_FLOOR or now > CLOCK_CEILING:
+        when = "behind" if now < CLOCK_FLOOR else "ahead"
         return Finding(
             "clock",
             "fail",
-            f"the clock says {dt.datetime.fromtimestamp(now, dt.UTC):%Y-%m-%d %H:%M} UTC, which cannot be right; "
-            "readings would carry worthless timestamps and TLS certificates look invalid",
+            f"the clock says {_date(now)}, which cannot be right (years {when}); readings would carry worthless "
+            "timestamps, and TLS certificates look " + ("not yet valid" if now < CLOCK_FLOOR else "expired"),
             "connect the gateway to a network with NTP (UDP 123), then `timedatectl timesync-status`; "
-            "a Pi has no battery clock and needs NTP (or an RTC) after every power cut",
+            "a Pi has no battery clock and needs NTP (or an RTC) after every power cut"
+            + ("; a wrong RTC or a date set by hand: sudo timedatectl set-time 'YYYY-MM-DD HH:MM'"
+               if now > CLOCK_CEILING else ""),
         )
     try:
         state = env.clock()
     except OSError as e:
         return Finding("clock", "warn", f"cannot read the clock's sync state: {e}", "timedatectl status")
+    if not state.synchronised and not env.keeps_time():
+        return Finding(
+            "clock",
+            "warn",
+            f"reads {_date(now)}; its NTP state cannot be seen here (a container, chroot or test bench: the host keeps "
+            "the time)",
+            "check the host's clock: timedatectl (on the host)",
+        )
     if not state.synchronised:
         return Finding(
             "clock",
             "fail",
-            "the clock is not synchronised (NTP): timestamps are worthless without it",
+            f"the clock is not synchronised (NTP): it reads {_date(now)}; timestamps are worthless without it",
             "sudo timedatectl set-ntp true; set NTP= in /etc/systemd/timesyncd.conf if the site has its own NTP "
             "server; check UDP 123 is allowed; then `timedatectl timesync-status`",
         )
@@ -653,6 +681,11 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
             continue
         conn: socket.socket = sock
         expiry = ""
+        missing = _tls_file_problem(up.tls) if tls_on else None
+        if missing is not None:
+            sock.close()
+            out.append(Finding(name, "fail", missing.problem, missing.fix))
+            continue
         try:
             if tls_on:
                 ctx = ssl.create_default_context(cafile=(tls.ca_file if tls and tls.ca_file else None))
@@ -744,6 +777,87 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
     return out
 
 
+def _tls_file_problem(tls: Any) -> Any:
+    """A TLS file the uplink names that is missing or unreadable (the TlsFileError), else None."""
+    from gateway.mqtt import TlsFileError, check_tls_files
+
+    if tls is None:
+        return None
+    try:
+        check_tls_files(tls.ca_file, tls.cert_file, tls.key_file)
+    except TlsFileError as e:
+        return e
+    return None
+
+
+def _device_access_fix(path: str, st: os.stat_result, user: _User) -> str:
+    """How the service user gets a device: join its group, unless that group is root or has no access."""
+    group = _group_name(st.st_gid)
+    if st.st_gid != 0 and st.st_mode & 0o060 == 0o060:
+        return f"sudo usermod -aG {group} {user.name} && sudo systemctl restart sensegate"
+    kernel = os.path.basename(os.path.realpath(path))
+    wanted = next((g for prefix, g in DEVICE_GROUPS if kernel.startswith(prefix)), user.name)
+    rule = f'KERNEL=="{kernel}", GROUP="{wanted}", MODE="0660"'
+    join = "" if wanted == user.name else f" && sudo usermod -aG {wanted} {user.name}"
+    return (f"never add the service user to group {group}; give the device a group of its own with a udev rule: "
+            f"echo '{rule}' | sudo tee /etc/udev/rules.d/60-sensegate.rules && sudo udevadm control --reload && "
+            f"sudo udevadm trigger{join} && sudo systemctl restart sensegate")
+
+
+def check_ops_keys(cfg: GatewayConfig, config_path: Path) -> Finding:
+    """The ops keys remote config trusts: every file named is there and is a public key."""
+    from gateway.keys import KeyFileError, load_public_key
+
+    fix = ("sudo sensegate provision --ops-key OPS.pub.pem: the public half of an ops key, which ops make on "
+           "their machine with `sensegate keys init --ops` (a gateway never holds an ops private key)")
+    problems: list[str] = []
+    found = 0
+    for entry in cfg.config.remote.ops_keys:
+        p = Path(entry) if Path(entry).is_absolute() else config_path.parent / entry
+        if p.is_dir() or (not p.exists() and not p.suffix):  # a folder of *.pem (none yet: remote config off)
+            files = sorted(p.glob("*.pem")) if p.is_dir() else []
+        elif not p.exists():
+            problems.append(f"{p} (remote.ops_keys) does not exist")
+            continue
+        else:
+            files = [p]
+        for f in files:
+            try:
+                load_public_key(f)
+                found += 1
+            except KeyFileError as e:
+                problems.append(f"{e} (an ops key's private half, or not a key?)")
+    trusted, retired, unseen = _ops_keyring(cfg, config_path, found)
+    if unseen:
+        problems.append(unseen)
+    done = f" ({retired})" if retired else ""
+    if not problems:
+        if not found:
+            return Finding("remote config", "ok", "off: no ops key is trusted, so no config push or command is "
+                           "accepted (to turn it on: sudo sensegate provision --ops-key OPS.pub.pem)")
+        return Finding("remote config", "ok", f"on: {trusted} ops key(s) trusted{done}")
+    state = f"on with {trusted} ops key(s){done}" if found else "OFF: no ops key could be loaded"
+    return Finding("remote config", "warn" if found else "fail", f"{state}; " + "; ".join(problems), fix)
+
+
+def _ops_keyring(cfg: GatewayConfig, config_path: Path, found: int) -> tuple[int, str, str]:
+    """The ops keys trusted after the key events the agent took: (how many, which were retired
+    and why, why the events could not be read here or "")."""
+    from gateway.remote.envelope import OPS_EVENTS, gateway_ops_keys
+
+    events = Path(cfg.config.gateway.state_dir) / "remote" / OPS_EVENTS
+    try:
+        events.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        return found, "", (f"the ops key events in {events} cannot be read here ({e.strerror or e}): a key rotated "
+                           "or revoked since may be counted (run doctor as root)")
+    ring = gateway_ops_keys(cfg.config.remote.ops_keys, config_path.parent, cfg.config.gateway.state_dir)
+    retired = "; ".join(f"ops key {kid.hex()} was {why}" for kid, why in ring.gone.items())
+    return len(ring), retired, ""
+
+
 def _verify_failure(
     name: str, host: str, port: int, e: ssl.SSLCertVerificationError, ca: str, env: Environment
 ) -> Finding:
@@ -755,8 +869,8 @@ def _verify_failure(
             left = cert.not_valid_after_utc.timestamp() - env.now()
             detail = f" (certificate of {cert.subject.rfc4514_string()}, issued by {cert.issuer.rfc4514_string()}"
             detail += f", {'expired ' + _days(-left) + ' ago' if left < 0 else 'valid ' + _days(left) + ' more'})"
-    if "expired" in reason:
-        fix = "the broker's certificate must be renewed by its operators (or the gateway's clock is wrong)"
+    if "not yet valid" in reason or "expired" in reason:
+        fix = _certificate_time_fix(reason, env)
     elif "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
         fix = "use the host name the certificate was made for in uplinks[].url"
     else:
@@ -764,6 +878,31 @@ def _verify_failure(
         if ca:
             fix += f" (now using {ca})"
     return Finding(name, "fail", f"TLS verification of {host}:{port} failed: {reason}{detail}", fix)
+
+
+def _certificate_time_fix(reason: str, env: Environment) -> str:
+    """A certificate outside its validity: the clock is the first suspect when it reads a wrong date."""
+    now = env.now()
+    if now < CLOCK_FLOOR or now > CLOCK_CEILING or ("not yet valid" in reason):
+        return (f"the gateway's clock reads {_date(now)}: set the clock first (NTP: `timedatectl timesync-status`; "
+                "see the clock check), then run doctor again; the CA is not the problem")
+    return "the broker's certificate must be renewed by its operators (or the gateway's clock is wrong)"
+
+
+def check_first_boot(env: Environment) -> Finding | None:
+    """A first-boot provisioning that could not use what it was given (sensegate-firstboot)."""
+    marker = env.state_dir / "firstboot.failed"
+    try:
+        why = marker.read_text().strip()
+    except OSError:
+        return None
+    return Finding(
+        "first boot",
+        "fail",
+        f"first-boot provisioning failed: {why}",
+        "fix the files in sensegate/ on the boot partition (provision-report.txt there says more) and reboot, "
+        "or provision by hand: sudo sensegate provision --id <GATEWAY-ID> ...",
+    )
 
 
 def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
@@ -848,15 +987,81 @@ def check_set_aside(cfg: GatewayConfig, env: Environment) -> list[Finding]:
 # -- running them -------------------------------------------------------------------------------
 
 
+def salvage_config(path: Path) -> tuple[GatewayConfig | None, list[str]]:
+    """An invalid config with its invalid parts left out (and which), so every other check still runs."""
+    from gateway.config.loader import Document
+    from gateway.config.validate import read_config, validate_document
+    from gateway.registry import Registry
+
+    registry = Registry.discover()
+    left_out: list[str] = []
+    try:
+        doc = read_config(path)
+    except ConfigInvalid as e:  # a file that does not parse: the others without it
+        bad = {Path(p.file) for p in e.problems if p.file}
+        if not bad:
+            return None, []
+        try:
+            doc = read_config(path, replace=dict.fromkeys(bad, b""))
+        except ConfigInvalid:
+            return None, []
+        left_out += sorted(f.name for f in bad)
+    if not isinstance(doc.data, dict):
+        return None, []
+
+    def problems(data: dict[str, Any]) -> tuple[int, GatewayConfig | None]:
+        try:
+            return 0, validate_document(Document(data, doc.positions, doc.sources), registry, str(path), True)
+        except ConfigInvalid as e:
+            return max(1, len(e.problems)), None
+
+    current = dict(doc.data)
+    n, cfg = problems(current)
+    for key in [k for k in current if k != "gateway"]:
+        if cfg is not None:
+            break
+        without = {k: v for k, v in current.items() if k != key}
+        m, c = problems(without)
+        if m < n:
+            current, n, cfg = without, m, c
+            left_out.append(key)
+    drivers = doc.data.get("drivers")
+    if cfg is not None and "drivers" in left_out and isinstance(drivers, list):
+        good = [d for d in drivers if problems({**current, "drivers": [d]})[0] == 0]
+        n, kept = problems({**current, "drivers": good})
+        if kept is not None and good:
+            cfg = kept
+            left_out[left_out.index("drivers")] = f"{len(drivers) - len(good)} of {len(drivers)} driver sections"
+    return cfg, left_out
+
+
 def run_checks(config_path: str | Path, env: Environment | None = None) -> list[Finding]:
-    """Every check, in the order a technician would fix things."""
+    """Every check, in the order a technician would fix things; an invalid config hides none of the others."""
+    from gateway import doctor_agent as agent
+
     env = env or Environment()
-    first, cfg = check_config(Path(config_path))
+    first, valid = check_config(Path(config_path))
+    cfg = valid
+    if valid is None and Path(config_path).exists():
+        cfg, left_out = salvage_config(Path(config_path))
+        if cfg is not None:
+            first = Finding(first.check, first.status, f"{first.message}\n(the checks below ran without the invalid "
+                            f"part{'s' if len(left_out) != 1 else ''}: {', '.join(left_out)})", first.fix)
     findings = [first]
+    boot = check_first_boot(env)
+    if boot is not None:
+        findings.append(boot)
+    view = agent.look(cfg, env.unit, env.agent, env.connect_timeout) if env.look_at_agent else None
+    if view is not None:
+        findings.append(agent.check_running(view, _waiting(cfg), env.now()))
+        for found in (agent.check_running_config(view, valid, str(config_path)), agent.check_drivers_down(view)):
+            if found is not None:
+                findings.append(found)
     if cfg is not None:
         findings.append(check_identity(cfg))
         findings += check_token_key(cfg, env) if cfg.config.gateway.key_file.startswith("pkcs11:") \
             else [check_key(cfg, env)]
+        findings.append(check_ops_keys(cfg, Path(config_path)))
         findings += check_devices(cfg, env)
         ble = check_bluetooth(cfg, env)
         if ble is not None:
@@ -868,7 +1073,27 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
         findings += check_broker(cfg, env)
         findings.append(check_backlog(cfg, env))
         findings += check_set_aside(cfg, env)
+    delivery = agent.check_delivery(view, env.backlog_warn_age) if view is not None else None
+    if delivery is not None:
+        findings.append(delivery)
     return findings
+
+
+def _waiting(cfg: GatewayConfig | None) -> int:
+    """Readings waiting in the buffer file (0 when there is none or it cannot be read)."""
+    if cfg is None or all(u.type == "jsonl" for u in cfg.config.uplinks):
+        return 0
+    from gateway.pipeline import buffer_path
+
+    db = buffer_path(cfg)
+    if not db.exists():
+        return 0
+    try:
+        from gateway.store import backlog
+
+        return backlog(db)[0]
+    except Exception:  # check_backlog reports an unreadable buffer
+        return 0
 
 
 def worst(findings: list[Finding]) -> Status:

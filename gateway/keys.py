@@ -274,6 +274,17 @@ def init_key(directory: Path, alg: Alg = "ed25519", name: str = "device", force:
     return KeyInfo(private_path, public_path, alg, fingerprint(pub))
 
 
+def load_ops_key(path: Path) -> PrivateKey:
+    """Load an ops signing key; a missing one is named as an ops key, with the command that makes one."""
+    if not path.exists():
+        raise KeyFileError(
+            f"no ops key at {path}: make one on the ops machine with 'sensegate keys init --ops --dir {path.parent}' "
+            "(or give its path with --sign-key); each gateway trusts its public half: "
+            "sudo sensegate provision --ops-key ops.pub.pem"
+        )
+    return load_private_key(path)
+
+
 def load_private_key(path: Path) -> PrivateKey:
     """Load a device key; refuse one that group or others may read."""
     try:

@@ -1,7 +1,8 @@
 """Health numbers: one summary dict (status topic, STATUS= line) and its Prometheus text form.
 
 ``summary(daemon)`` is the single source: the status topic publishes it as JSON, the
-``/metrics`` endpoint renders it in the Prometheus text exposition format (version 0.0.4),
+``/metrics`` endpoint renders it in the Prometheus text exposition format (version 0.0.4)
+(``/status`` serves it as JSON, which `sensegate doctor` reads),
 and ``status_line`` condenses it for `systemctl status`. The endpoint is a few lines of
 HTTP/1.0 on the daemon's own event loop: no thread, no extra dependency, loopback by default.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -23,6 +25,7 @@ from gateway.bounded import settle
 if TYPE_CHECKING:
     from gateway.config.validate import GatewayConfig
     from gateway.daemon import Pipeline
+    from gateway.remote.agent import RemoteAgent
     from gateway.scheduler import NodeTracker, Supervisor
 
 log = logging.getLogger("sensegate.metrics")
@@ -35,8 +38,10 @@ class _Daemon(Protocol):
     """What summary() reads from a running daemon (gateway.daemon.Daemon)."""
 
     cfg: GatewayConfig | None
+    config_path: Path
     nodes: NodeTracker
     pipeline: Pipeline | None
+    remote: RemoteAgent | None
     supervisor: Supervisor | None
 
 
@@ -86,6 +91,10 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             "last_error": s.last_error,
             "events": dict(s.extra),
         }
+    for d in cfg.down if cfg is not None else ():  # configured, but its driver does not load
+        drivers[d.name] = {"driver": d.driver, "state": "failed", "readings": 0, "polls": 0, "errors": 0,
+                           "timeouts": 0, "restarts": 0, "latency_sum_s": 0.0, "latency_max_s": 0.0,
+                           "last_error": d.reason, "events": {}}
     out["drivers"] = drivers
     out["nodes"] = dict(sorted(daemon.nodes.state.items()))
     pipe: dict[str, Any] = {}
@@ -94,6 +103,7 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             pipe = dict(daemon.pipeline.stats())
         except Exception as e:  # a metrics read must never hurt the daemon
             log.debug("pipeline stats failed: %r", e)
+    out["config"] = _running_config(daemon)
     out["buffer"] = pipe.get("buffer")
     out["batches"] = pipe.get("batches")
     out["uplinks"] = pipe.get("uplinks") or {}
@@ -102,6 +112,13 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
         proc["uptime_seconds"] = max(0.0, out["time"] - proc["start_time"])
     out["process"] = proc
     return out
+
+
+def _running_config(daemon: _Daemon) -> dict[str, Any]:
+    """Which config the daemon runs: a pushed revision, or its local file (doctor shows it)."""
+    revision = daemon.remote.revision if daemon.remote is not None else None
+    return {"source": "local" if revision is None else "pushed", "revision": revision,
+            "file": str(daemon.config_path)}
 
 
 def status_line(daemon: _Daemon) -> str:
@@ -254,6 +271,10 @@ class MetricsServer:
         assert self.daemon is not None
         return render(summary(self.daemon))
 
+    def status(self) -> str | None:
+        """The daemon's summary as JSON, served at /status for `sensegate doctor` (None: not served)."""
+        return json.dumps(summary(self.daemon)) if self.daemon is not None else None
+
     @property
     def port(self) -> int | None:
         """The bound port (useful when listening on port 0)."""
@@ -302,8 +323,11 @@ class MetricsServer:
                 status, body, ctype = "405 Method Not Allowed", "only GET\n", "text/plain"
             elif path == "/metrics":
                 status, body, ctype = "200 OK", self.page(), CONTENT_TYPE
+            elif path == "/status" and (doc := self.status()) is not None:  # for `sensegate doctor`
+                status, body, ctype = "200 OK", doc, "application/json"
             elif path == "/":
-                status, body, ctype = "200 OK", "sensegate: metrics at /metrics\n", "text/plain"
+                also = ", status at /status" if self.daemon is not None else ""
+                status, body, ctype = "200 OK", f"sensegate: metrics at /metrics{also}\n", "text/plain"
             else:
                 status, body, ctype = "404 Not Found", "not found; try /metrics\n", "text/plain"
             data = body.encode()

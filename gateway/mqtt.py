@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -142,8 +143,36 @@ def insecurities(s: MqttSettings) -> list[tuple[str, str]]:
     return out
 
 
+class TlsFileError(OSError):
+    """A TLS file the settings name is missing or unreadable (ssl itself says only "No such file or directory")."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}: {fix}")
+        self.problem, self.fix = problem, fix
+
+
+def check_tls_files(ca_file: str, cert_file: str, key_file: str) -> None:
+    """Raise TlsFileError naming the first TLS file that is missing or unreadable, and its fix."""
+    for path, what, fix in (
+        (ca_file, "the broker's CA file", "install the CA that signed the broker's certificate: "
+                                          "sudo sensegate provision --ca BROKER-CA.pem"),
+        (cert_file, "the client certificate", "make a CSR with sudo sensegate provision --csr, have the broker's CA "
+                                              "sign it and put the certificate there"),
+        (key_file, "the client key", "sudo sensegate provision --csr makes it (with the CSR)"),
+    ):
+        if not path:
+            continue
+        if not os.path.exists(path):
+            raise TlsFileError(f"{what} {path} does not exist (uplinks[].tls)", fix)
+        if not os.access(path, os.R_OK):
+            raise TlsFileError(f"{what} {path} cannot be read by this user", f"ls -l {path}; it must be readable "
+                               "by the service user")
+
+
 def _describe_connect_error(e: BaseException, s: MqttSettings) -> str:
     where = f"{s.host}:{s.port}"
+    if isinstance(e, TlsFileError):
+        return str(e)
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"TLS: the broker's certificate at {where} is not trusted ({e.verify_message}); check ca_file"
     if isinstance(e, ssl.SSLError):
@@ -207,6 +236,7 @@ class MqttSession:
 
     def _tls(self) -> None:
         s = self.settings
+        check_tls_files(s.ca_file, s.cert_file, s.key_file)
         ctx = ssl.create_default_context(cafile=s.ca_file or None)
         if s.cert_file:
             ctx.load_cert_chain(s.cert_file, s.key_file or None)

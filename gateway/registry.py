@@ -43,6 +43,12 @@ class Registry:
         self.manifests = manifests
         self.broken = broken
 
+    def refresh(self) -> None:
+        """Look again (a reload or a push after `sensegate driver install`): new drivers appear."""
+        importlib.invalidate_caches()  # the import system caches directory listings
+        fresh = Registry.discover()
+        self.manifests, self.broken = fresh.manifests, fresh.broken
+
     @classmethod
     def discover(cls) -> Registry:
         """Load every entry point of the group; never raises for one bad plugin."""
@@ -63,13 +69,17 @@ class Registry:
                 manifests[ep.name] = obj
         return cls(manifests, broken)
 
+    def broken_reason(self, name: str) -> str | None:
+        """Why an installed driver of this name does not load, or None (loads, or not installed)."""
+        return next((b.reason for b in self.broken if b.name == name), None)
+
     def get(self, name: str) -> Manifest:
         """The manifest of an installed driver, or a ConfigError listing what is installed."""
         try:
             return self.manifests[name]
         except KeyError:
             known = ", ".join(sorted(self.manifests)) or "none"
-            why = next((b.reason for b in self.broken if b.name == name), None)
+            why = self.broken_reason(name)
             if why:
                 raise ConfigError(f"driver {name!r} is installed but broken: {why}") from None
             raise ConfigError(f"unknown driver {name!r} (installed: {known})") from None

@@ -95,6 +95,7 @@ class FieldInfo:
         "min_length",
         "name",
         "pattern",
+        "pattern_help",
         "regex",
     )
 
@@ -112,6 +113,7 @@ class FieldInfo:
         max_length: int | None = None,
         discriminator: str | None = None,
         exclude: bool = False,
+        pattern_help: str = "",
     ) -> None:
         if default is not _MISSING and default_factory is not None:
             raise TypeError("give a default or a default_factory, not both")
@@ -121,6 +123,7 @@ class FieldInfo:
         self.ge, self.gt, self.le, self.lt = ge, gt, le, lt
         self.pattern = pattern
         self.regex = re.compile(pattern) if pattern is not None else None
+        self.pattern_help = pattern_help
         self.min_length, self.max_length = min_length, max_length
         self.discriminator = discriminator
         self.exclude = exclude
@@ -171,16 +174,19 @@ def Field(
     max_length: int | None = None,
     discriminator: str | None = None,
     exclude: bool = False,
+    pattern_help: str = "",
 ) -> Any:
     """Declare an option: its default (none: required), description and constraints.
 
     ``ge``/``gt``/``le``/``lt`` bound numbers; ``pattern`` (searched, so anchor it with ``^...$``)
     and ``min_length``/``max_length`` bound strings and lists; ``discriminator`` names the
     ``Literal`` field that picks the model of a union; ``exclude`` leaves the option out of
-    ``model_dump``.
+    ``model_dump``; ``pattern_help`` says in words what ``pattern`` wants (the error shows it
+    instead of the regular expression).
     """
     return FieldInfo(
-        default, default_factory, description, ge, gt, le, lt, pattern, min_length, max_length, discriminator, exclude
+        default, default_factory, description, ge, gt, le, lt, pattern, min_length, max_length, discriminator, exclude,
+        pattern_help,
     )
 
 
@@ -382,7 +388,10 @@ def _constraints(info: FieldInfo, value: Any, loc: Loc, errors: _Errors) -> Any:
                 "string_too_long", loc, f"String should have at most {_plural(info.max_length, 'character')}", value
             )
         if info.regex is not None and not info.regex.search(value):
-            return errors.add("string_pattern_mismatch", loc, f"String should match pattern '{info.pattern}'", value)
+            text = f"String should match pattern '{info.pattern}'"
+            if info.pattern_help:
+                text = f"must be {info.pattern_help}"
+            return errors.add("string_pattern_mismatch", loc, text, value)
     elif isinstance(value, list | set | frozenset | tuple | dict):
         kind = "Dictionary" if isinstance(value, dict) else "List"
         if info.min_length is not None and len(value) < info.min_length:

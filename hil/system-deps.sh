@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the demo run for real: installed with apt-get when we are root,
-# otherwise we say exactly which ones to install. Usage: hil/system-deps.sh [demo|test]
+# otherwise we say exactly which ones to install. Usage: hil/system-deps.sh [demo|test|image]
 set -euo pipefail
 what=${1:-test}
 
@@ -36,6 +36,22 @@ if [ "$what" = test ]; then
     # the fleet ingest's tests: a NATS cluster (JetStream, MQTT) and PostgreSQL from initdb
     [nats-server]=nats-server
     ['/usr/lib/postgresql/*/bin/initdb']=postgresql
+  )
+fi
+# the arm64 package on arm64 (tests/packaging/test_arm64.py: qemu-user-static + binfmt_misc) and
+# the image built and booted under qemu-system-aarch64 (make image, make image-check)
+if [ "$what" = test ] || [ "$what" = image ]; then
+  need+=(
+    [debootstrap]=debootstrap
+    [/usr/bin/qemu-aarch64-static]=qemu-user-static
+    [update-binfmts]=binfmt-support
+    [qemu-system-aarch64]=qemu-system-arm
+    [parted]=parted
+    [mkfs.vfat]=dosfstools
+    [mcopy]=mtools
+    [mkfs.ext4]=e2fsprogs
+    [ssh]=openssh-client
+    [ssh-keygen]=openssh-client
   )
 fi
 

@@ -11,13 +11,17 @@
 #               hold every dependency for the target, plus pip, setuptools and wheel.
 #   PIP         the pip used at build time (default: .venv/bin/pip)
 #   DEB_REVISION  Debian revision (default 1)
+#   SENSEGATE_SRC  package this source tree instead of this checkout's files (tests build a
+#               second, newer package from a changed copy to test upgrades)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out=$(mkdir -p "${1:-$repo/dist}" && cd "${1:-$repo/dist}" && pwd)
 pip=${PIP:-$repo/.venv/bin/pip}
 arch=${DEB_ARCH:-$(dpkg --print-architecture)}
-version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$repo/gateway/__init__.py")
+src=${SENSEGATE_SRC:-}
+base=${src:-$repo}  # where the packaged files come from
+version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "${src:-$repo}/gateway/__init__.py")
 revision=${DEB_REVISION:-1}
 # Debian 12 (bookworm) and Raspberry Pi OS bookworm ship Python 3.11 and glibc 2.36.
 pyver=3.11
@@ -40,13 +44,17 @@ wheels=$root/usr/share/sensegate/wheels
 mkdir -p "$wheels" "$work/src"
 
 # 1. the source as the developer sees it (tracked and new files, nothing git ignores)
-(cd "$repo" && git ls-files -co --exclude-standard -z | xargs -0 tar -cf - --ignore-failed-read 2>/dev/null) \
-  | tar -xf - -C "$work/src"
+if [ -n "$src" ]; then
+  cp -a "$src/." "$work/src/"
+else
+  (cd "$repo" && git ls-files -co --exclude-standard -z | xargs -0 tar -cf - --ignore-failed-read 2>/dev/null) \
+    | tar -xf - -C "$work/src"
+fi
 
-# 2. the sensegate wheel (pure Python)
+# 2. the sensegate wheel (pure Python), with the build tools of the build venv (offline too)
 index=()
 [ -n "${WHEELHOUSE:-}" ] && index=(--no-index --find-links "$WHEELHOUSE")
-"$pip" wheel -q --no-deps "${index[@]}" -w "$wheels" "$work/src"
+"$pip" wheel -q --no-deps --no-build-isolation "${index[@]}" -w "$wheels" "$work/src"
 wheel=$(ls "$wheels"/sensegate-"$version"-*.whl)
 
 # 3. its dependencies (core + the 'all' extra) and pip itself, as binary wheels for the target
@@ -62,29 +70,40 @@ for req in msg.get_all("Requires-Dist") or []:
     if not marker or marker.replace(" ", "") in ('extra=="all"', "extra=='all'"):
         print(spec.strip())
 print("pip")
+print("setuptools")  # `sensegate driver install DIR` builds offline
+print("wheel")
 PY
 "$pip" download -q "${index[@]}" --only-binary=:all: --dest "$wheels" \
   --python-version "$pyver" --implementation cp --abi "cp${pyver/./}" "${platforms[@]}" \
   -r "$work/requirements.txt"
 
 # 4. files
-install -D -m 0644 "$repo/systemd/sensegate.service" "$root/lib/systemd/system/sensegate.service"
-install -D -m 0644 "$repo/deploy/rpi/sensegate-firstboot.service" "$root/lib/systemd/system/sensegate-firstboot.service"
-install -D -m 0644 "$repo/systemd/sensegate-tpm.conf" "$root/usr/share/sensegate/systemd/sensegate-tpm.conf"
-install -D -m 0755 "$repo/deploy/rpi/sensegate-firstboot" "$root/usr/lib/sensegate/sensegate-firstboot"
+install -D -m 0644 "$base/systemd/sensegate.service" "$root/lib/systemd/system/sensegate.service"
+install -D -m 0644 "$base/deploy/rpi/sensegate-firstboot.service" "$root/lib/systemd/system/sensegate-firstboot.service"
+# the unit drop-in for a TPM-backed device key, installed by hand where wanted (older trees have none)
+[ -f "$base/systemd/sensegate-tpm.conf" ] && \
+  install -D -m 0644 "$base/systemd/sensegate-tpm.conf" "$root/usr/share/sensegate/systemd/sensegate-tpm.conf"
+install -D -m 0755 "$base/deploy/rpi/sensegate-firstboot" "$root/usr/lib/sensegate/sensegate-firstboot"
 mkdir -p "$root/etc/sensegate" "$root/usr/bin"
 "$repo/.venv/bin/python" -c 'import sys; sys.path.insert(0, sys.argv[1]); from gateway.provision import DEFAULT_CONFIG; print(DEFAULT_CONFIG, end="")' \
   "$work/src" > "$root/etc/sensegate/sensegate.yaml"
+# the same default, as this version shipped it: the next upgrade's preinst compares a locally
+# edited sensegate.yaml with it to move the edits into a drop-in (no conffile prompt)
+install -D -m 0644 "$root/etc/sensegate/sensegate.yaml" "$root/usr/share/sensegate/sensegate.yaml"
 ln -s /opt/venvs/sensegate/bin/sensegate "$root/usr/bin/sensegate"
-install -D -m 0644 "$repo/docs/deploying.md" "$root/usr/share/doc/sensegate/deploying.md"
-install -D -m 0644 "$here/copyright" "$root/usr/share/doc/sensegate/copyright"
+install -D -m 0644 "$base/docs/deploying.md" "$root/usr/share/doc/sensegate/deploying.md"
+install -D -m 0644 "$base/deploy/debian/copyright" "$root/usr/share/doc/sensegate/copyright"
 
 # 5. control files
 mkdir -p "$root/DEBIAN"
-for f in postinst prerm postrm; do install -m 0755 "$here/$f" "$root/DEBIAN/$f"; done
+for f in preinst postinst prerm postrm; do
+  [ -f "$base/deploy/debian/$f" ] || continue  # (older trees have no preinst)
+  sed "s/@VERSION@/$version-$revision/g" "$base/deploy/debian/$f" > "$root/DEBIAN/$f"
+  chmod 0755 "$root/DEBIAN/$f"
+done
 echo /etc/sensegate/sensegate.yaml > "$root/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
-sed -e "s/@VERSION@/$version-$revision/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" "$here/control.in" > "$root/DEBIAN/control"
+sed -e "s/@VERSION@/$version-$revision/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" "$base/deploy/debian/control.in" > "$root/DEBIAN/control"
 
 deb="$out/sensegate_${version}-${revision}_${arch}.deb"
 dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null

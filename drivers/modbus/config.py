@@ -91,13 +91,16 @@ class ModbusConfig(DriverConfig):
     """A Modbus bus: RTU over a serial line (RS-485) or TCP, polled node by node."""
 
     transport: Literal["rtu", "tcp"] = Field(description="rtu: serial line (RS-485); tcp: Modbus TCP.")
-    device: str = Field(default="", description="rtu: serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/...")
+    port: int | str = Field(
+        default=502,
+        description="rtu: the serial device, e.g. /dev/serial/by-id/... or /dev/ttyUSB0 (as gps, rfid and barcode "
+        "name it; `device:` before config_version 2); tcp: the TCP port.",
+    )
     baudrate: int = Field(default=9600, ge=300, le=4_000_000, description="rtu: bits per second.")
     parity: Literal["N", "E", "O"] = Field(default="N", description="rtu: parity N, E or O.")
     stopbits: Literal[1, 2] = Field(default=1, description="rtu: stop bits.")
     bytesize: Literal[7, 8] = Field(default=8, description="rtu: data bits.")
     host: str = Field(default="", description="tcp: device or gateway address.")
-    port: int = Field(default=502, ge=1, le=65535, description="tcp: port.")
     request_timeout: Duration = Field(default=1.0, gt=0, description="Longest wait for one node's reply.")
     retries: int = Field(default=0, ge=0, le=5, description="Extra attempts of a request that got no reply.")
     max_gap: int = Field(
@@ -116,10 +119,12 @@ class ModbusConfig(DriverConfig):
 
     @model_validator(mode="after")
     def _check(self) -> ModbusConfig:
-        if self.transport == "rtu" and not self.device:
-            raise ValueError("transport rtu needs device (the serial port)")
+        if self.transport == "rtu" and not (isinstance(self.port, str) and self.port):
+            raise ValueError("transport rtu needs port: the serial device, e.g. /dev/serial/by-id/...")
         if self.transport == "tcp" and not self.host:
             raise ValueError("transport tcp needs host")
+        if self.transport == "tcp" and not (isinstance(self.port, int) and 1 <= self.port <= 65535):
+            raise ValueError(f"transport tcp needs port: a TCP port number 1-65535, not {self.port!r}")
         ids: set[str] = set()
         slaves: set[int] = set()
         for node in self.nodes:

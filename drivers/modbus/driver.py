@@ -86,7 +86,7 @@ class ModbusDriver(Driver):
     @property
     def _bus(self) -> str:
         c = self.config
-        return c.device if c.transport == "rtu" else f"{c.host}:{c.port}"
+        return str(c.port) if c.transport == "rtu" else f"{c.host}:{c.port}"
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         # pymodbus hands us every received chunk: bytes that never became a valid frame mean
@@ -113,7 +113,7 @@ class ModbusDriver(Driver):
             if importlib.util.find_spec("serial") is None:
                 raise MissingExtra("modbus", "serial", "modbus")
             self._client = AsyncModbusSerialClient(
-                c.device,
+                str(c.port),
                 framer=FramerType.RTU,
                 baudrate=c.baudrate,
                 parity=c.parity,
@@ -122,7 +122,7 @@ class ModbusDriver(Driver):
                 **common,
             )
         else:
-            self._client = AsyncModbusTcpClient(c.host, port=c.port, **common)
+            self._client = AsyncModbusTcpClient(c.host, port=int(c.port), **common)
         # A silent slave must never make pymodbus drop the shared connection (its default
         # after a few unanswered requests); a dead link shows as "no node answered" instead.
         self._client.set_max_no_responses(1 << 30)

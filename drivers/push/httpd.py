@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import h11
 
 log = logging.getLogger(__name__)
+CLOSE_WAIT = 5.0  # seconds close() waits for cancelled connections to end
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +90,11 @@ class HttpServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT)  # bounded: a stop never hangs on a client
         if server is not None:
             with contextlib.suppress(Exception):
                 await server.wait_closed()
@@ -109,6 +112,11 @@ class HttpServer:
             await self._serve(reader, writer, f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer))
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             pass  # the client went away or stalled: nothing to answer
+        except asyncio.CancelledError:
+            # our own close() cancelled the connection; ending normally keeps asyncio's stream
+            # callback (which asks a finished handler for its exception) from logging a traceback
+            # on Python 3.11, where asking a cancelled task raises
+            pass
         finally:
             self._tasks.discard(task)
             writer.close()

@@ -8,7 +8,7 @@ since PyYAML would silently keep the last one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -28,10 +28,11 @@ class Problem:
     line: int
     col: int
     message: str
+    file: str = ""  # set when the config is merged from several files (drop-ins)
 
     def format(self, filename: str) -> str:
         """The `FILE:LINE:COL: message` form that editors and CI annotations understand."""
-        return f"{filename}:{self.line}:{self.col}: {self.message}"
+        return f"{self.file or filename}:{self.line}:{self.col}: {self.message}"
 
 
 class LoadError(Exception):
@@ -48,6 +49,7 @@ class Document:
 
     data: Any
     positions: dict[Loc, tuple[int, int]]
+    sources: dict[Loc, str] = field(default_factory=dict)  # file of each position, when merged
 
     def where(self, loc: Loc) -> tuple[int, int]:
         """Line/column of the deepest known prefix of ``loc`` (validation error locations)."""
@@ -56,6 +58,54 @@ class Document:
             if pos is not None:
                 return pos
         return (1, 1)
+
+    def source(self, loc: Loc) -> str:
+        """The file the value at ``loc`` came from ("" for a single-file document)."""
+        for n in range(len(loc), -1, -1):
+            src = self.sources.get(tuple(loc[:n]))
+            if src is not None:
+                return src
+        return ""
+
+    def problem(self, loc: Loc, message: str) -> Problem:
+        """A problem placed at ``loc``: file, line and column of where that value was written."""
+        return Problem(*self.where(loc), message, self.source(loc))
+
+
+def named(doc: Document, name: str) -> Document:
+    """The same document with every position marked as coming from file ``name``."""
+    return Document(doc.data, doc.positions, {loc: name for loc in doc.positions})
+
+
+def merge(base: Document, over: Document) -> Document:
+    """``over`` laid on ``base``: mappings merge key by key, anything else (lists too) replaces.
+
+    Positions follow the values, so an error names the file and line that set the value.
+    """
+    replaced: list[Loc] = []
+
+    def walk(a: Any, b: Any, loc: Loc) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = walk(a[k], v, (*loc, k)) if k in a else v
+            return out
+        replaced.append(loc)
+        return b
+
+    data = walk(base.data, over.data, ())
+
+    def kept(loc: Loc) -> bool:
+        return not any(loc[: len(r)] == r for r in replaced)
+
+    positions = {loc: p for loc, p in base.positions.items() if kept(loc)}
+    sources = {loc: s for loc, s in base.sources.items() if kept(loc)}
+    for loc, p in over.positions.items():
+        if loc == () and () in positions:
+            continue  # the top level stays where the first file put it
+        positions[loc] = p
+        sources[loc] = over.sources.get(loc, "")
+    return Document(data, positions, sources)
 
 
 def _mark(node: Node) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Bring an older config document up to the current ``config_version`` before validation.
 
 Each step takes the raw mapping of version N and returns version N+1. A document from a newer
-build is refused rather than guessed at.
+build is refused rather than guessed at. Versions: 1 the first format; 2 modbus names its serial
+device ``port:`` (was ``device:``), as every other serial driver does.
 """
 
 from __future__ import annotations
@@ -13,8 +14,26 @@ from gateway.config.schema import CONFIG_VERSION
 
 Step = Callable[[dict[str, Any]], dict[str, Any]]
 
-# version N -> function producing version N+1; empty while only version 1 exists.
-STEPS: dict[int, Step] = {}
+def _modbus_port(data: dict[str, Any]) -> dict[str, Any]:
+    """1 -> 2: modbus names its serial device ``port:``, as gps, rfid and barcode do (was ``device:``)."""
+    drivers = data.get("drivers")
+    if not isinstance(drivers, list):
+        return data
+    out = []
+    for section in drivers:
+        if isinstance(section, dict) and section.get("driver") == "modbus" and "device" in section:
+            section = dict(section)
+            device = section.pop("device")
+            if section.get("transport") != "tcp":  # for tcp it was never read
+                section["port"] = device
+        out.append(section)
+    data["drivers"] = out
+    return data
+
+
+# version N -> function producing version N+1. Each step leaves what is already current alone,
+# so a document without config_version (read as version 1) is safe to migrate.
+STEPS: dict[int, Step] = {1: _modbus_port}
 
 
 class MigrationError(ValueError):
@@ -23,7 +42,7 @@ class MigrationError(ValueError):
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
     """Return ``data`` at the current config_version (a new dict when steps ran)."""
-    version = data.get("config_version", CONFIG_VERSION)
+    version = data.get("config_version", 1)  # unversioned: the first format (steps keep current ones as they are)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise MigrationError(f"config_version must be a whole number >= 1, not {version!r}")
     if version > CONFIG_VERSION:

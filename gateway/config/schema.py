@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from gateway.schema import Field, Model, field_validator, model_validator
 from gateway.units import ByteSize, Duration
 
-CONFIG_VERSION = 1
-"""The config format this build writes and reads; older versions are migrated on load."""
+CONFIG_VERSION = 2
+"""The config format this build writes and reads; older versions are migrated on load (config/migrate.py)."""
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 """A gateway or group id: it is a topic level and a file name, so no / + # or spaces."""
@@ -28,7 +28,11 @@ class Section(Model):
 class GatewaySection(Section):
     """Who this gateway is and where it keeps its state."""
 
-    id: str = Field(pattern=_ID, description="Gateway identity; names the device key and the MQTT topics.")
+    id: str = Field(
+        pattern=_ID,
+        pattern_help="1-128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit (e.g. gw-0042)",
+        description="Gateway identity; names the device key and the MQTT topics.",
+    )
     site: str = Field(default="", description="Free text: where the gateway is (street cabinet, pole number).")
     state_dir: str = Field(
         default="/var/lib/sensegate", description="Directory for the buffer, blobs and batch counters."
@@ -140,6 +144,7 @@ class MqttUplink(Section):
     name: str = Field(default="mqtt", description="Uplink name, unique in the config.")
     url: str = Field(
         pattern=r"^mqtts?://[^/\s]+(:\d+)?/?$",
+        pattern_help="mqtts://HOST:PORT (TLS) or mqtt://HOST:PORT, e.g. mqtts://broker.example.net:8883",
         description="Broker, as mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).",
     )
     protocol: Literal["3.1.1", "5"] = Field(default="5", description="MQTT protocol version.")

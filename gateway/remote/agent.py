@@ -26,12 +26,12 @@ from gateway.config import ConfigInvalid, GatewayConfig
 from gateway.config.apply import Plan, plan
 from gateway.config.loader import LoadError, load_yaml
 from gateway.config.validate import validate_document
-from gateway.keyevents import EventRefused, OpsKeyring
+from gateway.keyevents import EventRefused
 from gateway.metrics import MetricsServer
 from gateway.registry import Registry
 from gateway.remote import topics
 from gateway.remote.commands import CommandLog, Refused, execute, parse_command, peek_id
-from gateway.remote.envelope import Rejected, group_target, load_trusted, open_signed
+from gateway.remote.envelope import Rejected, gateway_ops_keys, group_target, load_trusted, open_signed
 from gateway.remote.store import ConfigStore
 from gateway.scheduler import Supervisor
 from gateway.signedjson import seal_async
@@ -82,7 +82,7 @@ class RemoteAgent:
         self.settings = bootstrap.config.remote
         root = Path(g.state_dir) / "remote"
         # the local files' ops keys, as rotated and revoked since by signed key events
-        self.trusted = OpsKeyring(load_trusted(self.settings.ops_keys, bootstrap_path.parent), root / "opskeys.cbor")
+        self.trusted = gateway_ops_keys(self.settings.ops_keys, bootstrap_path.parent, g.state_dir)
         self.store = ConfigStore(root, self.settings.history)
         self.commands = CommandLog(root / "commands.json")
         self.revision: int | None = None  # the pushed revision running; None: the local file
@@ -122,7 +122,7 @@ class RemoteAgent:
         tried += [c for c in self.store.candidates() if c[0] != choice.revision]
         for rev, data in tried:
             try:
-                cfg = self.effective(data, rev)
+                cfg = self.effective(data, rev, broken_ok=True)
             except (ConfigInvalid, Rejected) as e:
                 log.error("pushed config revision %d no longer loads (%s); trying an earlier one", rev, e)
                 continue
@@ -154,9 +154,9 @@ class RemoteAgent:
             return bootstrap
         log.info("reload: pushed config revision %d stays in effect (the local file is trust anchor and fallback)",
                  self.revision)
-        return self.effective(data, self.revision)
+        return self.effective(data, self.revision, broken_ok=True)
 
-    def effective(self, data: bytes, revision: int) -> GatewayConfig:
+    def effective(self, data: bytes, revision: int, broken_ok: bool = False) -> GatewayConfig:
         """Validate pushed YAML and check it keeps identity, state and trust as the local file has them.
 
         Identity (``gateway.id``, ``site``, ``state_dir``, ``key_file``) left out of a pushed
@@ -173,7 +173,9 @@ class RemoteAgent:
             if isinstance(section, dict):
                 for k in ("id", "site", "state_dir", "key_file"):
                     section.setdefault(k, getattr(own, k))
-        new = validate_document(doc, self.registry, source)
+        self.registry.refresh()  # a driver installed since the start is found
+        # a new push naming a driver that does not load is refused; a running one keeps its other instances
+        new = validate_document(doc, self.registry, source, broken_ok)
         a, b = self.bootstrap.config, new.config
         for what, x, y in (("gateway.id", a.gateway.id, b.gateway.id),
                            ("gateway.state_dir", a.gateway.state_dir, b.gateway.state_dir),
@@ -186,7 +188,7 @@ class RemoteAgent:
             raise Rejected("the pushed config has no MQTT uplink and this gateway has no remote.coap_listen: "
                            "it would lock itself out")
         config = b.model_copy(update={"remote": a.remote})
-        return GatewayConfig(config, new.instances, new.source)
+        return GatewayConfig(config, new.instances, new.source, new.down)
 
     # -- wiring -------------------------------------------------------------------------
 

@@ -51,6 +51,9 @@ def add_parsers(sub: Any) -> None:
     _signing_args(push)
     _broker_args(push)
 
+    back = cfg_sub.add_parser("use-local", help="on a gateway: run the local config file again instead of a pushed one")
+    back.add_argument("-c", "--config", default="/etc/sensegate/sensegate.yaml", help="the local config file")
+
     cmd = sub.add_parser("command", help="send a signed command and show the result")
     cmd.add_argument("op", choices=("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key"))
     cmd.add_argument("args", nargs="*", metavar="NAME=VALUE",
@@ -76,28 +79,22 @@ def _broker(args: argparse.Namespace) -> Any:
 
 
 def _sign_key(args: argparse.Namespace) -> Any:
-    from gateway.keys import load_private_key
+    from gateway.keys import load_ops_key
 
-    return load_private_key(Path(args.sign_key))
+    return load_ops_key(Path(args.sign_key))
 
 
 def _local_check(raw: bytes, name: str) -> str:
-    """Problems found by validating the document here (identity filled in if left out)."""
+    """Problems found by validating the document here, as `sensegate check --fleet` does."""
     from gateway.config import ConfigInvalid
-    from gateway.config.loader import LoadError, load_yaml
-    from gateway.config.validate import validate_document
+    from gateway.config.fleet import check_fleet_document
     from gateway.registry import Registry
 
     try:
-        doc = load_yaml(raw)
-        if isinstance(doc.data, dict) and isinstance(doc.data.setdefault("gateway", {}), dict):
-            doc.data["gateway"].setdefault("id", "local-check")
-        validate_document(doc, Registry.discover(), name)
-    except LoadError as e:
-        return "\n".join(p.format(name) for p in e.problems)
+        _, refused = check_fleet_document(raw, Registry.discover(), name)
     except ConfigInvalid as e:
         return str(e)
-    return ""
+    return "\n".join(f"{name}: {why}" for why in refused)
 
 
 def _print(answers: Any, expect: int, as_json: bool, fields: tuple[str, ...]) -> int:

@@ -1,7 +1,7 @@
-"""Signed ops documents: COSE_Sign1 over a config's YAML bytes or a command's CBOR map.
+"""Signed ops documents: COSE_Sign1 over a config's YAML bytes, a command's CBOR map or a driver bundle.
 
-The protected header carries, besides ``alg`` and ``kid``: ``"sgk"`` the kind (``config`` or
-``command``, so one kind can never be replayed as the other), ``"to"`` the target (a gateway id
+The protected header carries, besides ``alg`` and ``kid``: ``"sgk"`` the kind (``config``,
+``command`` or ``driver``, so one kind can never be replayed as the other), ``"to"`` the target (a gateway id
 or ``group/<name>``), ``"iat"`` when it was signed, and for configs ``"rv"`` the push revision
 (anti-rollback: a gateway applies only revisions newer than any it has seen).
 
@@ -17,19 +17,23 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cbor2
 
 from gateway import cose
 from gateway.keys import KeyFileError, PrivateKey, PublicKey, fingerprint, key_id, load_public_key
 
+if TYPE_CHECKING:
+    from gateway.keyevents import OpsKeyring
+
 MAX_UINT = 2**63 - 1  # revisions, signing times: they fit a signed 64-bit integer everywhere
 MAX_INT_ARG = 2**64 - 1  # integers in a command's arguments: a 64-bit register, signed or unsigned
 MAX_DEPTH = 8
-Kind = Literal["config", "command"]
+Kind = Literal["config", "command", "driver"]
 KIND, TARGET, REVISION, ISSUED = "sgk", "to", "rv", "iat"
-CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor"}
+CONTENT_TYPES = {"config": "application/yaml", "command": "application/cbor", "driver": "application/zip"}
+OPS_EVENTS = "opskeys.cbor"  # under <state_dir>/remote: the ops key events a gateway took, in order
 
 
 class Rejected(Exception):
@@ -105,6 +109,17 @@ def load_trusted(paths: list[str], base: Path) -> dict[bytes, PublicKey]:
                 continue  # doctor reports unreadable keys; a bad file must not stop the daemon
             keys[key_id(pub)] = pub
     return keys
+
+
+def gateway_ops_keys(ops_keys: list[str], base: Path, state_dir: str) -> OpsKeyring:
+    """The ops keys a gateway trusts: those of its ``remote.ops_keys`` files, as rotated and
+    revoked since by the key events it took (kept in ``<state_dir>/remote/opskeys.cbor``).
+
+    The remote agent, ``sensegate driver install BUNDLE`` and doctor all ask this, so a revoked
+    ops key signs nothing anywhere on the gateway."""
+    from gateway.keyevents import OpsKeyring
+
+    return OpsKeyring(load_trusted(ops_keys, base), Path(state_dir) / "remote" / OPS_EVENTS)
 
 
 def open_signed(data: bytes, trusted: Mapping[bytes, PublicKey], kind: Kind, targets: set[str],

@@ -15,6 +15,7 @@ setup.cfg). Each rule is a function returning ``Problem``s placed at ``PATH:LINE
   ASYNC rules when ruff is installed;
 * ``layering``: protocol modules (all but ``__init__``, ``config`` and the factory's module)
   never import ``gateway``;
+* ``todo``: no TODO left in the driver's files and READMEs (the scaffold leaves some to fill in);
 * ``tests``: ``test_*.py`` files exist (in-tree ``tests/drivers/<name>/``, out-of-tree ``tests/``).
 """
 
@@ -127,6 +128,7 @@ def check_driver(path: Path, *, use_ruff: bool = True) -> list[Problem]:
     if use_ruff:
         seen = {(p.path, p.line) for p in problems}
         problems += [p for p in ruff_async(layout.folder) if (p.path, p.line) not in seen]
+    problems += check_todo(layout)
     problems += check_tests(layout)
     return sorted(set(problems))
 
@@ -625,6 +627,26 @@ def check_layering(layout: Layout, manifest: Manifest) -> list[Problem]:
                         f"(only __init__.py, config.py and {glue_module}.py may)",
                     )
                 )
+    return out
+
+
+def check_todo(layout: Layout) -> list[Problem]:
+    """Nothing the scaffold left for the author to write is still a TODO (the README is what users read)."""
+    files = [layout.folder / "README.md", *sorted(layout.folder.glob("*.py")), layout.folder / "sample.yaml"]
+    if not layout.in_tree:
+        files.append(layout.project / "README.md")
+    out: list[Problem] = []
+    for f in files:
+        try:
+            lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue  # check_docs reports a missing README or sample
+        out += [
+            Problem(f, n, f"still a TODO: {line.strip()[:80]!r}; write what the driver really does (`sensegate "
+                    "driver new` leaves these for you)")
+            for n, line in enumerate(lines, 1)
+            if re.search(r"\bTODO\b", line)
+        ]
     return out
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,30}$")
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE_NAME = "example"
+PACKAGE_WHEELS = Path("/usr/share/sensegate/wheels")  # what the Debian package ships
 DRIVER_FILES = ("__init__.py", "config.py", "protocol.py", "driver.py", "sample.yaml")
 
 
@@ -120,6 +121,26 @@ def _render(template: str, **values: str) -> str:
     return text
 
 
+def sensegate_source() -> str:
+    """Where this sensegate can be installed from by a driver author: its checkout, or the package's wheels."""
+    import gateway
+
+    root = Path(gateway.__file__).resolve().parents[1]
+    if (root / "setup.cfg").is_file() and (root / "gateway").is_dir():
+        return str(root)
+    if any(PACKAGE_WHEELS.glob("sensegate-*.whl")):
+        return str(PACKAGE_WHEELS)
+    return ""
+
+
+def _source_words(source: str) -> str:
+    if not source:
+        return "the checkout or folder of wheels you name"
+    if source == str(PACKAGE_WHEELS):
+        return f"the package's wheels in `{source}`"
+    return f"your checkout `{source}`"
+
+
 def _sample_body(sample: str) -> str:
     return "\n".join(line for line in sample.splitlines() if not line.startswith("#")).strip()
 
@@ -192,13 +213,19 @@ def scaffold(name: str, out: Path, *, package: bool = False) -> Result:
         _write(
             result, project / "pyproject.toml", _render("pyproject.toml.tmpl", NAME=name, DASHED=dashed, MODULE=module)
         )
+        source = sensegate_source()
         _write(
-            result, project / "README.md", _render("project_README.md.tmpl", NAME=name, DASHED=dashed, MODULE=module)
+            result,
+            project / "README.md",
+            _render("project_README.md.tmpl", NAME=name, DASHED=dashed, MODULE=module,
+                    SOURCE_WORDS=_source_words(source)),
         )
+        _write(result, project / "dev-setup.sh", _render("dev-setup.sh.tmpl", NAME=name, SOURCE=source))
+        (project / "dev-setup.sh").chmod(0o755)
         result.notes += [
-            f"next: pip install -e {project}   (registers the {name!r} driver through its entry point)",
-            f"      sensegate driver check {project}",
-            f"      cd {project} && pytest",
+            f"next: cd {project} && ./dev-setup.sh   (a .venv with sensegate from "
+            f"{source or 'the checkout you name'} and this driver, registered through its entry point)",
+            "      . .venv/bin/activate && sensegate driver check . && pytest",
         ]
         return result
     for marker in (out / "drivers", out / "hil", out / "hil" / "devices"):

@@ -73,6 +73,7 @@ class StoreStats:
     reservations: int = 0  # blocks of numbers reserved (each one fsync)
     syncs: int = 0  # fsyncs for readings waiting unacknowledged (at most one per SYNC_EVERY)
     skipped_unclean: int = 0  # reading numbers skipped at open after an unclean stop
+    last_ack_ns: int = 0  # wall clock of the last acknowledged batch (doctor: is anything delivered?)
 
     def recount(self, conn: sqlite3.Connection) -> None:
         """Count what the segments hold (once, at open)."""

@@ -215,6 +215,7 @@ class Outbox:
     def _released_stats(self, batch: Batch) -> None:
         st = self.stats
         st.acked_batches += 1
+        st.last_ack_ns = time.time_ns()
         st.acked_readings += max(batch.count, 0)
         st.readings -= max(batch.count, 0)
         st.bytes -= batch.nbytes

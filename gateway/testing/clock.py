@@ -56,14 +56,30 @@ class FakeClock:
         """When the earliest pending wait ends, or None."""
         return min((d for d, _ in self._waiters), default=None)
 
-    async def advance(self, seconds: float) -> None:
-        """Move time forward and wake every wait that is due, then let them run one turn."""
+    async def advance(self, seconds: float, settle: float = 10.0) -> None:
+        """Move time forward, firing every wait that falls due on the way, in deadline order.
+
+        Each due wait runs (a poll, a retry) and goes back to sleep before time moves on to the
+        next deadline, as on a real clock: advancing 300 s over a 30 s interval gives 10 polls,
+        not one. ``settle`` bounds (in real seconds) how long one wake-up may take to go back to
+        sleep; an instance that ended does not, and time moves on after that bound.
+        """
         if seconds < 0:
             raise ValueError("time does not go backwards")
-        self.now += seconds
-        for deadline, fut in list(self._waiters):
-            if deadline <= self.now and not fut.done():
-                fut.set_result(None)
+        target = self.now + seconds
+        rounds = 0
+        while True:
+            due = [d for d, f in self._waiters if not f.done() and d <= target]
+            if not due:
+                break
+            rounds += 1
+            if rounds > 1_000_000:
+                raise RuntimeError("a wait keeps falling due without time passing (an interval of zero?)")
+            self.now = max(self.now, min(due))
+            pending = self._pending()
+            self._wake_due()
+            await self._settle(pending, settle)
+        self.now = target
         await asyncio.sleep(0)
 
     async def tick(self) -> None:
@@ -82,6 +98,20 @@ class FakeClock:
                 await self._event().wait()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _wake_due(self) -> None:
+        for deadline, fut in list(self._waiters):
+            if deadline <= self.now and not fut.done():
+                fut.set_result(None)
+
+    async def _settle(self, pending: int, within: float) -> None:
+        """Let the woken waits run until as many waits are pending again (each went back to sleep)."""
+        await asyncio.sleep(0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self._pending() < pending:
+                    self._event().clear()
+                    await self._event().wait()
 
     def _pending(self) -> int:
         return sum(1 for _, f in self._waiters if not f.done())

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway import __version__
 from gateway.config import GatewayConfig, load_config_bytes
 from gateway.doctor import (
     ClockState,
@@ -69,7 +70,9 @@ def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
 def env(**kw: Any) -> Environment:
     kw.setdefault("service_user", "root")
     kw.setdefault("clock", lambda: SYNCED)
+    kw.setdefault("keeps_time", lambda: True)
     kw.setdefault("connect_timeout", 2.0)
+    kw.setdefault("unit", lambda: None)  # no systemd on a test machine: the agent is asked itself
     return Environment(**kw)
 
 
@@ -97,7 +100,10 @@ def test_invalid_and_missing_config(tmp_path: Path) -> None:
     f = run_checks(bad, env())
     assert f[0].status == "fail" and "t.yaml" not in f[0].message and "bad.yaml:2" in f[0].message
     assert "sensegate check" in f[0].fix
-    assert [x.check for x in f] == ["config", "clock"]  # nothing else can be judged
+    # the rest is checked without the invalid part (state and key at their defaults here)
+    assert "ran without the invalid part: buffer" in f[0].message
+    assert [x.check for x in f][:4] == ["config", "agent", "identity", "signing key"]
+    assert "clock" in [x.check for x in f] and "disk" in [x.check for x in f]
     missing = run_checks(tmp_path / "nope.yaml", env())
     assert missing[0].status == "fail" and "does not exist" in missing[0].message
     assert "provision" in missing[0].fix
@@ -177,7 +183,8 @@ def test_device_missing_forbidden_present_and_not_a_device(tmp_path: Path, probe
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to judge another user's access to a root-owned pty")
 def test_device_the_service_user_may_not_open(tmp_path: Path, probe: Registry, pty: str) -> None:
-    os.chmod(pty, 0o620)  # owner root, group tty: like a serial port in group dialout
+    os.chown(pty, 0, __import__("grp").getgrnam("tty").gr_gid)
+    os.chmod(pty, 0o660)  # owner root, group tty: like a serial port in group dialout
     cfg = config(tmp_path, probe, drivers=[{"driver": "probe", "port": pty}])
     f = only(check_devices(cfg, env(service_user="nobody")))
     group = __import__("grp").getgrgid(os.stat(pty).st_gid).gr_name
@@ -185,6 +192,26 @@ def test_device_the_service_user_may_not_open(tmp_path: Path, probe: Registry, p
     assert f.fix == f"sudo usermod -aG {group} nobody && sudo systemctl restart sensegate"
     os.chmod(pty, 0o666)
     assert only(check_devices(cfg, env(service_user="nobody"))).status == "ok"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a device node to root:root")
+def test_a_root_only_device_gets_a_udev_rule_not_the_root_group(tmp_path: Path, probe: Registry, pty: str) -> None:
+    """A node left 0600 root:root: joining group root would be the wrong fix (and a dangerous one)."""
+    os.chown(pty, 0, 0)
+    os.chmod(pty, 0o600)
+    cfg = config(tmp_path, probe, drivers=[{"driver": "probe", "port": pty}])
+    f = only(check_devices(cfg, env(service_user="nobody")))
+    assert f.status == "fail" and "group root" in f.message and "mode 0600" in f.message
+    assert "usermod -aG root" not in f.fix and "never add the service user to group root" in f.fix
+    kernel = os.path.basename(pty)
+    assert f"KERNEL==\"{kernel}\", GROUP=\"nobody\", MODE=\"0660\"" in f.fix
+    assert "/etc/udev/rules.d/60-sensegate.rules" in f.fix and "udevadm trigger" in f.fix
+    # a serial port's name gets the serial group, and the user joins it
+    from gateway.doctor import _device_access_fix, _user
+
+    st = os.stat(pty)
+    fix = _device_access_fix("/dev/ttyUSB0", st, _user("nobody"))
+    assert 'KERNEL=="ttyUSB0", GROUP="dialout", MODE="0660"' in fix and "usermod -aG dialout nobody" in fix
 
 
 # -- bluetooth, cameras ------------------------------------------------------------------------
@@ -242,6 +269,15 @@ def test_clock() -> None:
     assert f.status == "fail" and "not synchronised" in f.message and "timedatectl" in f.fix
     f = check_clock(env(now=lambda: 86400.0 * 365))  # 1971: a Pi that lost power, no NTP yet
     assert f.status == "fail" and "1971-01-01" in f.message
+    y2038 = dt.datetime(2038, 3, 1, tzinfo=dt.UTC).timestamp()  # a bad RTC; NTP may even claim sync
+    f = check_clock(env(now=lambda: y2038))
+    assert f.status == "fail" and "2038-03-01" in f.message and "cannot be right (years ahead)" in f.message
+    assert "expired" in f.message and "set-time" in f.fix
+    # a container, chroot or test bench: the host keeps the time and its NTP state may be hidden
+    f = check_clock(env(clock=lambda: ClockState(False), keeps_time=lambda: False))
+    assert f.status == "warn" and "cannot be seen here" in f.message and "host" in f.fix
+    f = check_clock(env(clock=lambda: ClockState(False), keeps_time=lambda: False, now=lambda: y2038))
+    assert f.status == "fail"  # a wrong date is wrong anywhere
 
     def broken() -> ClockState:
         raise OSError(1, "Operation not permitted")
@@ -288,6 +324,7 @@ def _cert(
     issuer: tuple[ec.EllipticCurvePrivateKey, x509.Name] | None,
     days: float = 365,
     san: str = "127.0.0.1",
+    start: float = -400,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Name, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -298,7 +335,7 @@ def _cert(
         .issuer_name(issuer[1] if issuer else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=400))
+        .not_valid_before(now + dt.timedelta(days=start))
         .not_valid_after(now + dt.timedelta(days=days))
     )
     if issuer is None:
@@ -331,6 +368,9 @@ def pki(tmp_path: Path) -> dict[str, Any]:
     ]:
         _, _, k, c = _cert(d, label, (ca_key, ca_name), days=days, san=san)
         out[label] = (c, k)
+    # valid from three years on: what a gateway whose clock is years behind sees
+    _, _, k, c = _cert(d, "future", (ca_key, ca_name), days=3 * 365 + 365, start=3 * 365)
+    out["future"] = (c, k)
     _, _, k, c = _cert(d, "client-old", (ca_key, ca_name), days=-1)
     out["client_expired"] = (c, k)
     _, _, k, c = _cert(d, "client", (ca_key, ca_name), days=365)
@@ -397,6 +437,15 @@ def test_broker_tls_good_wrong_ca_expiring_expired_misnamed(tmp_path: Path, pki:
 
     f = only(check("expired", pki["ca"]))
     assert f.status == "fail" and "certificate has expired" in f.message and "expired 3 days ago" in f.message
+
+    f = only(check("future", pki["ca"]))  # the clock is years behind the certificate
+    assert f.status == "fail" and "not yet valid" in f.message
+    assert "set the clock first" in f.fix and "provision --ca" not in f.fix and "the CA is not the problem" in f.fix
+
+    # a CA file that is not there: named, with the command that installs it (not "is this the MQTT port?")
+    f = only(check("good", tmp_path / "nowhere" / "broker-ca.pem"))
+    assert f.status == "fail" and f"broker's CA file {tmp_path}/nowhere/broker-ca.pem does not exist" in f.message
+    assert f.fix.endswith("sudo sensegate provision --ca BROKER-CA.pem") and "port" not in f.fix
 
     f = only(check("misnamed", pki["ca"]))
     assert f.status == "fail" and "mismatch" in f.message.lower() and "host name" in f.fix
@@ -505,13 +554,191 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     res = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60)
     doc = json.loads(res.stdout)
     clock = next(f for f in doc["findings"] if f["check"] == "clock")
-    # everything but the clock is fine here; the clock is whatever this machine's is
-    assert {f["status"] for f in doc["findings"] if f["check"] != "clock"} == {"ok"}
-    assert (
-        res.returncode
-        == {"ok": 0, "warn": 1, "fail": 2}[clock["status"]]
-        == {"ok": 0, "warn": 1, "fail": 2}[doc["status"]]
-    )
+    agent = next(f for f in doc["findings"] if f["check"] == "agent")
+    # no systemd here and no metrics endpoint in this config: doctor cannot tell, and says so
+    assert agent["status"] == "warn" and "cannot tell whether the agent runs" in agent["message"]
+    # everything else is fine here; the clock is whatever this machine's is
+    assert {f["status"] for f in doc["findings"] if f["check"] not in ("clock", "agent")} == {"ok"}
+    worst_of = {"ok": 0, "warn": 1, "fail": 2}
+    assert res.returncode == max(worst_of[clock["status"]], 1) == worst_of[doc["status"]]
     path.write_text("gateway: {id: 'bad id!'}\n")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "[FAIL] config: invalid:" in res.stdout
+
+
+def test_a_failed_first_boot_is_reported(tmp_path: Path) -> None:
+    cfg = tmp_path / "sensegate.yaml"
+    cfg.write_text("gateway: {id: gw-fb}\n")
+    (tmp_path / "firstboot.failed").write_text("ops.pem on the boot partition is not used\n")
+    findings = run_checks(cfg, env(state_dir=tmp_path))
+    boot = next(f for f in findings if f.check == "first boot")
+    assert boot.status == "fail" and "ops.pem on the boot partition is not used" in boot.message
+    assert "boot partition" in boot.fix
+    assert not any(f.check == "first boot" for f in run_checks(cfg, env(state_dir=tmp_path / "none")))
+
+
+# -- the running agent ---------------------------------------------------------------------------
+
+
+def _agent_doc(tmp: Path, url: str, metrics_port: int, drivers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "gateway": {"id": "gw-live", "state_dir": str(tmp / "state")},
+        "uplinks": [_uplink(url, reconnect_max=1)],
+        "metrics": {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"},
+        "drivers": drivers,
+        **extra,
+    }
+
+
+SIM_DRIVER = {"driver": "sim", "name": "counter", "interval": "50ms", "points": [{"name": "n", "pattern": "counter"}]}
+
+
+def by_check(findings: list[Finding]) -> dict[str, Finding]:
+    return {f.check: f for f in findings}
+
+
+async def test_doctor_asks_the_running_agent(tmp_path: Path, broker: Mosquitto) -> None:
+    """Running since when, the local file it runs, a driver down with its reason, delivery acknowledged."""
+    from tests.gateway.helpers import running_daemon, until
+
+    init_key(tmp_path / "state" / "keys")
+    refused = free_port()
+    path = tmp_path / "gw.yaml"
+    down = {"driver": "example", "name": "thermo", "port": refused, "interval": "1s"}
+    path.write_text(yaml.safe_dump(_agent_doc(tmp_path, broker.url, free_port(), [SIM_DRIVER, down])))
+    async with running_daemon(path) as d:
+        await until(lambda: d.pipeline.stats()["batches"]["acked"] > 0, 20)
+        await until(lambda: d.supervisor.runners["thermo"].stats.last_error, 20)
+        f = by_check(await asyncio.to_thread(run_checks, path, env()))
+    assert f["agent"].status == "ok" and f["agent"].message.startswith("running since ")
+    assert f"version {__version__}" in f["agent"].message
+    assert f["running config"].status == "ok" and str(path) in f["running config"].message
+    assert "2 driver instance(s): counter, thermo" in f["running config"].message
+    assert f["drivers"].status == "warn" and "1 of 2 instance(s) down" in f["drivers"].message
+    assert "thermo (example): " in f["drivers"].message
+    assert f"cannot connect to 127.0.0.1:{refused}" in f["drivers"].message
+    assert f["delivery"].status == "ok" and "last batch acknowledged" in f["delivery"].message
+
+    # stopped, with readings waiting: nothing sends them, and doctor says so
+    dead = free_port()
+    path.write_text(yaml.safe_dump(_agent_doc(tmp_path, f"mqtt://127.0.0.1:{dead}", free_port(), [SIM_DRIVER])))
+    async with running_daemon(path) as d:
+        await until(lambda: d.pipeline.stats()["buffer"]["readings"] > 0, 20)
+        live = by_check(await asyncio.to_thread(run_checks, path, env(backlog_warn_age=0.0)))
+    assert live["delivery"].status == "warn" and "no batch acknowledged since the agent started" in live[
+        "delivery"
+    ].message
+    assert "uplink(s) disconnected: mqtt" in live["delivery"].message
+    f = by_check(await asyncio.to_thread(run_checks, path, env()))
+    assert f["agent"].status == "fail" and f["agent"].message.startswith("not running: nothing answers on http://")
+    assert "reading(s) wait in the buffer and nothing sends them" in f["agent"].message
+    assert "sensegate run" in f["agent"].fix
+    assert "running config" not in f and "delivery" not in f
+
+
+async def test_doctor_says_a_local_edit_does_not_win_over_a_pushed_config(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent runs a pushed config; the technician's local edit and reload leave it so: doctor says what to do."""
+    from gateway.keys import load_private_key
+    from gateway.remote.ops import Broker, push_config
+    from tests.gateway.helpers import running_daemon, until
+
+    init_key(tmp_path / "state" / "keys")
+    ops = init_key(tmp_path / "ops", name="ops")
+    port = free_port()
+    doc = _agent_doc(tmp_path, broker.url, port, [SIM_DRIVER], remote={"ops_keys": [str(ops.public_path)]})
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    async with running_daemon(path) as d:
+        await until(lambda: d.pipeline.stats()["batches"]["acked"] > 0, 20)
+        pushed = {k: v for k, v in doc.items() if k != "remote"}
+        _, answers = await push_config(Broker.from_url(broker.url), load_private_key(ops.private_path),
+                                       yaml.safe_dump(pushed).encode(), to="gw-live", revision=7, within=30)
+        assert answers.by_gateway["gw-live"]["state"] == "applied", answers.by_gateway
+        f = by_check(await asyncio.to_thread(run_checks, path, env()))
+        assert f["running config"].status == "ok" and "pushed config revision 7" in f["running config"].message
+        # the technician adds a driver in the local file and reloads: the pushed config stays
+        second = {**SIM_DRIVER, "name": "second"}
+        path.write_text(yaml.safe_dump({**doc, "drivers": [SIM_DRIVER, second]}))
+        d.request_reload()
+        await until(lambda: "pushed config revision 7 stays in effect" in caplog.text, 10)
+        assert set(d.supervisor.runners) == {"counter"}
+        f = by_check(await asyncio.to_thread(run_checks, path, env()))
+    rc = f["running config"]
+    assert rc.status == "warn" and "runs pushed config revision 7 (1 driver instance(s): counter)" in rc.message
+    assert "not the local file (2 driver instance(s): counter, second)" in rc.message
+    assert "config push FILE --to gw-live" in rc.fix and "sensegate config use-local" in rc.fix
+
+    # what the fix says: the gateway goes back to its local file (the agent is stopped here)
+    cmd = [sys.executable, "-m", "gateway", "config", "use-local", "-c", str(path)]
+    res = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "revision 7 is no longer current" in res.stdout, res.stderr
+    async with running_daemon(path) as d:
+        assert set(d.supervisor.runners) == {"counter", "second"}
+        f = by_check(await asyncio.to_thread(run_checks, path, env()))
+    assert f["running config"].status == "ok" and "the local file" in f["running config"].message
+    res = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "already runs its local file" in res.stdout
+
+
+def test_one_invalid_part_hides_no_other_finding(tmp_path: Path, broker: Mosquitto) -> None:
+    """A bad driver section and a drop-in that does not parse: every other check still runs, and says so."""
+    init_key(tmp_path / "state" / "keys")
+    path = tmp_path / "gw.yaml"
+    bad_driver = {"driver": "sim", "name": "bad", "interval": "soon"}
+    path.write_text(yaml.safe_dump({
+        "gateway": {"id": "gw-part", "state_dir": str(tmp_path / "state")},
+        "uplinks": [_uplink(broker.url)],
+        "drivers": [SIM_DRIVER, bad_driver],
+    }))
+    dropins = tmp_path / "gw.yaml.d"
+    dropins.mkdir()
+    (dropins / "50-local.yaml").write_text("buffer: {max_bytes: [\n")
+    findings = run_checks(path, env())
+    f = by_check(findings)
+    assert f["config"].status == "fail" and "50-local.yaml" in f["config"].message
+    assert "ran without the invalid parts: 50-local.yaml, 1 of 2 driver sections" in f["config"].message
+    assert f["identity"].message == "gateway gw-part"
+    assert f["signing key"].status == "ok"
+    assert "reachable" in f["broker mqtt"].message, f["broker mqtt"]  # the broker was checked
+    assert "buffer" in f and "disk" in f and "clock" in f
+    assert worst(findings) == "fail"
+    # the gateway section itself broken: what needs no config still runs
+    path.write_text("gateway: {id: 'bad id!'}\n")
+    (dropins / "50-local.yaml").unlink()
+    assert [x.check for x in run_checks(path, env())] == ["config", "agent", "clock"]
+
+
+def test_ops_keys_missing_unreadable_or_absent(tmp_path: Path) -> None:
+    """remote.ops_keys: a named file that is not there, a private key where a public one belongs, none at all."""
+    from gateway.doctor import check_ops_keys
+
+    path = tmp_path / "gw.yaml"
+    f = check_ops_keys(config(tmp_path), path)  # the default: ops-keys/ next to the config, none yet
+    assert f.status == "ok" and f.message.startswith("off: no ops key is trusted")
+    assert "provision --ops-key" in f.message
+    gone = tmp_path / "keys" / "ops.pub.pem"
+    f = check_ops_keys(config(tmp_path, remote={"ops_keys": [str(gone)]}), path)
+    assert f.status == "fail" and f"{gone} (remote.ops_keys) does not exist" in f.message
+    assert "provision --ops-key" in f.fix and "keys init --ops" in f.fix and "keys init --dir" not in f.fix
+    ops = init_key(tmp_path / "ops", name="ops")
+    (tmp_path / "ops-keys").mkdir()
+    (tmp_path / "ops-keys" / "ops.pem").write_bytes(ops.private_path.read_bytes())  # the wrong half
+    f = check_ops_keys(config(tmp_path), path)
+    assert f.status == "fail" and "is not a PEM public key" in f.message and "private half" in f.message
+    (tmp_path / "ops-keys" / "ops.pem").write_bytes(ops.public_path.read_bytes())
+    assert check_ops_keys(config(tmp_path), path).message == "on: 1 ops key(s) trusted"
+
+
+def test_a_missing_ops_key_names_the_command_that_makes_one(tmp_path: Path) -> None:
+    """`config push` and `command` without an ops key: the ops key command, never the device key one."""
+    doc = tmp_path / "push.yaml"
+    doc.write_text("gateway: {id: gw-1}\n")
+    key = tmp_path / "ops" / "ops.key"
+    for cmd in (["config", "push", str(doc)], ["command", "ping"]):
+        res = subprocess.run([sys.executable, "-m", "gateway", *cmd, "--to", "gw-1", "--url", "mqtt://127.0.0.1:9",
+                              "--sign-key", str(key)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, res.stderr
+        assert f"no ops key at {key}: make one on the ops machine with 'sensegate keys init --ops --dir " in res.stderr
+        assert "provision --ops-key ops.pub.pem" in res.stderr

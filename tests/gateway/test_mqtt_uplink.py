@@ -235,3 +235,21 @@ async def test_min_interval_spaces_the_batches_of_a_trickle(tmp_path: Path, brok
     else:
         assert s.batches > 12, f"only {s.batches} batches: an idle uplink should take them at once"
 
+
+
+async def test_a_missing_ca_file_is_named_with_its_fix(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ssl says only "No such file or directory"; the uplink says which file, and how to install it."""
+    pki = make_pki(tmp_path / "pki")
+    tls = {"cafile": pki["ca"], "certfile": pki["server_cert"], "keyfile": pki["server_key"]}
+    missing = tmp_path / "etc" / "broker-ca.pem"
+    with Mosquitto(tmp_path / "m", tls=tls) as m:
+        cfg = make_config(tmp_path / "s", uplinks=[{"type": "mqtt", "url": m.url, "reconnect_max": 1,
+                                                    "tls": {"ca_file": str(missing)}}])
+        async with pipeline(cfg) as p:
+            p.put(READINGS[0])
+            await until(lambda: p.uplink.errors >= 1)  # type: ignore[attr-defined]
+    msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    said = [msg for msg in msgs if str(missing) in msg]
+    assert said and f"the broker's CA file {missing} does not exist" in said[0], msgs
+    assert "sudo sensegate provision --ca BROKER-CA.pem" in said[0]
+    assert not any("MQTT port" in msg or "cannot connect to" in msg for msg in msgs), msgs

@@ -28,10 +28,12 @@ from hypothesis import strategies as st
 from gateway import cose
 from gateway.config import ConfigInvalid, load_config_bytes
 from gateway.doctor import Environment, check_token_key
+from gateway.doctor_agent import check_delivery, fetch_status, look
 from gateway.hsm import NoTokenKey, TokenError, TokenKey, create_key, open_token_key
 from gateway.keys import fingerprint, key_id, load_public_key, load_signing_key, spki_der
 from gateway.pkcs11uri import PIN_ENV, UriError, build, parse
 from gateway.registry import Registry
+from gateway.testing import free_port
 from hil.mosquitto import Mosquitto
 from hil.softhsm import MODULE, SoftHsm
 from tests.gateway.helpers import MqttReceiver
@@ -360,6 +362,8 @@ async def test_a_token_that_cannot_sign_is_said_once_counted_and_recovers(sofths
     pub = tmp_path / "flaky.pub.pem"
     pub.write_bytes(__import__("gateway.keys", fromlist=["x"]).public_pem(made.public))
     cfg = _token_config(tmp_path, uri, "es256", broker.url)
+    listen = f"127.0.0.1:{free_port()}"
+    cfg.write_text(cfg.read_text() + f"metrics: {{enabled: true, listen: '{listen}'}}\n")
     rx = MqttReceiver(broker.url, pub, gateway="gw-hsm")
     caplog.set_level("INFO", "sensegate")
     async with rx.running(), running_daemon(cfg) as d:
@@ -371,6 +375,12 @@ async def test_a_token_that_cannot_sign_is_said_once_counted_and_recovers(sofths
         assert stats["sign_errors"] >= 2, stats
         text = render(summary(d))
         assert re.search(r"^sensegate_batch_sign_errors_total \d+$", text, re.M), text
+        # doctor asks the running agent (GET /status): readings wait because the key does not sign
+        view = await asyncio.to_thread(look, load_config_bytes(cfg.read_bytes(), REG, str(cfg)), lambda: None,
+                                       fetch_status, 3.0)
+        found = check_delivery(view, 1.0)
+        assert found is not None and found.status == "warn", found
+        assert "the device key failed to sign" in found.message and "signing key and token checks" in found.fix
         during = len(rx.readings)
         pin.write_text(softhsm.pin + "\n")
         await rx.wait_readings(during + 20, within=30)

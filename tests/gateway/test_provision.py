@@ -1,5 +1,6 @@
-"""`sensegate provision`: identity written in place, keys made once and kept, CSR, broker CA and
-ops keys installed, bad input refused with nothing written, then doctor's verdict."""
+"""`sensegate provision`: identity written into its own drop-in (the package's file untouched),
+keys made once and kept, CSR, broker CA and ops keys installed, bad input refused with nothing
+written and a plain message, then doctor's verdict."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import load_config
 from gateway.keys import init_key, key_id, load_private_key
-from gateway.provision import DEFAULT_CONFIG, Plan, ProvisionError, provision, set_values
+from gateway.provision import DEFAULT_CONFIG, PROVISION_DROPIN, Plan, ProvisionError, provision
 from gateway.receiver import KeyBindings, Untrusted
 from gateway.registry import Registry
 
@@ -27,12 +29,16 @@ def plan(tmp: Path, **kw: object) -> Plan:
     return Plan(config=tmp / "etc" / "sensegate.yaml", **kw)  # type: ignore[arg-type]
 
 
+def dropin(tmp: Path) -> Path:
+    return tmp / "etc" / "sensegate.yaml.d" / PROVISION_DROPIN
+
+
 def test_fresh_gateway(tmp_path: Path) -> None:
     result, cfg = provision(plan(tmp_path, gateway_id="gw-0042", site="Main St. cabinet 17"), REG)
-    text = (tmp_path / "etc" / "sensegate.yaml").read_text()
-    assert "  id: gw-0042            # set by: sudo sensegate provision --id <GATEWAY-ID>" in text
-    assert '  site: "Main St. cabinet 17"' in text
-    assert text.count("\n") == DEFAULT_CONFIG.count("\n")  # comments and layout kept
+    assert (tmp_path / "etc" / "sensegate.yaml").read_text() == DEFAULT_CONFIG  # the package's file, untouched
+    data = yaml.safe_load(dropin(tmp_path).read_text())
+    assert data["gateway"] == {"id": "gw-0042", "site": "Main St. cabinet 17", "state_dir": str(tmp_path / "state")}
+    assert "run it again to change these values" in dropin(tmp_path).read_text()
     assert cfg.config.gateway.id == "gw-0042"
     key = tmp_path / "state" / "keys" / "device.key"
     assert key.stat().st_mode & 0o777 == 0o600
@@ -53,47 +59,50 @@ def test_fresh_gateway(tmp_path: Path) -> None:
 def test_second_run_keeps_the_key_and_changes_only_what_is_asked(tmp_path: Path) -> None:
     provision(plan(tmp_path, gateway_id="gw-1"), REG)
     key = (tmp_path / "state" / "keys" / "device.key").read_bytes()
-    before = (tmp_path / "etc" / "sensegate.yaml").read_text()
     result, cfg = provision(plan(tmp_path, broker="mqtts://broker.example.net:8883"), REG)
-    after = (tmp_path / "etc" / "sensegate.yaml").read_text()
     assert (tmp_path / "state" / "keys" / "device.key").read_bytes() == key
     assert any("kept the existing device key" in d for d in result.done)
-    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
-    assert changed == [
-        (
-            "    url: mqtts://broker.invalid:8883   # set by: sudo sensegate provision --broker mqtts://HOST:8883",
-            "    url: mqtts://broker.example.net:8883   # set by: sudo sensegate provision --broker mqtts://HOST:8883",
-        )
+    data = yaml.safe_load(dropin(tmp_path).read_text())
+    assert data["gateway"]["id"] == "gw-1"
+    # the uplinks list comes from the default, with only the broker changed
+    assert data["uplinks"] == [
+        {"type": "mqtt", "url": "mqtts://broker.example.net:8883", "tls": {"ca_file": "/etc/sensegate/broker-ca.pem"}}
     ]
-    assert cfg.config.gateway.id == "gw-1"
+    assert cfg.config.gateway.id == "gw-1" and cfg.config.uplinks[0].url == "mqtts://broker.example.net:8883"
+    assert [d for d in result.done if "10-provision.yaml" in d] == [
+        f"{dropin(tmp_path)}: broker = mqtts://broker.example.net:8883"
+    ]
 
 
 def test_refuses_what_would_not_validate_and_writes_nothing(tmp_path: Path) -> None:
     provision(plan(tmp_path, gateway_id="gw-1"), REG)
-    path = tmp_path / "etc" / "sensegate.yaml"
-    before = path.read_bytes()
-    with pytest.raises(ProvisionError, match="would not be valid"):
+    before = dropin(tmp_path).read_bytes()
+    with pytest.raises(ProvisionError, match="would not be valid") as e:
         provision(plan(tmp_path, gateway_id="no spaces allowed"), REG)
-    with pytest.raises(ProvisionError, match="would not be valid"):
-        provision(plan(tmp_path, broker="http://not-mqtt"), REG)
-    assert path.read_bytes() == before
+    assert "gateway.id: must be 1-128 letters, digits" in str(e.value)  # words, not a regular expression
+    for bad in ("http://not-mqtt", "broker.example.net", "mqtts://", "mqtts://host:99999", "mqtt://h:1883/x"):
+        with pytest.raises(ProvisionError) as e:
+            provision(plan(tmp_path, broker=bad), REG)
+        assert str(e.value).startswith(f"--broker {bad!r} is not a broker URL: give mqtts://HOST:PORT"), e.value
+        assert "^" not in str(e.value)
+    assert dropin(tmp_path).read_bytes() == before
     with pytest.raises(ProvisionError, match="give the gateway id with --id"):
         provision(Plan(config=tmp_path / "other.yaml"), REG)
+
+
+def test_a_later_drop_in_that_overrides_provisioning_is_named(tmp_path: Path) -> None:
+    provision(plan(tmp_path, gateway_id="gw-1"), REG)
+    (dropin(tmp_path).parent / "50-local.yaml").write_text("gateway:\n  id: gw-local\n")
+    with pytest.raises(ProvisionError, match=r"a later file overrides it \(50-local.yaml\)"):
+        provision(plan(tmp_path, gateway_id="gw-2"), REG)
 
 
 def test_no_mqtt_uplink_to_point_at_a_broker(tmp_path: Path) -> None:
     path = tmp_path / "etc" / "sensegate.yaml"
     path.parent.mkdir()
     path.write_text(f"gateway:\n  id: gw-2\n  state_dir: {tmp_path}/state\nuplinks: [{{type: jsonl}}]\n")
-    with pytest.raises(ProvisionError, match="no 'url:' value under an mqtt uplink"):
+    with pytest.raises(ProvisionError, match="no MQTT uplink to point at the broker"):
         provision(plan(tmp_path, broker="mqtt://b:1883"), REG)
-
-
-def test_set_values_quotes_only_when_needed() -> None:
-    text = "gateway:\n  id: a   # keep me\n  site: ''\n"
-    out = set_values(text, {"gateway.id": "gw-9", "gateway.site": "yes"})
-    assert out == 'gateway:\n  id: gw-9   # keep me\n  site: "yes"\n'  # plain 'yes' would read back as true
-    assert set_values(text, {"gateway.site": 'a "quoted" #site'}).endswith('site: "a \\"quoted\\" #site"\n')
 
 
 def test_csr_ca_and_ops_keys(tmp_path: Path) -> None:
@@ -142,6 +151,23 @@ def test_cli_provisions_then_reports_doctor(tmp_path: Path) -> None:
     assert res.returncode == 2, res.stdout + res.stderr
     assert "done: made the device key" in res.stdout
     assert "[FAIL] broker mqtt: cannot resolve broker.invalid" in res.stdout
+    assert "agent:" not in res.stdout  # provisioning comes before the agent runs: the files only
     assert load_config(cfg, REG).config.gateway.id == "gw-cli"
     res = subprocess.run([*base, "--id", "bad id"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 3 and "sensegate provision: the config would not be valid" in res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user (CI runs as root)")
+def test_cli_without_root_says_to_use_sudo(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "sensegate.yaml").write_text(DEFAULT_CONFIG)
+    tmp_path.chmod(0o755)
+    res = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m", "gateway",
+         "provision", "-c", str(etc / "sensegate.yaml"), "--id", "gw-x", "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "Errno" not in res.stderr
+    assert "so it must run as root: sudo sensegate provision -c" in res.stderr, res.stderr

@@ -69,3 +69,34 @@ def test_ops_cli_push_command_status(tmp_path: Path, broker: Mosquitto) -> None:
         gw.send_signal(signal.SIGTERM)
         _, err = gw.communicate(timeout=30)
     assert gw.returncode == 0, err
+
+
+def test_check_fleet_and_config_push_judge_a_document_alike(tmp_path: Path) -> None:
+    """One validator: what `sensegate check --fleet` accepts, `config push` signs and sends; what it refuses,
+    push refuses before signing, with the same words."""
+    sg("keys", "init", "--ops", "--dir", str(tmp_path / "ops"))
+    uplink = {"type": "mqtt", "url": "mqtts://broker.example.net:8883"}
+    sim = {"driver": "sim", "name": "a", "interval": "1s", "points": [{"name": "x"}]}
+    docs = {
+        "good": {"uplinks": [uplink], "drivers": [sim]},  # no identity: each gateway keeps its own
+        "typo": {"uplinks": [uplink], "drivers": [{**sim, "intervall": "1s"}]},
+        "remote": {"uplinks": [uplink], "drivers": [sim], "remote": {"groups": ["north"]}},
+        "no-mqtt": {"uplinks": [{"type": "jsonl"}], "drivers": [sim]},
+    }
+    dead = "mqtt://127.0.0.1:9"
+    for name, doc in docs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        checked = sg("check", "--fleet", str(path))
+        push = sg("config", "push", str(path), "--to", "gw-1", "--url", dead, "--sign-key",
+                  str(tmp_path / "ops/ops.key"), "--wait", "1")
+        if name == "good":
+            assert checked.returncode == 0 and "ok as a fleet document" in checked.stdout, checked.stdout
+            assert "not pushed" not in push.stderr, push.stderr  # signed; then the broker is unreachable
+            plain = sg("check", str(path))
+            assert plain.returncode == 1 and f"sensegate check --fleet {path}" in plain.stdout
+        else:
+            assert checked.returncode == 1, (name, checked.stdout)
+            assert "not pushed" in push.stderr, (name, push.stderr)
+            said = checked.stdout.strip().splitlines()[0].split(": ", 1)[1]
+            assert said in push.stderr, (name, said, push.stderr)

@@ -21,9 +21,10 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) 
     return str(cp), str(kp)
 
 
-def make_pki(d: Path, name: str = "ca", clients: list[str] | None = None) -> dict[str, str]:
-    """CA + server cert for 127.0.0.1/localhost + client cert (and one per name in ``clients``,
-    with that CN, as ``<cn>_cert`` / ``<cn>_key``); returns file paths."""
+def make_pki(d: Path, name: str = "ca", clients: list[str] | None = None,
+             server_ips: tuple[str, ...] = ("127.0.0.1",)) -> dict[str, str]:
+    """CA + server cert for localhost and ``server_ips`` + client cert (and one per name in
+    ``clients``, with that CN, as ``<cn>_cert`` / ``<cn>_key``); returns file paths."""
     d.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -42,8 +43,8 @@ def make_pki(d: Path, name: str = "ca", clients: list[str] | None = None) -> dic
              .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1)))
         if server:
-            b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            names = [x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips)]
+            b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return _write(d / cn, key, b.sign(ca_key, hashes.SHA256()))
 
     out["server_cert"], out["server_key"] = leaf("server", True)

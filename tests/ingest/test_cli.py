@@ -54,12 +54,20 @@ async def test_metrics_are_valid_prometheus_text_on_the_endpoint() -> None:
     m.lag_messages, m.readings_missing = 7, 4
     server = IngestMetricsServer(m)
     await server.apply(True, "127.0.0.1:0")
-    try:
+
+    async def get(path: str) -> tuple[str, str]:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
-        body = (await reader.read()).split(b"\r\n\r\n", 1)[1].decode()
+        writer.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        head, _, body = (await reader.read()).partition(b"\r\n\r\n")
         writer.close()
         await writer.wait_closed()
+        return head.split(b"\r\n", 1)[0].decode(), body.decode()
+
+    try:
+        _, body = await get("/metrics")
+        # a gateway's /status (what doctor reads) is not an ingest worker's: not served, not offered
+        assert (await get("/status"))[0] == "HTTP/1.0 404 Not Found"
+        assert "/status" not in (await get("/"))[1]
     finally:
         await server.close()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value

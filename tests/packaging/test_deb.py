@@ -12,20 +12,31 @@ file the package or its scripts made is left (only the system user remains, as D
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-ROOT = Path(__file__).parents[2]
-CACHE = Path(os.environ.get("SENSEGATE_CACHE", Path.home() / ".cache" / "sensegate"))
-MIRROR = os.environ.get("SENSEGATE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+from tests.packaging.roots import (
+    CLEAN_ENV,
+    ROOT,
+    amd64_tarball,
+    build_deb,
+    edit,
+    host_arch,
+    set_version,
+    sh,
+    source_tree,
+    unpack,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,46 +46,14 @@ pytestmark = [
 
 
 def _arch() -> str:
-    return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def _clean_root_tarball() -> Path:
-    """A bookworm minbase + python3 root as a tarball, made with debootstrap on first use."""
-    tarball = CACHE / f"bookworm-minbase-python3-{_arch()}.tar"
-    if tarball.exists():
-        return tarball
-    if shutil.which("debootstrap") is None:
-        pytest.fail("debootstrap is missing: run hil/system-deps.sh test (or apt-get install debootstrap)")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    work = CACHE / "debootstrap.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    subprocess.run(
-        ["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(work), MIRROR],
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
-    subprocess.run(["tar", "-C", str(work), "-cf", str(tarball) + ".tmp", "."], check=True, timeout=300)
-    os.replace(str(tarball) + ".tmp", tarball)
-    shutil.rmtree(work, ignore_errors=True)
-    return tarball
+    return host_arch()
 
 
 @pytest.fixture
 def debian_root(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "root"
-    root.mkdir()
-    subprocess.run(["tar", "-C", str(root), "-xf", str(_clean_root_tarball())], check=True, timeout=300)
+    root = unpack(amd64_tarball(), tmp_path / "root")
     yield root
     shutil.rmtree(root, ignore_errors=True)
-
-
-def sh(root: Path, *cmd: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run a command inside the root, with an empty environment (no host pip config leaks in)."""
-    res = subprocess.run(["chroot", str(root), *cmd], env=CLEAN_ENV, capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
-    return res
 
 
 def files(root: Path) -> set[str]:
@@ -128,12 +107,32 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path, debian_root: Path, 
         f"# from the office\nSENSEGATE_ID=gw-deb-1\nSENSEGATE_SITE='test rig'\r\nSENSEGATE_BROKER={broker.url}\n"
         "SENSEGATE_CSR=yes\n"
     )
+    # a key the first boot would not know what to do with: it fails loudly, and doctor says so
+    ops = root / "tmp" / "ops"
+    sh(root, "sensegate", "keys", "init", "--ops", "--dir", "/tmp/ops")
+    shutil.copy(ops / "ops.pub.pem", boot / "team-key.pem")
+    bad = sh(root, "/usr/lib/sensegate/sensegate-firstboot", check=False)
+    assert bad.returncode == 1 and "team-key.pem on the boot partition is not used" in bad.stderr
+    assert (boot / "provision.conf").exists() and "FAILED" in (boot / "provision-report.txt").read_text()
+    doc = sh(root, "sensegate", "doctor", check=False)
+    assert "[FAIL] first boot: first-boot provisioning failed: team-key.pem" in doc.stdout
+    # what `keys init --ops` makes, under the name it makes: used
+    (boot / "team-key.pem").rename(boot / "ops.pub.pem")
     first = sh(root, "/usr/lib/sensegate/sensegate-firstboot")
+    assert "trusted ops key /etc/sensegate/ops-keys/ops.pub.pem" in first.stdout
+    assert not (root / "var/lib/sensegate/firstboot.failed").exists()
     assert "made the device key" in first.stdout, first.stdout + first.stderr
     assert (boot / "provision.conf.done").exists() and not (boot / "provision.conf").exists()
     assert (boot / "gw-deb-1.pub.pem").exists() and (boot / "tls.csr").exists()
     assert "[ ok ] identity: gateway gw-deb-1" in (boot / "provision-report.txt").read_text()
     assert sh(root, "/usr/lib/sensegate/sensegate-firstboot").returncode == 0  # once only: now a no-op
+    # provisioned again from the card (a new id), the former run's results still beside the file:
+    # its <gateway-id>.pub.pem is this gateway's own key, not a misnamed file to refuse
+    (boot / "provision.conf").write_text(f"SENSEGATE_ID=gw-deb-2\nSENSEGATE_BROKER={broker.url}\n")
+    again = sh(root, "/usr/lib/sensegate/sensegate-firstboot", check=False)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (boot / "gw-deb-2.pub.pem").read_bytes() == (boot / "gw-deb-1.pub.pem").read_bytes()  # one key, renamed
+    assert not (root / "var/lib/sensegate/keys/gw-deb-1.pub.pem").exists()  # no export binds it to the old id
     prov = sh(
         root, "sensegate", "provision", "--id", "gw-deb-1", "--site", "test rig", "--broker", broker.url, check=False
     )
@@ -146,21 +145,187 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path, debian_root: Path, 
     assert key.stat().st_uid == uid and key.stat().st_mode & 0o777 == 0o600
 
     # 5. the daemon runs as the service user and reports READY over sd_notify
+    log = _run_until_ready(root, WATCHDOG_USEC="2000000")
+    assert "sensegate started: gateway gw-deb-1" in log, log
+    assert (root / "var/lib/sensegate/buffer.db").exists()
+
+    # 6. reinstall: identity, key and config survive, the venv is rebuilt
+    fp = key.read_bytes()
+    t0 = time.monotonic()
+    sh(root, "dpkg", "-i", f"/tmp/{deb.name}")
+    reinstall_s = time.monotonic() - t0
+    assert key.read_bytes() == fp
+    assert "gw-deb-1" in (root / "etc/sensegate/sensegate.yaml.d/10-provision.yaml").read_text()
+    assert "ok (gateway gw-deb-1" in sh(root, "sensegate", "check", "/etc/sensegate/sensegate.yaml").stdout
+
+    # 7. purge: nothing of ours is left
+    (root / "tmp" / deb.name).unlink()
+    shutil.rmtree(root / "boot" / "firmware")  # the test's provisioning files, not the package's
+    shutil.rmtree(root / "tmp" / "ops")
+    (root / "etc/sensegate/ops-keys/ops.pub.pem").unlink()
+    (root / "etc/sensegate/sensegate.yaml.d" / "10-provision.yaml").unlink()  # provision's: purge takes /etc too
+    sh(root, "dpkg", "--purge", "sensegate")
+    left = files(root) - before
+    user_db = {"/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-"}  # useradd's backups
+    assert left <= user_db, sorted(left - user_db)
+    assert not (root / "opt/venvs").exists() and not (root / "etc/sensegate").exists()
+    print(f"deb {deb.stat().st_size / 1e6:.1f} MB, reinstall {reinstall_s:.1f}s")
+
+
+# -- unattended upgrades ------------------------------------------------------------------------
+
+BRANCH_POINT = "9cc11f3"  # the last commit whose provision edited the packaged sensegate.yaml itself
+NEW_DEFAULT = (
+    "  max_bytes: 256MiB        # bound on buffered readings",
+    "  max_bytes: 200MiB        # bound on buffered readings",
+)
+
+
+@pytest.fixture(scope="module")
+def this_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(["make", "-s", "deb", f"DEB_OUT={out}"], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    (deb,) = out.glob(f"sensegate_*_{_arch()}.deb")
+    return deb
+
+
+def apt_install(root: Path, deb: Path) -> subprocess.CompletedProcess[str]:
+    """What an unattended upgrade does: apt-get -y, no terminal, nothing on stdin, PATH with /usr/local first."""
+    shutil.copy(deb, root / "tmp" / deb.name)
+    res = subprocess.run(
+        ["chroot", str(root), "apt-get", "install", "-y", "-q", f"/tmp/{deb.name}"],
+        env={**CLEAN_ENV, "DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/local/bin:" + CLEAN_ENV["PATH"]},
+        capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "*** sensegate.yaml (Y/I/N/O/D/Z)" not in res.stdout
+    return res
+
+
+def shadow_python(root: Path) -> Path:
+    """A python3 first on PATH that the service user cannot use (a pyenv or /usr/local build)."""
+    marker = root / "tmp" / "wrong-python-used"
+    fake = root / "usr/local/bin/python3"
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_text("#!/bin/sh\ntouch /tmp/wrong-python-used\nexit 1\n")
+    fake.chmod(0o755)
+    return marker
+
+
+def test_unattended_upgrade_with_a_changed_default_keeps_everything(tmp_path: Path, debian_root: Path,
+                                                                   this_deb: Path, broker) -> None:  # type: ignore[no-untyped-def]
+    root = debian_root
+    # the newer build: another version whose packaged default config differs
+    src = source_tree(tmp_path / "src-new")
+    set_version(src, "9.9.9")
+    edit(src / "gateway/provision.py", *NEW_DEFAULT)
+    newer = build_deb(src, tmp_path / "dist-new", this_deb, _arch())
+    assert newer.name.startswith("sensegate_9.9.9-1_")
+
+    marker = shadow_python(root)
+    apt_install(root, this_deb)
+    assert not marker.exists()  # postinst used /usr/bin/python3
+    sh(root, "sensegate", "provision", "--id", "gw-up-1", "--site", "cabinet 9", "--broker", broker.url, check=False)
+    local = root / "etc/sensegate/sensegate.yaml.d/50-local.yaml"
+    local.write_text("gateway: {log_level: debug}\ndrivers:\n  - {driver: thermal, name: cpu, interval: 1s}\n")
+    # a third-party driver, verified by its hash, installed where upgrades keep it
+    wheel = _thermal_wheel(tmp_path)
+    shutil.copy(wheel, root / "tmp" / wheel.name)
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    bad = sh(root, "sensegate", "driver", "install", f"/tmp/{wheel.name}", "--sha256", "0" * 64, check=False)
+    assert bad.returncode == 1 and "not installed" in bad.stderr
+    sh(root, "sensegate", "driver", "install", f"/tmp/{wheel.name}", "--sha256", digest)
+    assert "thermal" in sh(root, "sensegate", "drivers").stdout
+    # the same driver again, as a bundle signed by an ops key this gateway trusts
+    sh(root, "sensegate", "keys", "init", "--ops", "--dir", "/tmp/ops")
+    sh(root, "sensegate", "provision", "--ops-key", "/tmp/ops/ops.pub.pem", "--no-doctor")
+    sh(root, "sensegate", "driver", "bundle", f"/tmp/{wheel.name}", "--sign-key", "/tmp/ops/ops.key", "-o",
+       "/tmp/thermal.sgdrv")
+    bundled = sh(root, "sensegate", "driver", "install", "/tmp/thermal.sgdrv")
+    assert "(bundle signed by ops key " in bundled.stdout, bundled.stdout
+    # state: a buffer written by the daemon, and a pushed-config history
+    _run_until_ready(root)
+    history = root / "var/lib/sensegate/remote"
+    (history / "configs").mkdir(parents=True, exist_ok=True)
+    (history / "configs" / "r7.yaml").write_text("drivers: []\n")
+    (history / "state.json").write_text('{"current": 7, "good": [7], "pending": null, "highest": 7, "seen": ""}')
+    keep = ["var/lib/sensegate/keys/device.key", "var/lib/sensegate/buffer.db",
+            "etc/sensegate/sensegate.yaml.d/10-provision.yaml", "etc/sensegate/sensegate.yaml.d/50-local.yaml",
+            "var/lib/sensegate/remote/state.json", "var/lib/sensegate/remote/configs/r7.yaml"]
+    before = {p: (root / p).read_bytes() for p in keep}
+
+    res = apt_install(root, newer)
+    assert not marker.exists()
+    assert sh(root, "sensegate", "--version").stdout.strip() == "sensegate 9.9.9"
+    # the new venv was built beside the old one and switched to; the old one is gone
+    venvs = root / "opt/venvs"
+    assert os.readlink(venvs / "sensegate").startswith("sensegate-9.9.9-1.")
+    assert sorted(p.name for p in venvs.iterdir()) == ["sensegate", os.readlink(venvs / "sensegate")]
+    assert {p: (root / p).read_bytes() for p in keep} == before
+    assert NEW_DEFAULT[1] in (root / "etc/sensegate/sensegate.yaml").read_text()  # the new default, no prompt
+    checked = sh(root, "sensegate", "check", "/etc/sensegate/sensegate.yaml").stdout
+    assert "ok (gateway gw-up-1, 1 driver instance(s)" in checked
+    listed = sh(root, "sensegate", "driver", "list").stdout
+    assert "thermal" in listed and "loads" in listed and "bundle signed by ops key" in listed, listed + res.stdout
+    assert "thermal" in sh(root, "sensegate", "drivers").stdout
+
+
+def test_a_gateway_provisioned_in_the_old_layout_migrates(tmp_path: Path, debian_root: Path, this_deb: Path) -> None:
+    root = debian_root
+    old_src = source_tree(tmp_path / "src-old", BRANCH_POINT)
+    set_version(old_src, "0.0.9")
+    old = build_deb(old_src, tmp_path / "dist-old", this_deb, _arch())
+    shutil.copy(old, root / "tmp" / old.name)
+    sh(root, "dpkg", "-i", f"/tmp/{old.name}")
+    sh(root, "sensegate", "provision", "--id", "gw-old-1", "--site", "old cabinet", "--broker",
+       "mqtts://broker.example.net:8883", "--no-doctor")
+    conf = root / "etc/sensegate/sensegate.yaml"
+    edited = conf.read_text().replace("  log_level: info", "  log_level: warning")
+    conf.write_text(edited)  # and a hand edit, as technicians did
+    assert "gw-old-1" in edited
+    key = (root / "var/lib/sensegate/keys/device.key").read_bytes()
+
+    res = apt_install(root, this_deb)
+    assert "moving local edits of /etc/sensegate/sensegate.yaml" in res.stdout, res.stdout
+    dropins = root / "etc/sensegate/sensegate.yaml.d"
+    prov = yaml.safe_load((dropins / "10-provision.yaml").read_text())
+    assert prov["gateway"] == {"id": "gw-old-1", "site": "old cabinet"}
+    assert prov["uplinks"][0]["url"] == "mqtts://broker.example.net:8883"
+    assert yaml.safe_load((dropins / "50-local.yaml").read_text())["gateway"] == {"log_level": "warning"}
+    assert (root / "etc/sensegate/sensegate.yaml.pre-upgrade").read_text() == edited
+    assert "gw-old-1" not in conf.read_text()  # the package's file is the package's again
+    assert (root / "var/lib/sensegate/keys/device.key").read_bytes() == key
+    out = sh(root, "sensegate", "check", "/etc/sensegate/sensegate.yaml").stdout
+    assert "ok (gateway gw-old-1" in out and "10-provision.yaml, 50-local.yaml" in out
+    # provisioning again now changes the drop-in, and the next upgrade does not prompt either
+    sh(root, "sensegate", "provision", "--broker", "mqtts://other.example.net:8883", "--no-doctor")
+    apt_install(root, this_deb)
+    assert "other.example.net" in (dropins / "10-provision.yaml").read_text()
+
+
+def _thermal_wheel(tmp: Path) -> Path:
+    out = tmp / "thermal-wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
+                    str(ROOT / "examples" / "sensegate-thermal")], check=True, capture_output=True, timeout=300)
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+def _run_until_ready(root: Path, **env: str) -> str:
+    """Run the daemon as the service user until it reports READY=1 over sd_notify; stop it, return its log."""
     notify = root / "tmp" / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(notify))
     notify.chmod(0o777)
     daemon = subprocess.Popen(
         ["chroot", "--userspec=sensegate:sensegate", str(root), "/usr/bin/sensegate", "run"],
-        env={**CLEAN_ENV, "NOTIFY_SOCKET": "/tmp/notify.sock", "WATCHDOG_USEC": "2000000"},
-        stdout=subprocess.PIPE,
+        env={**CLEAN_ENV, "NOTIFY_SOCKET": "/tmp/notify.sock", **env}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
         listener.settimeout(60)
-        got = listener.recv(4096).decode()
-        while "READY=1" not in got:
-            got = listener.recv(4096).decode()
+        while "READY=1" not in listener.recv(4096).decode():
+            pass
         daemon.terminate()
         assert daemon.wait(timeout=30) == 0
     finally:
@@ -169,24 +334,4 @@ def test_deb_builds_installs_runs_and_purges(tmp_path: Path, debian_root: Path, 
         log = daemon.communicate(timeout=30)[0].decode(errors="replace")
         listener.close()
         notify.unlink()
-    assert "sensegate started: gateway gw-deb-1" in log, log
-    assert (root / "var/lib/sensegate/buffer.db").exists()
-
-    # 6. upgrade path (reinstall): identity, key and config survive, the venv is rebuilt
-    fp = key.read_bytes()
-    t0 = time.monotonic()
-    sh(root, "dpkg", "-i", f"/tmp/{deb.name}")
-    reinstall_s = time.monotonic() - t0
-    assert key.read_bytes() == fp
-    assert "gw-deb-1" in (root / "etc/sensegate/sensegate.yaml").read_text()
-    assert sh(root, "sensegate", "check", "/etc/sensegate/sensegate.yaml").returncode == 0
-
-    # 7. purge: nothing of ours is left
-    (root / "tmp" / deb.name).unlink()
-    shutil.rmtree(root / "boot" / "firmware")  # the test's provisioning files, not the package's
-    sh(root, "dpkg", "--purge", "sensegate")
-    left = files(root) - before
-    user_db = {"/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-"}  # useradd's backups
-    assert left <= user_db, sorted(left - user_db)
-    assert not (root / "opt/venvs").exists() and not (root / "etc/sensegate").exists()
-    print(f"deb {deb.stat().st_size / 1e6:.1f} MB, reinstall {reinstall_s:.1f}s")
+    return log

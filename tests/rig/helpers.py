@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 import time
@@ -56,6 +57,17 @@ async def wait_delivering(rig: RigRun, devices: list[str] | None = None, n: int 
 
 def produced_now(rig: RigRun) -> int:
     return rig.produced()
+
+
+async def until_rate_below(rig: RigRun, per_s: float, within: float) -> None:
+    """Until the daemon numbers fewer than ``per_s`` readings a second (a load a push removed has
+    stopped), sampled over one-second windows."""
+    async with asyncio.timeout(within):
+        while True:
+            n0, t0 = produced_now(rig), time.monotonic()
+            await asyncio.sleep(1.0)
+            if (produced_now(rig) - n0) / (time.monotonic() - t0) < per_s:
+                return
 
 
 async def wait_drained(rig: RigRun, within: float = WITHIN, crash: BrokerCrash | None = None) -> None:

@@ -13,8 +13,10 @@ no network and takes about two seconds.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.sdk.scaffold import ScaffoldError, scaffold
-from tests.sdk.installs import BIN, ROOT, ok, passed, pip_install_target, run
+from tests.sdk.installs import BIN, ROOT, fill_in_todos, ok, passed, pip_install_target, run
 
 
 def test_package_scaffold_installs_and_its_tests_pass(tmp_path: Path) -> None:
@@ -31,6 +33,13 @@ def test_package_scaffold_installs_and_its_tests_pass(tmp_path: Path) -> None:
     )
     project = tmp_path / "sensegate-water-meter"
     assert f"created {project / 'pyproject.toml'}" in out
+    # the scaffold's TODOs fail the check until the author has written them
+    todo = run([str(BIN / "sensegate"), "driver", "check", str(project)], tmp_path)
+    pkg = project / "sensegate_water_meter"
+    shown = "sensegate-water-meter/sensegate_water_meter"  # relative to the folder it ran in
+    assert todo.returncode == 1 and f"{shown}/README.md:3: still a TODO" in todo.stdout
+    assert f"{shown}/__init__.py:1: still a TODO" in todo.stdout
+    assert fill_in_todos([pkg / "README.md", pkg / "__init__.py"]) == 2
     assert ok(run([str(BIN / "sensegate"), "driver", "check", str(project)], tmp_path)).strip().endswith(": ok")
 
     site = tmp_path / "site"
@@ -45,6 +54,27 @@ def test_package_scaffold_installs_and_its_tests_pass(tmp_path: Path) -> None:
 
     res = run([str(BIN / "pytest"), "-q"], project, [site])
     assert passed(ok(res)) >= 10
+
+
+@pytest.mark.slow
+def test_package_scaffold_sets_up_a_fresh_venv_with_sensegate_from_the_checkout(tmp_path: Path) -> None:
+    """sensegate is on no package index: the generated dev-setup.sh installs it from where the author has it
+    (here this checkout, found by `driver new`), then the driver with its test tools, in a fresh venv."""
+    out = ok(run([str(BIN / "sensegate"), "driver", "new", "tank_level", "--package", "--out", str(tmp_path)],
+                 tmp_path))
+    project = tmp_path / "sensegate-tank-level"
+    assert f"cd {project} && ./dev-setup.sh" in out and str(ROOT) in out
+    readme = (project / "README.md").read_text()
+    assert f"your checkout `{ROOT}`" in readme and "not on a package index" in readme and "pypi" not in readme
+    bad = run([str(project / "dev-setup.sh"), str(tmp_path / "nowhere")], tmp_path)
+    assert bad.returncode == 2 and "neither a sensegate checkout nor a folder with sensegate-*.whl" in bad.stderr
+    res = subprocess.run([str(project / "dev-setup.sh")], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                         env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
+    assert res.returncode == 0 and "ready:" in res.stdout, res.stderr[-3000:]
+    venv = project / ".venv" / "bin"
+    listing = json.loads(ok(run([str(venv / "sensegate"), "drivers", "--json"], project)))
+    assert "tank_level" in [d["name"] for d in listing["drivers"]]
+    assert passed(ok(run([str(venv / "pytest"), "-q"], project))) >= 10
 
 
 def test_in_tree_scaffold_checks_and_its_tests_pass(tmp_path: Path) -> None:
@@ -62,6 +92,9 @@ def test_in_tree_scaffold_checks_and_its_tests_pass(tmp_path: Path) -> None:
         assert (checkout / f).exists(), f
     readme = (checkout / "drivers/boiler/README.md").read_text()
     assert "- driver: boiler\n" in readme and "example" not in (checkout / "drivers/boiler/driver.py").read_text()
+    todo = run([str(BIN / "sensegate"), "driver", "check", "drivers/boiler"], checkout, path)
+    assert todo.returncode == 1 and todo.stdout.count("still a TODO") == 2, todo.stdout
+    fill_in_todos([checkout / "drivers/boiler/README.md", checkout / "drivers/boiler/__init__.py"])
     assert (
         ok(run([str(BIN / "sensegate"), "driver", "check", "drivers/boiler"], checkout, path)) == "drivers/boiler: ok\n"
     )

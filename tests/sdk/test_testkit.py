@@ -42,6 +42,32 @@ async def test_fake_clock_drives_the_poll_schedule(run_driver: Any, fake_clock: 
         assert h.runner.stats.polls == 5
 
 
+async def test_advancing_fires_every_due_poll_in_order(run_driver: Any) -> None:
+    """advance(300) over a 30 s interval: ten polls, each at its own time, as a real clock gives."""
+
+    class Watched(FakeClock):
+        """Notes the fake time of every wake-up."""
+
+        woke: list[float] = []
+
+        def _wake_due(self) -> None:
+            self.woke.append(self.now)
+            super()._wake_due()
+
+    clock = Watched()
+    async with run_driver(SIM, name="s", interval="30s", clock=clock, **COUNTER) as h:
+        await clock.until_sleeping()
+        start = clock.now
+        await clock.advance(300)
+        await clock.until_sleeping()
+        assert [r.value for r in h.sink.points("n")] == list(range(11)), "the first poll, then one per 30 s"
+        assert h.runner.stats.polls == 11
+        assert clock.now == start + 300 and clock.next_deadline == start + 330
+        await clock.advance(29)
+        assert h.runner.stats.polls == 11, "not due yet"
+    assert [t - start for t in clock.woke] == [30.0 * i for i in range(1, 11)], "each at its own time, in order"
+
+
 async def test_fake_clock_drives_the_restart_backoff(run_driver: Any, fake_clock: FakeClock) -> None:
     port = free_port()  # nothing listens: setup raises NotReady, the host backs off and retries
     async with run_driver(EXAMPLE, name="e", port=port, clock=fake_clock, backoff=(30.0, 300.0)) as h:

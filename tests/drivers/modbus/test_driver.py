@@ -116,7 +116,7 @@ async def bus(
     """A simulated bus and a driver instance polling it through the real scheduler."""
     sim = ModbusSim(slaves, transport=transport)  # type: ignore[arg-type]
     where = await sim.start()
-    link = {"host": "127.0.0.1", "port": where} if transport == "tcp" else {"device": where}
+    link = {"host": "127.0.0.1", "port": where} if transport == "tcp" else {"port": where}
     options = {"interval": 0.05, "timeout": 2, "request_timeout": 0.2, "jitter": 0, **options}
     try:
         async with run_driver(MANIFEST, name="bus", transport=transport, nodes=nodes, **link, **options) as h:
@@ -430,7 +430,7 @@ def _section(path: pathlib.Path) -> dict[str, Any]:
     return {
         k: v
         for k, v in section.items()
-        if k not in ("driver", "name", "transport", "interval", "device", "baudrate", "parity")
+        if k not in ("driver", "name", "transport", "interval", "port", "baudrate", "parity")
     }
 
 
