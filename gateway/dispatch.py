@@ -91,14 +91,17 @@ class Dispatch:
                 # not acknowledged: send again, in order, ahead of anything newer
                 back = sorted(lane.inflight)
                 lane.inflight.clear()
-                target = lane.pending if self.mode == "all" else self.shared
-                target.extendleft(reversed(back))
+                self._waiting(lane).extendleft(reversed(back))
             self._wake()
             self._on_state(lane.uplink, connected)
 
         return on_state
 
     # -- what waits ------------------------------------------------------------------------
+
+    def _waiting(self, lane: Lane) -> deque[int]:
+        """The batch numbers this lane sends next: its own (mode all) or everyone's (failover)."""
+        return lane.pending if self.mode == "all" else self.shared
 
     def resume(self, outbox: list[tuple[int, set[str]]]) -> None:
         """Queue the store's unacknowledged batches, oldest first: in mode all, each to every
@@ -165,44 +168,28 @@ class Dispatch:
                     return lane.inflight[bseq]
             return await load(bseq)
 
-        if self.mode == "all":
-            # each lane sends its own backlog; a new batch is made when a connected lane is idle
-            while True:
-                progress = False
-                for lane in self.lanes:
-                    up = lane.uplink
-                    while up.connected and len(lane.inflight) < up.window:
-                        if not lane.pending:
-                            fresh = await make()
-                            if fresh is None:
-                                break
-                        bseq = lane.pending.popleft()
-                        batch = await batch_of(bseq)
-                        if batch is None:
-                            continue
-                        self._send(lane, batch)
-                        progress = True
-                if not progress:
-                    break
-        else:
-            while True:
-                free = next((ln for ln in self.lanes if ln.uplink.connected
-                             and len(ln.inflight) < ln.uplink.window), None)
-                if free is None:
-                    break
-                lane = free
-                if not self.shared:
-                    fresh = await make()
-                    if fresh is None:
+        # lanes in list order, each until its window is full: in mode all each sends its own
+        # backlog; in failover the first connected uplink takes what waits, the next one the rest
+        while True:
+            progress = False
+            for lane in self.lanes:
+                up, waiting = lane.uplink, self._waiting(lane)
+                while up.connected and len(lane.inflight) < up.window:
+                    if not waiting:
+                        fresh = await make()
+                        if fresh is None:
+                            break
+                    bseq = waiting.popleft()
+                    batch = await batch_of(bseq)
+                    if batch is None:
+                        continue
+                    if not up.connected:  # dropped while the batch was made or read: it waits
+                        waiting.appendleft(bseq)
                         break
-                bseq = self.shared.popleft()
-                batch = await batch_of(bseq)
-                if batch is None:
-                    continue
-                if not lane.uplink.connected:
-                    self.shared.appendleft(bseq)
-                    continue
-                self._send(lane, batch)
+                    self._send(lane, batch)
+                    progress = True
+            if not progress:
+                break
 
     def _send(self, lane: Lane, batch: Batch) -> None:
         lane.inflight[batch.bseq] = batch
