@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from gateway.buffer import backlog
 from gateway.keys import init_key
 from gateway.service import service_env
+from gateway.store import backlog
 from gateway.testing import free_port
 from hil.mosquitto import Mosquitto
 
@@ -554,11 +554,17 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     speed = python_speed()
-    global PYCACHE
+    global PYCACHE, DAEMON_ROOT
     with tempfile.TemporaryDirectory(prefix="sensegate-bench-") as tmp:
         PYCACHE = Path(tmp) / "pycache"
         os.environ["SENSEGATE_RIG_PYCACHE"] = str(PYCACHE)  # the rig scenario's daemon too
         _warm_pycache()
+        if args.baseline_root:  # the baseline's daemon starts as warm as ours (no compiling in its first run)
+            DAEMON_ROOT = Path(args.baseline_root).resolve()
+            try:
+                _warm_pycache()
+            finally:
+                DAEMON_ROOT = ROOT
         for name, fn in chosen.items():
             print(f"running {name} ...", file=sys.stderr, flush=True)
             try:

@@ -163,9 +163,9 @@ def _run(args: argparse.Namespace) -> int:
 
     setup_logging("info")
     path = args.config or DEFAULT_CONFIG
-    from gateway.buffer import BufferError_
     from gateway.pipeline import PipelineError
     from gateway.remote.releases import launch
+    from gateway.store import StoreError
 
     launch(path)  # a newer release installed by an agent update runs instead of this one (docs/fleet.md)
     try:
@@ -173,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigInvalid as e:
         print(e, file=sys.stderr)
         return 1
-    except (PipelineError, BufferError_) as e:
+    except (PipelineError, StoreError) as e:
         print(f"sensegate: cannot start: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -268,7 +268,7 @@ def _drivers(args: argparse.Namespace) -> int:
 
 @command("keys")
 def _keys(args: argparse.Namespace) -> int:
-    from gateway.keys import KeyError_, init_key
+    from gateway.keys import KeyFileError, init_key
     from gateway.remote.cli import DEFAULT_OPS_DIR
 
     if args.keys_command != "init":
@@ -282,7 +282,7 @@ def _keys(args: argparse.Namespace) -> int:
         return _keys_on_token(args, Path(directory) / f"{name}.pub.pem")
     try:
         info = init_key(Path(directory), alg=args.alg, name=name, force=args.force)
-    except KeyError_ as e:
+    except KeyFileError as e:
         print(f"sensegate keys: {e}", file=sys.stderr)
         return 1
     print(f"private key: {info.private_path} (mode 0600)")
@@ -296,13 +296,13 @@ def _keys(args: argparse.Namespace) -> int:
 
 def _keys_on_token(args: argparse.Namespace, public_path: Path) -> int:
     """`keys init --pkcs11 URI`: the key pair is made by the token; only the public key is written."""
-    from gateway.keys import KeyError_, public_pem
+    from gateway.keys import KeyFileError, public_pem
 
     try:
         from gateway.hsm import create_key
 
         made = create_key(args.pkcs11, alg=args.alg, force=args.force)
-    except KeyError_ as e:
+    except KeyFileError as e:
         print(f"sensegate keys: {e}", file=sys.stderr)
         return 1
     try:
@@ -349,7 +349,7 @@ def _doctor(args: argparse.Namespace) -> int:
 def _provision(args: argparse.Namespace) -> int:
     from gateway.daemon import DEFAULT_CONFIG
     from gateway.doctor import EXIT, Environment, report, run_checks, worst
-    from gateway.keys import KeyError_
+    from gateway.keys import KeyFileError
     from gateway.provision import Plan, ProvisionError, provision
 
     plan = Plan(
@@ -372,7 +372,7 @@ def _provision(args: argparse.Namespace) -> int:
         print(f"sensegate provision: not allowed to write {e.filename or 'a file'}: provisioning writes the config "
               f"directory and the device key, so it must run as root: {again}", file=sys.stderr)
         return 3
-    except (ProvisionError, KeyError_, OSError) as e:
+    except (ProvisionError, KeyFileError, OSError) as e:
         print(f"sensegate provision: {e}", file=sys.stderr)
         return 3  # 0-2 are doctor's verdict after a successful provisioning
     for line in result.done:
@@ -396,11 +396,11 @@ def _driver_store(args: argparse.Namespace) -> int:
     what = args.driver_command
     try:
         if what == "bundle":
-            from gateway.keys import KeyError_, load_ops_key
+            from gateway.keys import KeyFileError, load_ops_key
 
             try:
                 key = load_ops_key(Path(args.sign_key))
-            except KeyError_ as e:
+            except KeyFileError as e:
                 print(f"sensegate driver bundle: {e}", file=sys.stderr)
                 return 2
             out = make_bundle([Path(w) for w in args.wheels], key, Path(args.out))

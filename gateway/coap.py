@@ -164,7 +164,7 @@ class Credentials(CredentialsMap):  # type: ignore[misc]
         return True  # aiocoap.Context replaces a falsy (empty) map with a new one of its own
 
 
-def oscore_available() -> str:
+def oscore_missing_reason() -> str:
     """Empty when OSCORE can be used, else what to install."""
     import aiocoap.defaults
 
@@ -176,7 +176,7 @@ def oscore_available() -> str:
 
 def load_oscore(directory: str) -> Any:
     """Open the OSCORE security context kept in ``directory`` (locks it against a second user)."""
-    problem = oscore_available()
+    problem = oscore_missing_reason()
     if problem:
         raise CoapError(problem)
     from aiocoap.oscore import FilesystemSecurityContext

@@ -15,6 +15,7 @@ from typing import Any
 
 import cbor2
 
+from gateway import cbor
 from gateway.keys import Ed25519PublicKey, InvalidSignature, PrivateKey, PublicKey, alg_of, as_signer, key_id
 
 COSE_SIGN1_TAG = 18
@@ -45,22 +46,7 @@ def protected_header(key: PrivateKey, kid: bytes, extra: dict[Any, Any]) -> byte
 def encode_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:
     """Tagged COSE_Sign1 bytes, with the payload spliced in without re-encoding it."""
     head = b"\xd2\x84"  # tag 18, array of 4
-    return head + _bstr(protected) + b"\xa0" + _bstr(payload) + _bstr(signature)
-
-
-def _bstr(b: bytes) -> bytes:
-    n = len(b)
-    if n < 24:
-        hdr = bytes([0x40 | n])
-    elif n < 2**8:
-        hdr = bytes([0x58, n])
-    elif n < 2**16:
-        hdr = b"\x59" + n.to_bytes(2, "big")
-    elif n < 2**32:
-        hdr = b"\x5a" + n.to_bytes(4, "big")
-    else:
-        hdr = b"\x5b" + n.to_bytes(8, "big")
-    return hdr + b
+    return head + cbor.bstr(protected) + b"\xa0" + cbor.bstr(payload) + cbor.bstr(signature)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.bounded import settle, stop_task
 from gateway.config import ConfigInvalid, GatewayConfig, load_config
@@ -34,9 +34,13 @@ from gateway.metrics import MetricsServer, status_line
 from gateway.registry import Registry
 from gateway.remote.agent import RemoteAgent
 from gateway.remote.envelope import Rejected
-from gateway.scheduler import NodeTracker, Supervisor
+from gateway.scheduler import NodeTracker, Sink, Supervisor
 from gateway.service import Notifier
 from gateway.sinks import JsonlSink
+
+if TYPE_CHECKING:
+    from gateway.keys import Signer
+    from gateway.uplinks import Uplink
 
 log = logging.getLogger("sensegate.daemon")
 DEFAULT_CONFIG = "/etc/sensegate/sensegate.yaml"
@@ -53,9 +57,27 @@ PIPELINE_FLOOR = 3.0  # the pipeline's close (the buffer's last commit) gets at 
 class Pipeline(Protocol):
     """Everything between the drivers' emit and the network: takes readings, never blocks."""
 
-    async def start(self) -> None: ...
+    @property
+    def sink(self) -> Sink:
+        """Where drivers' readings go (``sink.put`` is called once per reading)."""
 
-    def put(self, reading: Reading) -> None: ...
+    @property
+    def uplinks(self) -> list[Uplink]:
+        """The uplinks carrying signed batches (none for JSON lines)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for metrics and the status topic: ``buffer``, ``batches``, ``uplinks``."""
+
+    @property
+    def key(self) -> Signer | None:
+        """The device key that signs batches now (it signs config statuses too); None when this
+        pipeline signs nothing (JSON lines)."""
+
+    async def rotate_key(self) -> dict[str, Any]:
+        """Switch to a next device key now (the ``rotate_key`` command); only called when ``key``
+        is not None."""
+
+    async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -65,6 +87,24 @@ class DirectPipeline:
 
     def __init__(self, cfg: GatewayConfig) -> None:
         self.sinks = [JsonlSink(u.path) for u in cfg.config.uplinks if u.type == "jsonl"]
+
+    @property
+    def sink(self) -> Sink:
+        return self.sinks[0] if len(self.sinks) == 1 else self
+
+    @property
+    def uplinks(self) -> list[Uplink]:
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def key(self) -> Signer | None:
+        return None  # JSON lines are not signed
+
+    async def rotate_key(self) -> dict[str, Any]:
+        raise RuntimeError("a JSON-lines pipeline has no device key")
 
     async def start(self) -> None:
         for s in self.sinks:
@@ -231,7 +271,7 @@ class Daemon:
             await settle(pipeline.close(), SHUTDOWN_DEADLINE, "closing a pipeline that did not start")
             raise
         self.pipeline = pipeline
-        self.supervisor = Supervisor(cfg.config.gateway.id, self.pipeline, self.nodes)
+        self.supervisor = Supervisor(cfg.config.gateway.id, self.pipeline.sink, self.nodes)
         for inst in cfg.instances:
             self.supervisor.start(inst)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from gateway.keys import KeyError_, init_key, load_public_key
+from gateway.keys import KeyFileError, init_key, load_public_key
 from gateway.mqtt import MqttError, MqttSession
 from gateway.receiver import KeyBindings, Receiver
 from gateway.receiver.cli import format_summary
@@ -215,7 +215,7 @@ async def run_demo(workdir: Path, seconds: float, pkcs11: bool = False) -> int:
                   + (workdir / "daemon.log").read_text()[-3000:], file=sys.stderr)
             return 1
         return 0 if s.ok and s.readings > 0 else 1
-    except (MqttError, KeyError_, RuntimeError) as e:
+    except (MqttError, KeyFileError, RuntimeError) as e:
         print(f"demo: {e}", file=sys.stderr)
         return 2
     finally:

@@ -35,7 +35,7 @@ import cbor2
 
 from gateway.keyevents import MAX_HISTORY, history_message, make_rotation, parse_event
 from gateway.keys import (
-    KeyError_,
+    KeyFileError,
     Signer,
     alg_of,
     fingerprint,
@@ -259,7 +259,7 @@ class DeviceKey:
         new = load_signing_key(files.next_spec())
         try:
             if alg_of(new) != alg_of(self.signer):
-                raise KeyError_(f"the next key is {alg_of(new)}, the current one {alg_of(self.signer)}")
+                raise KeyFileError(f"the next key is {alg_of(new)}, the current one {alg_of(self.signer)}")
             doc = make_rotation(self.signer, new, self.gateway, stream, bseq)
             history = [*self.history, doc][-MAX_HISTORY:]
             _write(files.history, cbor2.dumps(history), 0o644)  # the decision

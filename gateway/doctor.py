@@ -14,6 +14,7 @@ The exit status is the worst finding: 0 ok, 1 warnings, 2 failures (the Nagios c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -26,7 +27,6 @@ import shutil
 import socket
 import ssl
 import stat
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from gateway.config import ConfigInvalid, GatewayConfig, load_config
 from gateway.doctor_agent import UnitState, fetch_status, systemd_unit
+from gateway.mqtt import MqttError, MqttSession, MqttSettings
 
 Status = Literal["ok", "warn", "fail"]
 EXIT = {"ok": 0, "warn": 1, "fail": 2}
@@ -239,13 +240,13 @@ def check_identity(cfg: GatewayConfig) -> Finding:
 
 def check_key(cfg: GatewayConfig, env: Environment) -> Finding:
     """The device key exists, is private (0600), belongs to the service user and fits batch.alg."""
-    from gateway.keys import KeyError_, alg_of, fingerprint, load_private_key
-    from gateway.pipeline import key_path
+    from gateway.keys import KeyFileError, alg_of, fingerprint, load_private_key
+    from gateway.signing import key_path
 
     path = key_path(cfg)
     try:
         key = load_private_key(path)
-    except KeyError_ as e:
+    except KeyFileError as e:
         if not path.exists():
             fix = f"sudo sensegate provision --id <GATEWAY-ID> (or: sudo sensegate keys init --dir {path.parent})"
         elif os.stat(path).st_mode & 0o077:
@@ -282,7 +283,7 @@ def check_token_key(cfg: GatewayConfig, env: Environment) -> list[Finding]:
     user alone, and the key signs (a probe, verified with its public key) with batch.alg."""
     import threading
 
-    from gateway.keys import KeyError_, fingerprint
+    from gateway.keys import KeyFileError, fingerprint
     from gateway.pkcs11uri import UriError, parse
 
     spec = cfg.config.gateway.key_file
@@ -326,7 +327,7 @@ def check_token_key(cfg: GatewayConfig, env: Environment) -> list[Finding]:
 
         try:
             key = open_token_key(spec)
-        except KeyError_ as e:
+        except KeyFileError as e:
             result.append(e)
             return
         result.append(key)
@@ -338,7 +339,7 @@ def check_token_key(cfg: GatewayConfig, env: Environment) -> list[Finding]:
     if not result:
         return [*out, Finding("signing key", "fail", f"{uri.describe()}: the token did not answer within "
                               f"{env.connect_timeout * 5:g} s", "check the token is plugged in and its daemon runs")]
-    if isinstance(result[0], KeyError_):
+    if isinstance(result[0], KeyFileError):
         return [*out, Finding("signing key", "fail", str(result[0]),
                               "check the token is present and the URI's token=/object= match "
                               "(pkcs11-tool --module MODULE --list-objects --login)")]
@@ -564,43 +565,39 @@ def check_disk(cfg: GatewayConfig, env: Environment) -> Finding:
     )
 
 
-def _mqtt_connect(sock: socket.socket, client_id: str, username: str, password: str) -> int:
-    """Send an MQTT 3.1.1 CONNECT, return the CONNACK code (0 accepted), then DISCONNECT."""
-
-    def s(text: str) -> bytes:
-        b = text.encode()
-        return struct.pack("!H", len(b)) + b
-
-    flags = 0x02 | (0x80 if username else 0) | (0x40 if password else 0)
-    body = s("MQTT") + bytes([4, flags]) + struct.pack("!H", 10) + s(client_id)
-    body += (s(username) if username else b"") + (s(password) if password else b"")
-    n, length = len(body), b""
-    while True:
-        n, digit = divmod(n, 128)
-        length += bytes([digit | (0x80 if n else 0)])
-        if not n:
-            break
-    sock.sendall(b"\x10" + length + body)
-    ack = b""
-    while len(ack) < 4:
-        chunk = sock.recv(4 - len(ack))
-        if not chunk:
-            raise ConnectionError("the broker closed the connection instead of answering CONNECT")
-        ack += chunk
-    if ack[0] != 0x20:
-        raise ConnectionError(f"unexpected reply to CONNECT (0x{ack[0]:02x}); is this an MQTT broker?")
-    if ack[3] == 0:
-        with contextlib.suppress(OSError):
-            sock.sendall(b"\xe0\x00")
-    return ack[3]
+def _await_tls_alert(conn: ssl.SSLSocket, wait: float = 0.5) -> None:
+    """Raise the ssl.SSLError a TLS 1.3 server sends just after the handshake (a client
+    certificate it wants and did not get, or refuses); an MQTT broker says nothing else before
+    CONNECT, so silence for ``wait`` seconds means it accepted us."""
+    conn.settimeout(wait)
+    with contextlib.suppress(TimeoutError):
+        conn.recv(1)
 
 
+def _mqtt_login(settings: MqttSettings, timeout: float) -> MqttError | None:
+    """Connect and log in as the uplink would (gateway.mqtt, the daemon's own client), then
+    disconnect cleanly; None when the broker accepted, else why not. Runs its own event loop
+    (doctor is a plain command)."""
+
+    async def attempt() -> MqttError | None:
+        session = MqttSession(settings)
+        try:
+            await session.connect(within=timeout)
+        except MqttError as e:
+            return e
+        await session.close()
+        return None
+
+    return asyncio.run(attempt())
+
+
+# CONNACK reason codes (MQTT 5 numbering; paho gives MQTT 3.1.1's 1-5 as 132, 133, 136, 134, 135)
 _CONNACK = {
-    1: "refused the protocol version",
-    2: "rejected the client id",
-    3: "is unavailable",
-    4: "rejected the user name or password",
-    5: "says this client is not authorised (wrong user name or password, or not allowed by its ACL)",
+    132: "refused the protocol version",
+    133: "rejected the client id",
+    136: "is unavailable",
+    134: "rejected the user name or password",
+    135: "says this client is not authorised (wrong user name or password, or not allowed by its ACL)",
 }
 
 
@@ -704,6 +701,8 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
                     sock.close()
                     out.append(_verify_failure(name, host, port, e, tls.ca_file if tls else "", env))
                     continue
+                if isinstance(conn, ssl.SSLSocket) and conn.version() == "TLSv1.3":
+                    _await_tls_alert(conn)  # TLS 1.3 refuses a client certificate after the handshake
                 peer = conn.getpeercert() or {}
                 not_after = peer.get("notAfter")
                 if isinstance(not_after, str):
@@ -718,10 +717,6 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
                                 "tell the broker's operators; gateways cannot connect once it expires",
                             )
                         )
-            password = up.password
-            if up.password_file:
-                password = Path(up.password_file).read_text().strip()
-            code = _mqtt_connect(conn, f"sensegate-doctor-{gid}"[:23], up.username, password)
         except ssl.SSLError as e:
             out.append(
                 Finding(
@@ -740,15 +735,30 @@ def check_broker(cfg: GatewayConfig, env: Environment) -> list[Finding]:
             continue
         finally:
             conn.close()
-        if code:
+        # the network and TLS are fine: now log in through the daemon's own MQTT client, with the
+        # uplink's settings (protocol, credentials, certificates) and a client id of its own, so
+        # a running daemon's session is not taken over
+        try:
+            settings = MqttSettings.for_uplink(up, gid, client_id=f"sensegate-doctor-{gid}"[:23])
+        except OSError as e:
+            out.append(Finding(name, "fail", f"password_file {up.password_file}: {e.strerror or e}",
+                               "check uplinks[].password_file (readable by the service user)"))
+            continue
+        refused = _mqtt_login(settings, env.connect_timeout)
+        if refused is not None and refused.refused:
+            code = refused.refused
             out.append(
                 Finding(
                     name,
                     "fail",
-                    f"{host}:{port} {_CONNACK.get(code, f'refused (code {code})')}",
+                    f"{host}:{port} {_CONNACK.get(code, f'refused the connection ({refused})')}",
                     "check username / password_file in the uplink, and the broker's ACL for this gateway",
                 )
             )
+            continue
+        if refused is not None:
+            fix = "is this the broker's MQTT port? check uplinks[].url"
+            out.append(Finding(name, "fail", f"{host}:{port}: {refused}", fix))
             continue
         if not tls_on:
             if unsafe:  # not this machine: said above
@@ -798,7 +808,7 @@ def _device_access_fix(path: str, st: os.stat_result, user: _User) -> str:
 
 def check_ops_keys(cfg: GatewayConfig, config_path: Path) -> Finding:
     """The ops keys remote config trusts: every file named is there and is a public key."""
-    from gateway.keys import KeyError_, load_public_key
+    from gateway.keys import KeyFileError, load_public_key
 
     fix = ("sudo sensegate provision --ops-key OPS.pub.pem: the public half of an ops key, which ops make on "
            "their machine with `sensegate keys init --ops` (a gateway never holds an ops private key)")
@@ -817,7 +827,7 @@ def check_ops_keys(cfg: GatewayConfig, config_path: Path) -> Finding:
             try:
                 load_public_key(f)
                 found += 1
-            except KeyError_ as e:
+            except KeyFileError as e:
                 problems.append(f"{e} (an ops key's private half, or not a key?)")
     trusted, retired, unseen = _ops_keyring(cfg, config_path, found)
     if unseen:
@@ -907,13 +917,24 @@ def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
     if not db.exists():
         return Finding("buffer", "ok", f"{db} not created yet (the daemon has not run)")
     try:
-        from gateway.buffer import backlog
+        from gateway.store import backlog
 
         waiting, age = backlog(db)
     except ImportError as e:
         return Finding("buffer", "warn", f"cannot inspect ({e})", "update sensegate")
     except Exception as e:  # sqlite3.Error and friends: never let doctor crash on a bad file
-        return Finding("buffer", "warn", f"cannot inspect {db}: {e}", f"ls -l {db}*; journalctl -u sensegate")
+        from gateway.store import salvage
+
+        if salvage.is_corrupt(e):
+            return Finding("buffer", "warn", f"cannot inspect {db}: SQLite says it is corrupt ({e})",
+                           "restart sensegate: it sets the file aside, recovers what it can read and declares "
+                           "the rest lost (then see this check again)")
+        why = salvage.describe(e, db)
+        fix = f"ls -l {db}*; journalctl -u sensegate"
+        if why.startswith("the disk is full"):
+            fix = ("free space on that disk (`sudo journalctl --vacuum-size=50M`, old logs, images): the daemon "
+                   "keeps readings in memory meanwhile and stores and sends them once there is room")
+        return Finding("buffer", "warn", f"cannot inspect {db}: {why}", fix)
     if not waiting:
         return Finding("buffer", "ok", "empty: everything was delivered")
     a = age or 0.0
@@ -926,6 +947,43 @@ def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
             "see the broker check above; `journalctl -u sensegate` says why batches are not acknowledged",
         )
     return Finding("buffer", "ok", text)
+
+
+def check_set_aside(cfg: GatewayConfig, env: Environment) -> list[Finding]:
+    """Buffer files set aside as corrupt: when, why, what they held and what became of it."""
+    from gateway.pipeline import buffer_path
+    from gateway.store import salvage
+
+    db = buffer_path(cfg)
+    out = []
+    for aside in sorted(db.parent.glob(f"{db.name}.corrupt-*")) if db.parent.is_dir() else []:
+        if aside.name.endswith(("-wal", "-shm")):
+            continue
+        try:
+            rep = json.loads(salvage.report_path(aside).read_text())
+        except (OSError, ValueError):
+            rep = None
+        fix = (f"nothing to redo for the data; check the storage (`dmesg`: a failing SD card corrupts files), "
+               f"keep the file for a post-mortem or delete it: sudo rm {aside}*")
+        if not isinstance(rep, dict):
+            out.append(Finding("buffer", "warn", f"{aside} was set aside as corrupt by an earlier sensegate; "
+                               "what it held was not recovered", fix))
+            continue
+        lost = rep.get("lost") or []
+        ranges = ", ".join(f"{a}-{b}" for a, b in lost[:5]) + (" ..." if len(lost) > 5 else "")
+        held = int(rep.get("recovered_readings", 0)) + int(rep.get("lost_readings", 0))
+        if rep.get("stream") == "kept":
+            what = (f"it held {held} reading(s) not yet delivered: {rep.get('recovered_readings', 0)} recovered and "
+                    f"sent, {rep.get('lost_readings', 0)} unreadable and declared lost"
+                    + (f" (reading numbers {ranges})" if lost else ""))
+        elif rep.get("stream") == "new":
+            what = (f"its reading numbers were unreadable: {rep.get('recovered_readings', 0)} reading(s) recovered "
+                    "and sent in a new stream; how many more it held cannot be told")
+        else:
+            what = "it belonged to another gateway; nothing was taken from it"
+        out.append(Finding("buffer", "warn", f"{aside} was set aside on {rep.get('set_aside_at', '?')} because "
+                           f"SQLite found it corrupt ({rep.get('error', '?')}); {what}", fix))
+    return out
 
 
 # -- running them -------------------------------------------------------------------------------
@@ -1016,6 +1074,7 @@ def run_checks(config_path: str | Path, env: Environment | None = None) -> list[
         findings.append(check_disk(cfg, env))
         findings += check_broker(cfg, env)
         findings.append(check_backlog(cfg, env))
+        findings += check_set_aside(cfg, env)
     delivery = agent.check_delivery(view, env.backlog_warn_age) if view is not None else None
     if delivery is not None:
         findings.append(delivery)
@@ -1032,7 +1091,7 @@ def _waiting(cfg: GatewayConfig | None) -> int:
     if not db.exists():
         return 0
     try:
-        from gateway.buffer import backlog
+        from gateway.store import backlog
 
         return backlog(db)[0]
     except Exception:  # check_backlog reports an unreadable buffer

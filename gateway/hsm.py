@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.keys import Alg, Ed25519PublicKey, KeyError_, PublicKey, Signer, fingerprint
+from gateway.keys import Alg, Ed25519PublicKey, KeyFileError, PublicKey, Signer, fingerprint
 from gateway.pkcs11uri import Pkcs11Uri, UriError, parse
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ _LIBS: dict[str, Any] = {}
 _LIBS_LOCK = threading.Lock()
 
 
-class TokenError(KeyError_):
+class TokenError(KeyFileError):
     """The token, its PIN or its key cannot be used; the message says what to check."""
 
 

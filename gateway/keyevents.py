@@ -30,7 +30,7 @@ from typing import Any, Literal
 import cbor2
 
 from gateway import cose
-from gateway.keys import KeyError_, PrivateKey, PublicKey, fingerprint, key_id, public_key_from_der, spki_der
+from gateway.keys import KeyFileError, PrivateKey, PublicKey, fingerprint, key_id, public_key_from_der, spki_der
 
 log = logging.getLogger("sensegate.keys")
 
@@ -230,7 +230,7 @@ def verify_event(data: bytes, ops_keys: Mapping[bytes, PublicKey], gateway_key: 
                                forged=True)
         try:
             new_key = public_key_from_der(p["key"], "the rotation's new key")
-        except (KeyError_, ValueError) as e:
+        except (KeyFileError, ValueError) as e:
             raise EventRefused(str(e)) from None
         if key_id(new_key) != p["new"]:
             raise EventRefused("the rotation's new key does not have the kid it names", forged=True)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.keys import KeyError_, PublicKey, alg_of, fingerprint, key_id, load_private_key, public_pem
+from gateway.keys import KeyFileError, PublicKey, alg_of, fingerprint, key_id, load_private_key, public_pem
 
 KID_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 
@@ -78,8 +78,8 @@ def rotate_device(args: argparse.Namespace) -> int:
     from gateway.config import ConfigInvalid, load_config
     from gateway.daemon import DEFAULT_CONFIG
     from gateway.devicekey import prepare_next
-    from gateway.pipeline import key_files
     from gateway.registry import Registry
+    from gateway.signing import key_files
 
     path = args.config or DEFAULT_CONFIG
     try:
@@ -89,7 +89,7 @@ def rotate_device(args: argparse.Namespace) -> int:
     files = key_files(cfg)
     try:
         made = prepare_next(files, cfg.config.batch.alg)
-    except (KeyError_, OSError) as e:
+    except (KeyFileError, OSError) as e:
         return _fail("rotate", e)
     print(f"next key:    {'made' if made.new else 'already waiting'}"
           f"{' on the token' if files.token else f' ({files.base.name}.next.key, mode 0600)'}")
@@ -116,7 +116,7 @@ def rotate_ops(args: argparse.Namespace) -> int:
         old = load_private_key(key_file)
         new = generate(alg_of(old))
         write_atomic(next_file, private_pem(new))
-    except (KeyError_, OSError) as e:
+    except (KeyFileError, OSError) as e:
         return _fail("rotate", e)
     old_pub, new_pub = old.public_key(), new.public_key()
     doc = make_rotation(old, new)
@@ -152,16 +152,16 @@ def _kid(spec: str) -> bytes:
 def revoke(args: argparse.Namespace) -> int:
     """Sign a revocation with the ops key and publish it retained."""
     from gateway.keyevents import make_revocation
-    from gateway.receiver.trust import GATEWAY_ID_RE
     from gateway.remote import topics
     from gateway.remote.ops import publish_retained
+    from gateway.wire import GATEWAY_ID_RE
 
     if args.gateway and not GATEWAY_ID_RE.match(args.gateway):
         return _fail("revoke", f"{args.gateway!r} is not a gateway id")
     try:
         kid = _kid(args.key)
         signer = load_private_key(Path(args.sign_key))
-    except (KeyError_, OSError) as e:
+    except (KeyFileError, OSError) as e:
         return _fail("revoke", e)
     doc = make_revocation(signer, kid, args.gateway or "", args.reason)
     broker = _broker(args)

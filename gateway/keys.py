@@ -35,7 +35,7 @@ _PKCS8_ED25519 = bytes.fromhex("302e020100300506032b657004220420")
 _SPKI_ED25519 = bytes.fromhex("302a300506032b6570032100")
 
 
-class KeyError_(Exception):
+class KeyFileError(Exception):
     """A key is missing, unreadable, of the wrong kind, or readable by others."""
 
 
@@ -222,7 +222,7 @@ def alg_of(key: PrivateKey | PublicKey) -> Alg:
     curve = getattr(key, "curve", None)
     if curve is not None and curve.name == "secp256r1":
         return "es256"
-    raise KeyError_(f"unsupported key {getattr(curve, 'name', type(key).__name__)}: use Ed25519 or P-256")
+    raise KeyFileError(f"unsupported key {getattr(curve, 'name', type(key).__name__)}: use Ed25519 or P-256")
 
 
 def generate(alg: Alg) -> PrivateKey:
@@ -239,7 +239,7 @@ def private_pem(key: PrivateKey) -> bytes:
     if isinstance(key, Ed25519PrivateKey):
         return _pem("PRIVATE KEY", _PKCS8_ED25519 + key.seed())
     if isinstance(key, Signer):
-        raise KeyError_(f"a {type(key).__name__} cannot be written out")
+        raise KeyFileError(f"a {type(key).__name__} cannot be written out")
     from cryptography.hazmat.primitives import serialization
 
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -251,11 +251,11 @@ def init_key(directory: Path, alg: Alg = "ed25519", name: str = "device", force:
     private_path = directory / f"{name}.key"
     public_path = directory / f"{name}.pub.pem"
     if private_path.exists() and not force:
-        raise KeyError_(f"{private_path} already exists; keep it, or pass --force to replace it")
+        raise KeyFileError(f"{private_path} already exists; keep it, or pass --force to replace it")
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
-        raise KeyError_(f"cannot create {directory}: {e.strerror or e}") from None
+        raise KeyFileError(f"cannot create {directory}: {e.strerror or e}") from None
     key = generate(alg)
     pem = private_pem(key)
     tmp = private_path.with_suffix(".key.tmp")
@@ -270,14 +270,14 @@ def init_key(directory: Path, alg: Alg = "ed25519", name: str = "device", force:
         pub = key.public_key()
         public_path.write_bytes(public_pem(pub))
     except OSError as e:
-        raise KeyError_(f"cannot write key into {directory}: {e.strerror or e}") from None
+        raise KeyFileError(f"cannot write key into {directory}: {e.strerror or e}") from None
     return KeyInfo(private_path, public_path, alg, fingerprint(pub))
 
 
 def load_ops_key(path: Path) -> PrivateKey:
     """Load an ops signing key; a missing one is named as an ops key, with the command that makes one."""
     if not path.exists():
-        raise KeyError_(
+        raise KeyFileError(
             f"no ops key at {path}: make one on the ops machine with 'sensegate keys init --ops --dir {path.parent}' "
             "(or give its path with --sign-key); each gateway trusts its public half: "
             "sudo sensegate provision --ops-key ops.pub.pem"
@@ -291,11 +291,11 @@ def load_private_key(path: Path) -> PrivateKey:
         st = path.stat()
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise KeyError_(f"no signing key at {path}: run 'sensegate keys init --dir {path.parent}'") from None
+        raise KeyFileError(f"no signing key at {path}: run 'sensegate keys init --dir {path.parent}'") from None
     except OSError as e:
-        raise KeyError_(f"cannot read signing key {path}: {e.strerror or e}") from None
+        raise KeyFileError(f"cannot read signing key {path}: {e.strerror or e}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyError_(
+        raise KeyFileError(
             f"signing key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"fix with: chmod 600 {path}"
         )
@@ -303,7 +303,7 @@ def load_private_key(path: Path) -> PrivateKey:
 
 
 def private_key_from_pem(raw: bytes, where: str = "key") -> PrivateKey:
-    """An Ed25519 or P-256 private key from unencrypted PEM (KeyError_ says why not)."""
+    """An Ed25519 or P-256 private key from unencrypted PEM (KeyFileError says why not)."""
     der = _pem_der(raw, "PRIVATE KEY")
     if der is not None and len(der) == 48 and der.startswith(_PKCS8_ED25519):
         return Ed25519PrivateKey(der[16:])
@@ -314,11 +314,11 @@ def private_key_from_pem(raw: bytes, where: str = "key") -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(raw, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise KeyError_(f"{where} is not an unencrypted PEM private key: {e}") from None
+        raise KeyFileError(f"{where} is not an unencrypted PEM private key: {e}") from None
     if isinstance(key, ed25519.Ed25519PrivateKey):  # e.g. PKCS#8 v2, with the public key in it
         return Ed25519PrivateKey(key.private_bytes_raw())
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise KeyError_(f"{where}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
+        raise KeyFileError(f"{where}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
     alg_of(key)
     return key
 
@@ -346,12 +346,12 @@ def load_public_key(path: Path) -> PublicKey:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise KeyError_(f"cannot read public key {path}: {e.strerror or e}") from None
+        raise KeyFileError(f"cannot read public key {path}: {e.strerror or e}") from None
     return public_key_from_pem(raw, str(path))
 
 
 def public_key_from_pem(raw: bytes, where: str = "key") -> PublicKey:
-    """An Ed25519 or P-256 public key from PEM SubjectPublicKeyInfo (KeyError_ says why not)."""
+    """An Ed25519 or P-256 public key from PEM SubjectPublicKeyInfo (KeyFileError says why not)."""
     der = _pem_der(raw, "PUBLIC KEY")
     if der is not None and len(der) == 44 and der.startswith(_SPKI_ED25519):
         return Ed25519PublicKey(der[12:])
@@ -362,11 +362,11 @@ def public_key_from_pem(raw: bytes, where: str = "key") -> PublicKey:
     try:
         key = serialization.load_pem_public_key(raw)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:  # an OID it does not know: the latter
-        raise KeyError_(f"{where} is not a PEM public key: {e}") from None
+        raise KeyFileError(f"{where} is not a PEM public key: {e}") from None
     if isinstance(key, ed25519.Ed25519PublicKey):
         return Ed25519PublicKey(key.public_bytes_raw())
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise KeyError_(f"{where}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
+        raise KeyFileError(f"{where}: unsupported key type {type(key).__name__}; use Ed25519 or P-256")
     alg_of(key)
     return key
 
@@ -376,5 +376,5 @@ def public_key_from_der(der: bytes, where: str = "key") -> PublicKey:
     if len(der) == 44 and der.startswith(_SPKI_ED25519):
         return Ed25519PublicKey(der[12:])
     if len(der) > 1024:
-        raise KeyError_(f"{where}: {len(der)} bytes is no Ed25519 or P-256 public key")
+        raise KeyFileError(f"{where}: {len(der)} bytes is no Ed25519 or P-256 public key")
     return public_key_from_pem(_pem("PUBLIC KEY", der), where)

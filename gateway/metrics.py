@@ -17,10 +17,16 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import __version__
 from gateway.bounded import settle
+
+if TYPE_CHECKING:
+    from gateway.config.validate import GatewayConfig
+    from gateway.daemon import Pipeline
+    from gateway.remote.agent import RemoteAgent
+    from gateway.scheduler import NodeTracker, Supervisor
 
 log = logging.getLogger("sensegate.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -31,10 +37,12 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 class _Daemon(Protocol):
     """What summary() reads from a running daemon (gateway.daemon.Daemon)."""
 
-    cfg: Any
-    nodes: Any
-    pipeline: Any
-    supervisor: Any
+    cfg: GatewayConfig | None
+    config_path: Path
+    nodes: NodeTracker
+    pipeline: Pipeline | None
+    remote: RemoteAgent | None
+    supervisor: Supervisor | None
 
 
 # -- the summary --------------------------------------------------------------------------------
@@ -60,15 +68,15 @@ def process_stats() -> dict[str, float]:
 
 def summary(daemon: _Daemon) -> dict[str, Any]:
     """The gateway's health as one JSON-able dict: drivers, nodes, buffer, batches, uplinks, process."""
-    cfg = getattr(daemon, "cfg", None)
+    cfg = daemon.cfg
     out: dict[str, Any] = {
         "version": __version__,
         "gateway": cfg.config.gateway.id if cfg is not None else None,
         "time": time.time(),
     }
     drivers: dict[str, Any] = {}
-    supervisor = getattr(daemon, "supervisor", None)
-    for name, runner in sorted((getattr(supervisor, "runners", None) or {}).items()):
+    runners = daemon.supervisor.runners if daemon.supervisor is not None else {}
+    for name, runner in sorted(runners.items()):
         s = runner.stats
         drivers[name] = {
             "driver": runner.inst.manifest.name,
@@ -83,18 +91,16 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             "last_error": s.last_error,
             "events": dict(s.extra),
         }
-    for d in getattr(cfg, "down", ()):  # configured, but its driver does not load
+    for d in cfg.down if cfg is not None else ():  # configured, but its driver does not load
         drivers[d.name] = {"driver": d.driver, "state": "failed", "readings": 0, "polls": 0, "errors": 0,
                            "timeouts": 0, "restarts": 0, "latency_sum_s": 0.0, "latency_max_s": 0.0,
                            "last_error": d.reason, "events": {}}
     out["drivers"] = drivers
-    nodes = getattr(daemon, "nodes", None)
-    out["nodes"] = dict(sorted((getattr(nodes, "state", None) or {}).items()))
-    stats_fn = getattr(getattr(daemon, "pipeline", None), "stats", None)
+    out["nodes"] = dict(sorted(daemon.nodes.state.items()))
     pipe: dict[str, Any] = {}
-    if callable(stats_fn):
+    if daemon.pipeline is not None:
         try:
-            pipe = dict(stats_fn())
+            pipe = dict(daemon.pipeline.stats())
         except Exception as e:  # a metrics read must never hurt the daemon
             log.debug("pipeline stats failed: %r", e)
     out["config"] = _running_config(daemon)
@@ -113,10 +119,9 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
 
 def _running_config(daemon: _Daemon) -> dict[str, Any]:
     """Which config the daemon runs: a pushed revision, or its local file (doctor shows it)."""
-    remote = getattr(daemon, "remote", None)
-    revision = getattr(remote, "revision", None)
+    revision = daemon.remote.revision if daemon.remote is not None else None
     return {"source": "local" if revision is None else "pushed", "revision": revision,
-            "file": str(getattr(daemon, "config_path", "") or "")}
+            "file": str(daemon.config_path)}
 
 
 def status_line(daemon: _Daemon) -> str:

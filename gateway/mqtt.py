@@ -20,7 +20,8 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho  # its urllib.request import is deferred: see gateway/__init__.py
@@ -29,11 +30,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+if TYPE_CHECKING:
+    from gateway.config.schema import MqttUplink as MqttUplinkConfig
+
 log = logging.getLogger("sensegate.mqtt")
 
 
 class MqttError(Exception):
     """A connection could not be made or was refused; the message says why in plain words."""
+
+    def __init__(self, message: str, refused: int = 0) -> None:
+        super().__init__(message)
+        self.refused = refused  # the broker's CONNACK reason code when it said no (MQTT 5 numbering)
 
 
 def batch_topic(prefix: str, gateway: str) -> str:
@@ -74,6 +82,28 @@ class MqttSettings:
     # MQTT 5 Maximum Packet Size: the broker never sends this client a larger packet (it discards
     # it as delivered), so a huge message cannot be read into memory here; 0: no limit
     max_packet: int = 0
+
+    @classmethod
+    def for_uplink(cls, cfg: MqttUplinkConfig, gateway_id: str, client_id: str = "", **kw: Any) -> MqttSettings:
+        """What an ``uplinks:`` entry of type mqtt connects with (the uplink, and doctor's check);
+        ``kw``: further settings. Reads ``password_file`` (OSError when it cannot)."""
+        password = cfg.password
+        if cfg.password_file:
+            password = Path(cfg.password_file).read_text().strip()
+        tls = cfg.tls
+        return cls.from_url(
+            cfg.url,
+            ca_file=tls.ca_file if tls else "",
+            cert_file=tls.cert_file if tls else "",
+            key_file=tls.key_file if tls else "",
+            insecure=tls.insecure if tls else False,
+            username=cfg.username,
+            password=password,
+            client_id=client_id or cfg.client_id or f"sensegate-{gateway_id}",
+            protocol=cfg.protocol,
+            keepalive=int(cfg.keepalive),
+            **kw,
+        )
 
     @classmethod
     def from_url(cls, url: str, **kw: Any) -> MqttSettings:
@@ -265,7 +295,7 @@ class MqttSession:
             raise
         if rc.is_failure:
             await self.close()
-            raise MqttError(f"broker refused the connection: {rc}")
+            raise MqttError(f"broker refused the connection: {rc}", refused=rc.value)
 
     def _attach(self) -> None:
         c = self.client

@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.config import ConfigInvalid, GatewayConfig
 from gateway.config.validate import config_files, dropin_dir, read_config, validate_document
-from gateway.keys import KeyError_, PublicKey, fingerprint, init_key, load_private_key, load_public_key, public_pem
+from gateway.keys import KeyFileError, PublicKey, fingerprint, init_key, load_private_key, load_public_key, public_pem
 from gateway.receiver.trust import DEFAULT_KEY_NAME, PUB_SUFFIX
 from gateway.registry import Registry
 
@@ -241,13 +241,13 @@ def _check_effective(cfg: GatewayConfig, plan: Plan, dropin: Path) -> None:
 
 def ensure_device_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
     """Make the signing key unless one exists; give it to the service user."""
-    from gateway.pipeline import key_path
+    from gateway.signing import key_path
 
     path = key_path(cfg)
     if path.exists():
         try:
             key = load_private_key(path)
-        except KeyError_ as e:
+        except KeyFileError as e:
             raise ProvisionError(f"{e}\n(provision keeps an existing key; fix it or move it away)") from None
         result.done.append(f"kept the existing device key {path}, fingerprint {fingerprint(key.public_key())}")
     else:
@@ -282,8 +282,8 @@ def ensure_token_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
     """A key on the PKCS#11 token the config names (made there unless it exists); its public key
     written beside the state for ops, the PIN file given to the service user alone."""
     from gateway.hsm import NoTokenKey, create_key, open_token_key
-    from gateway.pipeline import key_path
     from gateway.pkcs11uri import parse
+    from gateway.signing import key_path
 
     spec = cfg.config.gateway.key_file
     public_path = key_path(cfg).with_name("device.pub.pem")
@@ -297,7 +297,7 @@ def ensure_token_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
         public, alg = made.public, made.alg
         result.done.append(f"made the device key on the token ({alg}, not extractable), "
                            f"fingerprint {made.fingerprint}")
-    except KeyError_ as e:
+    except KeyFileError as e:
         raise ProvisionError(f"{e}\n(the device key is on a PKCS#11 token: check the token and the URI)") from None
     if alg != cfg.config.batch.alg:
         raise ProvisionError(f"the token's key is {alg} but batch.alg is {cfg.config.batch.alg}; set batch.alg: {alg}")
@@ -318,7 +318,7 @@ def ensure_token_key(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
 
 def make_csr(cfg: GatewayConfig, plan: Plan, result: Result) -> None:
     """A P-256 TLS client key and a CSR (CN = gateway id) for the broker's CA."""
-    from gateway.pipeline import key_path
+    from gateway.signing import key_path
 
     mqtt = next((u for u in cfg.config.uplinks if u.type == "mqtt"), None)
     keys = key_path(cfg).parent
@@ -377,7 +377,7 @@ def install_ops_keys(plan: Plan, result: Result) -> None:
     for src in plan.ops_keys:
         try:
             key = load_public_key(src)
-        except KeyError_ as e:
+        except KeyFileError as e:
             raise ProvisionError(str(e)) from None
         name = src.name if src.name.endswith(".pem") else src.name + ".pem"
         dest = dest_dir / name

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from tenacity import RetryCallState, wait_exponential, wait_random
-
 from gateway.bounded import abandon, stop_task
 from gateway.config.validate import Instance
 from gateway.driver_api import (
@@ -126,18 +124,20 @@ class Stats:
 
 
 class Backoff:
-    """Exponential backoff with jitter (tenacity's strategy), reset after a success."""
+    """Exponential backoff with jitter, reset after a success: the n-th wait is
+    ``min(initial * 2**(n-1), maximum)`` plus a random 0..``initial``, so that gateways cut off
+    together do not all come back in the same second."""
 
     def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
-        self._wait = wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial)
-        self._state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        self.initial = initial
+        self.maximum = maximum
         self.attempt = 0
 
     def next(self) -> float:
         """Seconds to wait before the next attempt."""
         self.attempt += 1
-        self._state.attempt_number = self.attempt
-        return float(self._wait(self._state))
+        doubled = self.initial * 2.0 ** min(self.attempt - 1, 1000)  # (no float overflow, however long)
+        return min(doubled, self.maximum) + random.uniform(0.0, self.initial)
 
     def reset(self) -> None:
         """Start again from the shortest wait."""

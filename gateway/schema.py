@@ -24,6 +24,21 @@ validators it builds for our schemas cost about 11 MB of resident memory in the 
 module does the part we use, in plain Python. The names and messages follow pydantic's,
 so a driver author who knows pydantic writes these classes the same way.
 
+It accepts and refuses what pydantic 2 (lax mode, ``extra="forbid"``) does, with the same
+error types, except where a config is better served by refusing; tests/gateway/
+test_schema_parity.py runs one table of inputs through both and holds each of these
+deliberate differences to what is written here:
+
+* a number field (``int``, ``float``, a ``Literal`` of numbers) refuses a boolean (pydantic
+  takes ``true`` as 1): in YAML that is a mistake, not a number;
+* a ``bool`` field refuses a float (pydantic takes 0.0 and 1.0), and strips blanks around
+  ``" true "`` (pydantic does not);
+* an ``int`` field refuses a string holding a float (``"7.0"``; pydantic takes it);
+* a ``float`` field refuses inf and nan, also as strings (pydantic takes them): durations,
+  sizes and scales in a config are finite;
+* a ``str`` field refuses bytes (YAML ``!!binary``; pydantic decodes them as UTF-8);
+* a ``list`` field refuses a set (YAML ``!!set``; pydantic takes it, in no defined order).
+
 Supported annotations: ``str``, ``int``, ``float``, ``bool``, ``None``, ``Any``, ``Literal``,
 unions (``X | None``; a ``discriminator`` field picks among models by a ``Literal`` tag),
 ``list``, ``set``, ``frozenset``, ``tuple[X, ...]``, ``dict[K, V]``, nested ``Model``s and
@@ -297,8 +312,10 @@ def _scalar(tp: type, value: Any, loc: Loc, errors: _Errors) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
+        if isinstance(value, int):
+            if value in (0, 1):
+                return bool(value)
+            return errors.add("bool_parsing", loc, "Input should be a valid boolean, unable to interpret input", value)
         if isinstance(value, str):
             low = value.strip().lower()
             if low in _TRUE:
@@ -595,7 +612,7 @@ def _mapping(tp: Any, value: Any, loc: Loc, errors: _Errors) -> Any:
     before = len(errors)
     out = {}
     for k, v in value.items():
-        key = _check(key_type, k, (*loc, k), errors)
+        key = _check(key_type, k, (*loc, k, "[key]"), errors)  # (where pydantic puts it)
         item = _check(value_type, v, (*loc, k), errors)
         out[key] = item
     return _INVALID if len(errors) > before else out

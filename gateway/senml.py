@@ -29,6 +29,7 @@ from typing import Any
 
 import cbor2
 
+from gateway import cbor
 from gateway.driver_api import Blob, Location, Path, Quality, Reading
 
 BT, N, U, V, VS, VB, T, VD = -3, 0, 1, 2, 3, 4, 6, 8
@@ -102,25 +103,6 @@ def encode_records(readings: Iterable[Reading], encoder: RecordEncoder | None = 
     return (encoder or RecordEncoder()).encode(readings)
 
 
-def _head(major: int, n: int) -> bytes:
-    """CBOR head for major type ``major`` and argument ``n`` (0 <= n < 2**64), shortest form."""
-    m = major << 5
-    if n < 24:
-        return bytes((m | n,))
-    if n < 2**8:
-        return bytes((m | 24, n))
-    if n < 2**16:
-        return bytes((m | 25,)) + n.to_bytes(2, "big")
-    if n < 2**32:
-        return bytes((m | 26,)) + n.to_bytes(4, "big")
-    return bytes((m | 27,)) + n.to_bytes(8, "big")
-
-
-def _tstr(s: str) -> bytes:
-    b = s.encode("utf-8")
-    return _head(3, len(b)) + b
-
-
 _F64 = struct.Struct(">Bd").pack
 _F64_VT = struct.Struct(">BBdBBd").pack  # 2: v, 6: t, both float64
 _F64_T = struct.Struct(">BBd").pack  # 6: t
@@ -134,9 +116,9 @@ _SMALL_INTS = [b"\x02" + bytes((i,)) if i < 24 else b"\x02\x18" + bytes((i,)) fo
 
 def _cbor_int(v: int) -> bytes | None:
     if 0 <= v < 2**64:
-        return _head(0, v)
+        return cbor.head(cbor.UINT, v)
     if -(2**64) <= v < 0:
-        return _head(1, -1 - v)
+        return cbor.head(cbor.NINT, -1 - v)
     return None  # a bignum: leave it to cbor2
 
 
@@ -156,10 +138,10 @@ class RecordEncoder:
         if len(self._prefix) >= self.MAX_CACHED:
             self._prefix.clear()
         node, point, unit = key
-        head = b"\x00" + _tstr(f"{node}/{point}")
+        head = b"\x00" + cbor.tstr(f"{node}/{point}")
         n = 1
         if unit:
-            head += b"\x01" + _tstr(unit)
+            head += b"\x01" + cbor.tstr(unit)
             n = 2
         hit = self._prefix[key] = (n, head, bytes((0xA0 | (n + 2),)) + head)
         return hit
@@ -201,7 +183,7 @@ class RecordEncoder:
                 elif 0 <= v < 2**32:
                     val = _U32(0x02, 0x1A, v)
                 else:
-                    val = b"\x02" + (_head(0, v) if v >= 0 else _head(1, -1 - v))
+                    val = b"\x02" + (cbor.head(cbor.UINT, v) if v >= 0 else cbor.head(cbor.NINT, -1 - v))
             elif tv is bool:
                 val = b"\x04\xf5" if v else b"\x04\xf4"
             else:
@@ -234,29 +216,9 @@ class RecordEncoder:
         return cbor2.dumps(rec)
 
 
-def _array_header_len(n: int) -> int:
-    if n < 24:
-        return 1
-    if n < 2**8:
-        return 2
-    if n < 2**16:
-        return 3
-    if n < 2**32:
-        return 5
-    return 9
-
-
 def array_header(n: int) -> bytes:
-    """CBOR major type 4 (array) header for ``n`` items."""
-    if n < 24:
-        return bytes([0x80 | n])
-    if n < 2**8:
-        return bytes([0x98, n])
-    if n < 2**16:
-        return b"\x99" + n.to_bytes(2, "big")
-    if n < 2**32:
-        return b"\x9a" + n.to_bytes(4, "big")
-    return b"\x9b" + n.to_bytes(8, "big")
+    """The CBOR head of a pack (an array) of ``n`` records."""
+    return cbor.head(cbor.ARRAY, n)
 
 
 class SenmlError(ValueError):
@@ -302,51 +264,8 @@ _KIND_TYPES: dict[str, tuple[type, ...]] = {
 
 def decode_pack(pack: Any, first_seq: int) -> list[DecodedReading]:
     """Decode a SenML pack (already CBOR-decoded) into readings numbered from ``first_seq``."""
-    if not isinstance(pack, list | tuple):
-        raise SenmlError("a SenML pack is an array of records")
     out: list[DecodedReading] = []
-    bt = None
-    for i, rec in enumerate(pack):
-        if not isinstance(rec, Mapping):
-            raise SenmlError(f"record {i} is not a map")
-        if BT in rec:
-            if type(rec[BT]) is not int:
-                raise SenmlError(f"record {i}: bt must be an integer")
-            bt = rec[BT]
-        if bt is None:
-            raise SenmlError(f"record {i}: no base time")
-        name = rec.get(N)
-        t = rec.get(T, 0.0)
-        if not isinstance(name, str) or "/" not in name or not NAME_RE.match(name):
-            raise SenmlError(f"record {i}: bad name {name!r}")
-        if not isinstance(t, int | float) or isinstance(t, bool) or t != t or abs(t) > 2**52:
-            raise SenmlError(f"record {i}: bad time")
-        node, _, point = name.partition("/")
-        extra = None
-        if "loc" in rec:
-            kind, value, extra = "loc", rec.get(VS), rec["loc"]
-        elif "ct" in rec:
-            kind, value, extra = "blob", rec.get(VS), {"ct": rec["ct"], "sz": rec.get("sz")}
-        elif V in rec:
-            kind, value = "v", rec[V]
-        elif VS in rec:
-            kind, value = "vs", rec[VS]
-        elif VB in rec:
-            kind, value = "vb", rec[VB]
-        elif VD in rec:
-            kind, value = "vd", rec[VD]
-        else:
-            raise SenmlError(f"record {i}: no value")
-        if not isinstance(value, _KIND_TYPES[kind]) or (kind == "v" and isinstance(value, bool)):
-            raise SenmlError(f"record {i}: value of the wrong type for {kind}")
-        unit = rec.get(U)
-        if unit is not None and not isinstance(unit, str):
-            raise SenmlError(f"record {i}: unit must be text")
-        q, p = rec.get("q", 0), rec.get("p", 2)
-        if q not in (0, 1, 2) or p not in (2, 3):
-            raise SenmlError(f"record {i}: bad quality or path")
-        ts = bt * NS + round(t * NS)
-        out.append(DecodedReading(first_seq + i, node, point, ts, value, unit, q, p, kind, extra))
+    _walk(pack, first_seq, out)
     return out
 
 
@@ -355,6 +274,13 @@ def check_pack(pack: Any, first_seq: int, ts_out: list[int] | None = None,
     """Check a SenML pack exactly as :func:`decode_pack` does, without building a reading per
     record; returns the record count. Optionally collects each record's timestamp (ns) in
     ``ts_out`` and (sequence number, ``vs``) of blob records in ``blobs_out``."""
+    return _walk(pack, first_seq, None, ts_out, blobs_out)
+
+
+def _walk(pack: Any, first_seq: int, out: list[DecodedReading] | None, ts_out: list[int] | None = None,
+          blobs_out: list[tuple[int, Any]] | None = None) -> int:
+    """The one walk over a pack's records: every check of the format, the readings built only
+    when ``out`` is given (the type tests take the common types' fast way first)."""
     if not isinstance(pack, list | tuple):
         raise SenmlError("a SenML pack is an array of records")
     bt = None
@@ -379,16 +305,17 @@ def check_pack(pack: Any, first_seq: int, ts_out: list[int] | None = None,
             raise SenmlError(f"record {i}: bad time")
         if t != t or abs(t) > 2**52:
             raise SenmlError(f"record {i}: bad time")
+        extra = None
         if V in rec and "loc" not in rec and "ct" not in rec:
-            value = rec[V]
+            kind, value = "v", rec[V]
             tv = type(value)
             if not (tv is float or tv is int) and (not isinstance(value, int | float) or isinstance(value, bool)):
                 raise SenmlError(f"record {i}: value of the wrong type for v")
         else:
             if "loc" in rec:
-                kind, value = "loc", rec.get(VS)
+                kind, value, extra = "loc", rec.get(VS), rec["loc"]
             elif "ct" in rec:
-                kind, value = "blob", rec.get(VS)
+                kind, value, extra = "blob", rec.get(VS), {"ct": rec["ct"], "sz": rec.get("sz")}
                 if blobs_out is not None:
                     blobs_out.append((first_seq + i, value))
             elif VS in rec:
@@ -404,12 +331,18 @@ def check_pack(pack: Any, first_seq: int, ts_out: list[int] | None = None,
         unit = rec.get(U)
         if unit is not None and type(unit) is not str and not isinstance(unit, str):
             raise SenmlError(f"record {i}: unit must be text")
+        q, p = 0, 2
         if "q" in rec or "p" in rec:
             q, p = rec.get("q", 0), rec.get("p", 2)
             if q not in (0, 1, 2) or p not in (2, 3):
                 raise SenmlError(f"record {i}: bad quality or path")
-        if ts_out is not None:
-            ts_out.append(bt * NS + round(t * NS))
+        if out is not None or ts_out is not None:
+            ts = bt * NS + round(t * NS)
+            if ts_out is not None:
+                ts_out.append(ts)
+            if out is not None:
+                node, _, point = name.partition("/")
+                out.append(DecodedReading(first_seq + i, node, point, ts, value, unit, q, p, kind, extra))
     return len(pack)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import cose
-from gateway.keys import KeyError_, Signer
+from gateway.keys import KeyFileError, Signer
 
 log = logging.getLogger("sensegate.remote")
 FIELD = "cose"
@@ -56,7 +56,7 @@ async def seal_async(body: dict[str, Any], key: Signer | None, gateway: str, kin
     try:
         async with asyncio.timeout(SIGN_TIMEOUT):
             return await asyncio.to_thread(seal, body, key, gateway, kind)
-    except (TimeoutError, KeyError_, OSError, ValueError) as e:  # a token that hangs or fails: say so, send unsigned
+    except (TimeoutError, KeyFileError, OSError, ValueError) as e:  # a token that hangs or fails: say so, send unsigned
         log.warning("a %s went out unsigned: the device key could not sign it (%s)", kind, e or "timeout")
         return json.dumps(body, default=str).encode()
 
@@ -73,7 +73,7 @@ class Checked:
 def check(body: dict[str, Any], trust: Any, gateway: str, kind: str) -> Checked:
     """Verify a parsed message (``body``, with its ``"cose"``) about ``gateway`` against ``trust``
     (anything with ``lookup(gateway, kid)``: gateway.receiver.trust.Trust)."""
-    from gateway.receiver.trust import Untrusted
+    from gateway.wire import Untrusted
 
     plain = {k: v for k, v in body.items() if k != FIELD}
     sig = body.get(FIELD)

@@ -2,7 +2,7 @@
 
 Each fault is a plain object with an "inject" and a "clear" step, usable from tests and by hand
 on a bench (``python -c`` or a notebook). What needs root or a Debian package says so through
-``available()`` (a reason string, empty when it can run), so a scenario can fall back and say
+``unavailable_reason()`` (empty when it can run), so a scenario can fall back and say
 which mechanism ran.
 
 * devices: ``unplug``/``plug``, ``noise``, ``inject`` (raw bytes) on a rig device (simulated:
@@ -178,7 +178,7 @@ class Partition:
         self.up = False
 
     @staticmethod
-    def available() -> str:
+    def unavailable_reason() -> str:
         """Empty when namespaces can be made here, else why not."""
         if shutil.which("ip") is None:
             return "iproute2 is not installed"
@@ -261,7 +261,7 @@ class DiskFull:
         self.filler = path / ".rig-filler"
 
     @staticmethod
-    def available() -> str:
+    def unavailable_reason() -> str:
         if os.geteuid() != 0:
             return "mounting a tmpfs needs root"
         return ""
@@ -333,7 +333,7 @@ class ClockJump:
         return next((p for p in LIBFAKETIME if os.path.exists(p)), "")
 
     @staticmethod
-    def available() -> str:
+    def unavailable_reason() -> str:
         return "" if ClockJump.library() else "libfaketime is not installed (Debian package faketime)"
 
     def env(self) -> dict[str, str]:

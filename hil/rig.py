@@ -928,7 +928,7 @@ class RigRun:
     def ledger(self) -> BatchLedger:
         """The gateway's own record of its batches (its buffer file): made, and still unacknowledged.
 
-        Acknowledgements reach the file within a second (gateway.buffer, ``ack_many``), so read
+        Acknowledgements reach the file within a second (gateway/store/outbox.py, ``ack_many``), so read
         it a second or more after the last one can have come (e.g. with the broker down)."""
         db = sqlite3.connect(self.state / "buffer.db", timeout=10)
         try:

@@ -1,10 +1,10 @@
-"""Suite-wide guards: async tests run in a fresh loop; leaked tasks, threads or child
-processes fail the test that left them; warnings are errors (pyproject.toml)."""
+"""Suite-wide guards: leaked threads or child processes fail the test that left them; warnings are
+errors (pyproject.toml). Async tests run in a fresh loop, and fail if they leave tasks running,
+through sensegate's own pytest plugin (gateway/testing/plugin.py), the runner every driver
+package's tests get too."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 import signal
 import threading
@@ -19,29 +19,6 @@ from gateway.testing.procs import children
 settings.register_profile("ci", deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", deadline=None, max_examples=100)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
-
-
-async def _run_guarded(coro: Any) -> None:
-    await coro
-    me = asyncio.current_task()
-    leftover = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-    if leftover:
-        names = ", ".join(t.get_name() + ":" + repr(t.get_coro()) for t in leftover)
-        for t in leftover:
-            t.cancel()
-        await asyncio.gather(*leftover, return_exceptions=True)
-        pytest.fail(f"test left asyncio tasks running: {names}")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run `async def` tests in their own event loop (debug mode on)."""
-    if not inspect.iscoroutinefunction(pyfuncitem.obj):
-        return None
-    kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    with asyncio.Runner(debug=False) as runner:
-        runner.run(_run_guarded(pyfuncitem.obj(**kwargs)))
-    return True
 
 
 @pytest.fixture(autouse=True)

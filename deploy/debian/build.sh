@@ -9,6 +9,8 @@
 #               amd64 and arm64 are supported (PyPI has manylinux wheels for every dependency).
 #   WHEELHOUSE  a directory of wheels to build from instead of PyPI (offline builds); it must
 #               hold every dependency for the target, plus pip, setuptools and wheel.
+#   WHEELHOUSE_ONLY  1 (default): the wheelhouse alone, no network; 0: the wheelhouse first and
+#               PyPI for what it lacks (an older tree's dependencies that this one dropped)
 #   PIP         the pip used at build time (default: .venv/bin/pip)
 #   DEB_REVISION  Debian revision (default 1)
 #   SENSEGATE_SRC  package this source tree instead of this checkout's files (tests build a
@@ -53,7 +55,10 @@ fi
 
 # 2. the sensegate wheel (pure Python), with the build tools of the build venv (offline too)
 index=()
-[ -n "${WHEELHOUSE:-}" ] && index=(--no-index --find-links "$WHEELHOUSE")
+if [ -n "${WHEELHOUSE:-}" ]; then
+  index=(--find-links "$WHEELHOUSE")
+  [ "${WHEELHOUSE_ONLY:-1}" = 0 ] || index=(--no-index "${index[@]}")
+fi
 "$pip" wheel -q --no-deps --no-build-isolation "${index[@]}" -w "$wheels" "$work/src"
 wheel=$(ls "$wheels"/sensegate-"$version"-*.whl)
 

@@ -169,7 +169,7 @@ def add_parsers(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     """Entry point for `sensegate agent update`."""
     from gateway.fleet.rolloutcli import start
-    from gateway.keys import KeyError_, load_private_key
+    from gateway.keys import KeyFileError, load_private_key
     from gateway.remote.cli import prepare
     from gateway.remote.profile import STATE_HOME
 
@@ -184,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         key = load_private_key(Path(args.release_key))
         data, fmt, version, name = make_bundle([Path(a) for a in args.artefacts])
-    except (OSError, KeyError_, BundleError) as e:
+    except (OSError, KeyFileError, BundleError) as e:
         print(f"sensegate agent update: {e}", file=sys.stderr)
         return 2
     m = manifest(data, fmt, version, name, args.floor)

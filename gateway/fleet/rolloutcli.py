@@ -241,7 +241,7 @@ def _key(args: argparse.Namespace, ro: Any) -> Any:
 def _resume(args: argparse.Namespace, ro: Any) -> int:
     from gateway.fleet.progress import Progress
     from gateway.fleet.rollout import Runner
-    from gateway.keys import KeyError_
+    from gateway.keys import KeyFileError
     from gateway.remote.cli import _broker
 
     if ro.state in ("done", "aborted", "rolled back"):
@@ -249,7 +249,7 @@ def _resume(args: argparse.Namespace, ro: Any) -> int:
         return 2
     try:
         key = _key(args, ro)
-    except (OSError, KeyError_) as e:
+    except (OSError, KeyFileError) as e:
         print(f"sensegate rollout resume: {e}", file=sys.stderr)
         return 2
     if ro.state == "halted":
@@ -282,7 +282,7 @@ def _rollback(args: argparse.Namespace, ro: Any) -> int:
     from gateway.fleet.kinds import CommandKind, kind_to_json
     from gateway.fleet.progress import Progress
     from gateway.fleet.rollout import Entry, Rollout, Runner, new_id
-    from gateway.keys import KeyError_, load_private_key
+    from gateway.keys import KeyFileError, load_private_key
     from gateway.remote.cli import _broker
 
     if ro.kind.get("name") == "agent":
@@ -299,7 +299,7 @@ def _rollback(args: argparse.Namespace, ro: Any) -> int:
         return 0
     try:
         key = load_private_key(Path(args.sign_key))
-    except (OSError, KeyError_) as e:
+    except (OSError, KeyFileError) as e:
         print(f"sensegate rollout rollback: {e}", file=sys.stderr)
         return 2
     if ro.state not in ("done", "waiting", "halted", "aborted", "interrupted"):

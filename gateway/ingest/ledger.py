@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.ingest.contract import CONFLICT, Refused, StoreReport, VerifiedBatch, Work
-from gateway.receiver.header import UNCLEAN_STOP
 from gateway.receiver.state import Ranges
 from gateway.senml import DecodedReading
+from gateway.wire import UNCLEAN_STOP
 
 Key = tuple[str, int]  # (gateway, stream)
 

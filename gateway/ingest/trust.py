@@ -14,7 +14,7 @@ import time
 
 from gateway.ingest.contract import REPLACED, REVOKED, UNKNOWN_KEY, WRONG_GATEWAY, KeyRecord, Untrusted
 from gateway.ingest.report import when
-from gateway.keys import KeyError_, PublicKey, public_key_from_pem
+from gateway.keys import KeyFileError, PublicKey, public_key_from_pem
 
 DEFAULT_GRACE = 30 * 86400.0
 
@@ -44,6 +44,6 @@ class RegistryTrust:
         if key is None:
             try:
                 key = self._keys[kid] = public_key_from_pem(rec.public_pem.encode(), f"key {kid.hex()}")
-            except KeyError_ as e:  # enrol checks keys, so only a damaged row gets here
+            except KeyFileError as e:  # enrol checks keys, so only a damaged row gets here
                 return Untrusted(UNKNOWN_KEY, str(e))
         return key

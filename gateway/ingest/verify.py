@@ -25,7 +25,7 @@ from gateway.ingest.contract import (
     Untrusted,
     VerifiedBatch,
 )
-from gateway.receiver.header import parse_header
+from gateway.wire import parse_header
 
 MAX_BLOB_CHUNKS = 4096
 MAX_TS_NS = 253_402_300_799 * 10**9  # 9999-12-31T23:59:59Z: beyond it no database keeps a timestamp

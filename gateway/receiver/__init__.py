@@ -10,7 +10,7 @@ A key speaks only for the gateway it is bound to (gateway.receiver.trust); any o
 """
 
 from gateway.receiver.core import Feed, Receiver, Summary
-from gateway.receiver.header import Header, parse_header
-from gateway.receiver.trust import KeyBindings, Trust, TrustError, Untrusted
+from gateway.receiver.trust import KeyBindings, Trust, TrustError
+from gateway.wire import Header, Untrusted, parse_header
 
 __all__ = ["Feed", "Header", "KeyBindings", "Receiver", "Summary", "Trust", "TrustError", "Untrusted", "parse_header"]

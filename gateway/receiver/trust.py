@@ -21,38 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gateway.config.schema import ID_PATTERN
 from gateway.keyevents import GATEWAY, ROTATE, EventRefused, KeyEvent, parse_event, verify_event
-from gateway.keys import KeyError_, PublicKey, fingerprint, key_id, public_key_from_pem
+from gateway.keys import KeyFileError, PublicKey, fingerprint, key_id, public_key_from_pem
+from gateway.wire import GATEWAY_ID_RE, KeyLookup, Position, Untrusted
 
-GATEWAY_ID_RE = re.compile(ID_PATTERN)
 PUB_SUFFIX = ".pub.pem"
 DEFAULT_KEY_NAME = "device"  # what `sensegate keys init` names a key: not a gateway id
 _PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
 MAX_SEEN = 4096  # key event documents remembered as taken (a re-delivered one is no news)
-Position = tuple[int, int]
-"""A batch's place: (stream id, batch number)."""
 
 
-@dataclass(frozen=True)
-class Untrusted:
-    """Why a (gateway, kid) pair is not trusted. ``forged``: the key is known, but it does not
-    speak for this gateway (bound to another one, or retired before this batch); ``revoked``:
-    ops revoked it; otherwise it is unknown."""
-
-    reason: str
-    forged: bool = False
-    revoked: bool = False
-
-
-class Trust(Protocol):
-    """The receiver's trust: the key that may sign for ``gateway`` under ``kid``, or why none;
-    and the key events (rotations, revocations) that change it."""
-
-    def lookup(self, gateway: str, kid: bytes, at: Position | None = None) -> PublicKey | Untrusted:
-        """The public key bound to ``gateway`` with this ``kid`` that may sign the batch at
-        ``at`` (None: any batch); Untrusted otherwise."""
-        ...
+class Trust(KeyLookup, Protocol):
+    """The receiver's trust: the key that may sign for ``gateway`` under ``kid`` (``lookup``, the
+    question gateway/wire.py asks when it verifies a batch), or why none; and the key events
+    (rotations, revocations) that change it."""
 
     def take(self, document: bytes, ops_keys: Mapping[bytes, PublicKey], gateway: str | None = None) -> KeyEvent | None:
         """Verify and apply a gateway key event (about ``gateway``, when given); None when it is
@@ -96,7 +78,7 @@ def load_keys(path: Path) -> list[PublicKey]:
     blocks = _PEM_BLOCK.findall(raw) or [raw]
     try:
         return [public_key_from_pem(b, str(path)) for b in blocks]
-    except KeyError_ as e:
+    except KeyFileError as e:
         raise TrustError(str(e)) from None
 
 

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.bounded import abandon, settle, stop_task
 from gateway.config import ConfigInvalid, GatewayConfig
@@ -38,6 +38,10 @@ from gateway.remote.store import ConfigStore
 from gateway.remote.update import AgentUpdater
 from gateway.remote.wiring import Wiring
 from gateway.scheduler import Supervisor
+from gateway.uplinks import Downlink
+
+if TYPE_CHECKING:
+    from gateway.daemon import Pipeline
 
 log = logging.getLogger("sensegate.remote")
 QUEUE = 4  # config pushes waiting while one applies; more are refused as busy
@@ -50,30 +54,12 @@ class Host(Protocol):
     """What the agent needs from the daemon."""
 
     cfg: GatewayConfig | None
-    pipeline: Any
+    pipeline: Pipeline | None
     supervisor: Supervisor | None
     apply_lock: asyncio.Lock
     metrics: MetricsServer
 
     async def apply_config(self, new: GatewayConfig) -> None: ...
-
-
-class Downlink(Protocol):
-    """An uplink that can also receive (the MQTT uplink's hook)."""
-
-    name: str
-    cfg: Any
-    subscriptions: list[str]
-    on_downlink: Callable[[str, bytes], None] | None
-    on_state: Callable[[bool], None]
-
-    @property
-    def connected(self) -> bool: ...
-
-    @property
-    def reachable(self) -> bool: ...
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> bool: ...
 
 
 def _name(revision: int | None) -> str:
@@ -217,13 +203,13 @@ class RemoteAgent:
 
     # -- wiring -------------------------------------------------------------------------
 
-    def attach(self, pipeline: Any) -> None:
+    def attach(self, pipeline: Pipeline) -> None:
         """Hook a new pipeline's uplinks before they start: subscriptions, downlink, status flush."""
         if not self.enabled:
             return
         self.board.pipeline = pipeline
         for up in downlinks(pipeline):
-            prefix = up.cfg.topic_prefix
+            prefix = up.topic_prefix
             up.subscriptions = topics.subscriptions(prefix, self.gateway_id, list(self.settings.groups))
             up.on_downlink = self._downlink
             before = up.on_state

@@ -184,7 +184,7 @@ def _expected(args: argparse.Namespace) -> list[str]:
 
 
 def config_push(args: argparse.Namespace) -> int:
-    from gateway.keys import KeyError_
+    from gateway.keys import KeyFileError
     from gateway.remote.ops import push_config
 
     problem = prepare(args, "config push")
@@ -194,7 +194,7 @@ def config_push(args: argparse.Namespace) -> int:
     try:
         raw = Path(args.file).read_bytes()
         key = _sign_key(args)
-    except (OSError, KeyError_) as e:
+    except (OSError, KeyFileError) as e:
         print(f"sensegate config push: {e}", file=sys.stderr)
         return 2
     if not args.no_check:
@@ -231,7 +231,7 @@ def _value(text: str) -> Any:
 
 
 def command(args: argparse.Namespace) -> int:
-    from gateway.keys import KeyError_
+    from gateway.keys import KeyFileError
     from gateway.remote.ops import send_command
 
     problem = prepare(args, "command")
@@ -247,7 +247,7 @@ def command(args: argparse.Namespace) -> int:
         cmd_args[name] = _value(text)
     try:
         key = _sign_key(args)
-    except (OSError, KeyError_) as e:
+    except (OSError, KeyFileError) as e:
         print(f"sensegate command: {e}", file=sys.stderr)
         return 2
     if args.group and not args.all_at_once:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cbor2
 
@@ -29,6 +29,9 @@ from gateway.remote.envelope import MAX_UINT, Rejected, cbor_map, check_numbers
 from gateway.remote.store import write_atomic
 from gateway.remote.topics import COMMAND_ID
 from gateway.scheduler import InstanceRunner, Supervisor
+
+if TYPE_CHECKING:
+    from gateway.daemon import Pipeline
 
 log = logging.getLogger("sensegate.remote")
 OPS = ("ping", "write", "snapshot", "poll", "restart", "log_level", "rotate_key", "revert")
@@ -56,7 +59,7 @@ class Host(Protocol):
 
     cfg: GatewayConfig | None
     supervisor: Supervisor | None
-    pipeline: Any
+    pipeline: Pipeline | None
     apply_lock: asyncio.Lock
 
 
@@ -144,11 +147,11 @@ async def execute(cmd: Command, host: Host, info: Mapping[str, Any]) -> dict[str
         log.info("log level set to %s by command %s", level, cmd.id)
         return {"log_level": level}
     if cmd.op == "rotate_key":
-        rotate = getattr(host.pipeline, "rotate_key", None)
-        if rotate is None:
+        pipeline = host.pipeline
+        if pipeline is None or pipeline.key is None:
             raise Refused("this gateway signs no batches (no mqtt or coap uplink): there is no device key to rotate")
         async with asyncio.timeout(ROTATE_TIMEOUT), host.apply_lock:  # no pipeline restart meanwhile
-            result: dict[str, Any] = await rotate()
+            result = await pipeline.rotate_key()
         log.warning("device key rotated by command %s: now %s", cmd.id, result["fingerprint"])
         return result
     runner = _runner(host, a)

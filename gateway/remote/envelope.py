@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import cbor2
 
 from gateway import cose
-from gateway.keys import KeyError_, PrivateKey, PublicKey, fingerprint, key_id, load_public_key
+from gateway.keys import KeyFileError, PrivateKey, PublicKey, fingerprint, key_id, load_public_key
 
 if TYPE_CHECKING:
     from gateway.keyevents import OpsKeyring
@@ -123,7 +123,7 @@ def load_trusted(paths: list[str], base: Path) -> dict[bytes, PublicKey]:
         for f in files:
             try:
                 pub = load_public_key(f)
-            except KeyError_:
+            except KeyFileError:
                 continue  # doctor reports unreadable keys; a bad file must not stop the daemon
             keys[key_id(pub)] = pub
     return keys

@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import GatewayConfig
 from gateway.config.apply import Plan
 from gateway.remote.wiring import Wiring
+from gateway.uplinks import Downlink
+
+if TYPE_CHECKING:
+    from gateway.daemon import Pipeline
 
 
-def downlinks(pipeline: Any) -> Iterator[Any]:
-    """The pipeline's uplinks that carry a downlink (one today; a list with multi-uplink support)."""
-    ups = getattr(pipeline, "uplinks", None)
-    if ups is None:
-        single = getattr(pipeline, "uplink", None)
-        ups = [single] if single is not None else []
-    for up in ups:
-        if hasattr(up, "on_downlink") and hasattr(up, "subscriptions") and hasattr(up, "publish"):
-            yield up
+def downlinks(pipeline: Pipeline | None) -> Iterator[Downlink]:
+    """The receiving halves of the pipeline's uplinks (the MQTT ones)."""
+    for up in pipeline.uplinks if pipeline is not None else []:
+        if up.downlink is not None:
+            yield up.downlink
 
 
 def describe(p: Plan) -> str:
@@ -102,7 +102,7 @@ async def uplinks_up(host: Any, settings: Any, new: GatewayConfig) -> str | None
     that never does would hold every batch); with ``failover`` one must, and it must carry the
     MQTT downlink when pushes cannot come over CoAP."""
     s = settings
-    ups = list(getattr(host.pipeline, "uplinks", []))
+    ups = list(host.pipeline.uplinks) if host.pipeline is not None else []
     if not ups:  # JSON lines only: nothing to reach
         return None
     need_all = new.config.uplink_mode == "all"

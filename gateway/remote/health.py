@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.bounded import stop_task
+from gateway.mqtt import status_topic
 from gateway.signedjson import seal_async
 
 log = logging.getLogger("sensegate.health")
@@ -117,7 +118,7 @@ class HealthPublisher:
     def attach(self, pipeline: Any) -> None:
         """Publish at once whenever one of the pipeline's MQTT uplinks (re)connects."""
         for up in getattr(pipeline, "uplinks", []):
-            if not hasattr(up, "publish_health"):
+            if up.downlink is None:  # CoAP: no retained status to refresh
                 continue
             before = up.on_state
 
@@ -148,18 +149,20 @@ class HealthPublisher:
         """Sign the summary once and publish it on each connected MQTT uplink; how many took it."""
         async with self._lock:
             pipeline = pipeline or getattr(self.daemon, "pipeline", None)
-            ups = [u for u in (uplinks or getattr(pipeline, "uplinks", [])) if hasattr(u, "publish_health")]
-            if not ups or not any(u.connected for u in ups):
+            ups = [u for u in (uplinks or getattr(pipeline, "uplinks", [])) if u.downlink is not None]
+            cfg = getattr(self.daemon, "cfg", None)
+            if not ups or not any(u.connected for u in ups) or cfg is None:
                 return 0
             health = self.summary(self.daemon)
-            gw = ups[0].gateway_id
-            body = {"state": "online", "gateway": gw, "boot": getattr(ups[0], "boot", 0),
+            gw = cfg.config.gateway.id
+            body = {"state": "online", "gateway": gw, "boot": ups[0].boot,
                     "ts": round(time.time(), 3), "health": plain(health)}
             payload = await seal_async(body, getattr(pipeline, "key", None), gw, KIND)
             sent = 0
             for up in ups:
-                ok = up.publish(up.status, payload, retain=True)
-                ok = up.publish(health_topic(up.cfg.topic_prefix, gw), payload, retain=True) and ok
+                down = up.downlink
+                ok = down.publish(status_topic(down.topic_prefix, gw), payload, retain=True)
+                ok = down.publish(health_topic(down.topic_prefix, gw), payload, retain=True) and ok
                 sent += ok
             self.published += sent
             return sent

@@ -73,7 +73,7 @@ class StatusBoard:
         async with self._lock:
             again = {**body, "republished": round(time.time(), 3)}
             payload = await seal_async(again, getattr(self.pipeline, "key", None), self.gateway_id, "config-status")
-            up.publish(self._topic(up.cfg.topic_prefix), payload, retain=True)
+            up.publish(self._topic(up.topic_prefix), payload, retain=True)
 
     def last_push(self) -> dict[str, Any] | None:
         """The latest push outcome, for the health summary."""
@@ -93,7 +93,7 @@ class StatusBoard:
             payload = await seal_async(body, getattr(self.pipeline, "key", None), self.gateway_id, "config-status")
             sent = False
             for up in downlinks(self.host.pipeline):
-                sent = up.publish(self._topic(up.cfg.topic_prefix), payload, retain=True) or sent
+                sent = up.publish(self._topic(up.topic_prefix), payload, retain=True) or sent
             self._unsent = None if sent else body
             self._last = body
             if self.coap is not None:
@@ -110,4 +110,4 @@ class StatusBoard:
         """A command's result on ``<prefix>/<gw>/cmd/res/<id>`` (not retained)."""
         payload = json.dumps({"gateway": self.gateway_id, "id": cmd_id, **body, "ts": round(time.time(), 3)}).encode()
         for up in downlinks(self.host.pipeline):
-            up.publish(topics.command_result(up.cfg.topic_prefix, self.gateway_id, cmd_id), payload, retain=False)
+            up.publish(topics.command_result(up.topic_prefix, self.gateway_id, cmd_id), payload, retain=False)

@@ -144,7 +144,7 @@ class AgentUpdater:
         key = getattr(self.agent.board.pipeline, "key", None)
         payload = await seal_async(body, key, self.agent.gateway_id, "agent-status")
         for up in downlinks(self.agent.host.pipeline):
-            up.publish(topics.agent_status(up.cfg.topic_prefix, self.agent.gateway_id), payload, retain=True)
+            up.publish(topics.agent_status(up.topic_prefix, self.agent.gateway_id), payload, retain=True)
 
     def flush(self) -> None:
         """At a connect: an outcome the launcher recorded (a rollback at start) is reported once."""
@@ -216,7 +216,7 @@ class AgentUpdater:
         up = next(iter(downlinks(self.agent.host.pipeline)), None)
         if up is None:
             raise ReleaseError("no MQTT uplink to download the update over")
-        prefix = up.cfg.topic_prefix
+        prefix = up.topic_prefix
         d = self.root / "downloads"
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"{m.sha256}.bundle"

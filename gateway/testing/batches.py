@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from gateway import cose, senml
+from gateway import cose, senml, wire
 from gateway.driver_api import Reading
 from gateway.keys import PrivateKey, key_id
 
@@ -19,8 +19,8 @@ T0 = 1_795_000_000_000_000_000
 def sign_batch(key: PrivateKey, header: dict[Any, Any], readings: list[Reading]) -> bytes:
     """A COSE_Sign1 batch over ``readings`` with ``header`` as its protected header (plus alg, kid)."""
     records, n = senml.encode_records(readings)
-    payload = senml.array_header(n) + records
-    protected = cose.protected_header(key, key_id(key.public_key()), {cose.CONTENT_TYPE: 112, **header})
+    payload = wire.payload(n, [records])
+    protected = cose.protected_header(key, key_id(key.public_key()), {cose.CONTENT_TYPE: wire.SENML_CBOR, **header})
     return cose.encode_sign1(protected, payload, cose.sign(key, protected, payload))
 
 

@@ -3,7 +3,10 @@
 Gives any test suite, including an out-of-tree driver's, what sensegate's own tests use:
 
 * ``async def test_...`` runs in a fresh event loop, and fails if it leaves tasks running
-  (skipped for tests marked ``asyncio``/``anyio``, so pytest-asyncio users keep theirs);
+  (skipped for tests marked ``asyncio``/``anyio``, so pytest-asyncio users keep theirs).
+  asyncio's debug mode is off, as in the daemon, unless asked for the usual way
+  (``PYTHONASYNCIODEBUG=1`` or ``python -X dev -m pytest``): it slows a suite down and, on a
+  loaded machine, logs slow callbacks that are nobody's fault;
 * fixtures: ``run_driver`` / ``driver_harness`` (a driver in the real scheduler with a
   recording sink), ``fake_clock``, ``recording_sink``, ``pty_pair`` (a serial line on a real
   pseudo-terminal), ``modbus_sim`` (pymodbus's simulator on loopback or a pty).
@@ -33,7 +36,7 @@ async def _guarded(coro: Any) -> None:
     me = asyncio.current_task()
     leftover = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
     if leftover:
-        names = ", ".join(t.get_name() for t in leftover)
+        names = ", ".join(t.get_name() + ":" + repr(t.get_coro()) for t in leftover)
         for t in leftover:
             t.cancel()
         await asyncio.gather(*leftover, return_exceptions=True)
@@ -42,7 +45,8 @@ async def _guarded(coro: Any) -> None:
 
 @pytest.hookimpl()
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run ``async def`` tests in their own event loop (unless another plugin owns them)."""
+    """Run ``async def`` tests in their own event loop (unless another plugin owns them); debug
+    mode as the environment says (``asyncio.Runner()`` honours PYTHONASYNCIODEBUG and -X dev)."""
     if not inspect.iscoroutinefunction(pyfuncitem.obj):
         return None
     if pyfuncitem.get_closest_marker("asyncio") or pyfuncitem.get_closest_marker("anyio"):

@@ -49,14 +49,21 @@ class LightPipeline:
         self.readings = 0
 
     async def start(self) -> None:
-        from gateway.pipeline import open_device_key
+        from gateway.signing import open_device_key
 
         self.key = await open_device_key(self.cfg)
         for up in self.uplinks:
             await up.start()
 
+    @property
+    def sink(self) -> LightPipeline:
+        return self  # readings are counted and dropped
+
     def put(self, reading: Reading) -> None:
         self.readings += 1
+
+    async def rotate_key(self) -> dict[str, Any]:
+        raise RuntimeError("a simulated gateway does not rotate its device key")
 
     def stats(self) -> dict[str, Any]:
         return {"buffer": {"readings": 0, "oldest_age_s": 0.0}, "batches": {"sent": 0, "acked": 0},

@@ -24,9 +24,9 @@ import aiocoap
 import cbor2
 
 from gateway import coap
-from gateway.buffer import Batch
 from gateway.config.schema import CoapUplink as CoapUplinkConfig
 from gateway.scheduler import Backoff, NodeTracker
+from gateway.wire import Batch
 
 log = logging.getLogger("sensegate.uplink.coap")
 
@@ -154,6 +154,15 @@ class CoapUplink:
             await self._ctx.shutdown()
             self._ctx = None
         self._release_oscore()
+
+    @property
+    def downlink(self) -> None:
+        """None: a CoAP-only gateway takes pushes on its own CoAP resource (remote.coap_listen)."""
+        return None
+
+    def publish_health(self, health: dict[str, Any]) -> bool:
+        """CoAP has no retained status to refresh: health goes out over MQTT uplinks only."""
+        return False
 
     # -- blobs -------------------------------------------------------------------------------
 

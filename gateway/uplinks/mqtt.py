@@ -9,15 +9,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import cbor2
 
-from gateway.buffer import Batch
 from gateway.config.schema import MqttUplink as MqttUplinkConfig
 from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, insecurities, node_topic, status_topic
 from gateway.scheduler import Backoff, NodeTracker
+from gateway.wire import Batch
 
 log = logging.getLogger("sensegate.uplink.mqtt")
 BLOB_CHUNK = 64 * 1024
@@ -34,6 +33,10 @@ def _noop_state(up: bool) -> None:
     pass
 
 
+def _noop_reject(batch: Batch, reason: str) -> None:
+    pass  # a broker takes or drops a QoS 1 message; it never says a batch is bad
+
+
 class MqttUplink:
     """One broker connection at a time, re-made with backoff and jitter after any loss."""
 
@@ -45,27 +48,13 @@ class MqttUplink:
         self.nodes = nodes
         self.on_ack: Callable[[Batch], None] = _noop_ack
         self.on_state: Callable[[bool], None] = _noop_state
+        self.on_reject: Callable[[Batch, str], None] = _noop_reject
         self.errors = 0
         self.last_error = ""  # the last connect failure or loss, in words (quoted by the health gate)
         self.acked = 0
         self.latency_s = 0.0
-        password = cfg.password
-        if cfg.password_file:
-            password = Path(cfg.password_file).read_text().strip()
-        tls = cfg.tls
-        self.settings = MqttSettings.from_url(
-            cfg.url,
-            ca_file=tls.ca_file if tls else "",
-            cert_file=tls.cert_file if tls else "",
-            key_file=tls.key_file if tls else "",
-            insecure=tls.insecure if tls else False,
-            username=cfg.username,
-            password=password,
-            client_id=cfg.client_id or f"sensegate-{gateway_id}",
-            protocol=cfg.protocol,
-            keepalive=int(cfg.keepalive),
-            max_packet=MAX_DOWNLINK_PACKET,
-        )
+        self.settings = MqttSettings.for_uplink(cfg, gateway_id, max_packet=MAX_DOWNLINK_PACKET)
+        self.topic_prefix = cfg.topic_prefix
         self.topic = batch_topic(cfg.topic_prefix, gateway_id)
         self.status = status_topic(cfg.topic_prefix, gateway_id)
         self._session: MqttSession | None = None
@@ -78,6 +67,11 @@ class MqttUplink:
         self.subscriptions: list[str] = []
         self.on_downlink: Callable[[str, bytes], None] | None = None
         nodes.listeners.append(self._node_changed)
+
+    @property
+    def downlink(self) -> MqttUplink:
+        """It receives too: remote config and commands on subscribed topics."""
+        return self
 
     @property
     def connected(self) -> bool:

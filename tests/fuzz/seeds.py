@@ -68,19 +68,20 @@ def _yaml() -> list[bytes]:
 
 
 def _cose_and_batches() -> tuple[list[bytes], list[bytes]]:
-    from gateway.buffer import Buffer
+    from gateway.batcher import Batcher
     from gateway.config.schema import BatchSection, BufferSection
     from gateway.driver_api import Reading
+    from gateway.store import Store
 
     async def make() -> list[bytes]:
         with tempfile.TemporaryDirectory() as d:
-            buf = Buffer(Path(d) / "b.db", "gw-fuzz", BufferSection(), BatchSection())
+            buf = Store(Path(d) / "b.db", "gw-fuzz", BufferSection(), BatchSection())
             await buf.open()
             out = []
             for i, value in enumerate((21.5, True, "open", b"\x00\x01", 7)):
                 unit = "Cel" if i == 0 else None
                 buf.put(Reading("gw-fuzz", f"p{i}", 1_700_000_000_000_000_000 + i, value, unit=unit))
-                batch = await buf.make_batch(OPS_KEY)
+                batch = await buf.make_batch(Batcher(OPS_KEY, "gw-fuzz", BatchSection()))
                 if batch is not None:
                     out.append(batch.data)
             await buf.close()

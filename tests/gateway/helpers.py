@@ -10,8 +10,9 @@ from typing import Any
 
 import yaml
 
+from gateway.batcher import Batcher
 from gateway.config import GatewayConfig, load_config_bytes
-from gateway.keys import init_key
+from gateway.keys import init_key, load_private_key
 from gateway.mqtt import subscribe_forever
 from gateway.receiver import KeyBindings, Receiver
 from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
@@ -40,6 +41,27 @@ def make_config(state: Path, url: str = "", **sections: Any) -> GatewayConfig:
         doc["uplinks"] = [{"type": "mqtt", "url": url, "reconnect_max": 1}]
     doc.update(sections)
     return load_config_bytes(yaml.safe_dump(doc).encode(), REGISTRY, "test.yaml")
+
+
+def sim_daemon_config(tmp: Path, url: str, gateway_id: str = "gw-kill") -> Path:
+    """A config file for the real daemon: a fast sim driver (200 readings/s) and one MQTT uplink,
+    state (and a new device key) under ``tmp/state``."""
+    init_key(tmp / "state" / "keys")
+    cfg = {
+        "gateway": {"id": gateway_id, "state_dir": str(tmp / "state")},
+        "uplinks": [{"type": "mqtt", "url": url, "reconnect_max": 1}],
+        "drivers": [{"driver": "sim", "name": "fast", "interval": "10ms", "jitter": 0,
+                     "points": [{"name": "n", "pattern": "counter"}, {"name": "t", "unit": "Cel"}]}],
+    }
+    path = tmp / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def batcher_for(cfg: GatewayConfig) -> Batcher:
+    """The batch step of a config made by ``make_config`` (its device key, its batch section)."""
+    c = cfg.config
+    return Batcher(load_private_key(Path(c.gateway.state_dir) / "keys" / "device.key"), c.gateway.id, c.batch)
 
 
 @contextlib.asynccontextmanager

@@ -11,12 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import cose, senml
-from gateway.buffer import Buffer
 from gateway.driver_api import Blob, Location, Quality, Reading
 from gateway.driver_api import Path as IPath
 from gateway.keys import init_key, key_id, load_private_key, load_public_key
 from gateway.receiver import KeyBindings, Receiver
-from tests.gateway.helpers import make_config
+from gateway.store import Store
+from tests.gateway.helpers import batcher_for, make_config
 
 T0 = 1_795_000_000_123_456_789
 
@@ -38,13 +38,13 @@ READINGS = [
 async def _batch(tmp_path: Path, readings: list[Reading], alg: str = "ed25519") -> tuple[bytes, Path]:
     cfg = make_config(tmp_path / "state", batch={"alg": alg})
     c = cfg.config
-    buf = Buffer(tmp_path / "state" / "buffer.db", c.gateway.id, c.buffer, c.batch)
+    buf = Store(tmp_path / "state" / "buffer.db", c.gateway.id, c.buffer, c.batch)
     await buf.open()
     try:
         for r in readings:
             buf.put(r)
         await buf.commit()
-        batch = await buf.make_batch(load_private_key(tmp_path / "state/keys/device.key"))
+        batch = await buf.make_batch(batcher_for(cfg))
         assert batch is not None
         return batch.data, tmp_path / "state/keys/device.pub.pem"
     finally:
@@ -90,14 +90,14 @@ async def test_an_independent_cose_library_verifies_our_batches(tmp_path: Path) 
 async def test_forged_altered_replayed_reordered_are_flagged(tmp_path: Path) -> None:
     cfg = make_config(tmp_path / "state")
     c = cfg.config
-    key = load_private_key(tmp_path / "state/keys/device.key")
-    buf = Buffer(tmp_path / "state" / "buffer.db", c.gateway.id, c.buffer, c.batch)
+    batcher = batcher_for(cfg)
+    buf = Store(tmp_path / "state" / "buffer.db", c.gateway.id, c.buffer, c.batch)
     await buf.open()
     batches = []
     for i in range(4):
         buf.put(Reading("gw-test", "n", T0 + i, i))
         await buf.commit()
-        b = await buf.make_batch(key)
+        b = await buf.make_batch(batcher)
         assert b is not None
         batches.append(b.data)
     await buf.close()

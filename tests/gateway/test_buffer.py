@@ -7,22 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import Buffer, BufferError_, backlog
+from gateway.batcher import Batcher
 from gateway.driver_api import Reading
-from gateway.keys import load_private_key
 from gateway.receiver import KeyBindings, Receiver
-from tests.gateway.helpers import make_config
+from gateway.store import Store, StoreError, backlog
+from tests.gateway.helpers import batcher_for, make_config
 
 T0 = 1_795_000_000_000_000_000
 
 
-def _buffer(state: Path, **buffer_opts: object) -> tuple[Buffer, object]:
+def _buffer(state: Path, **buffer_opts: object) -> tuple[Store, Batcher]:
     cfg = make_config(state, buffer=buffer_opts or {}, batch={"max_readings": 100})
     c = cfg.config
-    return Buffer(state / "buffer.db", c.gateway.id, c.buffer, c.batch), load_private_key(state / "keys/device.key")
+    return Store(state / "buffer.db", c.gateway.id, c.buffer, c.batch), batcher_for(cfg)
 
 
-async def _put(buf: Buffer, n: int, start: int = 0, size: int = 0) -> None:
+async def _put(buf: Store, n: int, start: int = 0, size: int = 0) -> None:
     for i in range(start, start + n):
         buf.put(Reading("gw-test", "n", T0 + i, "x" * size if size else i))
     await buf.commit()
@@ -30,25 +30,25 @@ async def _put(buf: Buffer, n: int, start: int = 0, size: int = 0) -> None:
 
 async def test_numbering_and_outbox_survive_restart(tmp_path: Path) -> None:
     state = tmp_path / "s"
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
     await _put(buf, 150)
-    b1 = await buf.make_batch(key)  # type: ignore[arg-type]
+    b1 = await buf.make_batch(batcher)
     assert b1 is not None and (b1.bseq, b1.first_seq, b1.last_seq) == (1, 1, 100)
     await buf.close()
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
     assert buf.boot == 2
     outbox = await buf.outbox()
     assert outbox == [(1, set())]
     again = await buf.load_batch(1)
     assert again is not None and again.data == b1.data, "an unacknowledged batch is re-sent byte for byte"
-    b2 = await buf.make_batch(key)  # type: ignore[arg-type]
+    b2 = await buf.make_batch(batcher)
     assert b2 is not None and (b2.bseq, b2.first_seq, b2.last_seq) == (2, 101, 150)
     await buf.ack(b1)
     await buf.ack(b2)
     await _put(buf, 1)
-    b3 = await buf.make_batch(key)  # type: ignore[arg-type]
+    b3 = await buf.make_batch(batcher)
     assert b3 is not None and (b3.bseq, b3.first_seq) == (3, 151)
     assert backlog(state / "buffer.db")[0] == 1
     await buf.close()
@@ -63,16 +63,16 @@ async def test_numbering_and_outbox_survive_restart(tmp_path: Path) -> None:
 async def test_full_buffer_drops_by_policy_and_reports_it(tmp_path: Path, policy: str,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     state = tmp_path / "s"
-    buf, key = _buffer(state, max_bytes="1MiB", policy=policy)
+    buf, batcher = _buffer(state, max_bytes="1MiB", policy=policy)
     await buf.open()
     rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
-    first = await buf.make_batch(key)  # nothing yet
+    first = await buf.make_batch(batcher)  # nothing yet
     assert first is None
     for round_ in range(30):  # ~30 x 100 readings x ~1 KiB = ~3 MiB offered to a 1 MiB buffer
         await _put(buf, 100, start=round_ * 100, size=1000)
     assert buf.stats.dropped > 0
     assert buf.stats.bytes <= 1024 * 1024 + 110_000
-    while (b := await buf.make_batch(key)) is not None:  # type: ignore[arg-type]
+    while (b := await buf.make_batch(batcher)) is not None:
         assert rx.feed(b.data).status == "ok"
         await buf.ack(b)
     await buf.close()
@@ -92,14 +92,14 @@ async def test_full_buffer_drops_by_policy_and_reports_it(tmp_path: Path, policy
 
 async def test_expired_readings_are_dropped_and_reported(tmp_path: Path) -> None:
     state = tmp_path / "s"
-    buf, key = _buffer(state, max_age=0.05)
+    buf, batcher = _buffer(state, max_age=0.05)
     await buf.open()
     await _put(buf, 10)
     import asyncio
 
     await asyncio.sleep(0.1)
     await _put(buf, 5, start=10)
-    b = await buf.make_batch(key)  # type: ignore[arg-type]
+    b = await buf.make_batch(batcher)
     await buf.close()
     assert b is not None and (b.first_seq, b.last_seq) == (11, 15)
     rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
@@ -131,7 +131,7 @@ async def test_newer_format_and_foreign_buffers_are_refused(tmp_path: Path) -> N
     db.commit()
     db.close()
     buf, _ = _buffer(state)
-    with pytest.raises(BufferError_, match="newer than this sensegate"):
+    with pytest.raises(StoreError, match="newer than this sensegate"):
         await buf.open()
     await buf.close()
     db = sqlite3.connect(state / "buffer.db")
@@ -140,7 +140,7 @@ async def test_newer_format_and_foreign_buffers_are_refused(tmp_path: Path) -> N
     db.commit()
     db.close()
     buf, _ = _buffer(state)
-    with pytest.raises(BufferError_, match="belongs to gateway 'gw-other'"):
+    with pytest.raises(StoreError, match="belongs to gateway 'gw-other'"):
         await buf.open()
     await buf.close()
 
@@ -153,7 +153,7 @@ async def test_blob_store_bound_drops_oldest_and_declares_it(tmp_path: Path) -> 
     from gateway.driver_api import Blob
 
     state = tmp_path / "s"
-    buf, key = _buffer(state, max_blob_bytes="1MiB")
+    buf, batcher = _buffer(state, max_blob_bytes="1MiB")
     await buf.open()
     images = [bytes([i]) * 700_000 for i in range(3)]
     for i, img in enumerate(images):
@@ -161,7 +161,7 @@ async def test_blob_store_bound_drops_oldest_and_declares_it(tmp_path: Path) -> 
         await buf.commit()
     assert buf.stats.blobs_dropped == 2
     rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
-    while (b := await buf.make_batch(key)) is not None:  # type: ignore[arg-type]
+    while (b := await buf.make_batch(batcher)) is not None:
         assert rx.feed(b.data).status == "ok"
     sha, ctype, data = await buf.next_blob()  # type: ignore[misc]
     assert data == images[2]
@@ -176,20 +176,20 @@ async def test_many_drop_ranges_are_merged_and_declared_at_most_64_per_batch(tmp
     """A long outage leaves one drop row per commit, and overload leaves separate ranges: a batch
     declares adjacent ranges as one and never more than a receiver accepts (the rest follow)."""
     state = tmp_path / "s"
-    buf, key = _buffer(state, max_bytes="1MiB")
+    buf, batcher = _buffer(state, max_bytes="1MiB")
     await buf.open()
     for round_ in range(150):  # ~15 MiB offered to a 1 MiB buffer: ~140 commits that each drop
         await _put(buf, 100, start=round_ * 100, size=1000)
     rows = sqlite3.connect(state / "buffer.db").execute("SELECT COUNT(*) FROM drops").fetchone()[0]
     assert rows > 64, "the case that used to be refused: more drop rows than one batch may declare"
-    buf._max_pending = 5  # the disk cannot keep up: 200 separate overflow ranges, readings between them
+    buf.intake.max_pending = 5  # the disk cannot keep up: 200 separate overflow ranges, readings between them
     for _round in range(200):
         for i in range(8):
             buf.put(Reading("gw-test", "n", T0 + i, i))
         await buf.commit()
     rx = Receiver(KeyBindings.files("gw-test", state / "keys/device.pub.pem"))
     batches = 0
-    while (b := await buf.make_batch(key)) is not None:  # type: ignore[arg-type]
+    while (b := await buf.make_batch(batcher)) is not None:
         assert rx.feed(b.data).status == "ok"
         await buf.ack(b)
         batches += 1
@@ -203,7 +203,7 @@ async def test_many_drop_ranges_are_merged_and_declared_at_most_64_per_batch(tmp
 async def test_a_new_buffer_uses_small_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
     """1 KiB pages for a new file (a batch's transaction rewrites about five pages, and at a
     trickle that is most of what reaches the SD card); a file made with 4 KiB pages is read as is."""
-    buf, _key = _buffer(tmp_path / "new")
+    buf, _batcher = _buffer(tmp_path / "new")
     await buf.open()
     await buf.close()
     db = sqlite3.connect(tmp_path / "new" / "buffer.db")
@@ -216,10 +216,10 @@ async def test_a_new_buffer_uses_small_pages_and_an_old_one_keeps_its_own(tmp_pa
     db.execute("PRAGMA page_size=4096")
     db.execute("PRAGMA journal_mode=WAL")
     db.close()
-    buf, key = _buffer(old)
+    buf, batcher = _buffer(old)
     await buf.open()
     await _put(buf, 10)
-    batch = await buf.make_batch(key)  # type: ignore[arg-type]
+    batch = await buf.make_batch(batcher)
     assert batch is not None and (batch.first_seq, batch.last_seq) == (1, 10)
     await buf.close()
     db = sqlite3.connect(old / "buffer.db")

@@ -22,23 +22,30 @@ from typing import Any
 
 import pytest
 
-from gateway.buffer import UNCLEAN_STOP, Batch, Buffer
+from gateway.batcher import Batcher
 from gateway.driver_api import Reading
-from gateway.keys import load_private_key
 from gateway.receiver import KeyBindings, Receiver
-from tests.gateway.helpers import make_config
+from gateway.store import Store
+from gateway.wire import UNCLEAN_STOP, Batch
+from tests.gateway.helpers import batcher_for, make_config
 
 T0 = 1_795_000_000_000_000_000
 
 
-class SnapshotBuffer(Buffer):
+class SnapshotBuffer(Store):
     """A buffer that copies its files right after each fsync (the durable state at that moment)."""
 
     snap_dir: Path
 
-    def _durable_sync(self, values: dict[str, int]) -> None:
-        super()._durable_sync(values)
-        _copy_files(self.path, self.snap_dir)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        durable = self.db.durable_sync
+
+        def snapshot(values: dict[str, int]) -> None:
+            durable(values)
+            _copy_files(self.path, self.snap_dir)
+
+        self.db.durable_sync = snapshot  # type: ignore[method-assign]
 
 
 def _copy_files(db: Path, into: Path) -> None:
@@ -51,10 +58,11 @@ def _copy_files(db: Path, into: Path) -> None:
             shutil.copyfile(src, into / (db.name + suffix))
 
 
-def _buffer(state: Path, cls: type[Buffer] = Buffer, db: Path | None = None, **buffer: Any) -> tuple[Buffer, Any]:
-    cfg = make_config(state, buffer=buffer, batch={"max_readings": 50}).config
+def _buffer(state: Path, cls: type[Store] = Store, db: Path | None = None, **buffer: Any) -> tuple[Store, Batcher]:
+    config = make_config(state, buffer=buffer, batch={"max_readings": 50})
+    cfg = config.config
     buf = cls(db or state / "buffer.db", cfg.gateway.id, cfg.buffer, cfg.batch)
-    return buf, load_private_key(state / "keys/device.key")
+    return buf, batcher_for(config)
 
 
 class Upstream:
@@ -71,7 +79,7 @@ class Upstream:
             assert self.values.setdefault(r.seq, (r.ts_ns, r.value)) == (r.ts_ns, r.value), f"number {r.seq} reused"
 
 
-async def _send(buf: Buffer, key: Any, up: Upstream, start: int, batches: int, ack_every: int = 2) -> int:
+async def _send(buf: Store, batcher: Batcher, up: Upstream, start: int, batches: int, ack_every: int = 2) -> int:
     """``batches`` batches of 20 readings each, made at once (as on an idle uplink), all sent, every
     ``ack_every``-th acknowledged; returns the next reading index."""
     i = start
@@ -79,7 +87,7 @@ async def _send(buf: Buffer, key: Any, up: Upstream, start: int, batches: int, a
         for _ in range(20):
             buf.put(Reading("gw-test", "n", T0 + i, i))
             i += 1
-        batch = await buf.make_batch(key)
+        batch = await buf.make_batch(batcher)
         assert batch is not None
         up.take(batch)
         if k % ack_every == 0:
@@ -87,7 +95,7 @@ async def _send(buf: Buffer, key: Any, up: Upstream, start: int, batches: int, a
     return i
 
 
-async def _resend_outbox(buf: Buffer, up: Upstream) -> None:
+async def _resend_outbox(buf: Store, up: Upstream) -> None:
     for bseq, _ in await buf.outbox():
         batch = await buf.load_batch(bseq)
         assert batch is not None
@@ -105,32 +113,32 @@ def _assert_complete(up: Upstream, next_seq: int) -> None:
 async def test_an_unclean_stop_never_reuses_a_number_and_declares_the_skipped_ones(tmp_path: Path,
                                                                                  stop: str) -> None:
     state = tmp_path / "s"
-    buf, key = _buffer(state, SnapshotBuffer, commit_interval="60s")
+    buf, batcher = _buffer(state, SnapshotBuffer, commit_interval="60s")
     assert isinstance(buf, SnapshotBuffer)
     buf.snap_dir = tmp_path / "fsynced"
     await buf.open()
     up = Upstream(state)
-    i = await _send(buf, key, up, 0, 30)
+    i = await _send(buf, batcher, up, 0, 30)
     await buf.commit()  # a group commit (no fsync): a kill keeps it, a power cut may not
-    i = await _send(buf, key, up, i, 7)  # still in the open transaction, already sent
+    i = await _send(buf, batcher, up, i, 7)  # still in the open transaction, already sent
     if stop == "kill9":
         _copy_files(buf.path, tmp_path / "after")  # committed state, as the next process finds it
     else:
         shutil.copytree(buf.snap_dir, tmp_path / "after")  # what the last fsync made durable
-    sent_last = int(buf._meta["next_seq"]) - 1
+    sent_last = int(buf.numbers.meta["next_seq"]) - 1
     await buf.close()
 
-    again, key = _buffer(state, db=tmp_path / "after" / "buffer.db")
+    again, batcher = _buffer(state, db=tmp_path / "after" / "buffer.db")
     await again.open()
     assert again.stats.skipped_unclean > 0
-    first_new = int(again._meta["next_seq"])
+    first_new = int(again.numbers.meta["next_seq"])
     assert first_new > sent_last, "no number that may have left is used again"
     await _resend_outbox(again, up)  # what the outbox still holds goes again: duplicates at most
-    i = await _send(again, key, up, i, 5, ack_every=1)
-    while (b := await again.make_batch(key)) is not None:
+    i = await _send(again, batcher, up, i, 5, ack_every=1)
+    while (b := await again.make_batch(batcher)) is not None:
         up.take(b)
         await again.ack(b)
-    next_seq = int(again._meta["next_seq"])
+    next_seq = int(again.numbers.meta["next_seq"])
     await again.close()
 
     _assert_complete(up, next_seq)
@@ -145,19 +153,19 @@ async def test_an_unclean_stop_never_reuses_a_number_and_declares_the_skipped_on
 
 async def test_a_clean_stop_returns_the_unused_numbers(tmp_path: Path) -> None:
     state = tmp_path / "s"
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
     up = Upstream(state)
-    i = await _send(buf, key, up, 0, 12)
-    resv = int(buf._meta["seq_resv"])
-    next_seq = int(buf._meta["next_seq"])
+    i = await _send(buf, batcher, up, 0, 12)
+    resv = int(buf.numbers.meta["seq_resv"])
+    next_seq = int(buf.numbers.meta["next_seq"])
     assert resv >= next_seq, "numbers are reserved ahead of use"
     await buf.close()
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
-    assert int(buf._meta["next_seq"]) == next_seq and buf.stats.skipped_unclean == 0
+    assert int(buf.numbers.meta["next_seq"]) == next_seq and buf.stats.skipped_unclean == 0
     await _resend_outbox(buf, up)
-    await _send(buf, key, up, i, 3, ack_every=1)
+    await _send(buf, batcher, up, i, 3, ack_every=1)
     await buf.close()
     s = up.rx.summary()
     assert s.skipped == 0 and s.gaps == 0 and s.chain_breaks == 0 and UNCLEAN_STOP not in s.drop_reasons
@@ -167,10 +175,10 @@ async def test_acknowledged_readings_are_stored_and_forgotten_in_one_transaction
     """At a trickle each batch is acknowledged before the group commits: its segment and row are
     inserted and deleted in the same transaction, and the committed file never holds them."""
     state = tmp_path / "s"
-    buf, key = _buffer(state, commit_interval="60s")
+    buf, batcher = _buffer(state, commit_interval="60s")
     await buf.open()
     up = Upstream(state)
-    await _send(buf, key, up, 0, 10, ack_every=1)
+    await _send(buf, batcher, up, 0, 10, ack_every=1)
     await buf.close()
     db = sqlite3.connect(state / "buffer.db")
     assert db.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0
@@ -183,10 +191,10 @@ async def test_acknowledged_readings_are_stored_and_forgotten_in_one_transaction
 
 async def test_reservations_grow_with_the_rate(tmp_path: Path) -> None:
     state = tmp_path / "s"
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
     up = Upstream(state)
-    await _send(buf, key, up, 0, 300, ack_every=1)
+    await _send(buf, batcher, up, 0, 300, ack_every=1)
     await buf.close()
     assert up.rx.summary().readings == 6000
     # 300 batches and 6000 readings made in well under RESERVE_FOR: the blocks double each time
@@ -198,30 +206,30 @@ async def test_a_failing_write_keeps_the_transaction_s_earlier_writes(tmp_path: 
     group transaction back; the journal replays the batches already made, and the readings of the
     failed call wait in memory. Nothing is lost or numbered twice."""
     state = tmp_path / "s"
-    buf, key = _buffer(state, commit_interval="60s")
+    buf, batcher = _buffer(state, commit_interval="60s")
     await buf.open()
     up = Upstream(state)
-    i = await _send(buf, key, up, 0, 3, ack_every=99)  # sent, not acknowledged: in the outbox
-    assert buf._db is not None
-    pages = buf._db.execute("PRAGMA page_count").fetchone()[0]
-    buf._db.execute(f"PRAGMA max_page_count = {pages}")
-    assert buf._tx_open and buf._journal, "batches wait in the open transaction"
-    room = int(buf._meta["seq_resv"]) - int(buf._meta["next_seq"]) + 1
+    i = await _send(buf, batcher, up, 0, 3, ack_every=99)  # sent, not acknowledged: in the outbox
+    assert buf.db.conn is not None
+    pages = buf.db.conn.execute("PRAGMA page_count").fetchone()[0]
+    buf.db.conn.execute(f"PRAGMA max_page_count = {pages}")
+    assert buf.db.tx_open and buf.db.journal, "batches wait in the open transaction"
+    room = int(buf.numbers.meta["seq_resv"]) - int(buf.numbers.meta["next_seq"]) + 1
     assert room > 0
     for _ in range(room):  # within the reserved numbers: no commit before the failing insert
         buf.put(Reading("gw-test", "big", T0 + i, "y" * 3000))
         i += 1
     with pytest.raises(sqlite3.OperationalError, match="full"):
-        await buf.make_batch(key)
-    assert len(buf._pending) == room, "the readings of the failed call wait in memory"
-    assert not buf._tx_open and buf._journal, "rolled back; the earlier writes wait in the journal"
+        await buf.make_batch(batcher)
+    assert len(buf.intake.pending) == room, "the readings of the failed call wait in memory"
+    assert not buf.db.tx_open and buf.db.journal, "rolled back; the earlier writes wait in the journal"
     assert [b for b, _ in await buf.outbox()] == [2, 3], "reads see the journal's writes (batch 1 was acknowledged)"
-    buf._db.execute("PRAGMA max_page_count = 1073741823")
-    while (b := await buf.make_batch(key)) is not None:
+    buf.db.conn.execute("PRAGMA max_page_count = 1073741823")
+    while (b := await buf.make_batch(batcher)) is not None:
         up.take(b)
         await buf.ack(b)
     await _resend_outbox(buf, up)
-    next_seq = int(buf._meta["next_seq"])
+    next_seq = int(buf.numbers.meta["next_seq"])
     await buf.close()
     _assert_complete(up, next_seq)
     assert up.rx.summary().readings == 60 + room and up.rx.summary().skipped == 0
@@ -230,17 +238,17 @@ async def test_a_failing_write_keeps_the_transaction_s_earlier_writes(tmp_path: 
 @pytest.mark.parametrize("order", ["in_order", "declaration_first"])
 async def test_the_receiver_counts_skipped_numbers_whatever_the_arrival_order(tmp_path: Path, order: str) -> None:
     state = tmp_path / "s"
-    buf, key = _buffer(state, commit_interval="60s")
+    buf, batcher = _buffer(state, commit_interval="60s")
     await buf.open()
     for i in range(20):
         buf.put(Reading("gw-test", "n", T0 + i, i))
-    before = await buf.make_batch(key)  # left, never committed
+    before = await buf.make_batch(batcher)  # left, never committed
     _copy_files(buf.path, tmp_path / "after")
     await buf.close()
-    again, key = _buffer(state, db=tmp_path / "after" / "buffer.db")
+    again, batcher = _buffer(state, db=tmp_path / "after" / "buffer.db")
     await again.open()
     again.put(Reading("gw-test", "n", T0 + 99, 99))
-    after = await again.make_batch(key)
+    after = await again.make_batch(batcher)
     await again.close()
     assert before is not None and after is not None
     resv = after.first_seq - 1
@@ -256,14 +264,14 @@ async def test_unacknowledged_readings_are_fsynced_within_the_sync_interval(tmp_
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Readings waiting for an uplink are flushed to disk at least every SYNC_EVERY (here: at
     every commit); acknowledged ones never cost a flush of their own."""
-    import gateway.buffer as buffer_mod
+    import gateway.store.db as buffer_mod
 
     monkeypatch.setattr(buffer_mod, "SYNC_EVERY", 0.0)
     state = tmp_path / "s"
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
     up = Upstream(state)
-    await _send(buf, key, up, 0, 5, ack_every=1)
+    await _send(buf, batcher, up, 0, 5, ack_every=1)
     await buf.commit()
     assert buf.stats.syncs == 0, "everything stored was acknowledged: nothing to flush"
     for i in range(30):
@@ -276,7 +284,7 @@ async def test_unacknowledged_readings_are_fsynced_within_the_sync_interval(tmp_
 async def test_readings_left_waiting_are_fsynced_when_nothing_else_happens(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit that leaves readings waiting, and then silence: a timer makes the fsync, once."""
-    import gateway.buffer as buffer_mod
+    import gateway.store.db as buffer_mod
 
     monkeypatch.setattr(buffer_mod, "SYNC_EVERY", 0.3)
     state = tmp_path / "s"
@@ -291,5 +299,5 @@ async def test_readings_left_waiting_are_fsynced_when_nothing_else_happens(tmp_p
             await asyncio.sleep(0.05)
     await asyncio.sleep(0.8)
     assert buf.stats.syncs == 1, "one fsync for one commit, then no more wakeups"
-    assert buf._tx_timer is None
+    assert buf.db.timer is None
     await buf.close()

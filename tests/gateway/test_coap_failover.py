@@ -72,10 +72,10 @@ async def test_all_mode_holds_batches_through_a_coap_outage(tmp_path: Path, brok
                 await _produce(p, 60, 60)
                 await mq.wait_readings(120)
                 await until(lambda: not p.uplinks[1].connected)
-                assert p.buffer.stats.readings >= 60, "kept until CoAP has them too"
+                assert p.store.stats.readings >= 60, "kept until CoAP has them too"
                 await co.start()
                 await co.wait_readings(120, within=30)
-                await until(lambda: p.buffer.stats.readings == 0, within=20)
+                await until(lambda: p.store.stats.readings == 0, within=20)
         finally:
             await co.stop()
     assert _seqs(mq) == _seqs(co) == list(range(1, 121))

@@ -166,8 +166,8 @@ async def test_rejected_batch_goes_to_the_dead_letter_table(tmp_path: Path) -> N
         for r in READINGS[1:]:
             p.put(r)
         await rx.wait_readings(len(READINGS) - 1)
-        await until(lambda: p.buffer.stats.dead_letters == 1)
-        dead = await p.buffer.dead_letters()
+        await until(lambda: p.store.stats.dead_letters == 1)
+        dead = await p.store.dead_letters()
         assert p.uplink.connected, "a rejection says the server is there"
     assert [(bseq, up) for bseq, up, _ in dead] == [(1, "coap")]
     assert "4.00" in dead[0][2] and "signature" in dead[0][2]

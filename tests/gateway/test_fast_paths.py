@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import senml
-from gateway.buffer import Buffer, backlog
+from gateway.batcher import Batcher
 from gateway.driver_api import Blob, Location, Quality, Reading
 from gateway.driver_api import Path as IPath
-from gateway.keys import load_private_key
-from tests.gateway.helpers import make_config
+from gateway.store import Store, backlog
+from tests.gateway.helpers import batcher_for, make_config
 
 T0 = 1_795_000_000_000_000_000
 
@@ -64,15 +64,15 @@ def test_record_encoder_writes_what_cbor2_wrote(batch: list[Reading], sorted_ts:
         assert enc.encode(batch) == (_reference(batch), len(batch))
 
 
-def _buffer(state: Path) -> tuple[Buffer, Any]:
+def _buffer(state: Path) -> tuple[Store, Batcher]:
     cfg = make_config(state, batch={"max_readings": 100})
     c = cfg.config
-    return Buffer(state / "buffer.db", c.gateway.id, c.buffer, c.batch), load_private_key(state / "keys/device.key")
+    return Store(state / "buffer.db", c.gateway.id, c.buffer, c.batch), batcher_for(cfg)
 
 
 async def test_kept_counters_match_a_recount_and_acks_delete_exactly_their_rows(tmp_path: Path) -> None:
     state = tmp_path / "s"
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
     rng = random.Random(5)
     made = []
@@ -82,7 +82,7 @@ async def test_kept_counters_match_a_recount_and_acks_delete_exactly_their_rows(
             buf.put(Reading("gw-test", "n", T0 + seq, seq if seq % 3 else "x" * (seq % 50)))
             seq += 1
         await buf.commit()
-        b = await buf.make_batch(key)
+        b = await buf.make_batch(batcher)
         if b is not None:
             made.append(b)
         rng.shuffle(made)  # acknowledgements out of order, some left outstanding
@@ -96,7 +96,7 @@ async def test_kept_counters_match_a_recount_and_acks_delete_exactly_their_rows(
     outstanding = sorted(b.bseq for b in made)
     await buf.close()
     assert backlog(state / "buffer.db")[0] == kept[0], "closing deleted exactly the released rows"
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()  # counts from scratch
     try:
         assert (buf.stats.readings, buf.stats.bytes) == kept
@@ -105,7 +105,7 @@ async def test_kept_counters_match_a_recount_and_acks_delete_exactly_their_rows(
             b = await buf.load_batch(bseq)
             assert b is not None
             await buf.ack(b)
-        while (b := await buf.make_batch(key)) is not None:
+        while (b := await buf.make_batch(batcher)) is not None:
             await buf.ack(b)
         assert (buf.stats.readings, buf.stats.bytes, buf.stats.oldest_ns) == (0, 0, 0)
     finally:
@@ -148,7 +148,7 @@ async def test_counting_receiver_reaches_the_same_verdicts(tmp_path: Path) -> No
     from gateway.receiver import KeyBindings, Receiver
 
     state = tmp_path / "s"
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
     batches = []
     try:
@@ -157,7 +157,7 @@ async def test_counting_receiver_reaches_the_same_verdicts(tmp_path: Path) -> No
                 value: Any = Blob(b"img%d" % i, "image/png") if j == 3 else float(j)
                 buf.put(Reading("gw-test", "n", T0 + i * 100 + j, value, "W"))
             await buf.commit()
-            b = await buf.make_batch(key)
+            b = await buf.make_batch(batcher)
             assert b is not None
             batches.append(b.data)
     finally:
@@ -179,20 +179,20 @@ async def test_counting_receiver_reaches_the_same_verdicts(tmp_path: Path) -> No
 
 async def test_a_batch_commits_waiting_readings_in_its_own_transaction(tmp_path: Path) -> None:
     state = tmp_path / "s"
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
     try:
         for i in range(30):
             buf.put(Reading("gw-test", "n", T0 + i, i))
-        b = await buf.make_batch(key)
+        b = await buf.make_batch(batcher)
         assert b is not None and (b.bseq, b.first_seq, b.last_seq) == (1, 1, 30)
         assert (buf.stats.commits, buf.stats.committed, buf.stats.readings) == (1, 30, 30)
         buf.put(Reading("gw-test", "n", T0 + 30, 30))
-        b2 = await buf.make_batch(key)
+        b2 = await buf.make_batch(batcher)
         assert b2 is not None and (b2.bseq, b2.first_seq, b2.last_seq) == (2, 31, 31)
     finally:
         await buf.close()
-    buf, key = _buffer(state)
+    buf, batcher = _buffer(state)
     await buf.open()
     try:  # both were durable before they were returned (to be sent)
         assert await buf.outbox() == [(1, set()), (2, set())]

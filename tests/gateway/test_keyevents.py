@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import cose
-from gateway.buffer import Buffer
+from gateway.batcher import Batcher
 from gateway.devicekey import DeviceKey, KeyFiles, open_current, prepare_next, read_history
 from gateway.driver_api import Reading
 from gateway.keyevents import (
@@ -27,6 +27,7 @@ from gateway.keyevents import (
 )
 from gateway.keys import Ed25519PrivateKey, Signer, as_signer, generate, load_public_key
 from gateway.receiver import KeyBindings, Receiver
+from gateway.store import Store
 from gateway.testing.batches import Chain
 from tests.gateway.helpers import make_config
 
@@ -214,16 +215,19 @@ async def test_the_gateway_switches_keys_between_two_batches(tmp_path: Path, alg
     c = cfg.config
     files = KeyFiles.of("", tmp_path / "keys" / "device.key")
     first_pub = files.public.read_bytes()
-    buf = Buffer(tmp_path / "buffer.db", c.gateway.id, c.buffer, c.batch)
+    buf = Store(tmp_path / "buffer.db", c.gateway.id, c.buffer, c.batch)
     await buf.open()
     dk = DeviceKey(files, open_current(files), c.gateway.id)
     rx = Receiver(KeyBindings.files(c.gateway.id, files.public))
     old_kid = dk.signer.kid
+    batcher = Batcher(dk.signer, c.gateway.id, c.batch)
 
     async def batch(i: int) -> bytes:
         buf.put(Reading(c.gateway.id, "n", T0 + i, i))
         await buf.commit()
-        made = await buf.make_batch(dk.signer, dk.carry(buf.stream, buf.next_batch))
+        carry = dk.carry(buf.stream, buf.next_bseq)
+        batcher.use(dk.signer, carry["kr"] if carry else None)
+        made = await buf.make_batch(batcher)
         assert made is not None
         return made.data
 
@@ -232,7 +236,7 @@ async def test_the_gateway_switches_keys_between_two_batches(tmp_path: Path, alg
         made = prepare_next(files, alg)
         assert made.new and files.next_private.stat().st_mode & 0o777 == 0o600
         assert not prepare_next(files, alg).new  # one next key at a time
-        doc = await dk.switch(buf.stream, buf.next_batch)
+        doc = await dk.switch(buf.stream, buf.next_bseq)
         assert dk.signer.kid == made.kid != old_kid and not files.next_public.exists()
         assert load_public_key(files.public) == dk.signer.public_key() and files.public.read_bytes() != first_pub
         assert read_history(files) == [doc] and dk.announcement() == history_message([doc])

@@ -1,5 +1,5 @@
 """Keys: our Ed25519 (PyNaCl) keys and files are interchangeable with cryptography's, hostile key
-files get a KeyError_, and the running daemon never maps cryptography's OpenSSL (nor PKCS#11)."""
+files get a KeyFileError, and the running daemon never maps cryptography's OpenSSL (nor PKCS#11)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from gateway.keys import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
     InvalidSignature,
-    KeyError_,
+    KeyFileError,
     alg_of,
     init_key,
     key_id,
@@ -85,19 +85,19 @@ def test_other_pem_forms_go_through_cryptography(tmp_path: Path) -> None:
     assert public_key_from_pem(public_pem(key256.public_key())) == key256.public_key()
 
     p384 = ec.generate_private_key(ec.SECP384R1())
-    with pytest.raises(KeyError_, match="secp384r1"):
+    with pytest.raises(KeyFileError, match="secp384r1"):
         private_key_from_pem(p384.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                 serialization.NoEncryption()))
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    with pytest.raises(KeyError_, match="unsupported key type"):
+    with pytest.raises(KeyFileError, match="unsupported key type"):
         public_key_from_pem(rsa_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                               serialization.PublicFormat.SubjectPublicKeyInfo))
     # a file with the private key where the public one belongs, and the other way round
     info = init_key(tmp_path / "k")
-    with pytest.raises(KeyError_, match="not a PEM public key"):
+    with pytest.raises(KeyFileError, match="not a PEM public key"):
         load_public_key(info.private_path)
     os.chmod(info.public_path, 0o600)
-    with pytest.raises(KeyError_, match="not an unencrypted PEM private key"):
+    with pytest.raises(KeyFileError, match="not an unencrypted PEM private key"):
         load_private_key(info.public_path)
 
 
@@ -120,7 +120,7 @@ def test_hostile_key_files_get_a_key_error(raw: bytes) -> None:
     for parse in (private_key_from_pem, public_key_from_pem):
         try:
             key = parse(raw)
-        except KeyError_:
+        except KeyFileError:
             continue
         # the odd well-formed one (a 32-byte tail after the exact Ed25519 prefix) is a real key
         assert isinstance(key, Ed25519PrivateKey | Ed25519PublicKey)

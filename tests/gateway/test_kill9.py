@@ -12,26 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from gateway.keys import init_key
 from hil.mosquitto import Mosquitto
 from tests.gateway.helpers import MqttReceiver
+from tests.gateway.helpers import sim_daemon_config as _config
 
 KILLS = int(os.environ.get("SENSEGATE_KILLS", "20"))
-
-
-def _config(tmp: Path, url: str) -> Path:
-    init_key(tmp / "state" / "keys")
-    cfg = {
-        "gateway": {"id": "gw-kill", "state_dir": str(tmp / "state")},
-        "uplinks": [{"type": "mqtt", "url": url, "reconnect_max": 1}],
-        "drivers": [{"driver": "sim", "name": "fast", "interval": "10ms", "jitter": 0,
-                     "points": [{"name": "n", "pattern": "counter"}, {"name": "t", "unit": "Cel"}]}],
-    }
-    path = tmp / "gw.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 async def _daemon(config: Path) -> asyncio.subprocess.Process:

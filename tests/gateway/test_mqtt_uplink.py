@@ -145,7 +145,7 @@ async def test_mqtt_311_and_retained_status_and_node_states(tmp_path: Path, brok
         nodes.set("rtu-1", True)
         nodes.set("rtu-2", False, "timeout")
         p.put(READINGS[0])
-        await until(lambda: p.buffer.stats.acked_batches >= 1)
+        await until(lambda: p.store.stats.acked_batches >= 1)
     finally:
         await p.close()
     seen: dict[str, dict[str, object]] = {}

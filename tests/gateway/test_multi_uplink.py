@@ -6,13 +6,12 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-from gateway.buffer import Buffer
 from gateway.driver_api import Reading
-from gateway.keys import load_private_key
 from gateway.pipeline import BufferedPipeline
 from gateway.scheduler import InstanceRunner, NodeTracker
+from gateway.store import Store
 from hil.mosquitto import Mosquitto
-from tests.gateway.helpers import MqttReceiver, make_config, until
+from tests.gateway.helpers import MqttReceiver, batcher_for, make_config, until
 from tests.gateway.helpers import pipeline as running
 
 T0 = 1_795_000_000_000_000_000
@@ -73,7 +72,7 @@ async def test_all_mode_every_uplink_gets_everything(tmp_path: Path, broker: Mos
                 await ra.wait_readings(120)  # the healthy uplink is not held up
                 await asyncio.to_thread(second.start)
                 await rb.wait_readings(120)
-                await until(lambda: p.buffer.stats.readings == 0)  # released only when both acked
+                await until(lambda: p.store.stats.readings == 0)  # released only when both acked
         for rx in (ra, rb):
             assert sorted(r.seq for r in rx.readings) == list(range(1, 121))
             assert rx.rx.summary().gaps == 0
@@ -82,17 +81,17 @@ async def test_all_mode_every_uplink_gets_everything(tmp_path: Path, broker: Mos
 async def test_all_mode_acks_survive_a_restart(tmp_path: Path) -> None:
     cfg = make_config(tmp_path / "s", uplinks=_two("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:2"), uplink_mode="all")
     c = cfg.config
-    key = load_private_key(tmp_path / "s/keys/device.key")
-    buf = Buffer(tmp_path / "s/buffer.db", c.gateway.id, c.buffer, c.batch)
+    batcher = batcher_for(cfg)
+    buf = Store(tmp_path / "s/buffer.db", c.gateway.id, c.buffer, c.batch)
     await buf.open()
     buf.put(Reading("gw-test", "n", T0, 1))
     await buf.commit()
-    batch = await buf.make_batch(key)
+    batch = await buf.make_batch(batcher)
     assert batch is not None
     both = frozenset({"primary", "backup"})
     assert await buf.ack(batch, "primary", both) is False
     await buf.close()
-    buf = Buffer(tmp_path / "s/buffer.db", c.gateway.id, c.buffer, c.batch)
+    buf = Store(tmp_path / "s/buffer.db", c.gateway.id, c.buffer, c.batch)
     await buf.open()
     assert await buf.outbox() == [(1, {"primary"})], "only the backup still needs it"
     assert await buf.ack(batch, "backup", both) is True
@@ -123,7 +122,7 @@ async def test_camera_image_arrives_with_a_verified_hash(tmp_path: Path, broker:
                     await until(lambda: "verified" in rx.blob_states.values(), within=15)
                 finally:
                     await runner.stop()
-                await until(lambda: p.buffer.stats.readings == 0)
+                await until(lambda: p.store.stats.readings == 0)
     finally:
         await cam.stop()
     image = cam.served[0]

@@ -22,7 +22,7 @@ from tests.gateway.helpers import make_config
 T0 = 1_795_000_000_000_000_000
 
 
-@pytest.mark.skipif(bool(DiskFull.available()), reason=DiskFull.available() or "-")
+@pytest.mark.skipif(bool(DiskFull.unavailable_reason()), reason=DiskFull.unavailable_reason() or "-")
 async def test_blob_upload_survives_a_full_disk(tmp_path: Path, broker: Mosquitto,
                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "sensegate")
@@ -35,7 +35,7 @@ async def test_blob_upload_survives_a_full_disk(tmp_path: Path, broker: Mosquitt
         await p.start()
         try:
             p.put(Reading("gw-test", "image", T0, Blob(JPEGS[0], "image/jpeg")))
-            await until(lambda: p.buffer.stats.committed == 1, within=15, what="the commit")
+            await until(lambda: p.store.stats.committed == 1, within=15, what="the commit")
             disk.fill()  # the upload will work, forgetting the uploaded image will not
             await asyncio.to_thread(broker.start)
             sha = hashlib.sha256(JPEGS[0]).hexdigest()
@@ -44,10 +44,10 @@ async def test_blob_upload_survives_a_full_disk(tmp_path: Path, broker: Mosquitt
             await until(lambda: "blob upload error" in caplog.text or "buffer commit failed" in caplog.text,
                         within=30, what="the error report")
             disk.free()
-            await until(lambda: p.buffer.stats.readings == 0, within=30, what="the batch acknowledged")
+            await until(lambda: p.store.stats.readings == 0, within=30, what="the batch acknowledged")
             await until(lambda: rx.rx.summary().blobs_verified == 1, within=30, what="a verified image")
             async with asyncio.timeout(30):  # the uploader is alive: it retries and forgets the image
-                while await p.buffer.next_blob() is not None:  # noqa: ASYNC110 (state in the database)
+                while await p.store.next_blob() is not None:  # noqa: ASYNC110 (state in the database)
                     await asyncio.sleep(0.2)
         finally:
             await p.close()  # raised the disk error from the dead uploader before the fix

@@ -183,9 +183,10 @@ def test_a_lost_session_is_opened_again(softhsm: SoftHsm) -> None:
 
 async def test_batches_are_signed_off_the_event_loop(softhsm: SoftHsm, tmp_path: Path) -> None:
     """The token blocks while it signs: the buffer signs on its database thread, never on the loop."""
-    from gateway.buffer import Buffer
+    from gateway.batcher import Batcher
     from gateway.config.schema import BatchSection, BufferSection
     from gateway.driver_api import Reading
+    from gateway.store import Store
 
     create_key(softhsm.uri("threads"), "es256")
     threads: list[int] = []
@@ -196,11 +197,11 @@ async def test_batches_are_signed_off_the_event_loop(softhsm: SoftHsm, tmp_path:
             return super().sign(data)
 
     key = Recording(parse(softhsm.uri("threads"), resolve_module=True)).open()
-    buf = Buffer(tmp_path / "b.db", "gw-t", BufferSection(), BatchSection(alg="es256"))
+    buf = Store(tmp_path / "b.db", "gw-t", BufferSection(), BatchSection(alg="es256"))
     await buf.open()
     try:
         buf.put(Reading("gw-t", "p", 1_700_000_000_000_000_000, 1.0))
-        batch = await buf.make_batch(key)
+        batch = await buf.make_batch(Batcher(key, "gw-t", BatchSection(alg="es256")))
     finally:
         await buf.close()
         key.close()

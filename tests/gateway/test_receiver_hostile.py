@@ -25,9 +25,9 @@ from gateway.driver_api import Reading
 from gateway.keys import Ed25519PrivateKey, init_key, load_private_key
 from gateway.mqtt import MqttSession, MqttSettings
 from gateway.receiver import KeyBindings, Receiver, blobs
-from gateway.receiver.header import MAX_UINT
 from gateway.testing.batches import T0, Chain, sign_batch
 from gateway.testing.procs import peak_rss_mib
+from gateway.wire import MAX_UINT
 from hil.mosquitto import Mosquitto
 from tests.gateway.coaputil import CoapReceiver, coap_url
 from tests.gateway.helpers import until

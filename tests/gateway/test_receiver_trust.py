@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.buffer import Buffer
+from gateway.batcher import Batcher
 from gateway.driver_api import Reading
 from gateway.keys import init_key, key_id, load_private_key, load_public_key
 from gateway.mqtt import MqttSession, MqttSettings
 from gateway.receiver import KeyBindings, Receiver, TrustError, Untrusted
+from gateway.store import Store
 from hil.mosquitto import Mosquitto
 from tests.gateway.helpers import make_config
 
@@ -28,14 +29,15 @@ async def _batches(state: Path, gateway: str, key_file: Path, n: int = 2) -> lis
     """``n`` real batches of a gateway configured as ``gateway``, signed with ``key_file``."""
     cfg = make_config(state)
     c = cfg.config
-    buf = Buffer(state / "buffer.db", gateway, c.buffer, c.batch)
+    buf = Store(state / "buffer.db", gateway, c.buffer, c.batch)
+    batcher = Batcher(load_private_key(key_file), gateway, c.batch)
     await buf.open()
     out = []
     try:
         for i in range(n):
             buf.put(Reading(gateway, "n", T0 + i, i))
             await buf.commit()
-            b = await buf.make_batch(load_private_key(key_file))
+            b = await buf.make_batch(batcher)
             assert b is not None
             out.append(b.data)
     finally:

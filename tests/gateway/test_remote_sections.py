@@ -103,7 +103,7 @@ CASES: dict[str, Case] = {
     "gateway": Case(_set("gateway", site="pole 17", log_level="debug"), "applied", _check_gateway,
                     "pipeline (gateway changed)"),
     "buffer": Case(_set("buffer", commit_interval="50ms"), "applied",
-                   lambda d, ctx: _eq(d.pipeline.buffer.cfg.commit_interval, 0.05), "buffer"),  # type: ignore[union-attr]
+                   lambda d, ctx: _eq(d.pipeline.store.intake.cfg.commit_interval, 0.05), "buffer"),  # type: ignore[union-attr]
     "batch": Case(_set("batch", max_readings=77), "applied",
                   lambda d, ctx: _eq(d.pipeline.cfg.config.batch.max_readings, 77), "batch"),  # type: ignore[union-attr]
     "uplinks": Case(_uplinks, "applied", lambda d, ctx: _eq(d.pipeline.uplinks[0].cfg.keepalive, 7.0),  # type: ignore[union-attr]

@@ -3,8 +3,10 @@ crash states, and the command log's replay and expiry rules."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cbor2
@@ -12,10 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.daemon import DirectPipeline, Pipeline
 from gateway.keys import init_key, key_id, load_private_key
-from gateway.remote.commands import Command, CommandLog, parse_command
+from gateway.remote.commands import Command, CommandLog, Refused, execute, parse_command
 from gateway.remote.envelope import Rejected, encode_command, group_target, load_trusted, open_signed, sign
 from gateway.remote.store import ConfigStore
+from tests.gateway.helpers import make_config
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +183,20 @@ def test_envelope_numbers_are_whole_and_in_range(ops: tuple[object, dict[bytes, 
     doc = cose.encode_sign1(protected, b"{}", cose.sign(key, protected, b"{}"))  # type: ignore[arg-type]
     with pytest.raises(Rejected, match=r"must be a whole number 0\.\.2\^63-1"):
         open_signed(doc, trusted, "config", {"gw-1"}, 10_000)  # type: ignore[arg-type]
+
+
+async def test_rotate_key_is_refused_where_nothing_is_signed(tmp_path: Path) -> None:
+    """A JSON-lines gateway has no device key: the command is refused with why, not attempted."""
+    cfg = make_config(tmp_path, uplinks=[{"type": "jsonl", "path": str(tmp_path / "out.jsonl")}])
+
+    @dataclass
+    class Host:
+        cfg: object
+        pipeline: Pipeline | None
+        supervisor: None = None
+        apply_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    for pipeline in (DirectPipeline(cfg), None):
+        cmd = Command("c1", "rotate_key", {}, time.time() + 60)
+        with pytest.raises(Refused, match="there is no device key to rotate"):
+            await execute(cmd, Host(cfg, pipeline), {})  # type: ignore[arg-type]

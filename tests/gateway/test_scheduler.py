@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.driver_api import ConfigError, Manifest
-from gateway.scheduler import InstanceRunner, NodeTracker
+from gateway.scheduler import Backoff, InstanceRunner, NodeTracker
 from gateway.sinks import RecordingSink
 from gateway.testing import make_instance, run_driver
 
@@ -262,3 +262,15 @@ async def test_a_driver_left_behind_cannot_emit_into_the_pipeline(td, tmp_path: 
     assert len(sink.points("held")) == before, "no reading got through after it was left behind"
     assert any("refused a reading emitted after the instance was stopped" in r.getMessage() for r in caplog.records)
     hold.unlink()
+
+
+def test_backoff_doubles_up_to_its_maximum_with_jitter_and_resets() -> None:
+    b = Backoff(0.5, 10.0)
+    for n in range(1, 200):
+        wait = b.next()
+        floor = min(0.5 * 2 ** (n - 1), 10.0)
+        assert floor <= wait <= floor + 0.5, (n, wait)
+    waits = {round(Backoff(1.0, 60.0).next(), 6) for _ in range(50)}
+    assert len(waits) > 40, "jittered: gateways cut off together come back apart"
+    b.reset()
+    assert 0.5 <= b.next() <= 1.0

@@ -8,9 +8,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from gateway.buffer import Buffer
+from gateway.batcher import Batcher
 from gateway.driver_api import Reading
 from gateway.keys import init_key, load_private_key
+from gateway.store import Store
 from tests.gateway.helpers import make_config
 
 T0 = 1_795_000_000_000_000_000
@@ -28,13 +29,19 @@ class GatewayFeed:
         self.pub = self.state / f"{gateway}.pub.pem"  # what provisioning hands ops to enrol
         shutil.copy(self.state / "keys" / "device.pub.pem", self.pub)
         self.topic = f"sensegate/{gateway}/batch"
-        self.buffer: Buffer | None = None
+        self.buffer: Store | None = None
         self.n = 0
+
+    @property
+    def batcher(self) -> Batcher:
+        """The batch step with the key this feed signs with now (a test may swap ``key``)."""
+        c = self.cfg.config
+        return Batcher(self.key, c.gateway.id, c.batch)
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[GatewayFeed]:
         c = self.cfg.config
-        self.buffer = Buffer(self.state / "buffer.db", c.gateway.id, c.buffer, c.batch)
+        self.buffer = Store(self.state / "buffer.db", c.gateway.id, c.buffer, c.batch)
         await self.buffer.open()
         try:
             yield self
@@ -50,7 +57,7 @@ class GatewayFeed:
             self.n += 1
             buf.put(Reading(self.gateway, "t", T0 + self.n * 1_000_000, float(self.n), "Cel"))
         await buf.commit()
-        b = await buf.make_batch(self.key)
+        b = await buf.make_batch(self.batcher)
         assert b is not None
         if ack:
             await buf.ack(b)

@@ -128,7 +128,7 @@ async def test_every_value_type_is_stored_as_a_row(tmp_path: Path, db_url: str) 
             for r in readings:
                 feed.buffer.put(r)
             await feed.buffer.commit()
-            b = await feed.buffer.make_batch(feed.key)
+            b = await feed.buffer.make_batch(feed.batcher)
             assert b is not None
         [v] = await _verified(feed, trust, [b.data])
         await storage.store(c.Work(batches=[v]))

@@ -105,8 +105,11 @@ def set_version(src: Path, version: str) -> None:
     edit(init, f'__version__ = "{old}"', f'__version__ = "{version}"')
 
 
-def build_deb(src: Path, out: Path, wheels_of: Path, arch: str) -> Path:
-    """Package the source tree ``src`` offline: the dependency wheels come from an earlier package."""
+def build_deb(src: Path, out: Path, wheels_of: Path, arch: str, wheelhouse_only: bool = True) -> Path:
+    """Package the source tree ``src`` offline: the dependency wheels come from an earlier package.
+
+    ``wheelhouse_only=False`` lets PyPI supply what that package lacks (an older tree's
+    dependency that the newer one dropped)."""
     out.mkdir(parents=True, exist_ok=True)
     wheelhouse = out / "wheelhouse"
     if not wheelhouse.exists():
@@ -118,6 +121,7 @@ def build_deb(src: Path, out: Path, wheels_of: Path, arch: str) -> Path:
             w.unlink()
     res = subprocess.run([str(ROOT / "deploy/debian/build.sh"), str(out)], capture_output=True, text=True,
                          timeout=600, env={**os.environ, "SENSEGATE_SRC": str(src), "WHEELHOUSE": str(wheelhouse),
-                                           "DEB_ARCH": arch})
+                                           "DEB_ARCH": arch,
+                                           "WHEELHOUSE_ONLY": "1" if wheelhouse_only else "0"})
     assert res.returncode == 0, res.stderr[-3000:]
     return Path(res.stdout.strip().splitlines()[-1])

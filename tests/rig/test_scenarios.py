@@ -171,7 +171,7 @@ async def test_broker_restart(rig_spec: RigSpec, rig_report: RigReport, result: 
 async def test_network_partition(rig_spec: RigSpec, rig_report: RigReport, result: ScenarioResult,
                                  tmp_path: Path) -> None:
     """Network partition longer than the keepalive (readings pile up on disk)."""
-    why_not = Partition.available() if rig_spec.broker == "local" else "the rig uses an outside broker"
+    why_not = Partition.unavailable_reason() if rig_spec.broker == "local" else "the rig uses an outside broker"
     part = Partition() if not why_not else None
     if part is not None:
         part.setup()
@@ -355,7 +355,7 @@ async def test_outage_beyond_buffer_bound_declares_drops(rig_spec: RigSpec, rig_
 
 async def test_disk_full(rig_spec: RigSpec, rig_report: RigReport, result: ScenarioResult, tmp_path: Path) -> None:
     """Disk full on the state directory."""
-    why_not = DiskFull.available()
+    why_not = DiskFull.unavailable_reason()
     if why_not:
         pytest.skip(f"disk full needs a small mount: {why_not}")
     names = [d.name for d in rig_spec.devices if d.driver != "ble"]
@@ -390,7 +390,7 @@ async def test_disk_full(rig_spec: RigSpec, rig_report: RigReport, result: Scena
 
 async def test_clock_jump(rig_spec: RigSpec, rig_report: RigReport, result: ScenarioResult, tmp_path: Path) -> None:
     """Clock jump forward a day, then back before the start."""
-    why_not = ClockJump.available()
+    why_not = ClockJump.unavailable_reason()
     if why_not:
         pytest.skip(why_not)
     names = [d.name for d in rig_spec.devices if d.driver != "ble"]

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from gateway.config.schema import _ID as GATEWAY_ID
 from gateway.ingest.contract import BAD_BLOB, BlobChunk, KeyRecord, Refused, Work
-from gateway.keys import KeyError_, alg_of, key_id, public_key_from_pem, public_pem
+from gateway.keys import KeyFileError, alg_of, key_id, public_key_from_pem, public_pem
 
 DAY_NS = 86_400 * 1_000_000_000
 
@@ -21,7 +21,7 @@ def enrol_record(gateway: str, pem: str) -> KeyRecord:
         raise ValueError(f"{gateway!r} is not a gateway id (letters, digits, '_.:-', at most 128)")
     try:
         key = public_key_from_pem(pem.encode(), "the key")
-    except KeyError_ as e:
+    except KeyFileError as e:
         raise ValueError(str(e)) from None
     return KeyRecord(key_id(key), gateway, alg_of(key), public_pem(key).decode(), time.time_ns())
 
