@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway import wire
@@ -59,6 +59,20 @@ class Unbatched:
         """Undeclared blob drops: (sha256, reason)."""
         return self._conn.execute("SELECT sha256, reason FROM blob_drops LIMIT ?", (limit,)).fetchall()
 
+    def clock(self, first: int, last: int) -> list[wire.ClockEpoch]:
+        """The clock epochs readings ``first``..``last`` were stamped in, in order (the first one
+        began at or before ``first``); none for readings stored before the clock was recorded."""
+        return [wire.ClockEpoch(a, b, c, d, bool(e), f) for a, b, c, d, e, f in self._conn.execute(
+            "SELECT first_seq, boot, mono_ns, wall_ns, synced, max_error_us FROM clock WHERE first_seq <= ? AND "
+            "first_seq >= (SELECT COALESCE(MAX(first_seq), 0) FROM clock WHERE first_seq <= ?) ORDER BY first_seq",
+            (last, first))]
+
+    def clock_steps(self, limit: int) -> list[wire.ClockStep]:
+        """Clock steps not yet declared, oldest first."""
+        return [wire.ClockStep(*r) for r in self._conn.execute(
+            "SELECT boot, mono_ns, since_ns, wall_before_ns, wall_after_ns, first_seq FROM clock_steps "
+            "ORDER BY boot, mono_ns LIMIT ?", (limit,))]
+
 
 @dataclass(frozen=True)
 class NewBatch:
@@ -69,6 +83,7 @@ class NewBatch:
     drops_upto: int  # the drop rows it declares: first_seq up to this (0: none)
     blob_drops: list[bytes]  # the blob drops it declares
     batched_upto: int  # reading numbers up to here are now in batches (or declared)
+    clock_steps: list[tuple[int, int]] = field(default_factory=list)  # (boot, mono_ns) of the steps it declares
 
 
 class BatchStep(Protocol):
@@ -101,6 +116,10 @@ class Outbox:
         if new.drops_upto:
             db.x("DELETE FROM drops WHERE first_seq <= ?", (new.drops_upto,))
         db.xm("DELETE FROM blob_drops WHERE sha256 = ?", [(sha,) for sha in new.blob_drops])
+        db.xm("DELETE FROM clock_steps WHERE boot = ? AND mono_ns = ?", new.clock_steps)
+        # the epoch in force at the next unbatched reading, and those after it, are all later batches need
+        db.x("DELETE FROM clock WHERE first_seq < (SELECT MAX(first_seq) FROM clock WHERE first_seq <= ?)",
+             (new.batched_upto + 1,))
         db.xm("UPDATE meta SET value = ? WHERE key = ?",
               [(b.bseq + 1, "next_bseq"), (b.hash, "last_hash"), (new.batched_upto, "batched_upto")])
 

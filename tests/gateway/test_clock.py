@@ -19,38 +19,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.clock import SPLIT_SLACK_NS, STEP_THRESHOLD_NS, ClockState, ClockWatch, Step, kernel_clock, split
+from gateway.clock import SPLIT_SLACK_NS, STEP_THRESHOLD_NS, ClockWatch, Step, kernel_clock, split
+from gateway.testing import SteppedClock
 from hil.faults import ClockJump
 
 S = 1_000_000_000
 DAY = 86_400 * S
 
 
-class Sources:
-    """A monotonic and a wall clock that move when the test says, and a kernel state."""
-
-    def __init__(self, wall0: int = 1_795_000_000 * S, synced: bool = True) -> None:
-        self.mono = 5 * S
-        self.offset = wall0 - self.mono
-        self.synced = synced
-        self.state_reads = 0
-        self.broken = False
-
-    def advance(self, ns: int) -> None:
-        self.mono += ns
-
-    def state(self) -> ClockState:
-        self.state_reads += 1
-        if self.broken:
-            raise OSError(1, "Operation not permitted")
-        return ClockState(self.synced, 0.012 if self.synced else 16.0)
-
-    def watch(self, **kw: int) -> ClockWatch:
-        return ClockWatch(self.state, lambda: self.mono + self.offset, lambda: self.mono, **kw)
+def sources(synced: bool = True) -> SteppedClock:
+    return SteppedClock(1_795_000_000 * S, synced=synced, mono_ns=5 * S)
 
 
 def test_a_forward_step_is_seen_with_its_window_and_both_wall_times() -> None:
-    src = Sources(synced=False)
+    src = sources(synced=False)
     w = src.watch()
     assert w.epoch.synchronised is False and w.epoch.max_error_us == 16_000_000
     src.advance(S)
@@ -59,37 +41,36 @@ def test_a_forward_step_is_seen_with_its_window_and_both_wall_times() -> None:
     assert w.check() is None
     last_check = src.mono
     src.advance(S // 2)
-    src.offset += DAY  # NTP steps a clock that booted a day behind
-    src.synced = True
+    src.step(DAY, synced=True)  # NTP steps a clock that booted a day behind
     src.advance(S // 2)
     change = w.check()
     assert change is not None and change.step is not None
     step = change.step
     assert step.since_ns == last_check and step.mono_ns == last_check + S
     assert step.delta_ns == DAY and step.wall_after_ns == src.mono + src.offset
-    assert change.epoch.synchronised and change.epoch.max_error_us == 12_000  # read again at the step
+    assert change.epoch.synchronised and change.epoch.max_error_us == 4_000  # read again at the step
     assert change.epoch.offset_ns - change.previous.offset_ns == DAY
     assert w.steps == 1 and w.last_step == step and w.snapshot()["last_step_s"] == 86400.0
 
 
 def test_a_backward_step_and_a_slew_below_the_threshold() -> None:
-    src = Sources()
+    src = sources()
     w = src.watch()
     for _ in range(50):  # a slew of 500 ppm: 0.5 ms a second, never a step however long
         src.advance(S)
-        src.offset += 500_000
+        src.step(500_000)
         assert w.check() is None
     src.advance(S)
-    src.offset -= 3600 * S
+    src.step(-3600 * S)
     change = w.check()
     assert change is not None and change.step is not None and change.step.delta_ns == -3600 * S
     src.advance(S)
-    src.offset += STEP_THRESHOLD_NS - 1  # just below the threshold
+    src.step(STEP_THRESHOLD_NS - 1)  # just below the threshold
     assert w.check() is None
 
 
 def test_sync_changes_are_epochs_and_the_kernel_is_asked_at_most_once_a_second() -> None:
-    src = Sources(synced=False)
+    src = sources(synced=False)
     w = src.watch()
     reads = src.state_reads
     for _ in range(10):
@@ -106,7 +87,7 @@ def test_sync_changes_are_epochs_and_the_kernel_is_asked_at_most_once_a_second()
 
 
 def test_an_unreadable_state_counts_as_unsynchronised_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
-    src = Sources()
+    src = sources()
     src.broken = True
     w = src.watch()
     assert w.epoch.synchronised is False and "Operation not permitted" in w.state_error
