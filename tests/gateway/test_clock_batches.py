@@ -6,32 +6,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from gateway import cose, wire
 from gateway.batcher import Batcher
 from gateway.clock import CHECK_EVERY
-from gateway.driver_api import Reading
 from gateway.store import Store
 from gateway.testing import SteppedClock
-from tests.gateway.helpers import batcher_for, make_config
+from tests.gateway.helpers import clock_store, put_stamped
 
 S = 10**9
 DAY = 86_400 * S
 T0 = 1_795_000_000 * S
-
-
-def _open(state: Path, clock: SteppedClock, **batch: Any) -> tuple[Store, Batcher]:
-    config = make_config(state, batch=batch or {"max_readings": 1000})
-    c = config.config
-    return Store(state / "buffer.db", c.gateway.id, c.buffer, c.batch, clock.watch()), batcher_for(config)
-
-
-def _put(store: Store, clock: SteppedClock, n: int, name: str = "n") -> None:
-    """``n`` readings a tenth of a second apart, stamped as the scheduler stamps them."""
-    for _ in range(n):
-        clock.advance(S // 10)
-        store.put(Reading("gw-test", name, clock.now_ns(), 1.0))
 
 
 def _header(batch: wire.Batch) -> wire.Header:
@@ -49,12 +34,12 @@ async def _drain(store: Store, batcher: Batcher) -> list[wire.Header]:
 async def test_a_step_among_pending_readings_is_placed_at_the_first_reading_of_the_new_clock(tmp_path: Path) -> None:
     for delta in (DAY, -DAY - 3600 * S):
         clock = SteppedClock(T0 - DAY, synced=False)
-        store, batcher = _open(tmp_path / str(delta), clock)
+        store, batcher = clock_store(tmp_path / str(delta), clock)
         await store.open()
         try:
-            _put(store, clock, 5)  # numbers 1-5 on the day-behind clock
+            put_stamped(store, clock, 5)  # numbers 1-5 on the day-behind clock
             clock.step(delta, synced=True)
-            _put(store, clock, 4)  # 6-9 on the new one: the check at the take sees the step after them
+            put_stamped(store, clock, 4)  # 6-9 on the new one: the check at the take sees the step after them
             heads = await _drain(store, batcher)
         finally:
             await store.close()
@@ -69,20 +54,20 @@ async def test_a_step_among_pending_readings_is_placed_at_the_first_reading_of_t
 
 async def test_a_backlog_keeps_the_epochs_it_was_stamped_in_across_a_restart(tmp_path: Path) -> None:
     clock = SteppedClock(T0 - DAY, synced=False)
-    store, batcher = _open(tmp_path, clock)
+    store, batcher = clock_store(tmp_path, clock)
     await store.open()
-    _put(store, clock, 3)
+    put_stamped(store, clock, 3)
     await store.commit()  # stored, not batched (the uplink is down)
     clock.advance(5 * S)
     clock.step(DAY, synced=True)
-    _put(store, clock, 2)
+    put_stamped(store, clock, 2)
     await store.commit()
     await store.close()
     clock.advance(60 * S)  # a clean restart: run 2, same machine
-    store, batcher = _open(tmp_path, clock)
+    store, batcher = clock_store(tmp_path, clock)
     await store.open()
     try:
-        _put(store, clock, 2)
+        put_stamped(store, clock, 2)
         heads = await _drain(store, batcher)
     finally:
         await store.close()
@@ -94,25 +79,25 @@ async def test_a_backlog_keeps_the_epochs_it_was_stamped_in_across_a_restart(tmp
 
 async def test_only_a_sync_change_is_an_epoch_without_a_step_and_steps_are_declared_once(tmp_path: Path) -> None:
     clock = SteppedClock(T0, synced=False)
-    store, batcher = _open(tmp_path, clock)
+    store, batcher = clock_store(tmp_path, clock)
     await store.open()
     try:
-        _put(store, clock, 2)
+        put_stamped(store, clock, 2)
         assert len(await _drain(store, batcher)) == 1
         clock.advance(2 * S)
         clock.synced = True  # NTP slewed it in: no step
-        _put(store, clock, 2)
+        put_stamped(store, clock, 2)
         (h,) = await _drain(store, batcher)
         # seen when these were taken: they may predate it, so they count as unsynchronised
         assert [(e.first_seq, e.synced) for e in h.ck] == [(1, False)]
-        _put(store, clock, 1)
+        put_stamped(store, clock, 1)
         (h,) = await _drain(store, batcher)
         assert [(e.first_seq, e.synced) for e in h.ck] == [(5, True)] and not h.cj
         clock.step(-30 * S)
-        _put(store, clock, 1)
+        put_stamped(store, clock, 1)
         (h,) = await _drain(store, batcher)
         assert [s.first_seq for s in h.cj] == [6]
-        _put(store, clock, 1)
+        put_stamped(store, clock, 1)
         (h,) = await _drain(store, batcher)
         assert not h.cj and h.ck[0].first_seq == 6  # declared once; the epoch still applies
         assert store.db.conn is not None
@@ -123,11 +108,11 @@ async def test_only_a_sync_change_is_an_epoch_without_a_step_and_steps_are_decla
 
 async def test_a_clock_that_changes_more_than_64_times_ends_a_batch_early(tmp_path: Path) -> None:
     clock = SteppedClock(T0)
-    store, batcher = _open(tmp_path, clock)
+    store, batcher = clock_store(tmp_path, clock)
     await store.open()
     try:
         for i in range(70):  # a flapping clock: one epoch per commit
-            _put(store, clock, 2)
+            put_stamped(store, clock, 2)
             clock.step(S if i % 2 else -S)
             await store.commit()
         heads = await _drain(store, batcher)
@@ -140,7 +125,7 @@ async def test_a_clock_that_changes_more_than_64_times_ends_a_batch_early(tmp_pa
 
 async def test_the_clock_is_checked_while_no_reading_comes(tmp_path: Path) -> None:
     clock = SteppedClock(T0)
-    store, _ = _open(tmp_path, clock)
+    store, _ = clock_store(tmp_path, clock)
     await store.open()
     try:
         checks = clock.state_reads
@@ -155,19 +140,19 @@ async def test_readings_stored_before_the_clock_was_recorded_have_no_epoch(tmp_p
     """A buffer from a sensegate before the clock keys (or a salvaged one): its backlog goes out
     with the new run's readings, the first ``ck`` entry after the batch's first reading."""
     clock = SteppedClock(T0)
-    store, batcher = _open(tmp_path, clock)
+    store, batcher = clock_store(tmp_path, clock)
     await store.open()
-    _put(store, clock, 3)
+    put_stamped(store, clock, 3)
     await store.commit()
     await store.close()
     db = sqlite3.connect(tmp_path / "buffer.db")
     db.execute("DROP TABLE clock")  # as the older sensegate left it
     db.commit()
     db.close()
-    store, batcher = _open(tmp_path, clock)
+    store, batcher = clock_store(tmp_path, clock)
     await store.open()
     try:
-        _put(store, clock, 2)
+        put_stamped(store, clock, 2)
         (h,) = await _drain(store, batcher)
     finally:
         await store.close()
