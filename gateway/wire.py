@@ -160,15 +160,8 @@ class Header:
                 "ck": [list(e) for e in self.ck], "cj": [list(e) for e in self.cj]}
 
     def clock_spans(self) -> list[tuple[int, int, ClockEpoch]]:
-        """The batch's readings as runs ``(first, last, epoch)`` of reading numbers stamped in one
-        clock epoch; readings before the first ``ck`` entry (a gateway that does not say) are in none."""
-        first, last = self.sq
-        out = []
-        for i, e in enumerate(self.ck):
-            end = self.ck[i + 1].first_seq - 1 if i + 1 < len(self.ck) else last
-            if end >= first:
-                out.append((max(first, e.first_seq), end, e))
-        return out
+        """The batch's readings as runs ``(first, last, epoch)``: see ``clock_spans``."""
+        return clock_spans(self.ck, *self.sq)
 
 
 @dataclass(frozen=True)
@@ -311,6 +304,18 @@ def _clock_steps(cj: Any) -> list[ClockStep]:
     ):
         raise ValueError("bad clock steps (cj)")
     return [ClockStep(*e) for e in cj]
+
+
+def clock_spans(ck: Sequence[ClockEpoch], first: int, last: int) -> list[tuple[int, int, ClockEpoch]]:
+    """Readings ``first``..``last`` of a batch as runs ``(first, last, epoch)`` of reading numbers
+    stamped in one clock epoch; readings before the first ``ck`` entry (stored before their
+    gateway recorded its clock) are in none."""
+    out = []
+    for i, e in enumerate(ck):
+        end = ck[i + 1].first_seq - 1 if i + 1 < len(ck) else last
+        if end >= first:
+            out.append((max(first, e.first_seq), end, e))
+    return out
 
 
 def correction(epoch: ClockEpoch, known: Iterable[ClockEpoch]) -> ClockEpoch | None:
