@@ -255,6 +255,7 @@ class BufferedPipeline:
                         "sign_errors": self.signing.errors,
                         "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes},
             "uplinks": self.dispatch.stats(),
+            "clock": self.store.clock.snapshot(),
         }
 
     async def close(self, grace: float = 3.0) -> None:
