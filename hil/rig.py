@@ -642,6 +642,7 @@ class RigReceiver:
         self.rx = Receiver(KeyBindings.files(gateway, pub))
         self.got: list[Received] = []
         self.batches: dict[int, tuple[int, int]] = {}  # batch number -> (first, last) reading of each verified batch
+        self.headers: dict[int, dict[str, Any]] = {}  # batch number -> its verified header (for notes and examples)
         self.statuses: dict[str, int] = {}
         self.settings = receiver_settings(url, client_id=client_id)
         self.changed = asyncio.Event()
@@ -668,6 +669,7 @@ class RigReceiver:
             if res.status == "ok":
                 first, last = res.header["sq"]
                 self.batches[int(res.header["bs"])] = (int(first), int(last))
+                self.headers[int(res.header["bs"])] = res.header
         self.changed.set()
 
     async def _run(self) -> None:
