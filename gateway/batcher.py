@@ -79,7 +79,7 @@ class Batcher:
         batch = wire.Batch(header.bs, first, last, signed.data, digest, time.time_ns(), nbytes)
         upto = max(waiting.batched_upto, last, max((r[1] for r in drop_rows), default=0))
         return NewBatch(batch, signed, drop_rows[-1][0] if drop_rows else 0, [sha for sha, _ in blob_drops], upto,
-                        [(s.boot, s.mono_ns) for s in steps])
+                        steps)
 
 
 def _cut(parts: list[bytes], first: int, epochs: list[wire.ClockEpoch],

@@ -32,6 +32,7 @@ from gateway.store.db import Database, StoreError, StoreStats
 from gateway.store.intake import ClockMark, Inserted, Intake
 from gateway.store.numbers import Numbers
 from gateway.store.outbox import BatchStep, NewBatch, Outbox, Unbatched
+from gateway.store.timeline import Timeline
 from gateway.wire import Batch
 
 __all__ = ["BatchStep", "NewBatch", "Store", "StoreError", "StoreStats", "Unbatched", "backlog"]
@@ -50,9 +51,11 @@ class Store:
         self.stats = StoreStats()
         self.db = Database(path, cfg.commit_interval, self.stats)
         self.numbers = Numbers(self.db, path, gateway_id, self.stats)
-        self.batches = Outbox(self.db, self.numbers, self.stats)
+        self.timeline = Timeline(self.db)  # the clock epochs and steps of the stored readings
+        self.batches = Outbox(self.db, self.numbers, self.stats, self.timeline)
         self.clock = clock if clock is not None else ClockWatch()  # what the readings' clock is worth
-        self.intake = Intake(self.db, self.numbers, self.batches, cfg, batch.max_readings, self.stats, self.clock)
+        self.intake = Intake(self.db, self.numbers, self.batches, cfg, batch.max_readings, self.stats, self.clock,
+                             self.timeline)
         self.db.before_timer_commit = self.batches.flush_if_released_sync
         self.opened = asyncio.Event()  # the file is open (at once, or later: see open)
         self.intake.opened = self.opened
@@ -116,6 +119,7 @@ class Store:
             self._recover_sync(e)
         assert self.db.conn is not None
         self.stats.recount(self.db.conn)
+        self.timeline.load_sync()
 
     def _recover_sync(self, error: BaseException) -> None:
         """Set a corrupt file aside and start a new one with what could be read from it."""
@@ -260,7 +264,7 @@ class Store:
                     done = self.intake.insert_sync(readings, overflow, marks)
                     numbers.meta["next_seq"] = done.next_seq  # the batch below numbers from here
                 assert db.conn is not None
-                new = step.next_batch(Unbatched(db.conn, numbers))
+                new = step.next_batch(Unbatched(db.conn, numbers, self.timeline))
                 if new is not None:
                     outbox.record_sync(new)
         except BaseException:

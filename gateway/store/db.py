@@ -115,6 +115,7 @@ class Database:
         self.journal: list[tuple[str, Any, bool]] = []  # its statements: (sql, params, executemany)
         self.timer: asyncio.TimerHandle | None = None
         self._committer: asyncio.Task[None] | None = None  # the timer's commit, while it runs
+        self.aborts = 0  # transactions rolled back (what mirrors rows in memory reads again after one)
         self._synced_at = time.monotonic()  # the last fsync
         self._unsynced = False  # a transaction committed since then
 
@@ -251,6 +252,7 @@ class Database:
         """Roll the open transaction back; the journal keeps what it held for the next attempt."""
         assert self.conn is not None
         self.tx_open = False
+        self.aborts += 1
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute("ROLLBACK")
 

@@ -12,8 +12,7 @@ The clock (gateway/clock.py) is checked when readings are taken from memory and 
 second otherwise, never per reading. A new clock epoch (a step, or a change of the sync state)
 becomes a *mark* on the pending reading it applies from (after a step, the first reading
 stamped by the new clock: ``clock.split``); marks travel with the readings and are stored, with
-the reading number they apply from, in the ``clock`` and ``clock_steps`` tables for the batch
-step to declare.
+the reading number they apply from, for the batch step to declare (gateway/store/timeline.py).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from gateway.driver_api import Blob, Reading
 from gateway.store.db import Database, StoreStats
 from gateway.store.numbers import Numbers
 from gateway.store.outbox import Outbox
+from gateway.store.timeline import Timeline
 from gateway.wire import BLOB_STORE_FULL, BUFFER_FULL, EXPIRED, OVERFLOW, Drop
 
 log = logging.getLogger("sensegate.buffer")
@@ -66,7 +66,7 @@ class Intake:
     """The reading side of the store: ``put`` (the drivers' hot path), the committer, the bounds."""
 
     def __init__(self, db: Database, numbers: Numbers, outbox: Outbox, cfg: BufferSection, segment_readings: int,
-                 stats: StoreStats, watch: ClockWatch) -> None:
+                 stats: StoreStats, watch: ClockWatch, timeline: Timeline) -> None:
         self.db = db
         self.numbers = numbers
         self.outbox = outbox
@@ -91,6 +91,7 @@ class Intake:
         self._dropping = False
         self._episode: list[int] = [0, 0, 0]  # count, first, last of the current drop episode
         self.clock = watch
+        self.timeline = timeline
         self.marks: list[ClockMark] = [ClockMark(0, watch.epoch)]  # this run's first epoch: from its first reading
         self._checked = 0  # pending readings before this index were put before the last clock check
         self._clock_timer: asyncio.TimerHandle | None = None
@@ -247,7 +248,7 @@ class Intake:
             drops.append(Drop(seq, seq + overflow - 1, OVERFLOW))
             seq += overflow
         if marks:
-            self._clock_sync(seq, marks)
+            self.timeline.record_sync(seq, self.numbers.boot, marks)
         rows = []
         per = self.segment_readings
         full = self.cfg.policy == "refuse_new" and self.stats.bytes >= self.cfg.max_bytes
@@ -273,18 +274,6 @@ class Intake:
         db.xm("INSERT INTO drops VALUES (?, ?, ?)", [(d.first_seq, d.last_seq, d.reason) for d in drops])
         db.x("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
         return Inserted(seq, sum(r[1] - r[0] + 1 for r in rows), added, gone_n, gone_b, drops, bool(blobs))
-
-    def _clock_sync(self, seq: int, marks: list[ClockMark]) -> None:
-        """Record the epochs (and steps) of ``marks`` at the reading numbers they apply from
-        (``seq``: the number of the first reading taken); a later mark on the same reading wins."""
-        boot = self.numbers.boot
-        self.db.xm("INSERT OR REPLACE INTO clock VALUES (?, ?, ?, ?, ?, ?)",
-                   [(seq + m.index, boot, m.epoch.mono_ns, m.epoch.wall_ns, int(m.epoch.synchronised),
-                     m.epoch.max_error_us) for m in marks])
-        steps = [(boot, s.mono_ns, s.since_ns, s.wall_before_ns, s.wall_after_ns, seq + m.index)
-                 for m in marks if (s := m.step) is not None]
-        if steps:
-            self.db.xm("INSERT OR IGNORE INTO clock_steps VALUES (?, ?, ?, ?, ?, ?)", steps)
 
     def inserted(self, done: Inserted) -> None:
         """Book a stored insert: counters, drop episode, the blob uploader's cue."""

@@ -24,6 +24,7 @@ from typing import Protocol
 from gateway import wire
 from gateway.store.db import Database, StoreStats
 from gateway.store.numbers import Numbers
+from gateway.store.timeline import Timeline
 from gateway.wire import Batch
 
 log = logging.getLogger("sensegate.buffer")
@@ -33,9 +34,10 @@ class Unbatched:
     """What waits to be batched, as the batch step sees it (database thread, inside the batch's
     transaction): the numbers, the chain's end, and the rows not yet in a batch."""
 
-    def __init__(self, conn: sqlite3.Connection, numbers: Numbers) -> None:
+    def __init__(self, conn: sqlite3.Connection, numbers: Numbers, timeline: Timeline) -> None:
         meta = numbers.meta
         self._conn = conn
+        self._timeline = timeline
         self.stream = int(meta["stream"])
         self.boot = int(meta["boot"])
         self.next_seq = int(meta["next_seq"])  # the next reading number (readings below are stored)
@@ -62,16 +64,11 @@ class Unbatched:
     def clock(self, first: int, last: int) -> list[wire.ClockEpoch]:
         """The clock epochs readings ``first``..``last`` were stamped in, in order (the first one
         began at or before ``first``); none for readings stored before the clock was recorded."""
-        return [wire.ClockEpoch(a, b, c, d, bool(e), f) for a, b, c, d, e, f in self._conn.execute(
-            "SELECT first_seq, boot, mono_ns, wall_ns, synced, max_error_us FROM clock WHERE first_seq <= ? AND "
-            "first_seq >= (SELECT COALESCE(MAX(first_seq), 0) FROM clock WHERE first_seq <= ?) ORDER BY first_seq",
-            (last, first))]
+        return self._timeline.epochs(first, last)
 
     def clock_steps(self, limit: int) -> list[wire.ClockStep]:
         """Clock steps not yet declared, oldest first."""
-        return [wire.ClockStep(*r) for r in self._conn.execute(
-            "SELECT boot, mono_ns, since_ns, wall_before_ns, wall_after_ns, first_seq FROM clock_steps "
-            "ORDER BY boot, mono_ns LIMIT ?", (limit,))]
+        return self._timeline.undeclared(limit)
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ class NewBatch:
     drops_upto: int  # the drop rows it declares: first_seq up to this (0: none)
     blob_drops: list[bytes]  # the blob drops it declares
     batched_upto: int  # reading numbers up to here are now in batches (or declared)
-    clock_steps: list[tuple[int, int]] = field(default_factory=list)  # (boot, mono_ns) of the steps it declares
+    clock_steps: list[wire.ClockStep] = field(default_factory=list)  # the clock steps it declares
 
 
 class BatchStep(Protocol):
@@ -96,10 +93,11 @@ class Outbox:
     """Batches from signing to acknowledgement; dead letters; blobs. Public coroutines run on the
     loop; ``_sync`` methods on the database thread."""
 
-    def __init__(self, db: Database, numbers: Numbers, stats: StoreStats) -> None:
+    def __init__(self, db: Database, numbers: Numbers, stats: StoreStats, timeline: Timeline) -> None:
         self.db = db
         self.numbers = numbers
         self.stats = stats
+        self.timeline = timeline
         # acknowledged batches whose rows are deleted with the next write (or within a second):
         # one transaction fewer per batch; a power cut before that only re-sends (at-least-once)
         self.released: list[tuple[int, int, int]] = []
@@ -116,10 +114,7 @@ class Outbox:
         if new.drops_upto:
             db.x("DELETE FROM drops WHERE first_seq <= ?", (new.drops_upto,))
         db.xm("DELETE FROM blob_drops WHERE sha256 = ?", [(sha,) for sha in new.blob_drops])
-        db.xm("DELETE FROM clock_steps WHERE boot = ? AND mono_ns = ?", new.clock_steps)
-        # the epoch in force at the next unbatched reading, and those after it, are all later batches need
-        db.x("DELETE FROM clock WHERE first_seq < (SELECT MAX(first_seq) FROM clock WHERE first_seq <= ?)",
-             (new.batched_upto + 1,))
+        self.timeline.declare_sync(new.clock_steps, new.batched_upto)
         db.xm("UPDATE meta SET value = ? WHERE key = ?",
               [(b.bseq + 1, "next_bseq"), (b.hash, "last_hash"), (new.batched_upto, "batched_upto")])
 

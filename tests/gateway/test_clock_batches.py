@@ -7,10 +7,13 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from gateway import cose, wire
 from gateway.batcher import Batcher
 from gateway.clock import CHECK_EVERY
 from gateway.store import Store
+from gateway.store.intake import ClockMark
 from gateway.testing import SteppedClock
 from tests.gateway.helpers import clock_store, put_stamped
 
@@ -158,3 +161,30 @@ async def test_readings_stored_before_the_clock_was_recorded_have_no_epoch(tmp_p
         await store.close()
     assert h.sq == (1, 5) and [(e.first_seq, e.boot) for e in h.ck] == [(4, 2)]
     assert [(a, b) for a, b, _ in h.clock_spans()] == [(4, 5)]
+
+
+async def test_a_failed_write_leaves_the_clock_record_as_the_file_has_it(tmp_path: Path) -> None:
+    """The epochs are mirrored in memory; a transaction that fails (a full disk) is rolled back
+    and the mirror read again from the file before its next use."""
+    clock = SteppedClock(T0)
+    store, batcher = clock_store(tmp_path, clock)
+    await store.open()
+    try:
+        put_stamped(store, clock, 2)
+        (h,) = await _drain(store, batcher)
+        epoch = store.clock.epoch
+
+        def failing() -> None:
+            with store.db.op():
+                store.timeline.record_sync(50, 1, [ClockMark(0, epoch)])
+                raise sqlite3.OperationalError("database or disk is full")
+
+        with pytest.raises(sqlite3.OperationalError):
+            await store.db.run(failing)
+        got = await store.db.run(store.timeline.epochs, 1, 100)
+        assert [e.first_seq for e in got] == [e.first_seq for e in h.ck] == [1]
+        put_stamped(store, clock, 1)
+        (h,) = await _drain(store, batcher)
+        assert [e.first_seq for e in h.ck] == [1]
+    finally:
+        await store.close()
