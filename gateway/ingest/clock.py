@@ -116,6 +116,10 @@ def settle(led: StreamLedger, known: dict[int, KnownEpoch], fresh: Sequence[tupl
 def timed(readings: Sequence[DecodedReading], spans: list[Span]) -> Iterator[tuple[DecodedReading, bool, int | None]]:
     """Each reading (in number order) with its flag and the shift of its corrected time (None:
     not uncertain, or no correction known yet)."""
+    if not any(uncertain for _, _, uncertain, _ in spans):  # the usual batch: a synchronised clock
+        for r in readings:
+            yield r, False, None
+        return
     i = 0
     for r in readings:
         while i < len(spans) and spans[i][1] < r.seq:
