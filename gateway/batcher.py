@@ -7,7 +7,10 @@ the database thread. A batch is made of whole segments, contiguous in reading nu
 alone). It declares the drop ranges recorded before its first reading (adjacent ranges with one
 reason merged, at most ``wire.MAX_DECLARED``; the rest follow in the next batch) and the blobs
 that were dropped. A batch with no readings but something to declare is an empty pack just
-after the dropped range. The header, pack and signature are gateway/wire.py's.
+after the dropped range. It says which clock epochs its readings were stamped in (``ck``: at
+most ``wire.MAX_DECLARED``, so a clock that changed more often than that ends the batch early)
+and the clock steps not yet declared (``cj``). The header, pack and signature are
+gateway/wire.py's.
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ class Batcher:
             parts.append(data)
             last = last_
             nbytes += len(data)
+        epochs: list[wire.ClockEpoch] = []
+        if parts:
+            epochs = waiting.clock(first, last)
+            if len(epochs) > wire.MAX_DECLARED:
+                parts, last, nbytes, epochs = _cut(parts, first, epochs, waiting)
         drop_rows = waiting.drops(first if parts else waiting.next_seq)
         declared = _declare(drop_rows)
         drop_rows = drop_rows[: declared[1]]
@@ -62,13 +70,32 @@ class Batcher:
         if not parts:  # a report of drops only: an empty pack just after the dropped range
             first = waiting.next_seq
             last = first - 1
+        steps = waiting.clock_steps(wire.MAX_DECLARED)
         header = wire.Header(self.gateway_id, waiting.stream, waiting.boot, waiting.next_bseq, waiting.last_hash,
-                             (first, last), declared[0], [[sha, reason] for sha, reason in blob_drops], self.kr)
+                             (first, last), declared[0], [[sha, reason] for sha, reason in blob_drops], self.kr,
+                             epochs, steps)
         signed = wire.sign(self.key, self.kid, header, parts)
         digest = hashlib.sha256(signed.data).digest()
         batch = wire.Batch(header.bs, first, last, signed.data, digest, time.time_ns(), nbytes)
         upto = max(waiting.batched_upto, last, max((r[1] for r in drop_rows), default=0))
-        return NewBatch(batch, signed, drop_rows[-1][0] if drop_rows else 0, [sha for sha, _ in blob_drops], upto)
+        return NewBatch(batch, signed, drop_rows[-1][0] if drop_rows else 0, [sha for sha, _ in blob_drops], upto,
+                        steps)
+
+
+def _cut(parts: list[bytes], first: int, epochs: list[wire.ClockEpoch],
+         waiting: Unbatched) -> tuple[list[bytes], int, int, list[wire.ClockEpoch]]:
+    """Fewer segments, so that the batch spans at most MAX_DECLARED clock epochs (at least one
+    segment; one whose readings span more has its extra epochs folded into the last one kept:
+    a clock changing that often within one commit cannot be told apart reading by reading)."""
+    limit = epochs[wire.MAX_DECLARED].first_seq  # the first epoch that does not fit
+    kept: list[bytes] = []
+    last = nbytes = 0
+    for _, seg_last, data in waiting.segments():
+        if len(kept) == len(parts) or (kept and seg_last >= limit):
+            break
+        kept.append(data)
+        last, nbytes = seg_last, nbytes + len(data)
+    return kept, last, nbytes, [e for e in epochs if e.first_seq <= last][: wire.MAX_DECLARED]
 
 
 def _declare(rows: list[tuple[int, int, str]]) -> tuple[list[list[Any]], int]:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import datetime as dt
 import grp
 import json
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from gateway.clock import ClockState, kernel_clock
 from gateway.config import ConfigInvalid, GatewayConfig, load_config
 from gateway.doctor_agent import UnitState, fetch_status, systemd_unit
 from gateway.mqtt import MqttError, MqttSession, MqttSettings
@@ -60,56 +59,6 @@ class Finding:
     status: Status
     message: str
     fix: str = ""
-
-
-@dataclass(frozen=True)
-class ClockState:
-    """What the kernel says about the system clock (adjtimex(2), as timedatectl reads it)."""
-
-    synchronised: bool
-    max_error_s: float | None = None
-    source: str = "adjtimex"
-    offset_s: float | None = None  # the NTP offset the kernel is slewing away (fleet health)
-
-
-def kernel_clock() -> ClockState:
-    """Read the kernel's NTP state without changing it (adjtimex with modes=0)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    c_long, c_int = ctypes.c_long, ctypes.c_int
-
-    class Timex(ctypes.Structure):
-        _fields_ = [
-            ("modes", c_int),
-            ("offset", c_long),
-            ("freq", c_long),
-            ("maxerror", c_long),
-            ("esterror", c_long),
-            ("status", c_int),
-            ("constant", c_long),
-            ("precision", c_long),
-            ("tolerance", c_long),
-            ("tv_sec", c_long),
-            ("tv_usec", c_long),
-            ("tick", c_long),
-            ("ppsfreq", c_long),
-            ("jitter", c_long),
-            ("shift", c_int),
-            ("stabil", c_long),
-            ("jitcnt", c_long),
-            ("calcnt", c_long),
-            ("errcnt", c_long),
-            ("stbcnt", c_long),
-            ("tai", c_int),
-            ("_pad", c_int * 16),
-        ]
-
-    tx = Timex()
-    state = libc.adjtimex(ctypes.byref(tx))
-    if state < 0:
-        raise OSError(ctypes.get_errno(), "adjtimex failed")
-    sta_unsync, sta_nano, time_error = 0x0040, 0x2000, 5
-    offset = tx.offset / (1e9 if tx.status & sta_nano else 1e6)
-    return ClockState(state != time_error and not (tx.status & sta_unsync), tx.maxerror / 1e6, offset_s=offset)
 
 
 @dataclass

@@ -67,7 +67,8 @@ def process_stats() -> dict[str, float]:
 
 
 def summary(daemon: _Daemon) -> dict[str, Any]:
-    """The gateway's health as one JSON-able dict: drivers, nodes, buffer, batches, uplinks, process."""
+    """The gateway's health as one JSON-able dict: drivers, nodes, buffer, batches, uplinks, the
+    clock (synchronised, its error, steps: gateway/clock.py), process."""
     cfg = daemon.cfg
     out: dict[str, Any] = {
         "version": __version__,
@@ -107,6 +108,7 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     out["buffer"] = pipe.get("buffer")
     out["batches"] = pipe.get("batches")
     out["uplinks"] = pipe.get("uplinks") or {}
+    out["clock"] = pipe.get("clock")
     proc = process_stats()
     if "start_time" in proc:
         proc["uptime_seconds"] = max(0.0, out["time"] - proc["start_time"])
@@ -136,6 +138,8 @@ def status_line(daemon: _Daemon) -> str:
         parts.append(f"buffer {s['buffer'].get('readings', 0)} readings")
     for name, up in s["uplinks"].items():
         parts.append(f"{name} {'connected' if up.get('connected') else 'DISCONNECTED'}")
+    if s.get("clock") and not s["clock"].get("synchronised"):
+        parts.append("clock NOT synchronised")
     return ", ".join(parts)
 
 
@@ -238,6 +242,16 @@ def render(s: dict[str, Any]) -> str:
             ("latency_s", "sensegate_uplink_latency_seconds", "gauge", "Last send-to-acknowledgement time."),
         ]:
             fam(name, kind, help_).add(up.get(key), uplink=up_name)
+    clk = s.get("clock") or {}
+    for key, name, kind, help_ in [
+        ("synchronised", "sensegate_clock_synchronised", "gauge",
+         "1 while the kernel calls the clock synchronised (NTP); readings stamped otherwise are flagged."),
+        ("max_error_s", "sensegate_clock_max_error_seconds", "gauge", "The kernel's maximum error of the clock."),
+        ("steps", "sensegate_clock_steps_total", "counter", "Steps of the wall clock seen (against the monotonic)."),
+        ("last_step_s", "sensegate_clock_last_step_seconds", "gauge", "Size of the last step, signed."),
+        ("last_step_at", "sensegate_clock_last_step_timestamp_seconds", "gauge", "When the last step was seen."),
+    ]:
+        fam(name, kind, help_).add(clk.get(key))
     proc = s.get("process") or {}
     for key, name, kind, help_ in [
         ("rss_bytes", "process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),

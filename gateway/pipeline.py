@@ -260,6 +260,7 @@ class BufferedPipeline:
                         "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes,
                         "last_acked": self.last_acked[0] or None, "last_acked_at": self.last_acked[1]},
             "uplinks": self.dispatch.stats(),
+            "clock": self.store.clock.snapshot(),
         }
 
     async def close(self, grace: float = 3.0) -> None:

@@ -23,15 +23,23 @@ sq    [first, last]: the reading numbers of the pack's records (last = first - 1
 dr    declared drops: [[first, last, reason], ...], at most MAX_DECLARED, only when there are
 bd    declared blob drops: [[sha256, reason], ...], at most MAX_DECLARED, only when there are
 kr    a key rotation document whose new key signs this batch (the first batches after a rotation)
+ck    clock epochs of the readings: [[first, boot, mono_ns, wall_ns, synced, max_error_us], ...]
+cj    clock steps since the previous batch: [[boot, mono_ns, since_ns, before_ns, after_ns, first], ...]
 ====  ======================================================================================
+
+A reading's time is the wall clock of the gateway when it was taken. ``ck`` says what that clock
+was worth (synchronised or not) and anchors it to the monotonic clock of its run, so a receiver
+re-dates readings of an unsynchronised epoch once a later epoch of the same run is synchronised
+(``correction``); an older receiver ignores both keys.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from itertools import pairwise
+from typing import Any, NamedTuple, Protocol
 
 import cbor2
 
@@ -67,6 +75,43 @@ class Drop:
         return self.last_seq - self.first_seq + 1
 
 
+class ClockEpoch(NamedTuple):
+    """A ``ck`` entry: from reading ``first_seq`` on (up to the next entry), readings of run
+    ``boot`` were stamped by a wall clock that read ``wall_ns`` when the monotonic clock of the
+    run read ``mono_ns``; ``synced``: the kernel called it synchronised; ``max_error_us``: the
+    kernel's maximum error (16 s while unsynchronised)."""
+
+    first_seq: int
+    boot: int
+    mono_ns: int
+    wall_ns: int
+    synced: bool
+    max_error_us: int
+
+    @property
+    def offset_ns(self) -> int:
+        """Wall minus monotonic: constant within the epoch."""
+        return self.wall_ns - self.mono_ns
+
+
+class ClockStep(NamedTuple):
+    """A ``cj`` entry: the wall clock of run ``boot`` stepped after monotonic ``since_ns`` and
+    was seen stepped at ``mono_ns``, when the old clock would have read ``wall_before_ns`` and
+    the clock read ``wall_after_ns``; ``first_seq``: the first reading stamped after it (it may
+    travel in a later batch)."""
+
+    boot: int
+    mono_ns: int
+    since_ns: int
+    wall_before_ns: int
+    wall_after_ns: int
+    first_seq: int
+
+    @property
+    def delta_ns(self) -> int:
+        return self.wall_after_ns - self.wall_before_ns
+
+
 @dataclass(frozen=True)
 class Header:
     """What a batch's protected header says besides ``alg`` and ``kid``; the fields are named
@@ -81,9 +126,11 @@ class Header:
     dr: Sequence[Sequence[Any]] = ()  # [first, last, reason]
     bd: Sequence[Sequence[Any]] = ()  # [sha256, reason]
     kr: bytes | None = None  # the key rotation document whose new key signs this batch
+    ck: Sequence[ClockEpoch] = ()  # the clock epochs its readings were stamped in
+    cj: Sequence[ClockStep] = ()  # clock steps since the previous batch
 
     def labels(self) -> dict[Any, Any]:
-        """The header map as signed (``dr``, ``bd`` and ``kr`` only when there are)."""
+        """The header map as signed (``dr``, ``bd``, ``kr``, ``ck`` and ``cj`` only when there are)."""
         out: dict[Any, Any] = {
             cose.CONTENT_TYPE: SENML_CBOR,
             "sg": FORMAT_VERSION,
@@ -100,12 +147,21 @@ class Header:
             out["bd"] = [list(d) for d in self.bd]
         if self.kr is not None:
             out["kr"] = self.kr
+        if self.ck:
+            out["ck"] = [list(e) for e in self.ck]
+        if self.cj:
+            out["cj"] = [list(e) for e in self.cj]
         return out
 
     def to_json(self) -> dict[str, Any]:
         """The header as plain values (a receiver's Feed.header)."""
         return {"gw": self.gw, "st": self.st, "bo": self.bo, "bs": self.bs, "pv": self.pv, "sq": list(self.sq),
-                "dr": [list(d) for d in self.dr], "bd": [list(d) for d in self.bd]}
+                "dr": [list(d) for d in self.dr], "bd": [list(d) for d in self.bd],
+                "ck": [list(e) for e in self.ck], "cj": [list(e) for e in self.cj]}
+
+    def clock_spans(self) -> list[tuple[int, int, ClockEpoch]]:
+        """The batch's readings as runs ``(first, last, epoch)``: see ``clock_spans``."""
+        return clock_spans(self.ck, *self.sq)
 
 
 @dataclass(frozen=True)
@@ -217,7 +273,62 @@ def parse_header(p: Mapping[Any, Any]) -> Header:
         raise ValueError("bad blob drop list")
     kr = p.get("kr")
     return Header(gw, st, bo, bs, pv, (sq[0], sq[1]), [(a, b, r) for a, b, r in dr], [(h, r) for h, r in bd],
-                  kr if isinstance(kr, bytes) else None)
+                  kr if isinstance(kr, bytes) else None, _clock_epochs(p.get("ck", []), sq[0], sq[1]),
+                  _clock_steps(p.get("cj", [])))
+
+
+def _clock_epochs(ck: Any, first: int, last: int) -> list[ClockEpoch]:
+    """``ck``: at most 64 ``[first, boot, mono_ns, wall_ns, synced, max_error_us]`` (integers
+    0..2^63-1, ``synced`` a boolean), ascending ``first``, each but the first within the
+    batch's readings (after its first one); none in a batch without readings. Readings before
+    the first entry were stored before their gateway recorded its clock (an upgrade, a salvaged
+    file): their clock is unknown."""
+    if not _declared(ck) or not all(
+        isinstance(e, list | tuple) and len(e) == 6 and _uint(e[0], 1) and _uint(e[1]) and _uint(e[2])
+        and _uint(e[3]) and type(e[4]) is bool and _uint(e[5]) for e in ck
+    ):
+        raise ValueError("bad clock epochs (ck)")
+    firsts = [e[0] for e in ck]
+    if ck and (last < first or firsts[-1] > last or (len(firsts) > 1 and firsts[1] <= first)
+               or any(a >= b for a, b in pairwise(firsts))):
+        raise ValueError("clock epochs (ck) out of order or outside the batch's readings")
+    return [ClockEpoch(*e) for e in ck]
+
+
+def _clock_steps(cj: Any) -> list[ClockStep]:
+    """``cj``: at most 64 ``[boot, mono_ns, since_ns, before_ns, after_ns, first]``, integers
+    0..2^63-1 with ``since_ns <= mono_ns`` and ``first >= 1``."""
+    if not _declared(cj) or not all(
+        isinstance(e, list | tuple) and len(e) == 6 and all(_uint(x) for x in e) and e[2] <= e[1] and e[5] >= 1
+        for e in cj
+    ):
+        raise ValueError("bad clock steps (cj)")
+    return [ClockStep(*e) for e in cj]
+
+
+def clock_spans(ck: Sequence[ClockEpoch], first: int, last: int) -> list[tuple[int, int, ClockEpoch]]:
+    """Readings ``first``..``last`` of a batch as runs ``(first, last, epoch)`` of reading numbers
+    stamped in one clock epoch; readings before the first ``ck`` entry (stored before their
+    gateway recorded its clock) are in none."""
+    out = []
+    for i, e in enumerate(ck):
+        end = ck[i + 1].first_seq - 1 if i + 1 < len(ck) else last
+        if end >= first:
+            out.append((max(first, e.first_seq), end, e))
+    return out
+
+
+def correction(epoch: ClockEpoch, known: Iterable[ClockEpoch]) -> ClockEpoch | None:
+    """The epoch whose clock re-dates readings of ``epoch`` (one that was not synchronised): the
+    nearest synchronised epoch after it in the same run, where the monotonic clock is continuous;
+    None while no such epoch is known. A reading's corrected time is its time plus
+    ``that.offset_ns - epoch.offset_ns``."""
+    best = None
+    for e in known:
+        if (e.synced and e.boot == epoch.boot and e.first_seq > epoch.first_seq and e.mono_ns >= epoch.mono_ns
+                and (best is None or e.first_seq < best.first_seq)):
+            best = e
+    return best
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ which mechanism ran.
 * the disk: ``DiskFull`` (the state directory on a small tmpfs; ``fill()`` takes the last free
   byte, ``free()`` gives it back);
 * the clock: ``ClockJump`` (libfaketime in the daemon: the wall clock steps forward or back
-  while the monotonic clock runs on, as when NTP corrects a gateway that booted without RTC).
+  while the monotonic clock runs on, as when NTP corrects a gateway that booted without RTC;
+  and hil/clockstate.c: whether the kernel calls the clock synchronised).
 
 ``FaultRecord`` notes when a fault was injected, cleared and recovered from, for the report.
 """
@@ -315,18 +316,25 @@ LIBFAKETIME = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
 
 
 class ClockJump:
-    """The daemon's wall clock, offset through libfaketime (Debian package ``faketime``).
+    """The daemon's wall clock, offset through libfaketime (Debian package ``faketime``), and
+    what the kernel says about it (``hil/clockstate.c``, built here with the C compiler).
 
     Only CLOCK_REALTIME moves (``DONT_FAKE_MONOTONIC``), as with an NTP step; the offset file
-    is re-read at most once a second, so a jump takes effect within a second.
+    is re-read at most once a second, so a jump takes effect within a second. The sync state
+    (``synchronise``) is what adjtimex(2) answers the daemon from then on: a real step by NTP
+    or by hand leaves the kernel unsynchronised until NTP declares it synchronised. The system
+    clock is never touched.
     """
 
     mechanism = "libfaketime (LD_PRELOAD) with an offset file, monotonic clock untouched"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, synchronised: bool = True) -> None:
         self.file = workdir / "faketime.rc"
+        self.state_file = workdir / "clockstate"
+        self.state_library = workdir / "libclockstate.so"
         self.offset = 0.0
         self.file.write_text("+0\n")
+        self.synchronise(synchronised)
 
     @staticmethod
     def library() -> str:
@@ -334,11 +342,24 @@ class ClockJump:
 
     @staticmethod
     def unavailable_reason() -> str:
-        return "" if ClockJump.library() else "libfaketime is not installed (Debian package faketime)"
+        if not ClockJump.library():
+            return "libfaketime is not installed (Debian package faketime)"
+        if not shutil.which("cc"):
+            return "no C compiler to build hil/clockstate.c (Debian package gcc)"
+        return ""
+
+    def build(self) -> None:
+        """Build the adjtimex stand-in (a fraction of a second; once per scenario)."""
+        src = Path(__file__).with_name("clockstate.c")
+        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(self.state_library), str(src), "-ldl"],
+                       check=True, capture_output=True, timeout=60)
 
     def env(self) -> dict[str, str]:
-        return {"LD_PRELOAD": self.library(), "FAKETIME_TIMESTAMP_FILE": str(self.file),
-                "FAKETIME_CACHE_DURATION": "1", "DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_RESET": "1"}
+        if not self.state_library.exists():
+            self.build()
+        return {"LD_PRELOAD": f"{self.library()} {self.state_library}", "FAKETIME_TIMESTAMP_FILE": str(self.file),
+                "FAKETIME_CACHE_DURATION": "1", "DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_RESET": "1",
+                "SENSEGATE_CLOCKSTATE_FILE": str(self.state_file)}
 
     def jump(self, seconds: float) -> None:
         """Step the daemon's wall clock by ``seconds`` (relative to the current offset)."""
@@ -346,6 +367,12 @@ class ClockJump:
         tmp = self.file.with_suffix(".new")
         tmp.write_text(f"{self.offset:+.0f}\n")
         tmp.replace(self.file)
+
+    def synchronise(self, on: bool, max_error_us: int = 20_000) -> None:
+        """What adjtimex tells the daemon from its next read on (at most a second later)."""
+        tmp = self.state_file.with_suffix(".new")
+        tmp.write_text(f"sync {max_error_us}\n" if on else "unsync\n")
+        tmp.replace(self.state_file)
 
     def now_ns(self) -> int:
         """What the daemon's wall clock says now."""

@@ -42,6 +42,7 @@ import yaml
 from gateway.keys import init_key
 from gateway.mqtt import batch_topic, subscribe_forever
 from gateway.receiver import KeyBindings, Receiver
+from gateway.receiver.clock import span_of
 from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
 from gateway.registry import Registry
 from gateway.senml import DecodedReading
@@ -629,6 +630,9 @@ class Received:
     reading: DecodedReading
     boot: int
     at: float  # monotonic time it arrived
+    at_wall_ns: int = 0  # the rig's (true) wall clock when it arrived
+    synced: bool | None = None  # stamped on a clock the gateway called synchronised (None: it did not say)
+    fixed_ns: int | None = None  # its corrected time, once a later synchronised clock of its run re-dated it
 
 
 class RigReceiver:
@@ -638,6 +642,7 @@ class RigReceiver:
         self.rx = Receiver(KeyBindings.files(gateway, pub))
         self.got: list[Received] = []
         self.batches: dict[int, tuple[int, int]] = {}  # batch number -> (first, last) reading of each verified batch
+        self.headers: dict[int, dict[str, Any]] = {}  # batch number -> its verified header (for notes and examples)
         self.statuses: dict[str, int] = {}
         self.settings = receiver_settings(url, client_id=client_id)
         self.changed = asyncio.Event()
@@ -650,12 +655,21 @@ class RigReceiver:
         elif msg.topic.endswith("/batch"):
             res = self.rx.feed(bytes(msg.payload), topic_gateway(msg.topic))
             self.statuses[res.status] = self.statuses.get(res.status, 0) + 1
-            now = time.monotonic()
+            now, wall = time.monotonic(), time.time_ns()
             boot = int(res.header.get("bo", 0))
-            self.got.extend(Received(r, boot, now) for r in res.readings)
+            for r in res.readings:
+                span = span_of(res.time, r.seq) if res.time else None
+                shift = span.shift_ns if span is not None else None
+                self.got.append(Received(r, boot, now, wall, span.synced if span is not None else None,
+                                         r.ts_ns + shift if shift is not None else None))
+            for x in res.redated:  # readings that came before, re-dated now
+                for g in self.got:
+                    if x.first <= g.reading.seq <= x.last:
+                        g.fixed_ns = g.reading.ts_ns + x.shift_ns
             if res.status == "ok":
                 first, last = res.header["sq"]
                 self.batches[int(res.header["bs"])] = (int(first), int(last))
+                self.headers[int(res.header["bs"])] = res.header
         self.changed.set()
 
     async def _run(self) -> None:

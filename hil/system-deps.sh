@@ -23,6 +23,7 @@ if [ "$what" = test ]; then
     [debootstrap]=debootstrap
     [ip]=iproute2
     [faketime]=faketime
+    [cc]=gcc
     [snmpd]=snmpd
     [snmptrap]=snmp
     [softhsm2-util]=softhsm2

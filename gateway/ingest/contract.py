@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from gateway.ingest.ledger import StreamLedger
     from gateway.keys import PublicKey
     from gateway.senml import DecodedReading
+    from gateway.wire import ClockEpoch, ClockStep
 
 CONTRACT_VERSION = 1
 
@@ -144,6 +145,8 @@ class VerifiedBatch:
     received_ns: int
     topic: str
     message: bytes  # the signed bytes, kept for the quarantine should it conflict with a stored batch
+    clock: tuple[ClockEpoch, ...] = ()  # the clock epochs its readings were stamped in ("ck")
+    steps: tuple[ClockStep, ...] = ()  # clock steps it declares ("cj")
 
     @property
     def count(self) -> int:
@@ -198,6 +201,8 @@ class StoreReport:
     refused: dict[str, int] = field(default_factory=dict)  # quarantined, by reason
     blobs: int = 0  # blobs completed and verified
     gaps: dict[str, int] = field(default_factory=dict)  # gateway -> readings missing, after this commit
+    time_uncertain: int = 0  # new readings stamped on a clock their gateway did not call synchronised
+    time_redated: int = 0  # such readings (new or stored before) given a corrected time
 
     def refuse(self, reason: str, n: int = 1) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + n

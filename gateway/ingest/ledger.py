@@ -10,7 +10,9 @@ order in which batches arrive and which worker takes them do not change the outc
 * a chain link is checked when both of its batches are stored, by whichever arrives second;
 * readings are inserted only for numbers not yet received (a reading is stored once);
 * every reading number is received, declared dropped (with its reason), declared skipped after
-  an unclean stop, or missing: the holes between 1 and the highest number accounted for.
+  an unclean stop, or missing: the holes between 1 and the highest number accounted for;
+* readings stamped on a clock their gateway did not call synchronised are counted (``uncertain``)
+  and re-dated when they can be (``redated``): gateway/ingest/clock.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.ingest import clock
+from gateway.ingest.clock import KnownEpoch, Span, TimePlan
 from gateway.ingest.contract import CONFLICT, Refused, StoreReport, VerifiedBatch, Work
 from gateway.receiver.state import Ranges
 from gateway.senml import DecodedReading
@@ -66,6 +70,8 @@ class StreamLedger:
     first_seen_ns: int = 0
     last_seen_ns: int = 0
     last_reading_ns: int = 0  # newest reading timestamp stored
+    uncertain: Ranges = field(default_factory=Ranges)  # stored, stamped on an unsynchronised clock
+    redated: Ranges = field(default_factory=Ranges)  # of those, given a corrected time
 
     @property
     def key(self) -> Key:
@@ -119,10 +125,12 @@ class Plan:
     """What one transaction writes."""
 
     batches: list[VerifiedBatch] = field(default_factory=list)  # new rows for the batch log
-    readings: list[tuple[VerifiedBatch, list[DecodedReading]]] = field(default_factory=list)
+    # new readings per batch, with the spans that flag and correct their time (clock.timed)
+    readings: list[tuple[VerifiedBatch, list[DecodedReading], list[Span]]] = field(default_factory=list)
     ledgers: list[StreamLedger] = field(default_factory=list)  # changed rows
     refused: list[Refused] = field(default_factory=list)
     report: StoreReport = field(default_factory=StoreReport)
+    time: TimePlan = field(default_factory=TimePlan)
 
 
 def keys_of(work: Work) -> list[Key]:
@@ -135,23 +143,35 @@ def links_needed(work: Work) -> list[tuple[str, int, int]]:
     return sorted({(b.gateway, b.stream, n) for b in work.batches for n in (b.bseq - 1, b.bseq, b.bseq + 1)})
 
 
-def plan(work: Work, ledgers: dict[Key, StreamLedger], links: dict[Key, dict[int, Link]]) -> Plan:
-    """Decide what to write; ``ledgers`` and ``links`` are the locked, stored state (updated here)."""
+def plan(work: Work, ledgers: dict[Key, StreamLedger], links: dict[Key, dict[int, Link]],
+         epochs: dict[Key, dict[int, KnownEpoch]] | None = None) -> Plan:
+    """Decide what to write; ``ledgers``, ``links`` and ``epochs`` (the clock epochs of the runs
+    ``clock.boots_needed`` names) are the locked, stored state (updated here)."""
     out = Plan(refused=list(work.refused))
+    epochs = {} if epochs is None else epochs
     for r in work.refused:
         out.report.refuse(r.reason)
     changed: dict[Key, StreamLedger] = {}
+    stored: dict[Key, list[tuple[VerifiedBatch, list[DecodedReading]]]] = {}
+    before: dict[Key, Ranges] = {}  # uncertain reading numbers stored before this transaction
     for b in sorted(work.batches, key=lambda b: (b.gateway, b.stream, b.bseq)):
         led = ledgers.setdefault((b.gateway, b.stream), StreamLedger(b.gateway, b.stream))
         changed[led.key] = led
+        if led.key not in before:
+            before[led.key] = ranges_from(ranges_json(led.uncertain))
         stream_links = links.setdefault(led.key, {})
         fresh = _apply(led, b, stream_links, out)
         if fresh is not None:
             out.batches.append(b)
-            if fresh:
-                out.readings.append((b, fresh))
+            stored.setdefault(led.key, []).append((b, fresh))
+            clock.note(b, epochs.setdefault(led.key, {}), out.time)
             out.report.batches += 1
             out.report.readings += len(fresh)
+    for key, batches in stored.items():
+        spans, uncertain, redated = clock.settle(ledgers[key], epochs.get(key, {}), batches, before[key], out.time)
+        out.report.time_uncertain += uncertain
+        out.report.time_redated += redated
+        out.readings += [(b, fresh, sp) for (b, fresh), sp in zip(batches, spans, strict=True) if fresh]
     out.ledgers = list(changed.values())
     for led in out.ledgers:
         out.report.gaps[led.gateway] = out.report.gaps.get(led.gateway, 0) + led.missing
@@ -234,6 +254,8 @@ class GatewaySummary:
     refused: dict[str, int] = field(default_factory=dict)
     last_seen_ns: int = 0
     last_reading_ns: int = 0
+    time_uncertain: int = 0  # readings stamped on a clock the gateway did not call synchronised
+    time_redated: int = 0  # of them, given a corrected time
 
     def verdict(self) -> str:
         if self.chain_breaks or self.conflicts:
@@ -265,6 +287,8 @@ def summarize(ledgers: Iterable[StreamLedger], refusals: dict[tuple[str, str], i
         g.conflicts += led.conflicts
         g.last_seen_ns = max(g.last_seen_ns, led.last_seen_ns)
         g.last_reading_ns = max(g.last_reading_ns, led.last_reading_ns)
+        g.time_uncertain += ranges_size(led.uncertain)
+        g.time_redated += ranges_size(led.redated)
     for (gateway, reason), n in refusals.items():
         g = out.setdefault(gateway, GatewaySummary(gateway))
         g.refused[reason] = g.refused.get(reason, 0) + n
@@ -275,7 +299,8 @@ def summarize(ledgers: Iterable[StreamLedger], refusals: dict[tuple[str, str], i
 
 LEDGER_COLUMNS = ("gateway", "stream", "received", "covered", "unclean", "boots", "readings", "batches",
                   "duplicates", "duplicate_readings", "dropped", "drop_reasons", "chain_links", "chain_breaks",
-                  "conflicts", "max_bseq", "kid", "first_seen_ns", "last_seen_ns", "last_reading_ns", "missing")
+                  "conflicts", "max_bseq", "kid", "first_seen_ns", "last_seen_ns", "last_reading_ns", "missing",
+                  "uncertain", "redated")
 
 
 def to_row(led: StreamLedger) -> tuple[object, ...]:
@@ -284,14 +309,14 @@ def to_row(led: StreamLedger) -> tuple[object, ...]:
             ranges_json(led.unclean), ranges_json(led.boots), led.readings, led.batches, led.duplicates,
             led.duplicate_readings, led.dropped, json.dumps(led.drop_reasons, sort_keys=True), led.chain_links,
             led.chain_breaks, led.conflicts, led.max_bseq, led.kid, led.first_seen_ns, led.last_seen_ns,
-            led.last_reading_ns, led.missing)
+            led.last_reading_ns, led.missing, ranges_json(led.uncertain), ranges_json(led.redated))
 
 
 def from_row(row: tuple[object, ...] | list[object]) -> StreamLedger:
     """A ledger from its columns in LEDGER_COLUMNS order (``missing`` is derived, not read)."""
     (gateway, stream, received, covered, unclean, boots, readings, batches, duplicates, duplicate_readings,
      dropped, drop_reasons, chain_links, chain_breaks, conflicts, max_bseq, kid, first_seen, last_seen,
-     last_reading, _missing) = row
+     last_reading, _missing, uncertain, redated) = row
     reasons = drop_reasons if isinstance(drop_reasons, dict) else json.loads(str(drop_reasons or "{}"))
     return StreamLedger(
         gateway=str(gateway), stream=int(str(stream)), received=ranges_from(str(received)),
@@ -302,6 +327,7 @@ def from_row(row: tuple[object, ...] | list[object]) -> StreamLedger:
         chain_breaks=_int(chain_breaks), conflicts=_int(conflicts), max_bseq=_int(max_bseq),
         kid=bytes(kid) if isinstance(kid, bytes | bytearray | memoryview) else b"",
         first_seen_ns=_int(first_seen), last_seen_ns=_int(last_seen), last_reading_ns=_int(last_reading),
+        uncertain=ranges_from(str(uncertain)), redated=ranges_from(str(redated)),
     )
 
 

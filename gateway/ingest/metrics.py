@@ -21,6 +21,8 @@ class IngestMetrics:
     worker: str = ""
     batches: int = 0
     readings: int = 0
+    time_uncertain: int = 0  # readings stored that were stamped on an unsynchronised clock
+    time_redated: int = 0  # readings given a corrected time
     duplicates: int = 0
     blobs: int = 0
     refused: dict[str, int] = field(default_factory=dict)
@@ -39,6 +41,8 @@ class IngestMetrics:
     def stored(self, report: StoreReport, seconds: float) -> None:
         self.batches += report.batches
         self.readings += report.readings
+        self.time_uncertain += report.time_uncertain
+        self.time_redated += report.time_redated
         self.duplicates += report.duplicates
         self.blobs += report.blobs
         for reason, n in report.refused.items():
@@ -60,6 +64,10 @@ class IngestMetrics:
             worker=self.worker)
         fam("sensegate_ingest_batches_stored_total", "counter", "New batches stored.", self.batches)
         fam("sensegate_ingest_readings_stored_total", "counter", "New reading rows stored.", self.readings)
+        fam("sensegate_ingest_readings_time_uncertain_total", "counter",
+            "Readings stored that their gateway stamped on a clock it did not call synchronised.", self.time_uncertain)
+        fam("sensegate_ingest_readings_redated_total", "counter",
+            "Such readings given a corrected time (a later synchronised clock of the same run).", self.time_redated)
         fam("sensegate_ingest_duplicates_total", "counter",
             "Batches received again (re-sends, replays, re-deliveries): nothing inserted.", self.duplicates)
         fam("sensegate_ingest_blobs_stored_total", "counter", "Blobs completed and verified.", self.blobs)

@@ -49,6 +49,9 @@ def format_report(summaries: list[GatewaySummary]) -> str:
             lines.append(f"{'':<24}   missing: {shown}{more}")
         if s.refused:
             lines.append(f"{'':<24}   refused: {_reasons(s.refused)} (in the quarantine)")
+        if s.time_uncertain:
+            lines.append(f"{'':<24}   clock: {s.time_uncertain} readings stamped on an unsynchronised clock, "
+                         f"{s.time_redated} re-dated, {s.time_uncertain - s.time_redated} still uncertain")
     t = totals(summaries)
     verdicts = ", ".join(f"{t['verdicts'][v]} {v}" for v in VERDICTS if t["verdicts"][v])
     lines.append("")
@@ -68,6 +71,8 @@ def gateway_json(s: GatewaySummary) -> dict[str, Any]:
         "chain": {"ok": not (s.chain_breaks or s.conflicts), "links": s.chain_links, "breaks": s.chain_breaks,
                   "conflicts": s.conflicts},
         "refused": s.refused, "last_seen": when(s.last_seen_ns), "last_reading": when(s.last_reading_ns),
+        "time": {"uncertain": s.time_uncertain, "redated": s.time_redated,
+                 "still_uncertain": s.time_uncertain - s.time_redated},
     }
 
 
@@ -81,6 +86,8 @@ def totals(summaries: list[GatewaySummary]) -> dict[str, Any]:
         "verdicts": {v: sum(1 for s in summaries if s.verdict() == v) for v in VERDICTS},
         "readings": sum(s.readings for s in summaries), "dropped": sum(s.dropped for s in summaries),
         "skipped": sum(s.skipped for s in summaries), "missing": sum(s.missing for s in summaries),
+        "time_uncertain": sum(s.time_uncertain for s in summaries),
+        "time_redated": sum(s.time_redated for s in summaries),
         "chain_breaks": sum(s.chain_breaks + s.conflicts for s in summaries),
         "refused": refused, "refused_total": sum(refused.values()),
     }

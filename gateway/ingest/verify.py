@@ -9,7 +9,6 @@ valid batch (docs/wire-format.md); the topic names the same gateway as the signe
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import cbor2
 
@@ -68,7 +67,8 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
     except cose.CoseError as e:
         return refuse(BAD_SIGNATURE, str(e), claimed, kid)
     try:
-        h = _header(msg.protected)
+        head = parse_header(msg.protected)
+        h = head.to_json()
         numbers = [h["st"], h["bo"], h["bs"], *h["sq"], *(x for d in h["dr"] for x in d[:2])]
         if max(numbers) > INT64:
             raise ValueError("a batch, stream, boot or reading number beyond 2^63 - 1")
@@ -88,13 +88,9 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
         gateway=claimed, kid=kid, stream=h["st"], boot=h["bo"], bseq=h["bs"], prev=h["pv"],
         digest=hashlib.sha256(data).digest(), first_seq=first, last_seq=last,
         drops=tuple((a, b, r) for a, b, r in h["dr"]), blob_drops=tuple((s, r) for s, r in h["bd"]),
-        readings=readings, received_ns=received_ns, topic=topic, message=data,
+        readings=readings, received_ns=received_ns, topic=topic, message=data, clock=tuple(head.ck),
+        steps=tuple(head.cj),
     )
-
-
-def _header(protected: dict[Any, Any]) -> dict[str, Any]:
-    """The batch header's fields, type-checked (the reference receiver's check)."""
-    return parse_header(protected).to_json()
 
 
 def parse_blob_chunk(topic: str, data: bytes, received_ns: int) -> BlobChunk | Refused:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from gateway.keyevents import OpsKeyring
 from gateway.keys import key_id
 from gateway.mqtt import subscribe_forever
+from gateway.receiver.clock import span_of
 from gateway.receiver.core import Feed, Receiver, Summary
 from gateway.receiver.mqtt import key_topic, receiver_settings, receiver_topics, topic_gateway
 from gateway.receiver.trust import KeyBindings, TrustError, load_keys
@@ -55,6 +56,8 @@ def format_summary(s: Summary, shortfall: str = "") -> str:
         f"restarts:       {s.restarts}",
         f"blobs:          {s.blobs_verified} verified, {s.blobs_unreferenced} not (yet) in a batch, {s.blobs_bad} bad, "
         f"{s.blobs_dropped} declared dropped, {s.blobs_missing} not (yet) received",
+        f"clock:          {s.time_uncertain} readings stamped on an unsynchronised clock, {s.time_redated} of them "
+        f"re-dated; {s.clock_steps} clock steps",
         "verdict:        " + verdict(s, shortfall),
     ]
     return "\n".join(lines)
@@ -115,7 +118,15 @@ class ReceiveRun:
                 d = r.to_json()
                 d["gw"] = result.gateway
                 d["bseq"] = result.bseq
+                span = span_of(result.time, r.seq) if result.time else None
+                if span is not None and not span.synced:  # the original time stays; the corrected one beside it
+                    d["t_synced"] = False
+                    if span.shift_ns is not None:
+                        d["t_fixed_ns"] = r.ts_ns + span.shift_ns
                 lines.append(json.dumps(d, separators=(",", ":")))
+            for x in result.redated:  # readings printed before, re-dated now
+                lines.append(json.dumps({"redate": {"gw": x.gateway, "st": x.stream, "first": x.first,
+                                                    "last": x.last, "shift_ns": x.shift_ns}}, separators=(",", ":")))
             if lines:
                 self.out.write("\n".join(lines) + "\n")
                 self.out.flush()

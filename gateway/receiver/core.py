@@ -17,6 +17,7 @@ import cbor2
 from gateway import senml, wire
 from gateway.keyevents import EventRefused, KeyEvent, OpsKeyring, documents_in
 from gateway.receiver.blobs import BlobTracker
+from gateway.receiver.clock import Redate, StreamClock, TimeSpan, TimeTally
 from gateway.receiver.state import WINDOW, HashWindow, Stream
 from gateway.receiver.trust import Trust
 from gateway.wire import UNCLEAN_STOP, Header
@@ -55,6 +56,9 @@ class Summary:
     blobs_bad: int = 0  # chunks that do not add up to the hash in their topic
     blobs_dropped: int = 0  # blobs the gateway declared dropped (its blob store was full)
     blobs_missing: int = 0  # named by a verified batch, neither received nor declared dropped
+    time_uncertain: int = 0  # readings stamped on a clock the gateway's kernel did not call synchronised
+    time_redated: int = 0  # of them, given a corrected time from a later synchronised clock of the same run
+    clock_steps: int = 0  # steps of gateways' wall clocks the batches declared
     # with Receiver(latency=True): reading timestamp -> arrival at the receiver, over accepted batches
     latency_ms: dict[str, float] | None = None
 
@@ -92,6 +96,11 @@ class Feed:
     gateway: str = ""
     bseq: int = 0
     header: dict[str, Any] = field(default_factory=dict)
+    # the readings' clock (gateway/receiver/clock.py): spans of reading numbers stamped in one
+    # epoch, synchronised or not (with the shift that re-dates them, once known); none when the
+    # gateway does not say. ``redated``: readings of earlier batches given a corrected time now
+    time: list[TimeSpan] = field(default_factory=list)
+    redated: list[Redate] = field(default_factory=list)
 
 
 @dataclass
@@ -196,7 +205,17 @@ class Receiver:
             self.latency.update((arrived - ts) // 1_000_000 for ts in stamps)
         s.batches += 1
         s.readings += n - again
-        return Feed("ok", fresh, gateway=h.gw, bseq=h.bs, header=h.to_json())
+        spans: list[TimeSpan] = []
+        redated: list[Redate] = []
+        if h.ck:
+            if st.clock is None:
+                st.clock = StreamClock()
+            tally = TimeTally()
+            spans, redated = st.clock.take(h, tally)
+            s.time_uncertain += tally.uncertain
+            s.time_redated += tally.redated
+        s.clock_steps += len(h.cj)
+        return Feed("ok", fresh, gateway=h.gw, bseq=h.bs, header=h.to_json(), time=spans, redated=redated)
 
     def feed_keys(self, data: bytes, topic_gateway: str | None = None, ops: bool = False) -> list[KeyFeed]:
         """Take a key message: a gateway's rotation history (``<prefix>/<gw>/keys``), a revocation

@@ -14,6 +14,10 @@ from __future__ import annotations
 import bisect
 from array import array
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.receiver.clock import StreamClock
 
 WINDOW = 1024  # batch numbers whose hashes a stream keeps
 
@@ -101,3 +105,4 @@ class Stream:
     window: HashWindow = field(default_factory=HashWindow)
     max_bseq: int = 0
     boot: int | None = None
+    clock: StreamClock | None = None  # the gateway's clock epochs (gateway/receiver/clock.py), once it says

@@ -24,13 +24,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.clock import ClockWatch
 from gateway.config.schema import BatchSection, BufferSection
 from gateway.driver_api import Reading
 from gateway.store import salvage
 from gateway.store.db import Database, StoreError, StoreStats
-from gateway.store.intake import Inserted, Intake
+from gateway.store.intake import ClockMark, Inserted, Intake
 from gateway.store.numbers import Numbers
 from gateway.store.outbox import BatchStep, NewBatch, Outbox, Unbatched
+from gateway.store.timeline import Timeline
 from gateway.wire import Batch
 
 __all__ = ["BatchStep", "NewBatch", "Store", "StoreError", "StoreStats", "Unbatched", "backlog"]
@@ -42,14 +44,18 @@ class Store:
     """One gateway's buffer file: the front its callers use (the pipeline, tests, tools).
     Every public coroutine is safe to call from the loop; none blocks it."""
 
-    def __init__(self, path: Path, gateway_id: str, cfg: BufferSection, batch: BatchSection) -> None:
+    def __init__(self, path: Path, gateway_id: str, cfg: BufferSection, batch: BatchSection,
+                 clock: ClockWatch | None = None) -> None:
         self.path = path
         self.gateway_id = gateway_id
         self.stats = StoreStats()
         self.db = Database(path, cfg.commit_interval, self.stats)
         self.numbers = Numbers(self.db, path, gateway_id, self.stats)
-        self.batches = Outbox(self.db, self.numbers, self.stats)
-        self.intake = Intake(self.db, self.numbers, self.batches, cfg, batch.max_readings, self.stats)
+        self.timeline = Timeline(self.db)  # the clock epochs and steps of the stored readings
+        self.batches = Outbox(self.db, self.numbers, self.stats, self.timeline)
+        self.clock = clock if clock is not None else ClockWatch()  # what the readings' clock is worth
+        self.intake = Intake(self.db, self.numbers, self.batches, cfg, batch.max_readings, self.stats, self.clock,
+                             self.timeline)
         self.db.before_timer_commit = self.batches.flush_if_released_sync
         self.opened = asyncio.Event()  # the file is open (at once, or later: see open)
         self.intake.opened = self.opened
@@ -113,6 +119,7 @@ class Store:
             self._recover_sync(e)
         assert self.db.conn is not None
         self.stats.recount(self.db.conn)
+        self.timeline.load_sync()
 
     def _recover_sync(self, error: BaseException) -> None:
         """Set a corrupt file aside and start a new one with what could be read from it."""
@@ -142,6 +149,7 @@ class Store:
         """Commit what is pending, return the unused reserved numbers, close the database."""
         intake, outbox = self.intake, self.batches
         self.db.disarm()
+        intake.stop_clock()
         for task in (intake.committer, outbox.flusher):
             if task is not None:
                 task.cancel()
@@ -229,17 +237,18 @@ class Store:
         intake = self.intake
         if not self.opened.is_set():
             return None
-        readings, overflow = intake.take() if intake.pending or intake.overflow else ([], 0)
+        readings, overflow, marks = intake.take() if intake.pending or intake.overflow else ([], 0, [])
         try:
-            batch = await self.db.run(self._make_batch_sync, step, readings, overflow)
+            batch = await self.db.run(self._make_batch_sync, step, readings, overflow, marks)
         except BaseException:
-            intake.put_back(readings, overflow)
+            intake.put_back(readings, overflow, marks)
             raise
         if readings or overflow:
             intake.on_commit()
         return batch
 
-    def _make_batch_sync(self, step: BatchStep, readings: list[Reading], overflow: int) -> Batch | None:
+    def _make_batch_sync(self, step: BatchStep, readings: list[Reading], overflow: int,
+                         marks: list[ClockMark]) -> Batch | None:
         """Store the readings handed over (if any) and make, sign and record the next batch, in the
         group transaction: the batch may leave before it commits (its numbers are reserved)."""
         db, numbers, outbox = self.db, self.numbers, self.batches
@@ -252,10 +261,10 @@ class Store:
             with db.op():
                 released = outbox.flush_released_sync()
                 if readings or overflow:
-                    done = self.intake.insert_sync(readings, overflow)
+                    done = self.intake.insert_sync(readings, overflow, marks)
                     numbers.meta["next_seq"] = done.next_seq  # the batch below numbers from here
                 assert db.conn is not None
-                new = step.next_batch(Unbatched(db.conn, numbers))
+                new = step.next_batch(Unbatched(db.conn, numbers, self.timeline))
                 if new is not None:
                     outbox.record_sync(new)
         except BaseException:

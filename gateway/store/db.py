@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS blob_drops (sha256 BLOB PRIMARY KEY, reason TEXT NOT 
 CREATE TABLE IF NOT EXISTS blobs (
     sha256 BLOB PRIMARY KEY, content_type TEXT NOT NULL, created_ns INTEGER NOT NULL, data BLOB NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS clock (
+    first_seq INTEGER PRIMARY KEY, boot INTEGER NOT NULL, mono_ns INTEGER NOT NULL, wall_ns INTEGER NOT NULL,
+    synced INTEGER NOT NULL, max_error_us INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS clock_steps (
+    boot INTEGER NOT NULL, mono_ns INTEGER NOT NULL, since_ns INTEGER NOT NULL, wall_before_ns INTEGER NOT NULL,
+    wall_after_ns INTEGER NOT NULL, first_seq INTEGER NOT NULL, PRIMARY KEY (boot, mono_ns)) WITHOUT ROWID;
 """
 
 
@@ -110,6 +116,7 @@ class Database:
         self.journal: list[tuple[str, Any, bool]] = []  # its statements: (sql, params, executemany)
         self.timer: asyncio.TimerHandle | None = None
         self._committer: asyncio.Task[None] | None = None  # the timer's commit, while it runs
+        self.aborts = 0  # transactions rolled back (what mirrors rows in memory reads again after one)
         self._synced_at = time.monotonic()  # the last fsync
         self._unsynced = False  # a transaction committed since then
 
@@ -246,6 +253,7 @@ class Database:
         """Roll the open transaction back; the journal keeps what it held for the next attempt."""
         assert self.conn is not None
         self.tx_open = False
+        self.aborts += 1
         with contextlib.suppress(sqlite3.Error):
             self.conn.execute("ROLLBACK")
 

@@ -7,6 +7,12 @@ Bounds: ``max_bytes`` of segment data and ``max_age``; past them the policy drop
 unbatched segments or refuses new readings, and the dropped range is recorded for the next
 batch to declare. When the disk cannot keep up, readings past a bound in memory are counted,
 numbered and declared (``overflow``), never dropped silently.
+
+The clock (gateway/clock.py) is checked when readings are taken from memory and about once a
+second otherwise, never per reading. A new clock epoch (a step, or a change of the sync state)
+becomes a *mark* on the pending reading it applies from (after a step, the first reading
+stamped by the new clock: ``clock.split``); marks travel with the readings and are stored, with
+the reading number they apply from, for the batch step to declare (gateway/store/timeline.py).
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway import senml
+from gateway import clock, senml
+from gateway.clock import ClockWatch, Epoch, Step
 from gateway.config.schema import BufferSection
 from gateway.driver_api import Blob, Reading
 from gateway.store.db import Database, StoreStats
 from gateway.store.numbers import Numbers
 from gateway.store.outbox import Outbox
+from gateway.store.timeline import Timeline
 from gateway.wire import BLOB_STORE_FULL, BUFFER_FULL, EXPIRED, OVERFLOW, Drop
 
 log = logging.getLogger("sensegate.buffer")
@@ -44,11 +52,21 @@ class Inserted:
     blobs: bool
 
 
+@dataclass(slots=True)
+class ClockMark:
+    """A clock epoch that applies from the reading at ``index`` (of the pending list, or of a
+    take) on, and the step that began it."""
+
+    index: int
+    epoch: Epoch
+    step: Step | None = None
+
+
 class Intake:
     """The reading side of the store: ``put`` (the drivers' hot path), the committer, the bounds."""
 
     def __init__(self, db: Database, numbers: Numbers, outbox: Outbox, cfg: BufferSection, segment_readings: int,
-                 stats: StoreStats) -> None:
+                 stats: StoreStats, watch: ClockWatch, timeline: Timeline) -> None:
         self.db = db
         self.numbers = numbers
         self.outbox = outbox
@@ -72,6 +90,11 @@ class Intake:
         self._encoder = senml.RecordEncoder()
         self._dropping = False
         self._episode: list[int] = [0, 0, 0]  # count, first, last of the current drop episode
+        self.clock = watch
+        self.timeline = timeline
+        self.marks: list[ClockMark] = [ClockMark(0, watch.epoch)]  # this run's first epoch: from its first reading
+        self._checked = 0  # pending readings before this index were put before the last clock check
+        self._clock_timer: asyncio.TimerHandle | None = None
 
     def put(self, reading: Reading) -> None:
         """Take a reading from a driver (never blocks; stored within commit_interval)."""
@@ -89,6 +112,29 @@ class Intake:
 
     def start(self) -> None:
         self.committer = asyncio.create_task(self._commit_loop(), name="buffer-committer")
+        self._clock_timer = asyncio.get_running_loop().call_later(clock.CHECK_EVERY, self._clock_tick)
+
+    def stop_clock(self) -> None:
+        if self._clock_timer is not None:
+            self._clock_timer.cancel()
+            self._clock_timer = None
+
+    def _clock_tick(self) -> None:
+        self.watch_clock()
+        self._clock_timer = asyncio.get_running_loop().call_later(clock.CHECK_EVERY, self._clock_tick)
+
+    def watch_clock(self) -> None:
+        """Check the clock; a new epoch is marked on the first pending reading it applies to."""
+        change = self.clock.check()
+        n = len(self.pending)
+        if change is not None:
+            at = n
+            if change.step is not None and self._checked < n:  # readings put since the last check straddle it
+                at = self._checked + clock.split([r.ts_ns for r in self.pending[self._checked:n]], change.step)
+            if self.marks:
+                at = max(at, self.marks[-1].index)
+            self.marks.append(ClockMark(at, change.epoch, change.step))
+        self._checked = n
 
     async def _commit_loop(self) -> None:
         while True:
@@ -125,8 +171,10 @@ class Intake:
                 await asyncio.sleep(1.0)
                 self._wake.set()
 
-    def take(self) -> tuple[list[Reading], int]:
-        """Pending readings for one transaction (at most ``commit_readings``) and the overflow count."""
+    def take(self) -> tuple[list[Reading], int, list[ClockMark]]:
+        """Pending readings for one transaction (at most ``commit_readings``), the overflow count
+        and the clock marks on those readings (indexes into the list returned)."""
+        self.watch_clock()
         limit = self.cfg.commit_readings
         if len(self.pending) <= limit:
             readings, self.pending = self.pending, []
@@ -135,26 +183,42 @@ class Intake:
             del self.pending[:limit]
             self._wake.set()  # more to do: the committer comes straight back
         overflow, self.overflow = self.overflow, 0
-        return readings, overflow
+        n = len(readings)
+        taken: list[ClockMark] = []
+        if self.marks and n:
+            keep = []
+            for m in self.marks:
+                if m.index < n:
+                    taken.append(m)
+                else:
+                    m.index -= n
+                    keep.append(m)
+            self.marks = keep
+        self._checked = max(0, self._checked - n)
+        return readings, overflow, taken
 
-    def put_back(self, readings: list[Reading], overflow: int) -> None:
+    def put_back(self, readings: list[Reading], overflow: int, marks: list[ClockMark]) -> None:
         self.pending[:0] = readings  # in order, ahead of newer ones
         self.overflow += overflow
+        for m in self.marks:
+            m.index += len(readings)
+        self.marks[:0] = marks
+        self._checked += len(readings)
         if readings:
             self._pending_since = time.monotonic()
 
     async def commit(self) -> None:
         """Store pending readings now: one transaction of at most ``commit_readings`` readings,
         so acknowledgements and batch signing never wait long behind a huge commit."""
-        readings, overflow = self.take()
+        readings, overflow, marks = self.take()
         try:
-            await self.db.run(self._commit_sync, readings, overflow)
+            await self.db.run(self._commit_sync, readings, overflow, marks)
         except BaseException:
-            self.put_back(readings, overflow)
+            self.put_back(readings, overflow, marks)
             raise
         self.on_commit()
 
-    def _commit_sync(self, readings: list[Reading], overflow: int) -> None:
+    def _commit_sync(self, readings: list[Reading], overflow: int, marks: list[ClockMark]) -> None:
         """Store readings (the committer's path: no batch took them) and commit the group."""
         db = self.db
         if db.stalled:
@@ -162,7 +226,7 @@ class Intake:
         self.numbers.reserve_sync(len(readings) + overflow, 0)
         with db.op():
             released = self.outbox.flush_released_sync()
-            done = self.insert_sync(readings, overflow)
+            done = self.insert_sync(readings, overflow, marks)
         self.outbox.forget_released(released)
         self.inserted(done)
         try:
@@ -171,9 +235,10 @@ class Intake:
         except (sqlite3.Error, OSError) as e:  # stored in the journal: retried by the timer, nothing is lost
             log.error("buffer commit failed (%s); %d statements kept in memory, retrying", e, len(db.journal))
 
-    def insert_sync(self, readings: list[Reading], overflow: int) -> Inserted:
+    def insert_sync(self, readings: list[Reading], overflow: int, marks: list[ClockMark]) -> Inserted:
         """The writes of storing readings, inside the caller's ``op`` (their numbers reserved):
-        number the readings, store their records as segments, apply the bounds, record the drops."""
+        number the readings, store their records as segments, apply the bounds, record the drops
+        and the clock epochs they were stamped in."""
         db = self.db
         now = time.time_ns()
         seq = self.numbers.next_seq
@@ -182,6 +247,8 @@ class Intake:
         if overflow:
             drops.append(Drop(seq, seq + overflow - 1, OVERFLOW))
             seq += overflow
+        if marks:
+            self.timeline.record_sync(seq, self.numbers.boot, marks)
         rows = []
         per = self.segment_readings
         full = self.cfg.policy == "refuse_new" and self.stats.bytes >= self.cfg.max_bytes

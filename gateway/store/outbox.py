@@ -18,12 +18,13 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway import wire
 from gateway.store.db import Database, StoreStats
 from gateway.store.numbers import Numbers
+from gateway.store.timeline import Timeline
 from gateway.wire import Batch
 
 log = logging.getLogger("sensegate.buffer")
@@ -33,9 +34,10 @@ class Unbatched:
     """What waits to be batched, as the batch step sees it (database thread, inside the batch's
     transaction): the numbers, the chain's end, and the rows not yet in a batch."""
 
-    def __init__(self, conn: sqlite3.Connection, numbers: Numbers) -> None:
+    def __init__(self, conn: sqlite3.Connection, numbers: Numbers, timeline: Timeline) -> None:
         meta = numbers.meta
         self._conn = conn
+        self._timeline = timeline
         self.stream = int(meta["stream"])
         self.boot = int(meta["boot"])
         self.next_seq = int(meta["next_seq"])  # the next reading number (readings below are stored)
@@ -59,6 +61,15 @@ class Unbatched:
         """Undeclared blob drops: (sha256, reason)."""
         return self._conn.execute("SELECT sha256, reason FROM blob_drops LIMIT ?", (limit,)).fetchall()
 
+    def clock(self, first: int, last: int) -> list[wire.ClockEpoch]:
+        """The clock epochs readings ``first``..``last`` were stamped in, in order (the first one
+        began at or before ``first``); none for readings stored before the clock was recorded."""
+        return self._timeline.epochs(first, last)
+
+    def clock_steps(self, limit: int) -> list[wire.ClockStep]:
+        """Clock steps not yet declared, oldest first."""
+        return self._timeline.undeclared(limit)
+
 
 @dataclass(frozen=True)
 class NewBatch:
@@ -69,6 +80,7 @@ class NewBatch:
     drops_upto: int  # the drop rows it declares: first_seq up to this (0: none)
     blob_drops: list[bytes]  # the blob drops it declares
     batched_upto: int  # reading numbers up to here are now in batches (or declared)
+    clock_steps: list[wire.ClockStep] = field(default_factory=list)  # the clock steps it declares
 
 
 class BatchStep(Protocol):
@@ -81,10 +93,11 @@ class Outbox:
     """Batches from signing to acknowledgement; dead letters; blobs. Public coroutines run on the
     loop; ``_sync`` methods on the database thread."""
 
-    def __init__(self, db: Database, numbers: Numbers, stats: StoreStats) -> None:
+    def __init__(self, db: Database, numbers: Numbers, stats: StoreStats, timeline: Timeline) -> None:
         self.db = db
         self.numbers = numbers
         self.stats = stats
+        self.timeline = timeline
         # acknowledged batches whose rows are deleted with the next write (or within a second):
         # one transaction fewer per batch; a power cut before that only re-sends (at-least-once)
         self.released: list[tuple[int, int, int]] = []
@@ -101,6 +114,7 @@ class Outbox:
         if new.drops_upto:
             db.x("DELETE FROM drops WHERE first_seq <= ?", (new.drops_upto,))
         db.xm("DELETE FROM blob_drops WHERE sha256 = ?", [(sha,) for sha in new.blob_drops])
+        self.timeline.declare_sync(new.clock_steps, new.batched_upto)
         db.xm("UPDATE meta SET value = ? WHERE key = ?",
               [(b.bseq + 1, "next_bseq"), (b.hash, "last_hash"), (new.batched_upto, "batched_upto")])
 

@@ -7,7 +7,7 @@ installed) adds fixtures: ``run_driver``, ``driver_harness``, ``fake_clock``,
 """
 
 from gateway.testing.asserts import ANY, assert_reading, find_readings, wait_reading, wait_until
-from gateway.testing.clock import FakeClock
+from gateway.testing.clock import FakeClock, SteppedClock
 from gateway.testing.devices import SerialPair, modbus_sim, serial_pair
 from gateway.testing.harness import DriverHarness, make_instance, run_driver
 from gateway.testing.procs import children, free_port, wait_port
@@ -17,6 +17,7 @@ __all__ = [
     "DriverHarness",
     "FakeClock",
     "SerialPair",
+    "SteppedClock",
     "assert_reading",
     "children",
     "find_readings",

@@ -1,4 +1,5 @@
-"""Fake time for the scheduler: a test steps the clock instead of waiting for it.
+"""Fake time: for the scheduler (``FakeClock``), and the gateway's clocks as ``gateway.clock``
+watches them (``SteppedClock``): a test steps the clock instead of waiting for it.
 
 Pass a ``FakeClock`` to ``run_driver(..., clock=clock)`` (or ``InstanceRunner(clock=...)``):
 the poll schedule and the backoff between restarts then wait on this clock, so a driver
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+
+from gateway.clock import ClockState, ClockWatch
 
 
 class FakeClock:
@@ -132,3 +135,39 @@ class FakeClock:
     def _remove(self, fut: asyncio.Future[None]) -> None:
         self._waiters = [(d, f) for d, f in self._waiters if f is not fut]
         self._event().set()
+
+
+class SteppedClock:
+    """The gateway's wall and monotonic clocks and the kernel's sync state, for a
+    ``gateway.clock.ClockWatch`` (``watch()``): they move only when the test says, so any number
+    of checks between two moves reads the same. ``now_ns()`` is what a reading stamped now
+    carries. ``state_reads`` counts the kernel's state being asked; ``broken`` makes it fail."""
+
+    def __init__(self, wall_ns: int, synced: bool = True, mono_ns: int = 1_000 * 10**9) -> None:
+        self.mono = mono_ns
+        self.offset = wall_ns - mono_ns
+        self.synced = synced
+        self.state_reads = 0
+        self.broken = False
+
+    def now_ns(self) -> int:
+        return self.mono + self.offset
+
+    def advance(self, ns: int) -> None:
+        """Time passes (both clocks)."""
+        self.mono += ns
+
+    def step(self, ns: int, synced: bool | None = None) -> None:
+        """The wall clock steps by ``ns`` (NTP, or by hand); optionally the sync state changes."""
+        self.offset += ns
+        if synced is not None:
+            self.synced = synced
+
+    def state(self) -> ClockState:
+        self.state_reads += 1
+        if self.broken:
+            raise OSError(1, "Operation not permitted")
+        return ClockState(self.synced, 0.004 if self.synced else 16.0)
+
+    def watch(self, **kw: int) -> ClockWatch:
+        return ClockWatch(self.state, self.now_ns, lambda: self.mono, **kw)

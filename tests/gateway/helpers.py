@@ -12,11 +12,14 @@ import yaml
 
 from gateway.batcher import Batcher
 from gateway.config import GatewayConfig, load_config_bytes
+from gateway.driver_api import Reading
 from gateway.keys import init_key, load_private_key
 from gateway.mqtt import subscribe_forever
 from gateway.receiver import KeyBindings, Receiver
 from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
 from gateway.registry import Registry
+from gateway.store import Store
+from gateway.testing import SteppedClock
 
 REGISTRY = Registry.discover()
 TESTDRIVERS = Path(__file__).parents[1] / "fixtures" / "sgtestdrivers"
@@ -62,6 +65,20 @@ def batcher_for(cfg: GatewayConfig) -> Batcher:
     """The batch step of a config made by ``make_config`` (its device key, its batch section)."""
     c = cfg.config
     return Batcher(load_private_key(Path(c.gateway.state_dir) / "keys" / "device.key"), c.gateway.id, c.batch)
+
+
+def clock_store(state: Path, clock: SteppedClock, **batch: Any) -> tuple[Store, Batcher]:
+    """A store (not opened) and its batch step, for a gateway whose clocks ``clock`` moves."""
+    config = make_config(state, batch=batch or {"max_readings": 1000})
+    c = config.config
+    return Store(state / "buffer.db", c.gateway.id, c.buffer, c.batch, clock.watch()), batcher_for(config)
+
+
+def put_stamped(store: Store, clock: SteppedClock, n: int, point: str = "n", every_ns: int = 10**8) -> None:
+    """``n`` readings ``every_ns`` apart, stamped by the gateway's wall clock as the scheduler does."""
+    for _ in range(n):
+        clock.advance(every_ns)
+        store.put(Reading("gw-test", point, clock.now_ns(), 1.0))
 
 
 @contextlib.asynccontextmanager

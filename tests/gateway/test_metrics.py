@@ -15,9 +15,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
+from gateway.clock import kernel_clock
 from gateway.daemon import Daemon
 from gateway.keys import init_key
 from gateway.metrics import render, status_line, summary
+from gateway.testing import SteppedClock
 from tests.gateway.helpers import running_daemon, until
 
 
@@ -157,6 +159,26 @@ async def test_summary_with_the_durable_pipeline(tmp_path: Path, broker: Any) ->
         assert m[("sensegate_batches_acked_total", ())] >= 2
         assert ("sensegate_buffer_readings", ()) in m and ("sensegate_buffer_oldest_age_seconds", ()) in m
         assert "drivers running" in status_line(d) and "mqtt connected" in status_line(d)
+        # the clock as the kernel calls it (whatever this machine's state), and the steps seen
+        real = kernel_clock()
+        assert s["clock"]["synchronised"] is real.synchronised and s["clock"]["steps"] == 0
+        assert m[("sensegate_clock_synchronised", ())] == int(real.synchronised)
+        assert m[("sensegate_clock_steps_total", ())] == 0 and ("sensegate_clock_max_error_seconds", ()) in m
+        assert ("clock NOT synchronised" in status_line(d)) is not real.synchronised
+
+
+def test_the_clock_in_the_summary_and_on_the_metrics_page() -> None:
+    """A stepped, unsynchronised clock as metrics render it (values from gateway/clock.py)."""
+    clock = SteppedClock(1_795_000_000 * 10**9, synced=False)
+    watch = clock.watch()
+    clock.advance(10**9)
+    clock.step(86_400 * 10**9, synced=True)
+    watch.check()
+    m = samples(render({"clock": watch.snapshot()}))
+    assert m[("sensegate_clock_synchronised", ())] == 1 and m[("sensegate_clock_steps_total", ())] == 1
+    assert m[("sensegate_clock_last_step_seconds", ())] == 86_400.0
+    assert m[("sensegate_clock_max_error_seconds", ())] == 0.004
+    assert m[("sensegate_clock_last_step_timestamp_seconds", ())] == 1_795_086_401.0
 
 
 def test_render_escapes_labels_and_skips_missing() -> None:

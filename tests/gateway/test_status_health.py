@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.clock import kernel_clock
 from gateway.daemon import Daemon
 from gateway.keys import init_key
 from gateway.mqtt import MqttSession, MqttSettings
@@ -51,3 +52,5 @@ async def test_health_summary_on_the_status_topic(tmp_path: Path, broker: Mosqui
     h = body["health"]
     assert h["drivers"]["w"]["state"] == "running"  # type: ignore[index]
     assert "buffer" in json.dumps(h)
+    clock = h["clock"]  # type: ignore[index]
+    assert clock["synchronised"] is kernel_clock().synchronised and clock["steps"] == 0  # type: ignore[index]

@@ -2,15 +2,19 @@
 
 The scenario below (every value type, several segments per batch, refused readings, an
 overflow, a dropped blob, a clean and an unclean restart) was run once and its batches recorded
-in ``tests/fixtures/golden/batches.json`` (made before the buffer was split into store, batcher
-and wire format). Ed25519 signatures are deterministic, so any change to numbering, segment
-choice, drop declarations, header, pack or signature shows here as a changed digest. A
-deliberate change of the wire format regenerates the file (``SENSEGATE_GOLDEN=write``) and
-says so in CHANGELOG.md.
+in ``tests/fixtures/golden/batches.json``. Ed25519 signatures are deterministic, so any change
+to numbering, segment choice, drop declarations, header, pack or signature shows here as a
+changed digest. The gateway's clock is a fake one that starts a day behind, unsynchronised,
+and is stepped forward and synchronised half-way, so the clock keys (``ck``, ``cj``) are in the
+record too. A deliberate change of the wire format regenerates the file
+(``SENSEGATE_GOLDEN=write``) and says so in CHANGELOG.md; the file it replaces is kept
+(``batches-before-clock.json``: the batches of gateways before the clock keys), and a receiver
+must still verify and read those.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -20,15 +24,18 @@ from typing import Any
 
 import pytest
 
+from gateway import cose, wire
 from gateway.batcher import Batcher
 from gateway.driver_api import Blob, Location, Quality, Reading
 from gateway.driver_api import Path as IPath
 from gateway.keys import Ed25519PrivateKey, private_pem, public_pem
 from gateway.receiver import KeyBindings, Receiver
 from gateway.store import Store
+from gateway.testing import SteppedClock
 from tests.gateway.helpers import batcher_for, make_config
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden" / "batches.json"
+BEFORE_CLOCK = GOLDEN.with_name("batches-before-clock.json")  # format 1 without ck/cj: older gateways
 SEED = bytes(range(32))  # the golden gateway's Ed25519 key
 STREAM = 0x5E115E6A7E  # the buffer's random stream id, fixed
 T0 = 1_795_000_000_123_456_789
@@ -59,10 +66,15 @@ def _key(state: Path) -> None:
     (keys / "device.pub.pem").write_bytes(public_pem(key.public_key()))
 
 
-def _open(state: Path, **buffer: Any) -> tuple[Store, Batcher]:
+def _clock() -> SteppedClock:
+    """The gateway's clock: a day behind and unsynchronised at first."""
+    return SteppedClock(T0 - 86_400 * 10**9, synced=False)
+
+
+def _open(state: Path, clock: SteppedClock, **buffer: Any) -> tuple[Store, Batcher]:
     config = make_config(state, buffer=buffer, batch={"max_readings": 40, "max_bytes": "16KiB"})
     cfg = config.config
-    return Store(state / "buffer.db", cfg.gateway.id, cfg.buffer, cfg.batch), batcher_for(config)
+    return Store(state / "buffer.db", cfg.gateway.id, cfg.buffer, cfg.batch, clock.watch()), batcher_for(config)
 
 
 async def _drain(buf: Store, batcher: Batcher, out: list[Any], ack: bool = True) -> None:
@@ -75,7 +87,8 @@ async def _drain(buf: Store, batcher: Batcher, out: list[Any], ack: bool = True)
 async def _scenario(state: Path) -> list[Any]:
     """Every batch the scenario makes, in order."""
     made: list[Any] = []
-    buf, batcher = _open(state, max_bytes="1MiB", max_blob_bytes="1MiB", policy="refuse_new")
+    clock = _clock()
+    buf, batcher = _open(state, clock, max_bytes="1MiB", max_blob_bytes="1MiB", policy="refuse_new")
     await buf.open()
     for r in READINGS:  # one batch of every value type
         buf.put(r)
@@ -87,6 +100,8 @@ async def _scenario(state: Path) -> list[Any]:
             await buf.commit()
     await buf.commit()
     await _drain(buf, batcher, made, ack=False)  # left unacknowledged: re-sent after the restart
+    clock.advance(5 * 10**9)
+    clock.step(86_400 * 10**9, synced=True)  # NTP: later readings on a synchronised clock; a batch says so
     for i, img in enumerate((b"\x01" * 700_000, b"\x02" * 700_000)):  # the first blob is dropped
         buf.put(Reading("gw-test", "image", T0 + 5000 + i, Blob(img, "image/jpeg")))
         await buf.commit()
@@ -98,7 +113,7 @@ async def _scenario(state: Path) -> list[Any]:
     await _drain(buf, batcher, made)
     await buf.close()
 
-    buf, batcher = _open(state, max_bytes="1MiB", max_blob_bytes="1MiB", policy="refuse_new")
+    buf, batcher = _open(state, clock, max_bytes="1MiB", max_blob_bytes="1MiB", policy="refuse_new")
     await buf.open()  # a clean restart: boot 2, the outbox re-sent byte for byte
     for bseq, _ in await buf.outbox():
         again = await buf.load_batch(bseq)
@@ -118,7 +133,7 @@ async def _scenario(state: Path) -> list[Any]:
     db.execute("UPDATE meta SET value = value + 3 WHERE key = 'bseq_resv'")
     db.commit()
     db.close()
-    buf, batcher = _open(state)
+    buf, batcher = _open(state, clock)
     await buf.open()  # boot 3: skips and declares the reserved reading numbers
     for i in range(5):
         buf.put(Reading("gw-test", "after", T0 + 9000 + i, float(i)))
@@ -151,3 +166,18 @@ async def test_batches_are_byte_identical_to_the_golden_ones(tmp_path: Path, mon
     s = rx.summary()
     assert s.gaps == 0 and s.ok and s.restarts == 2 and s.skipped == 10, s.to_json()
     assert set(s.drop_reasons) == {"buffer_full", "overflow"} and s.blobs_dropped == 1
+    heads = {b.bseq: wire.parse_header(cose.parse_sign1(b.data).protected) for b in made}
+    assert [tuple(e)[1:] for e in heads[1].ck] == [(1, 10**12, T0 - 86_400 * 10**9, False, 16_000_000)]
+    assert [tuple(e) for e in heads[6].cj] == [(1, 1005 * 10**9, 10**12, T0 - 86_395 * 10**9, T0 + 5 * 10**9, 142)]
+    assert heads[6].ck[0].synced and heads[6].ck[0].first_seq == 142 and not heads[7].cj
+
+
+def test_batches_of_gateways_before_the_clock_keys_still_verify_and_read(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    _key(state)
+    data = bytes.fromhex(json.loads(BEFORE_CLOCK.read_text())["first_batch_hex"])
+    rx = Receiver(KeyBindings.files("gw-test", state / "keys" / "device.pub.pem"))
+    feed = rx.feed(data)
+    assert feed.status == "ok" and len(feed.readings) == len(READINGS)
+    assert feed.header["ck"] == [] and feed.header["cj"] == []  # the clock unknown: nothing to flag or re-date
+    assert hashlib.sha256(data).hexdigest() == json.loads(BEFORE_CLOCK.read_text())["batches"][0]["sha256"]

@@ -12,16 +12,21 @@ from gateway.batcher import Batcher
 from gateway.driver_api import Reading
 from gateway.keys import init_key, load_private_key
 from gateway.store import Store
+from gateway.testing import SteppedClock
 from tests.gateway.helpers import make_config
 
 T0 = 1_795_000_000_000_000_000
 
 
 class GatewayFeed:
-    """One gateway: its own state directory, key and buffer, making batches with the daemon's code."""
+    """One gateway: its own state directory, key and buffer, making batches with the daemon's code.
+    Its clocks are ``clock`` (synchronised and true unless a test says otherwise); a reading is
+    stamped every millisecond."""
 
-    def __init__(self, root: Path, gateway: str = "gw-a", alg: str = "ed25519") -> None:
+    def __init__(self, root: Path, gateway: str = "gw-a", alg: str = "ed25519",
+                 clock: SteppedClock | None = None) -> None:
         self.gateway = gateway
+        self.clock = clock if clock is not None else SteppedClock(T0)
         self.state = root / gateway
         init_key(self.state / "keys", alg=alg)
         self.cfg = make_config(self.state, gateway={"id": gateway, "state_dir": str(self.state)}, batch={"alg": alg})
@@ -41,7 +46,7 @@ class GatewayFeed:
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[GatewayFeed]:
         c = self.cfg.config
-        self.buffer = Store(self.state / "buffer.db", c.gateway.id, c.buffer, c.batch)
+        self.buffer = Store(self.state / "buffer.db", c.gateway.id, c.buffer, c.batch, self.clock.watch())
         await self.buffer.open()
         try:
             yield self
@@ -55,7 +60,8 @@ class GatewayFeed:
         assert buf is not None, "use `async with feed.open()`"
         for _ in range(readings):
             self.n += 1
-            buf.put(Reading(self.gateway, "t", T0 + self.n * 1_000_000, float(self.n), "Cel"))
+            self.clock.advance(1_000_000)
+            buf.put(Reading(self.gateway, "t", self.clock.now_ns(), float(self.n), "Cel"))
         await buf.commit()
         b = await buf.make_batch(self.batcher)
         assert b is not None

@@ -9,6 +9,7 @@ reference counter's values are contiguous in every daemon run.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from pathlib import Path
@@ -397,29 +398,58 @@ async def test_clock_jump(rig_spec: RigSpec, rig_report: RigReport, result: Scen
     async with RigRun(rig_spec, tmp_path, devices=names) as rig:
         note_skipped(rig, result, rig_report.skipped_devices)
         assert rig.receiver is not None
-        clock = ClockJump(tmp_path)
+        rx = rig.receiver
+        clock = ClockJump(tmp_path)  # synchronised at first
         daemon = await rig.start_daemon(env=clock.env())
         await wait_delivering(rig)
-        for step, label in ((86400, "+1 day"), (-86400 - 3600, "-1 day -1 h"), (3600, "back to true time")):
-            rec = FaultRecord(f"wall clock {label}", ClockJump.mechanism).injected()
+        # a step by hand (or a bad time source) leaves the kernel unsynchronised; NTP steps the
+        # clock back to true time and then declares it synchronised
+        for step, label, synced in ((86400, "+1 day", False), (-86400 - 3600, "-1 day -1 h", False),
+                                    (3600, "back to true time, then synchronised", True)):
+            rec = FaultRecord(f"wall clock {label}", ClockJump.mechanism + "; adjtimex by hil/clockstate.c").injected()
+            if not synced:
+                clock.synchronise(False)
             clock.jump(step)
             rec.cleared()
             t = time.monotonic()
 
             def stamped_by_new_clock(t: float = t) -> bool:  # taken after the jump, on the jumped clock
                 now = clock.now_ns()
-                return any(abs(g.reading.ts_ns - now) < 5 * 10**9 and g.at >= t
-                           for g in rig.receiver.readings(["counter"]))  # type: ignore[union-attr]
+                return any(abs(g.reading.ts_ns - now) < 5 * 10**9 and g.at >= t for g in rx.readings(["counter"]))
 
-            await rig.receiver.wait(stamped_by_new_clock, within=WITHIN,
-                                    what=f"readings stamped by the jumped clock ({label})")
+            await rx.wait(stamped_by_new_clock, within=WITHIN, what=f"readings stamped by the jumped clock ({label})")
+            if synced:
+                clock.synchronise(True)
+                t = time.monotonic()
+                await rx.wait(lambda t=t: any(g.synced and g.at >= t for g in rx.readings(["counter"])),  # type: ignore[misc]
+                              within=WITHIN, what="readings of a synchronised clock again")
             rec.recovered()
             result.faults.append(rec)
+        counter = rx.readings(["counter"])
+        flagged = [g for g in counter if g.synced is False]
+        assert flagged, "readings taken on the stepped clock are flagged"
+        await rx.wait(lambda: all(g.fixed_ns is not None for g in flagged), within=WITHIN,
+                      what="every flagged reading re-dated")
         assert daemon.alive
         await finish(rig, result)
         assert_counter_contiguous(rig)
-        stamps = [g.reading.ts_ns for g in rig.receiver.readings(["counter"])]
-        result.note(f"counter timestamps span {(max(stamps) - min(stamps)) / 3.6e12:.1f} h of wall clock")
+        # each reading's best time (corrected, else its own) is when it was really taken: before it
+        # arrived here, within the delivery latency
+        late = [g for g in counter if not g.at_wall_ns - 10 * 10**9 <= (g.fixed_ns or g.reading.ts_ns)
+                <= g.at_wall_ns + 10**9]
+        assert not late, f"{len(late)} readings not re-dated to their true time, e.g. {late[:3]}"
+        assert all(g.synced is not None for g in counter), "every batch says what its clock was worth"
+        stamps = [g.reading.ts_ns for g in counter]
+        s = rx.rx.summary()
+        stepped = sorted(bs for bs, h in rx.headers.items() if h["cj"])
+        for bs in [stepped[0] - 1, *stepped]:  # batch headers before the first step and with each, as received
+            h = rx.headers.get(bs)
+            if h is not None:
+                result.note(f"batch {bs} header: " + json.dumps({k: h[k] for k in ("bo", "bs", "sq", "ck", "cj")}))
+        result.note(f"counter timestamps span {(max(stamps) - min(stamps)) / 3.6e12:.1f} h of wall clock as "
+                    f"stamped; {len(flagged)} of {len(counter)} counter readings flagged (unsynchronised clock), all "
+                    f"re-dated to within 10 s of arrival; receiver: {s.time_uncertain} flagged, {s.time_redated} "
+                    f"re-dated, {s.clock_steps} steps declared")
 
 
 async def test_config_push_during_load(rig_spec: RigSpec, rig_report: RigReport, result: ScenarioResult,

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.ingest import ledger, rows
+from gateway.ingest import clock, ledger, rows
+from gateway.ingest.clock import KnownEpoch
 from gateway.ingest.contract import (
     BAD_BLOB,
     BlobChunk,
@@ -31,6 +32,7 @@ from gateway.ingest.contract import (
 )
 from gateway.ingest.ledger import LEDGER_COLUMNS, Link, StreamLedger
 from gateway.ingest.stores.common import assemble, enrol_record, month_bounds, months_of, parse_revoke
+from gateway.wire import ClockEpoch
 
 try:
     import psycopg
@@ -39,7 +41,7 @@ except ImportError as e:  # pragma: no cover - the fleet extra is missing
     raise ImportError("PostgreSQL needs the fleet extra: pip install 'sensegate[fleet]'") from e
 
 log = logging.getLogger("sensegate.ingest.postgres")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: readings' time (time_uncertain, ts_fixed), the ledger's uncertain/redated, clock tables
 _SCHEMA_LOCK = 0x5E4E5E6A7E  # pg_advisory_xact_lock key: one worker creates the schema at a time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -82,6 +84,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     last_seen_ns bigint NOT NULL DEFAULT 0,
     last_reading_ns bigint NOT NULL DEFAULT 0,
     missing bigint NOT NULL DEFAULT 0,         -- readings unaccounted for, as of the last update
+    uncertain text NOT NULL DEFAULT '[]',      -- stored readings stamped on an unsynchronised clock
+    redated text NOT NULL DEFAULT '[]',        -- of those, given a corrected time (ts_fixed)
     PRIMARY KEY (gateway, stream)
 );
 CREATE TABLE IF NOT EXISTS batches (
@@ -113,6 +117,8 @@ CREATE TABLE IF NOT EXISTS readings (
     path smallint NOT NULL,
     extra jsonb,
     blob bytea,
+    time_uncertain boolean NOT NULL DEFAULT false, -- stamped on a clock the gateway did not call synchronised
+    ts_fixed timestamptz,                      -- its corrected time, once known (ts stays as the gateway stamped it)
     UNIQUE (gateway, stream, seq, ts)
 ) PARTITION BY RANGE (ts);
 CREATE TABLE IF NOT EXISTS blobs (
@@ -150,6 +156,36 @@ CREATE TABLE IF NOT EXISTS quarantine (
     message bytea NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_gateway ON quarantine (gateway, reason);
+CREATE TABLE IF NOT EXISTS clock_epochs (          -- the clock epochs gateways declared ("ck")
+    gateway text NOT NULL,
+    stream bigint NOT NULL,
+    first_seq bigint NOT NULL,
+    boot bigint NOT NULL,
+    mono_ns bigint NOT NULL,
+    wall_ns bigint NOT NULL,
+    synced boolean NOT NULL,
+    max_error_us bigint NOT NULL,
+    shift_ns bigint,                           -- given to its readings' corrected time, once known
+    PRIMARY KEY (gateway, stream, first_seq)
+);
+CREATE TABLE IF NOT EXISTS clock_steps (           -- steps of gateways' wall clocks ("cj")
+    gateway text NOT NULL,
+    stream bigint NOT NULL,
+    boot bigint NOT NULL,
+    mono_ns bigint NOT NULL,
+    since_ns bigint NOT NULL,
+    wall_before_ns bigint NOT NULL,
+    wall_after_ns bigint NOT NULL,
+    first_seq bigint NOT NULL,
+    PRIMARY KEY (gateway, stream, boot, mono_ns)
+);
+"""
+# schema 1 -> 2, on a database made before (metadata only: the defaults are constants)
+UPGRADE = """
+ALTER TABLE readings ADD COLUMN IF NOT EXISTS time_uncertain boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS ts_fixed timestamptz;
+ALTER TABLE ledger ADD COLUMN IF NOT EXISTS uncertain text NOT NULL DEFAULT '[]',
+    ADD COLUMN IF NOT EXISTS redated text NOT NULL DEFAULT '[]';
 """
 
 _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError)
@@ -159,6 +195,11 @@ _RETRY = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.
 def ts(ns: int) -> datetime:
     """A reading's timestamp at PostgreSQL's precision (microseconds, rounded down)."""
     return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def ts_shifted(ns: int, shift_ns: int) -> datetime:
+    """A corrected time as the re-dating UPDATE computes it: ``ts`` plus the shift in microseconds."""
+    return _EPOCH + timedelta(microseconds=ns // 1000 + shift_ns // 1000)
 
 
 class PostgresStorage:
@@ -219,10 +260,15 @@ class PostgresStorage:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             await conn.execute(SCHEMA)
             row = await (await conn.execute("SELECT max(version) FROM ingest_schema")).fetchone()
-            if row is None or row[0] is None:
+            version = row[0] if row is not None and row[0] is not None else None
+            if version is not None and version > SCHEMA_VERSION:
+                raise RuntimeError(f"the database has ingest schema {version}; this sensegate knows {SCHEMA_VERSION}")
+            if version is None or version < SCHEMA_VERSION:
+                await conn.execute(UPGRADE)
+                await conn.execute("DELETE FROM ingest_schema")
                 await conn.execute("INSERT INTO ingest_schema VALUES (%s)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
-                raise RuntimeError(f"the database has ingest schema {row[0]}; this sensegate knows {SCHEMA_VERSION}")
+                if version is not None:
+                    log.info("ingest database upgraded from schema %d to %d", version, SCHEMA_VERSION)
 
     async def close(self) -> None:
         async with self._lock:
@@ -239,8 +285,10 @@ class PostgresStorage:
         async with conn.transaction():
             ledgers = await self._lock_ledgers(conn, ledger.keys_of(work))
             links = await self._links(conn, ledger.links_needed(work))
-            plan = ledger.plan(work, ledgers, links)
+            epochs = await self._epochs(conn, clock.boots_needed(work))
+            plan = ledger.plan(work, ledgers, links, epochs)
             await self._write(conn, plan)
+            await self._write_time(conn, plan.time)
             refused = await self._store_chunks(conn, work.chunks, plan.report)
             await self._quarantine(conn, plan.refused + refused)
         return plan.report
@@ -272,6 +320,43 @@ class PostgresStorage:
             out.setdefault((gw, st), {})[bseq] = Link(bytes(digest), bytes(prev))
         return out
 
+    @staticmethod
+    async def _epochs(conn: psycopg.AsyncConnection[Any],
+                      boots: dict[ledger.Key, int]) -> dict[ledger.Key, dict[int, KnownEpoch]]:
+        """The stored clock epochs of the runs the transaction's batches name, and later ones."""
+        out: dict[ledger.Key, dict[int, KnownEpoch]] = {key: {} for key in boots}
+        if not boots:
+            return out
+        keys = list(boots.items())
+        cur = await conn.execute(
+            "SELECT e.gateway, e.stream, first_seq, e.boot, mono_ns, wall_ns, synced, max_error_us, shift_ns "
+            "FROM clock_epochs e JOIN unnest(%s::text[], %s::bigint[], %s::bigint[]) AS w(gateway, stream, boot) "
+            "ON e.gateway = w.gateway AND e.stream = w.stream AND e.boot >= w.boot",
+            ([k[0] for k, _ in keys], [k[1] for k, _ in keys], [b for _, b in keys]))
+        for gw, st, first, boot, mono, wall, synced, err, shift in await cur.fetchall():
+            out[(gw, st)][first] = KnownEpoch(ClockEpoch(first, boot, mono, wall, synced, err), shift)
+        return out
+
+    @staticmethod
+    async def _write_time(conn: psycopg.AsyncConnection[Any], t: clock.TimePlan) -> None:
+        """The clock epochs and steps, and corrections of readings stored before."""
+        async with conn.cursor() as cur:
+            if t.epochs:
+                await cur.executemany("INSERT INTO clock_epochs VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                                      "ON CONFLICT DO NOTHING",
+                                      [(gw, st, *e, shift) for gw, st, e, shift in t.epochs])
+            if t.shifts:
+                await cur.executemany("UPDATE clock_epochs SET shift_ns = %s WHERE gateway = %s AND stream = %s "
+                                      "AND first_seq = %s", [(shift, gw, st, f) for gw, st, f, shift in t.shifts])
+            if t.steps:
+                await cur.executemany("INSERT INTO clock_steps VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                                      "ON CONFLICT DO NOTHING", [(gw, st, *s) for gw, st, s in t.steps])
+            if t.redates:
+                await cur.executemany(
+                    "UPDATE readings SET ts_fixed = ts + %s * interval '1 microsecond' WHERE gateway = %s AND "
+                    "stream = %s AND seq BETWEEN %s AND %s AND time_uncertain",
+                    [(shift // 1000, gw, st, a, b) for gw, st, a, b, shift in t.redates])
+
     async def _write(self, conn: psycopg.AsyncConnection[Any], plan: ledger.Plan) -> None:
         async with conn.cursor() as cur:
             if plan.batches:
@@ -281,11 +366,12 @@ class PostgresStorage:
                         await copy.write_row((b.gateway, b.stream, b.bseq, b.digest, b.prev, b.first_seq,
                                               b.last_seq, b.boot, b.kid, ts(b.received_ns)))
             if plan.readings:
-                async with cur.copy(f"COPY readings (gateway, stream, seq, ts, {', '.join(rows.COLUMNS)}) "
-                                    "FROM STDIN") as copy:
-                    for b, fresh in plan.readings:
-                        for r in fresh:
-                            await copy.write_row((b.gateway, b.stream, r.seq, ts(r.ts_ns), *rows.values(r)))
+                async with cur.copy(f"COPY readings (gateway, stream, seq, ts, {', '.join(rows.COLUMNS)}, "
+                                    "time_uncertain, ts_fixed) FROM STDIN") as copy:
+                    for b, fresh, spans in plan.readings:
+                        for r, uncertain, shift in clock.timed(fresh, spans):
+                            await copy.write_row((b.gateway, b.stream, r.seq, ts(r.ts_ns), *rows.values(r), uncertain,
+                                                  None if shift is None else ts_shifted(r.ts_ns, shift)))
             if plan.ledgers:
                 sets = ", ".join(f"{c} = %s" for c in LEDGER_COLUMNS[2:])
                 await cur.executemany(f"UPDATE ledger SET {sets} WHERE gateway = %s AND stream = %s",

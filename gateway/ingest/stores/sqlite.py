@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.ingest import ledger, rows
+from gateway.ingest import clock, ledger, rows
+from gateway.ingest.clock import KnownEpoch
 from gateway.ingest.contract import (
     BAD_BLOB,
     BlobChunk,
@@ -29,9 +31,11 @@ from gateway.ingest.contract import (
 )
 from gateway.ingest.ledger import LEDGER_COLUMNS, Link, StreamLedger
 from gateway.ingest.stores.common import assemble, enrol_record, parse_revoke
+from gateway.wire import ClockEpoch
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+log = logging.getLogger("sensegate.ingest.sqlite")
+SCHEMA_VERSION = 2  # 2: readings' time (time_uncertain, ts_fixed_ns), the ledger's uncertain/redated, clock tables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ingest_schema (version INTEGER NOT NULL);
@@ -52,6 +56,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     conflicts INTEGER NOT NULL DEFAULT 0, max_bseq INTEGER NOT NULL DEFAULT 0, kid BLOB NOT NULL DEFAULT x'',
     first_seen_ns INTEGER NOT NULL DEFAULT 0, last_seen_ns INTEGER NOT NULL DEFAULT 0,
     last_reading_ns INTEGER NOT NULL DEFAULT 0, missing INTEGER NOT NULL DEFAULT 0,
+    uncertain TEXT NOT NULL DEFAULT '[]', redated TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (gateway, stream));
 CREATE TABLE IF NOT EXISTS batches (
     gateway TEXT NOT NULL, stream INTEGER NOT NULL, bseq INTEGER NOT NULL, digest BLOB NOT NULL, prev BLOB NOT NULL,
@@ -61,6 +66,7 @@ CREATE TABLE IF NOT EXISTS readings (
     gateway TEXT NOT NULL, stream INTEGER NOT NULL, seq INTEGER NOT NULL, ts_ns INTEGER NOT NULL,
     node TEXT NOT NULL, point TEXT NOT NULL, unit TEXT, v REAL, vs TEXT, vb INTEGER, vd BLOB,
     quality INTEGER NOT NULL, path INTEGER NOT NULL, extra TEXT, blob BLOB,
+    time_uncertain INTEGER NOT NULL DEFAULT 0, ts_fixed_ns INTEGER,
     UNIQUE (gateway, stream, seq));
 CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts_ns);
 CREATE TABLE IF NOT EXISTS blobs (sha256 BLOB PRIMARY KEY, content_type TEXT NOT NULL, size INTEGER NOT NULL,
@@ -73,7 +79,18 @@ CREATE TABLE IF NOT EXISTS blob_drops (sha256 BLOB NOT NULL, gateway TEXT NOT NU
 CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY, received_ns INTEGER NOT NULL, topic TEXT NOT NULL,
     gateway TEXT NOT NULL, kid BLOB NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, message BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS quarantine_gateway ON quarantine (gateway, reason);
+CREATE TABLE IF NOT EXISTS clock_epochs (
+    gateway TEXT NOT NULL, stream INTEGER NOT NULL, first_seq INTEGER NOT NULL, boot INTEGER NOT NULL,
+    mono_ns INTEGER NOT NULL, wall_ns INTEGER NOT NULL, synced INTEGER NOT NULL, max_error_us INTEGER NOT NULL,
+    shift_ns INTEGER, PRIMARY KEY (gateway, stream, first_seq));
+CREATE TABLE IF NOT EXISTS clock_steps (
+    gateway TEXT NOT NULL, stream INTEGER NOT NULL, boot INTEGER NOT NULL, mono_ns INTEGER NOT NULL,
+    since_ns INTEGER NOT NULL, wall_before_ns INTEGER NOT NULL, wall_after_ns INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL, PRIMARY KEY (gateway, stream, boot, mono_ns));
 """
+# columns added since schema 1: (table, column, definition)
+ADDED = [("readings", "time_uncertain", "INTEGER NOT NULL DEFAULT 0"), ("readings", "ts_fixed_ns", "INTEGER"),
+         ("ledger", "uncertain", "TEXT NOT NULL DEFAULT '[]'"), ("ledger", "redated", "TEXT NOT NULL DEFAULT '[]'")]
 
 
 class SqliteStorage:
@@ -101,10 +118,36 @@ class SqliteStorage:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-        if db.execute("SELECT max(version) FROM ingest_schema").fetchone()[0] is None:
-            db.execute("INSERT INTO ingest_schema VALUES (?)", (SCHEMA_VERSION,))
+        db.execute("BEGIN IMMEDIATE")  # another process opening the file waits for the upgrade
+        try:
+            version = self._schema_sync(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            db.close()
+            raise
+        db.execute("COMMIT")
+        if version < SCHEMA_VERSION:
+            log.info("ingest database %s upgraded from schema %d to %d", self.path, version, SCHEMA_VERSION)
         self._db = db
+
+    @staticmethod
+    def _schema_sync(db: sqlite3.Connection) -> int:
+        """Create the tables, or upgrade an older file's (columns added with their defaults);
+        the version the file had."""
+        version = 0
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'ingest_schema'").fetchone():
+            version = db.execute("SELECT max(version) FROM ingest_schema").fetchone()[0] or 0
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"the database has ingest schema {version}; this sensegate knows {SCHEMA_VERSION}")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        for table, column, definition in ADDED:
+            if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        db.execute("DELETE FROM ingest_schema")
+        db.execute("INSERT INTO ingest_schema VALUES (?)", (SCHEMA_VERSION,))
+        return version or SCHEMA_VERSION
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -150,14 +193,22 @@ class SqliteStorage:
                              (gw, st, bseq)).fetchone()
             if row is not None:
                 links.setdefault((gw, st), {})[bseq] = Link(row[0], row[1])
-        plan = ledger.plan(work, ledgers, links)
+        epochs: dict[ledger.Key, dict[int, KnownEpoch]] = {}
+        for (gw, st), boot in clock.boots_needed(work).items():
+            epochs[(gw, st)] = {r[0]: KnownEpoch(ClockEpoch(r[0], r[1], r[2], r[3], bool(r[4]), r[5]), r[6])
+                                for r in db.execute("SELECT first_seq, boot, mono_ns, wall_ns, synced, max_error_us, "
+                                                    "shift_ns FROM clock_epochs WHERE gateway = ? AND stream = ? "
+                                                    "AND boot >= ?", (gw, st, boot))}
+        plan = ledger.plan(work, ledgers, links, epochs)
         db.executemany("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [(b.gateway, b.stream, b.bseq, b.digest, b.prev, b.first_seq, b.last_seq, b.boot, b.kid,
                          b.received_ns) for b in plan.batches])
-        db.executemany(f"INSERT INTO readings (gateway, stream, seq, ts_ns, {', '.join(rows.COLUMNS)}) "
-                       f"VALUES ({', '.join('?' * (4 + len(rows.COLUMNS)))})",
-                       [(b.gateway, b.stream, r.seq, r.ts_ns, *rows.values(r)) for b, fresh in plan.readings
-                        for r in fresh])
+        db.executemany(f"INSERT INTO readings (gateway, stream, seq, ts_ns, {', '.join(rows.COLUMNS)}, time_uncertain, "
+                       f"ts_fixed_ns) VALUES ({', '.join('?' * (6 + len(rows.COLUMNS)))})",
+                       [(b.gateway, b.stream, r.seq, r.ts_ns, *rows.values(r), uncertain,
+                         None if shift is None else r.ts_ns + shift)
+                        for b, fresh, spans in plan.readings for r, uncertain, shift in clock.timed(fresh, spans)])
+        self._store_time(db, plan.time)
         db.executemany(f"INSERT OR REPLACE INTO ledger ({', '.join(LEDGER_COLUMNS)}) "
                        f"VALUES ({', '.join('?' * len(LEDGER_COLUMNS))})", [ledger.to_row(led) for led in plan.ledgers])
         db.executemany("INSERT OR IGNORE INTO blob_drops VALUES (?, ?, ?)",
@@ -167,6 +218,18 @@ class SqliteStorage:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        [(r.received_ns, r.topic, r.gateway, r.kid, r.reason, r.detail, r.message) for r in refused])
         return plan.report
+
+    @staticmethod
+    def _store_time(db: sqlite3.Connection, t: clock.TimePlan) -> None:
+        """The clock epochs and steps, and corrections of readings stored before."""
+        db.executemany("INSERT OR IGNORE INTO clock_epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(gw, st, *e[:4], int(e.synced), e.max_error_us, shift) for gw, st, e, shift in t.epochs])
+        db.executemany("UPDATE clock_epochs SET shift_ns = ? WHERE gateway = ? AND stream = ? AND first_seq = ?",
+                       [(shift, gw, st, first) for gw, st, first, shift in t.shifts])
+        db.executemany("INSERT OR IGNORE INTO clock_steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(gw, st, *s) for gw, st, s in t.steps])
+        db.executemany("UPDATE readings SET ts_fixed_ns = ts_ns + ? WHERE gateway = ? AND stream = ? AND seq BETWEEN "
+                       "? AND ? AND time_uncertain", [(shift, gw, st, a, b) for gw, st, a, b, shift in t.redates])
 
     @staticmethod
     def _store_chunks(db: sqlite3.Connection, chunks: Sequence[BlobChunk], report: StoreReport) -> list[Refused]:
