@@ -115,7 +115,10 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     out["process"] = proc
     from gateway.remote.health import extras  # the fleet view's part: config, clock, disk, agent
 
+    pipe_clock = out["clock"]
     out.update(extras(daemon))
+    if pipe_clock:  # the kernel's view (with the NTP offset) under what the clock watch saw (steps)
+        out["clock"] = {**(out.get("clock") or {}), **pipe_clock}
     return out
 
 

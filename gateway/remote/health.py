@@ -49,7 +49,7 @@ def clock() -> dict[str, Any]:
     at, last = _clock_cache
     if time.monotonic() - at < CLOCK_EVERY:
         return last
-    from gateway.doctor import kernel_clock
+    from gateway.clock import kernel_clock
 
     try:
         c = kernel_clock()
