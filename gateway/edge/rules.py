@@ -11,9 +11,11 @@ is a point's rule. docs/edge.md says what each does to the wire.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
-from gateway.schema import Field, Model, model_validator
+from gateway.schema import AfterValidator, Field, JsonSchema, Model, model_validator
 from gateway.units import Duration
 
 Aggregate = Literal["min", "max", "mean", "count", "last"]
@@ -27,15 +29,33 @@ _POINT_GLOB = r"^[-:./_A-Za-z0-9*?\[\]!]{1,255}$"
 _NODE_GLOB = r"^[-:._A-Za-z0-9*?\[\]!]{1,128}$"
 
 
+def _glob(what: str, chars: str, pattern: str) -> Callable[[str], str]:
+    """The check of a pattern field, with a refusal a technician can read (not the regular expression)."""
+    check = re.compile(pattern).match
+
+    def valid(value: str) -> str:
+        if not check(value):
+            raise ValueError(f"{value!r} is not a {what} pattern: {chars} and the wildcards * ? [ ] only")
+        return value
+
+    return valid
+
+
+PointGlob = Annotated[str, AfterValidator(_glob("point", "letters, digits, -:./_", _POINT_GLOB)),
+                      JsonSchema({"type": "string", "pattern": _POINT_GLOB})]
+NodeGlob = Annotated[str, AfterValidator(_glob("node", "letters, digits, -:._", _NODE_GLOB)),
+                     JsonSchema({"type": "string", "pattern": _NODE_GLOB})]
+
+
 class ReportRule(Model):
     """Which points, and how their readings are reported: filtered on change, throttled, or aggregated."""
 
-    points: list[Annotated[str, Field(pattern=_POINT_GLOB)]] = Field(
+    points: list[PointGlob] = Field(
         default_factory=lambda: ["*"], min_length=1,
         description="Point names this rule applies to: shell-style patterns (*, ?, [abc]), e.g. "
         "[temperature, 'flow_*']. The first rule whose points and nodes match is a point's rule.",
     )
-    nodes: list[Annotated[str, Field(pattern=_NODE_GLOB)]] = Field(
+    nodes: list[NodeGlob] = Field(
         default_factory=lambda: ["*"], min_length=1,
         description="Node ids this rule applies to (patterns as for points): the instance's own node "
         "for readings that name none, else the capillary node the driver named.",
