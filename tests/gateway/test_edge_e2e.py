@@ -33,7 +33,8 @@ def _doc(tmp: Path, url: str, report: list[dict[str, Any]]) -> dict[str, Any]:
     sim = {"driver": "sim", "interval": "20ms", "jitter": 0, "points": points}
     return {"gateway": {"id": "gw-test", "state_dir": str(tmp / "state")},
             "uplinks": [{"type": "mqtt", "url": url, "reconnect_max": 1}],
-            "drivers": [{**sim, "name": "raw", "node": "raw"}, {**sim, "name": "filt", "node": "filt", "report": report}]}
+            "drivers": [{**sim, "name": "raw", "node": "raw"},
+                        {**sim, "name": "filt", "node": "filt", "report": report}]}
 
 
 def _write(path: Path, doc: dict[str, Any]) -> Path:

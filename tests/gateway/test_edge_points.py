@@ -4,6 +4,7 @@ hypothesis against the plain definitions, and the processor's rule matching, bou
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 from collections import defaultdict
@@ -127,7 +128,7 @@ def test_min_interval_reports_at_most_that_often(xs: list[tuple[int, Any]], gap:
     p, _ = make(rule(min_interval=gap / S, **extra))
     times = [ts for (ts, _), reported in zip(xs, feed(p, xs), strict=True) if reported]
     assert times and times[0] == xs[0][0]
-    assert all(b - a >= gap for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= gap for a, b in itertools.pairwise(times))
     if not with_band:  # a plain throttle: each reading at least `gap` after the last report is reported
         last = times[0]
         for ts, _ in xs[1:]:
