@@ -172,6 +172,7 @@ def run_load(name: str, work: Path, seconds: float, drivers: list[dict[str, Any]
     """Run the daemon under a load; measure a steady window from ``warmup`` s after the first
     delivered batch to the end (rates, CPU, disk, latency), RSS throughout."""
     work.mkdir(parents=True, exist_ok=True)
+    drivers = [dict(d) for d in drivers]  # (a helper's port goes into this run's sections, not a shared one)
     helper_proc = None
     env: dict[str, str] = {}
     if helper:  # a simulated device: prints its port (Modbus bus) or NAME=VALUE for the daemon (D-Bus)

@@ -576,6 +576,125 @@ class _Push(SimDevice):
         self._noisy = on
 
 
+class _OpcUa(SimDevice):
+    """A boiler controller's OPC UA server (asyncua): its temperature changes every 0.5 s."""
+
+    async def start(self) -> None:
+        from hil.devices.opcua_server import OpcUaServer
+
+        self.dev = OpcUaServer()
+        self.env["endpoint"] = await self.dev.start()
+        self._noisy = False
+        self._tick(0.5, self._step)
+
+    async def _step(self) -> None:
+        from asyncua import ua
+
+        if not self.plugged:
+            return
+        self.produced += 1
+        value = round(70 + self.produced % 50 / 10, 1)
+        if self._noisy:  # a failed sensor: the server says so in the value's status
+            node = self.dev.nodes["Temperature"]
+            await node.write_value(ua.DataValue(ua.Variant(value, ua.VariantType.Double),
+                                                StatusCode_=ua.StatusCode(ua.StatusCodes.BadSensorFailure)))
+        else:
+            await self.dev.set("Temperature", value)
+
+    async def stop(self) -> None:
+        await self._stop_ticker()
+        await self.dev.stop()
+
+    async def unplug(self) -> None:  # the PLC's network cable pulled
+        self.plugged = False
+        await self.dev.stop()
+
+    async def plug(self) -> None:
+        await self.dev.start(self.dev.port)
+        self.plugged = True
+
+    def noise(self, on: bool = True) -> None:
+        self._noisy = on
+
+
+class _Bacnet(SimDevice):
+    """An air handler on a loopback BACnet/IP network (bacpypes3): found by Who-Is, its supply
+    temperature changing every 0.5 s (COV notifications)."""
+
+    async def start(self) -> None:
+        from hil.devices.bacnet_device import BacnetNetwork
+        from hil.devices.snmp_agent import free_udp_port
+
+        self.dev = BacnetNetwork([1001])
+        self._port = free_udp_port()
+        await self.dev.start(self._port)
+        self.env.update(broadcast=self.dev.broadcast, port=free_udp_port())
+        self._tick(0.5, self._step)
+
+    def _step(self) -> None:
+        if self.plugged:
+            self.produced += 1
+            self.dev.devices[0].set("supply_temp", 21.0 + self.produced % 20 / 10)
+
+    async def stop(self) -> None:
+        await self._stop_ticker()
+        await self.dev.stop()
+
+    async def unplug(self) -> None:
+        self.plugged = False
+        await self.dev.stop()
+
+    async def plug(self) -> None:
+        await self.dev.start(self._port)
+        self.plugged = True
+
+    def noise(self, on: bool = True) -> None:  # a broken sensor wire: reliability no-sensor (fault flag)
+        self.dev.devices[0].set_fault("supply_temp", on)
+
+
+class _Snmp(SimDevice):
+    """A UPS's SNMP agent (Debian's snmpd, v2c), its battery temperature changing every second;
+    noise is garbage sent to the daemon's trap port."""
+
+    async def start(self) -> None:
+        from hil.devices.snmp_agent import SnmpAgent
+
+        try:
+            self.dev = SnmpAgent()
+        except RuntimeError as e:
+            raise RigError(str(e)) from None
+        self.env.update(host=self.dev.host, port=await self.dev.start(), trap_port=_listen_port())
+        self._noisy = False
+        self._tick(1.0, self._step)
+
+    async def _step(self) -> None:
+        import socket
+
+        if not self.plugged:
+            return
+        self.produced += 1
+        if self._noisy:  # datagrams no agent would send: not BER, a cut message
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for junk in (b"\xff" * 40, b"\x30\x82\xff\xff\x02\x01"):
+                    s.sendto(junk, ("127.0.0.1", self.env["trap_port"]))
+        await self.dev.set("temperature", str(-215 + self.produced % 20))
+
+    async def stop(self) -> None:
+        await self._stop_ticker()
+        await self.dev.close()
+
+    async def unplug(self) -> None:
+        self.plugged = False
+        await self.dev.stop()
+
+    async def plug(self) -> None:
+        await self.dev.start(self.dev.port)
+        self.plugged = True
+
+    def noise(self, on: bool = True) -> None:
+        self._noisy = on
+
+
 SIMULATORS: dict[str, type[SimDevice]] = {
     "example": _Example,
     "modbus-rtu": _ModbusRtu,
@@ -588,6 +707,9 @@ SIMULATORS: dict[str, type[SimDevice]] = {
     "chirpstack": _ChirpStack,
     "zigbee2mqtt": _Zigbee2Mqtt,
     "push": _Push,
+    "opcua": _OpcUa,
+    "bacnet": _Bacnet,
+    "snmp": _Snmp,
 }
 
 
