@@ -315,10 +315,10 @@ class Daemon:
             self.supervisor.retune(new.instance(name))
         self.cfg = new
         log.info(
-            "reload: %d instance(s) restarted, %d stopped, %d with new report rules, %d unchanged",
+            "reload: %d instance(s) restarted, %d stopped, %s%d unchanged",
             len([n for n in p.start if n in p.stop]),
             len([n for n in p.stop if n not in p.start]),
-            len(p.retune),
+            f"{len(p.retune)} with new report rules, " if p.retune else "",
             len(p.keep) - len(p.retune),
         )
 
