@@ -85,7 +85,7 @@ async def test_a_deadband_and_windows_through_the_daemon_to_the_verifying_receiv
     raw_w = [r.value for r in series("raw", "w")]
     raw_agg = [r.value for r in series("raw", "agg")]
     got_w = [r.value for r in series("filt", "w")]
-    assert len(raw_w) >= POLLS and polls >= POLLS
+    assert polls >= POLLS and len(raw_w) >= POLLS // 2, "both instances ran (raw may lag a poll or two)"
     want = deadband(raw_w[:polls], BAND)
     if polls <= len(raw_w):
         assert got_w == want, "the deadband's output is the plain definition's, over the same input"
@@ -127,7 +127,8 @@ async def test_new_report_rules_apply_to_the_running_instance_without_a_restart(
         assert d.supervisor.runners["filt"] is filt and filt._driver is driver and filt.stats.restarts == 0, \
             "the driver kept running"
         assert filt.edge is edge and filt.edge.rules == tuple(d.cfg.instance("filt").config.report)
-        assert edge.counts(filt.stats.readings)["aggregates"] == 1, "the hour's open window was reported"
+        assert edge.counts(filt.stats.readings)["aggregates"] >= 1 and not edge._open, \
+            "the hour's open window was reported"
         before, reported = filt.stats.readings, edge.counts(filt.stats.readings)["reported"]
         await until(lambda: filt.stats.readings >= before + 20)
         assert edge.counts(filt.stats.readings)["reported"] == reported + 2, \
