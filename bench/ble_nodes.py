@@ -1,6 +1,7 @@
 """Simulated BLE neighbourhood for the bench: N BTHome v2 sensors advertising on a private D-Bus
 with python-dbusmock's BlueZ (hil/devices/ble_bluez.py), so the daemon's real bleak code scans
-them. Each sensor advertises a new temperature and humidity every PERIOD seconds, spread evenly.
+them. Each sensor advertises a new temperature and humidity every PERIOD seconds, spread evenly,
+moving as a room's do (bench/signals.py: slow swings, sensor noise, a wandering RSSI).
 Prints ``DBUS_SYSTEM_BUS_ADDRESS=...`` for the daemon, serves until SIGTERM.
 
     python -m bench.ble_nodes 200 1.0
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 
+from bench.signals import Climate
 from hil.devices.ble_bluez import SimulatedBlueZ
 
 BTHOME = 0xFCD2
@@ -33,15 +36,16 @@ async def _main(nodes: int, period: float) -> None:
         for i in range(nodes):
             await sim.add_device(address(i), f"DIY-{i:03d}")
         print(f"DBUS_SYSTEM_BUS_ADDRESS={sim.address}", flush=True)
+        climates = [Climate(seed=i) for i in range(nodes)]
         tick = 0
         step = period / nodes
         start = loop.time()
         while not stop.is_set():
             i = tick % nodes
-            centi = 2000 + (tick // nodes) % 1000  # 0.01 Cel: a new value every round
-            hum = 4000 + (tick // nodes) % 2000
-            data = bytes([0x40, 0x02]) + centi.to_bytes(2, "little") + bytes([0x03]) + hum.to_bytes(2, "little")
-            await sim.advertise(address(i), rssi=-50 - i % 40, service_data={BTHOME: data})
+            centi, hum, rssi = climates[i].reading(time.time())  # 0.01 Cel, 0.01 %RH, dBm
+            data = (bytes([0x40, 0x02]) + centi.to_bytes(2, "little", signed=True) + bytes([0x03])
+                    + hum.to_bytes(2, "little"))
+            await sim.advertise(address(i), rssi=rssi, service_data={BTHOME: data})
             tick += 1
             delay = start + tick * step - loop.time()
             if delay > 0:

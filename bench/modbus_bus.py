@@ -1,5 +1,7 @@
 """A simulated Modbus TCP bus for the bench (hil/devices/modbus_slave.py): N slaves with R
-holding registers each that change every second. Prints the port, serves until SIGTERM.
+holding registers each, moving as a plant's do (bench/signals.py: slow process values with
+noise, fast noisy ones, counters, states), recomputed once a second. Prints the port, serves
+until SIGTERM.
 
     python -m bench.modbus_bus 50 100
 """
@@ -10,17 +12,23 @@ import asyncio
 import signal
 import sys
 
+from bench.signals import Plant
 from hil.devices.modbus_slave import ModbusSim, Slave
 
 
 async def _main(nodes: int, registers: int) -> None:
-    def counting(s: Slave, now: float) -> None:  # every register changes once a second
+    plants = {i: Plant(seed=i, registers=registers) for i in range(1, nodes + 1)}
+    ticks: dict[int, int] = {}
+
+    def plant(s: Slave, now: float) -> None:  # new values once a second, the same for every request in it
         tick = int(now)
-        s.holding[:registers] = [(tick + i) & 0xFFFF for i in range(registers)]
+        if ticks.get(s.id) != tick:
+            ticks[s.id] = tick
+            s.holding[:registers] = plants[s.id].values(float(tick))
 
     slaves = []
     for i in range(1, nodes + 1):
-        s = Slave(i, update=counting)
+        s = Slave(i, update=plant)
         s.holding = [0] * max(registers, len(s.holding))
         slaves.append(s)
     sim = ModbusSim(slaves, transport="tcp")

@@ -1,8 +1,8 @@
 """The bench's receiver: `sensegate receive` with the latency histogram on and no output per
 reading (the counting path of gateway.receiver.core), printing one JSON line at the end:
 the summary plus the wall-clock time (ns) the first verified batch arrived. SIGUSR1 prints a
-progress line (time, readings so far, latency since the previous mark) and restarts the
-latency histogram, so the bench can measure a steady window.
+progress line (time, readings so far, batch messages and their bytes so far, latency since the
+previous mark) and restarts the latency histogram, so the bench can measure a steady window.
 
     python -m bench.receiver --url mqtt://127.0.0.1:1883 --trust GW-ID=gw.pub.pem --timeout 30
 """
@@ -24,8 +24,12 @@ from gateway.receiver.core import Feed, Receiver
 
 class _FirstBatch(Receiver):
     first_ok_ns = 0
+    batch_bytes = 0  # every batch message's size: what the uplink carried, without its framing
+    messages = 0
 
     def feed(self, data: bytes, topic_gateway: str | None = None) -> Feed:
+        self.batch_bytes += len(data)
+        self.messages += 1
         result = super().feed(data, topic_gateway)
         if result.status == "ok" and not self.first_ok_ns:
             self.first_ok_ns = time.time_ns()
@@ -41,7 +45,8 @@ async def _run(args: Any) -> dict[str, Any]:
 
     def mark() -> None:  # SIGUSR1: a progress line (window start/end), then a fresh latency histogram
         s = rx.summary()
-        print(json.dumps({"mark_ns": time.time_ns(), "readings": s.readings, "latency_ms": s.latency_ms}), flush=True)
+        print(json.dumps({"mark_ns": time.time_ns(), "readings": s.readings, "latency_ms": s.latency_ms,
+                          "batch_bytes": rx.batch_bytes, "messages": rx.messages}), flush=True)
         assert rx.latency is not None
         rx.latency.clear()
 

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema instead")
     check.add_argument("--fleet", action="store_true",
                        help="FILE is a fleet document for `config push` (identity may be left out)")
+    check.add_argument("--reference", action="store_true",
+                       help="print the configuration reference (Markdown, as in docs/configuration.md) instead")
 
     sub.add_parser("drivers", help="list installed drivers").add_argument(
         "--json", action="store_true", help="machine-readable output"
@@ -190,6 +192,11 @@ def _check(args: argparse.Namespace) -> int:
         from gateway.config.jsonschema import config_json_schema
 
         print(json.dumps(config_json_schema(registry), indent=2))
+        return 0
+    if args.reference:
+        from gateway.config.reference import reference
+
+        print(reference(), end="")
         return 0
     if not args.file:
         print("sensegate check: give a config FILE (or --schema)", file=sys.stderr)

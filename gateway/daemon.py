@@ -341,12 +341,15 @@ class Daemon:
             await self.supervisor.stop(name)
         for name in p.start:
             self.supervisor.start(new.instance(name))
+        for name in p.retune:
+            self.supervisor.retune(new.instance(name))
         self.cfg = new
         log.info(
-            "reload: %d instance(s) restarted, %d stopped, %d unchanged",
+            "reload: %d instance(s) restarted, %d stopped, %s%d unchanged",
             len([n for n in p.start if n in p.stop]),
             len([n for n in p.stop if n not in p.start]),
-            len(p.keep),
+            f"{len(p.retune)} with new report rules, " if p.retune else "",
+            len(p.keep) - len(p.retune),
         )
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
+from gateway.edge.rules import ReportRule
 from gateway.schema import Field, Model
 from gateway.units import Duration
 
@@ -182,6 +183,12 @@ class DriverConfig(Model):
     path: Literal["ip2", "ip3"] = Field(
         default="ip2",
         description="Interface path of this instance's readings: ip2 direct, ip3 via a capillary network.",
+    )
+    report: list[ReportRule] = Field(
+        default_factory=list,
+        description="Edge processing before the buffer, per point: report on change, outside a deadband, "
+        "at least or at most every T, or aggregated over windows (docs/edge.md). The first rule that "
+        "matches a point applies; points no rule matches are reported as they come.",
     )
 
 

@@ -92,6 +92,10 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
             "last_error": s.last_error,
             "events": dict(s.extra),
         }
+        if runner.edge is not None:  # what the report rules did (docs/edge.md)
+            c = runner.edge.counts(s.readings)
+            drivers[name].update(readings_suppressed=c["suppressed"], readings_aggregated=c["aggregated"],
+                                 aggregate_records=c["aggregates"])
     for d in cfg.down if cfg is not None else ():  # configured, but its driver does not load
         drivers[d.name] = {"driver": d.driver, "state": "failed", "readings": 0, "polls": 0, "errors": 0,
                            "timeouts": 0, "restarts": 0, "latency_sum_s": 0.0, "latency_max_s": 0.0,
@@ -198,6 +202,12 @@ def render(s: dict[str, Any]) -> str:
         ("restarts", "sensegate_driver_restarts_total", "counter", "Times a driver instance was reopened."),
         ("latency_sum_s", "sensegate_driver_poll_seconds_sum", "counter", "Total time spent in polls."),
         ("latency_max_s", "sensegate_driver_poll_seconds_max", "gauge", "Longest poll so far."),
+        ("readings_suppressed", "sensegate_driver_readings_suppressed_total", "counter",
+         "Readings the instance's report rules left out (unchanged, within the deadband, too soon)."),
+        ("readings_aggregated", "sensegate_driver_readings_aggregated_total", "counter",
+         "Readings folded into aggregation windows."),
+        ("aggregate_records", "sensegate_driver_aggregate_records_total", "counter",
+         "Window records (min, max, mean, count, last) reported."),
     ]
     for inst, d in s.get("drivers", {}).items():
         labels = {"instance": inst, "driver": d.get("driver", "")}

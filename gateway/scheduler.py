@@ -30,6 +30,8 @@ from gateway.driver_api import (
     Reading,
     Value,
 )
+from gateway.edge.processor import EdgeProcessor
+from gateway.edge.rules import ReportRule
 from gateway.registry import load_driver_class
 
 T = TypeVar("T")
@@ -200,12 +202,17 @@ class InstanceRunner:
         cfg = inst.config
         self._node = cfg.node or gateway_id
         self._path = Path.IP3 if cfg.path == "ip3" else Path.IP2
-        self.emit, self._cut_emit = self._make_emit()
+        self.emit, self._route, self._cut_emit = self._make_emit()
+        self.edge: EdgeProcessor | None = None
+        self._set_edge(cfg.report)
 
-    def _make_emit(self) -> tuple[Callable[..., None], Callable[[], None]]:
-        """The driver's emit, and the switch that makes it refuse readings once the instance
-        was left behind at a stop (so a task that would not stop cannot feed a closed pipeline)."""
+    def _make_emit(self) -> tuple[Callable[..., None], Callable[[EdgeProcessor | None], None],
+                                  Callable[[], None]]:
+        """The driver's emit; the switch that puts edge processing in front of the sink (or takes
+        it away); and the cut that makes emit refuse readings once the instance was left behind
+        at a stop (so a task that would not stop cannot feed a closed pipeline)."""
         sink_put = self._sink.put
+        admit: Callable[..., bool] | None = None  # the instance's report rules, if it has any
         log = self._log
         stats = self.stats
         default_node = self._node
@@ -247,10 +254,12 @@ class InstanceRunner:
                 check_names(node, point)
             if type(value) in (str, bytes) and len(value) > MAX_INLINE:  # type: ignore[arg-type]
                 raise ValueError(f"reading {point!r}: {len(value)} bytes inline; emit a Blob for large data")  # type: ignore[arg-type]
-            if node is None:
-                sink_put(Reading(default_node, point, ts_ns or time_ns(), value, unit, quality, path, instance))
-            else:  # a driver that names a node relays it over a capillary network
-                sink_put(Reading(node, point, ts_ns or time_ns(), value, unit, quality, Path.IP3, instance))
+            ts = ts_ns or time_ns()
+            if admit is None or admit(node, point, ts, value, unit, quality):
+                if node is None:
+                    sink_put(Reading(default_node, point, ts, value, unit, quality, path, instance))
+                else:  # a driver that names a node relays it over a capillary network
+                    sink_put(Reading(node, point, ts, value, unit, quality, Path.IP3, instance))
             stats.readings += 1
 
         refused = 0
@@ -263,11 +272,16 @@ class InstanceRunner:
                             "cancelling it again", instance, reading.node, reading.point)
             raise asyncio.CancelledError(f"driver instance {instance!r} was stopped")
 
-        def cut() -> None:
-            nonlocal sink_put
-            sink_put = refuse
+        def route(edge: EdgeProcessor | None) -> None:
+            nonlocal admit
+            admit = edge.admit if edge is not None else None
 
-        return emit, cut
+        def cut() -> None:
+            nonlocal sink_put, admit
+            sink_put = refuse
+            admit = None  # every reading reaches the refusal
+
+        return emit, route, cut
 
     def start(self) -> None:
         """Start the supervising task."""
@@ -288,6 +302,7 @@ class InstanceRunner:
                 stopped = await stop_task(task, self.stop_waits)
             except asyncio.CancelledError:  # the caller gave up waiting: the task must not run on unsupervised
                 self._leave_behind()
+                self._flush_edge()
                 raise
             if not stopped:
                 self._leave_behind()
@@ -295,12 +310,36 @@ class InstanceRunner:
                 abandon(task, f"driver instance {self.name} ({self.inst.manifest.name}) would not stop: cancelled "
                         f"{len(self.stop_waits)} times in {sum(self.stop_waits):.3g} s; its readings are refused "
                         "from now on", self._log)
+        self._flush_edge()
         self.stats.state = "stopped"
         return stopped
 
     def _leave_behind(self) -> None:
         self._cut_emit()
         self._ctx.cut = True
+
+    def _flush_edge(self) -> None:
+        """Report the open aggregation windows (partial): what the driver emitted reaches the buffer."""
+        if self.edge is not None:
+            self.edge.close()
+
+    def _set_edge(self, rules: list[ReportRule]) -> None:
+        """Put the instance's report rules in front of the sink, or take them away."""
+        self._flush_edge()
+        if not rules:
+            self.edge = None
+        elif self.edge is None:
+            self.edge = EdgeProcessor(rules, self._sink.put, self._node, self._path, self.name, self._log)
+        else:
+            self.edge.retune(rules)
+        self._route(self.edge)
+
+    def retune(self, inst: Instance) -> None:
+        """Take a config that differs from the running one only in its report rules, without a restart."""
+        self.inst = inst
+        self._set_edge(inst.config.report)
+        self._log.info("%s: report rules changed (%d rules); open windows reported, every point starts afresh",
+                       self.name, len(inst.config.report))
 
     def _honour_stop(self) -> None:
         """Raise the cancellation a driver (or a library under it) may have swallowed."""
@@ -453,6 +492,10 @@ class Supervisor:
         self.runners[inst.name] = runner
         runner.start()
         return runner
+
+    def retune(self, inst: Instance) -> None:
+        """Apply new report rules to a running instance (its driver keeps running)."""
+        self.runners[inst.name].retune(inst)
 
     async def stop(self, name: str) -> None:
         """Stop one instance (bounded: see InstanceRunner.stop)."""

@@ -577,6 +577,110 @@ class _Push(SimDevice):
         self._noisy = on
 
 
+class _ServerSim(SimDevice):
+    """A device that is a server on a loopback port (OPC UA, BACnet/IP, SNMP): unplugged, the
+    server goes away; plugged, it comes back on the same port. A ticker changes its values."""
+
+    dev: Any
+    port = 0
+
+    async def stop(self) -> None:
+        await self._stop_ticker()
+        await self.dev.stop()
+
+    async def unplug(self) -> None:  # the device's network cable pulled
+        self.plugged = False
+        await self.dev.stop()
+
+    async def plug(self) -> None:
+        await self.dev.start(self.port)
+        self.plugged = True
+
+    def noise(self, on: bool = True) -> None:
+        self._noisy = on
+
+    def _begin(self, period: float, step: Callable[[], Any]) -> None:
+        self._noisy = False
+        self._tick(period, lambda: step() if self.plugged else None)
+
+
+class _OpcUa(_ServerSim):
+    """A boiler controller's OPC UA server (asyncua): its temperature changes every 0.5 s;
+    noise is a failed sensor (a Bad status on the value)."""
+
+    async def start(self) -> None:
+        from hil.devices.opcua_server import OpcUaServer
+
+        self.dev = OpcUaServer()
+        self.env["endpoint"] = await self.dev.start()
+        self.port = self.dev.port
+        self._begin(0.5, self._step)
+
+    async def _step(self) -> None:
+        from asyncua import ua
+
+        self.produced += 1
+        value = round(70 + self.produced % 50 / 10, 1)
+        if self._noisy:
+            status = ua.StatusCode(ua.StatusCodes.BadSensorFailure)
+            await self.dev.nodes["Temperature"].write_value(
+                ua.DataValue(ua.Variant(value, ua.VariantType.Double), StatusCode_=status))
+        else:
+            await self.dev.set("Temperature", value)
+
+
+class _Bacnet(_ServerSim):
+    """An air handler on a loopback BACnet/IP network (bacpypes3), found by Who-Is, its supply
+    temperature changing every 0.5 s (COV notifications); noise is a broken sensor wire."""
+
+    async def start(self) -> None:
+        from hil.devices.bacnet_device import BacnetNetwork
+        from hil.devices.snmp_agent import free_udp_port
+
+        self.dev = BacnetNetwork([1001])
+        self.port = free_udp_port()
+        await self.dev.start(self.port)
+        self.env.update(broadcast=self.dev.broadcast, port=free_udp_port())  # (the daemon's own port)
+        self._begin(0.5, self._step)
+
+    def _step(self) -> None:
+        self.produced += 1
+        self.dev.devices[0].set("supply_temp", 21.0 + self.produced % 20 / 10)
+
+    def noise(self, on: bool = True) -> None:  # reliability no-sensor: the fault status flag
+        self.dev.devices[0].set_fault("supply_temp", on)
+
+
+class _Snmp(_ServerSim):
+    """A UPS's SNMP agent (Debian's snmpd, v2c), its battery temperature changing every second;
+    noise is datagrams no agent would send, at the daemon's trap port."""
+
+    async def start(self) -> None:
+        from hil.devices.snmp_agent import SnmpAgent
+
+        try:
+            self.dev = SnmpAgent()
+        except RuntimeError as e:
+            raise RigError(str(e)) from None
+        self.port = await self.dev.start()
+        self.env.update(host=self.dev.host, port=self.port, trap_port=_listen_port())
+        self._begin(1.0, self._step)
+
+    async def _step(self) -> None:
+        import socket
+
+        self.produced += 1
+        if self._noisy:  # not BER; a cut message
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for junk in (b"\xff" * 40, b"\x30\x82\xff\xff\x02\x01"):
+                    s.sendto(junk, ("127.0.0.1", self.env["trap_port"]))
+        await self.dev.set("temperature", str(-215 + self.produced % 20))
+
+    async def stop(self) -> None:
+        await self._stop_ticker()
+        await self.dev.close()  # (and its temporary directory)
+
+
 SIMULATORS: dict[str, type[SimDevice]] = {
     "example": _Example,
     "modbus-rtu": _ModbusRtu,
@@ -589,6 +693,9 @@ SIMULATORS: dict[str, type[SimDevice]] = {
     "chirpstack": _ChirpStack,
     "zigbee2mqtt": _Zigbee2Mqtt,
     "push": _Push,
+    "opcua": _OpcUa,
+    "bacnet": _Bacnet,
+    "snmp": _Snmp,
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.config.validate import GatewayConfig
+from gateway.config.validate import GatewayConfig, Instance
 
 How = Literal["read", "pipeline", "metrics", "instances"]
 
@@ -26,7 +26,8 @@ APPLY: dict[str, tuple[How, str]] = {
     "metrics": ("metrics", "the endpoint starts, stops or moves; the status interval restarts its timer"),
     "remote": ("pipeline", "local file only (a push that changes it is refused); on SIGHUP the pipeline "
                            "restarts so the uplinks subscribe for the new groups, and the CoAP listener moves"),
-    "drivers": ("instances", "only the instances whose sections changed restart"),
+    "drivers": ("instances", "only the instances whose sections changed restart; a change to an instance's "
+                             "report rules alone applies without a restart (open windows are reported)"),
     "health": ("read", "nothing restarts: the next health gate and health summary read it"),
 }
 LIVE_GATEWAY = {"log_level"}  # gateway fields applied without a restart
@@ -40,6 +41,7 @@ class Plan:
     start: tuple[str, ...]
     keep: tuple[str, ...]
     restart_pipeline: bool
+    retune: tuple[str, ...] = ()  # kept instances whose report rules alone changed (applied live)
     metrics: bool = False
     log_level: bool = False
     health: bool = False  # the expected-absent instances changed (read, nothing restarts)
@@ -49,18 +51,19 @@ class Plan:
     @property
     def empty(self) -> bool:
         """Nothing changes."""
-        return not (self.stop or self.start or self.restart_pipeline or self.metrics or self.log_level
-                    or self.health)
+        return not (self.stop or self.start or self.retune or self.restart_pipeline or self.metrics
+                    or self.log_level or self.health)
 
 
 def plan(old: GatewayConfig, new: GatewayConfig) -> Plan:
     """Compare two validated configs; an instance restarts only if its own section changed."""
     old_by = {i.name: i for i in old.instances}
     new_by = {i.name: i for i in new.instances}
+    retune = [n for n, i in old_by.items() if n in new_by and _only_report(i, new_by[n])]
     stop = [
         n
         for n, i in old_by.items()
-        if n not in new_by or new_by[n].config != i.config or new_by[n].manifest is not i.manifest
+        if n not in retune and (n not in new_by or new_by[n].config != i.config or new_by[n].manifest is not i.manifest)
     ]
     start = [n for n in new_by if n not in old_by or n in stop]
     keep = [n for n in new_by if n in old_by and n not in stop]
@@ -69,7 +72,14 @@ def plan(old: GatewayConfig, new: GatewayConfig) -> Plan:
     lives = {f: getattr(b.gateway, f) for f in LIVE_GATEWAY}
     gateway_restart = a.gateway.model_copy(update=lives) != b.gateway
     restart_for = tuple(k for k in sections if APPLY[k][0] == "pipeline" and (k != "gateway" or gateway_restart))
-    return Plan(tuple(stop), tuple(start), tuple(keep), bool(restart_for),
+    return Plan(tuple(stop), tuple(start), tuple(keep), bool(restart_for), tuple(retune),
                 metrics="metrics" in sections, log_level=a.gateway.log_level != b.gateway.log_level,
                 health="health" in sections,
                 sections=sections, restart_for=restart_for)
+
+
+def _only_report(old: Instance, new: Instance) -> bool:
+    """The instance's section changed in its report rules and nowhere else: no restart needed."""
+    a, b = old.config, new.config
+    return (new.manifest is old.manifest and a.report != b.report
+            and a.model_copy(update={"report": b.report}) == b)

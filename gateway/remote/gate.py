@@ -48,6 +48,8 @@ def describe(p: Plan) -> str:
     stopped = [n for n in p.stop if n not in p.start]
     if stopped:
         parts.append("stopped " + ", ".join(stopped))
+    if p.retune and not p.restart_pipeline:
+        parts.append("report rules of " + ", ".join(p.retune) + " (no restart)")
     return "; ".join(parts)
 
 

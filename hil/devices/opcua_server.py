@@ -96,4 +96,9 @@ class OpcUaServer:
         server, self._server = self._server, None
         if server is not None:
             async with asyncio.timeout(10):
+                # asyncua's stop leaves the sessions of clients still connected (a daemon in another
+                # process) running their timeout and subscription tasks: close them first, as a
+                # server going away does (asyncua 2.x keeps them in this private table)
+                for session in list(getattr(server.iserver, "_external_sessions", {}).values()):
+                    await session.close_session(True)
                 await server.stop()

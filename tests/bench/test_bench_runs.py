@@ -30,3 +30,15 @@ def test_signing_bench_tiny(tmp_path: Path) -> None:
     assert {"PEM ed25519", "PEM es256", "SoftHSM2 es256", "SoftHSM2 ed25519"} <= results.keys()
     assert all(results[k]["signatures"] >= 3 for k in ("SoftHSM2 es256", "SoftHSM2 ed25519"))
     assert "ceiling readings/s" in r.stdout
+
+
+def test_edge_savings_pair_each_deadband_run_with_its_plain_run() -> None:
+    from bench.__main__ import _mqtt_framing, edge_savings
+
+    plain = {"uplink_bytes_per_s": 1000.0, "disk_bytes_per_s": 500.0, "readings_per_s": 100.0, "batches_per_s": 10.0}
+    after = {"uplink_bytes_per_s": 100.0, "disk_bytes_per_s": 50.0, "readings_per_s": 5.0, "batches_per_s": 2.0}
+    got = edge_savings({"m": plain, "m_deadband": after, "lonely_deadband": after, "other": plain})
+    assert set(got) == {"m"}
+    assert got["m"]["uplink_bytes_per_s_ratio"] == 0.1 and got["m"]["readings_per_s_after"] == 5.0
+    # an MQTT 5 QoS 1 PUBLISH of a 1,000-byte batch on sensegate/gw-1/batch: 1 + 2 + 2 + 20 + 2 + 1
+    assert _mqtt_framing("gw-1", 1000) == 28

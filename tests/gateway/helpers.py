@@ -136,6 +136,7 @@ class MqttReceiver:
         self.boots: set[int] = set()  # boot counters seen in verified batch headers
         self.settings = receiver_settings(url, client_id=client_id)
         self.changed = asyncio.Event()
+        self.connected = asyncio.Event()  # set once subscribed (a daemon started after it misses nothing)
         self._task: asyncio.Task[None] | None = None
 
     def _on(self, msg: Any) -> None:
@@ -151,7 +152,7 @@ class MqttReceiver:
         self.changed.set()
 
     async def _run(self) -> None:
-        await subscribe_forever(self.settings, receiver_topics(blobs=self.blobs), self._on)
+        await subscribe_forever(self.settings, receiver_topics(blobs=self.blobs), self._on, self.connected)
 
     async def wait_boot(self, boot: int, within: float = 20.0) -> None:
         """Wait for a verified batch signed during daemon run number ``boot``."""

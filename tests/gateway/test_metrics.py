@@ -201,3 +201,28 @@ def test_render_escapes_labels_and_skips_missing() -> None:
     assert m[("sensegate_uplink_connected", (("uplink", "u"),))] == 0
     nan = m[("sensegate_uplink_latency_seconds", (("uplink", "u"),))]
     assert nan != nan
+
+
+async def test_edge_processing_counters_are_served(tmp_path: Path) -> None:
+    """What an instance's report rules did is on the endpoint; an instance without rules has no such series."""
+    doc = sim_doc(tmp_path)
+    doc["drivers"][0]["report"] = [{"points": ["t"], "window": "1h", "aggregate": ["count"]}]
+    doc["drivers"][1]["points"] = [{"name": "v", "pattern": "constant", "value": 5}]
+    doc["drivers"][1]["report"] = [{"points": ["*"], "on_change": True}]
+    doc["drivers"].append({"driver": "sim", "name": "plain", "interval": "20ms", "points": [{"name": "x"}]})
+    async with running(tmp_path, doc) as d:
+        assert d.supervisor is not None
+        air, bus = d.supervisor.runners["air"], d.supervisor.runners["bus"]
+        await wait_until(lambda: air.stats.readings >= 5 and bus.stats.readings >= 10)
+        s = samples((await http(d.metrics.port, b"GET /metrics HTTP/1.0\r\n\r\n"))[2])
+
+        def of(name: str, inst: str) -> float:
+            return s[(name, (("driver", "sim"), ("instance", inst)))]
+
+        emitted = of("sensegate_driver_readings_total", "bus")
+        assert of("sensegate_driver_readings_suppressed_total", "bus") == emitted - 2, "one reading per node reported"
+        assert of("sensegate_driver_readings_aggregated_total", "air") == of("sensegate_driver_readings_total", "air")
+        assert of("sensegate_driver_aggregate_records_total", "air") == 0, "the hour's window is still open"
+        assert ("sensegate_driver_readings_total", (("driver", "sim"), ("instance", "plain"))) in s
+        assert not any(n.startswith("sensegate_driver_readings_suppressed") and ("instance", "plain") in labels
+                       for n, labels in s)

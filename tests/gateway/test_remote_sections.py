@@ -197,6 +197,31 @@ async def test_a_group_push_reaches_a_group_added_by_sighup(tmp_path: Path, brok
         assert set(d.supervisor.runners) == {"counter", "g"}  # type: ignore[union-attr]
 
 
+async def test_pushed_report_rules_apply_without_restarting_the_instance(tmp_path: Path, broker: Mosquitto) -> None:
+    """A driver section's ``report:`` rules (edge processing) are accepted by a push and applied to
+    the running instance: the driver keeps its device, the rules take over at once."""
+    key, pub = ops_key(tmp_path)
+    path = bootstrap(tmp_path, "gw-r", broker.url, pub)
+    local = yaml.safe_load(path.read_text())
+    b = Broker.from_url(broker.url)
+    async with daemon(path) as d:
+        await connected(d)
+        runner = d.supervisor.runners["counter"]  # type: ignore[union-attr]
+        driver = runner._driver
+        doc = {k: v for k, v in copy.deepcopy(local).items() if k != "remote"}
+        doc["drivers"][0]["report"] = [{"points": ["n"], "window": "1m", "aggregate": ["max", "count"]}]
+        _, answers = await push_config(b, key, yaml.safe_dump(doc).encode(), to="gw-r", within=30)
+        st = answers.by_gateway["gw-r"]
+        assert st["state"] == "applied" and "report rules of counter (no restart)" in st["reason"], st
+        assert d.supervisor.runners["counter"] is runner and runner._driver is driver  # type: ignore[union-attr]
+        assert runner.edge is not None and runner.edge.rules[0].window == 60.0
+        doc["drivers"][0]["report"] = [{"points": ["n"], "window": "1m", "deadband": 1}]
+        _, answers = await push_config(b, key, yaml.safe_dump(doc).encode(), to="gw-r", within=30)
+        st = answers.by_gateway["gw-r"]
+        assert st["state"] == "rejected" and "deadband cannot apply to it" in st["reason"], st
+        assert runner.edge.rules[0].deadband is None, "a refused push changes nothing"
+
+
 def test_docs_say_how_each_section_is_applied() -> None:
     text = (Path(__file__).parents[2] / "docs" / "remote.md").read_text()
     missing = [k for k in APPLY if f"| `{k}` |" not in text]

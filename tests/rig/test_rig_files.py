@@ -14,7 +14,9 @@ from hil.rig import RIGS, RigError, fill, load_rig
 
 # what simulated devices hand out, for validating sim.yaml's placeholders
 DUMMY = {"port": 5020, "path": "/dev/ttyACM0", "device": "/dev/ttyUSB0",
-         "url": "http://127.0.0.1:8080/snapshot.jpg", "base_path": "/tmp/w1", "broker_url": "mqtt://127.0.0.1:1884"}
+         "url": "http://127.0.0.1:8080/snapshot.jpg", "base_path": "/tmp/w1", "broker_url": "mqtt://127.0.0.1:1884",
+         "endpoint": "opc.tcp://127.0.0.1:4840/sensegate/", "host": "127.0.0.1",
+         "broadcast": "127.255.255.255:47808", "trap_port": 16200}
 
 
 @pytest.mark.parametrize("rig_file", sorted(p.name for p in RIGS.glob("*.yaml")))
@@ -33,7 +35,8 @@ def test_rig_file_loads_and_every_device_validates(rig_file: str) -> None:
 def test_sim_rig_is_fully_simulated() -> None:
     spec = load_rig("sim")
     assert spec.simulated and spec.broker == "local"
-    assert {d.sim for d in spec.devices} >= {"modbus-rtu", "camera-http", "onewire", "nmea-gps", "ble"}
+    assert {d.sim for d in spec.devices} >= {"modbus-rtu", "camera-http", "onewire", "nmea-gps", "ble",
+                                             "opcua", "bacnet", "snmp"}
 
 
 @pytest.mark.parametrize(("text", "message"), [
