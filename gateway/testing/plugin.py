@@ -30,6 +30,8 @@ from gateway.testing.devices import SerialPair, serial_pair
 from gateway.testing.devices import modbus_sim as _modbus_sim
 from gateway.testing.harness import run_driver as _run_driver
 
+LEFTOVER_WAIT = 10.0  # seconds a test's leftover tasks get to end once cancelled, and the loop to close
+
 
 async def _guarded(coro: Any) -> None:
     await coro
@@ -39,8 +41,24 @@ async def _guarded(coro: Any) -> None:
         names = ", ".join(t.get_name() + ":" + repr(t.get_coro()) for t in leftover)
         for t in leftover:
             t.cancel()
-        await asyncio.gather(*leftover, return_exceptions=True)
-        pytest.fail(f"test left asyncio tasks running: {names}")
+        _, stuck = await asyncio.wait(leftover, timeout=LEFTOVER_WAIT)  # bounded: one may swallow its cancel
+        also = f"; still running {LEFTOVER_WAIT:g} s after being cancelled: {sorted(t.get_name() for t in stuck)}"
+        pytest.fail(f"test left asyncio tasks running: {names}" + (also if stuck else ""))
+
+
+def _close(runner: asyncio.Runner) -> None:
+    """Close the test's loop, bounded: Runner.close() cancels what is left and waits for it (and
+    for the default executor) with no limit, so a task that swallows its cancellation, or a
+    thread stuck in a blocking call, would hang the whole suite instead of failing one test."""
+    loop = runner.get_loop()
+    timer = loop.call_later(LEFTOVER_WAIT, loop.stop)  # run_until_complete then raises RuntimeError
+    try:
+        runner.close()
+    except RuntimeError as e:
+        raise pytest.fail.Exception(f"the test's event loop did not close within {LEFTOVER_WAIT:g} s "
+                                    f"(a task or executor thread would not stop): {e}")
+    finally:
+        timer.cancel()
 
 
 @pytest.hookimpl()
@@ -52,8 +70,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if pyfuncitem.get_closest_marker("asyncio") or pyfuncitem.get_closest_marker("anyio"):
         return None
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-    with asyncio.Runner() as runner:
+    runner = asyncio.Runner()
+    try:
         runner.run(_guarded(pyfuncitem.obj(**kwargs)))
+    finally:
+        _close(runner)
     return True
 
 
