@@ -880,7 +880,7 @@ def check_backlog(cfg: GatewayConfig, env: Environment) -> Finding:
                            "the rest lost (then see this check again)")
         why = salvage.describe(e, db)
         fix = f"ls -l {db}*; journalctl -u sensegate"
-        if why.startswith("the disk is full"):
+        if why.kind == "full":
             fix = ("free space on that disk (`sudo journalctl --vacuum-size=50M`, old logs, images): the daemon "
                    "keeps readings in memory meanwhile and stores and sends them once there is room")
         return Finding("buffer", "warn", f"cannot inspect {db}: {why}", fix)

@@ -61,7 +61,7 @@ class Store:
         self.intake.opened = self.opened
         self.on_open: Callable[[], None] = lambda: None  # called when it opened later than open()
         self._opener: asyncio.Task[None] | None = None
-        self._why_not = ""
+        self._why_not: salvage.WhyNot | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -92,8 +92,8 @@ class Store:
             try:
                 await self.db.run(self._open_sync)
             except (sqlite3.Error, OSError, StoreError) as e:
-                why = str(e) if isinstance(e, StoreError) else salvage.describe(e, self.path)
-                if why != self._why_not:
+                why = salvage.WhyNot(str(e), str(e)) if isinstance(e, StoreError) else salvage.describe(e, self.path)
+                if self._why_not is None or why.kind != self._why_not.kind:  # bytes free may differ, not the news
                     log.error("buffer: still cannot open %s: %s", self.path, why)
                     self._why_not = why
                 continue

@@ -61,7 +61,19 @@ def check_sync(conn: sqlite3.Connection) -> None:
         raise Corrupt("; ".join(str(r) for r in rows))
 
 
-def describe(e: BaseException, path: Path) -> str:
+@dataclass(frozen=True)
+class WhyNot:
+    """Why a buffer file cannot be opened: the kind of problem, which stays the same from one
+    attempt to the next (so a change is said once), and the words for it."""
+
+    kind: str  # full, locked, read-only, permission, io, or the error itself
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def describe(e: BaseException, path: Path) -> WhyNot:
     """Why a buffer file cannot be opened, in plain words."""
     name = (e.sqlite_errorname or "") if isinstance(e, sqlite3.Error) else ""
     errno_ = e.errno if isinstance(e, OSError) else None
@@ -69,17 +81,18 @@ def describe(e: BaseException, path: Path) -> str:
     with contextlib.suppress(OSError, StopIteration):
         free = shutil.disk_usage(next(p for p in (path.parent, *path.parents) if os.access(p, os.X_OK))).free
     if name.startswith("SQLITE_FULL") or errno_ == 28 or free == 0:
-        return f"the disk is full ({free or 0} bytes free in {path.parent})"
+        return WhyNot("full", f"the disk is full ({free or 0} bytes free now in {path.parent})")
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return f"{path} is locked by another process (a second sensegate on the same state directory?)"
+        return WhyNot("locked", f"{path} is locked by another process (a second sensegate on the same state "
+                                "directory?)")
     if name.startswith("SQLITE_READONLY") or errno_ == 30:
-        return f"{path} or its directory is read-only"
+        return WhyNot("read-only", f"{path} or its directory is read-only")
     if errno_ == 13 or name.startswith(("SQLITE_PERM", "SQLITE_AUTH")) or (
             name.startswith("SQLITE_CANTOPEN") and not _may_write(path)):
-        return f"permission denied on {path} or its directory"
+        return WhyNot("permission", f"permission denied on {path} or its directory")
     if name.startswith("SQLITE_IOERR"):
-        return f"an I/O error on {path} ({e}; check the storage: dmesg)"
-    return f"{e}"
+        return WhyNot("io", f"an I/O error on {path} ({e}; check the storage: dmesg)")
+    return WhyNot(str(e), str(e))
 
 
 def _may_write(path: Path) -> bool:
