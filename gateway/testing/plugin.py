@@ -56,7 +56,7 @@ def _close(runner: asyncio.Runner) -> None:
         runner.close()
     except RuntimeError as e:
         raise pytest.fail.Exception(f"the test's event loop did not close within {LEFTOVER_WAIT:g} s "
-                                    f"(a task or executor thread would not stop): {e}")
+                                    f"(a task or executor thread would not stop): {e}") from e
     finally:
         timer.cancel()
 
