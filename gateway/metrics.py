@@ -112,17 +112,15 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     out["buffer"] = pipe.get("buffer")
     out["batches"] = pipe.get("batches")
     out["uplinks"] = pipe.get("uplinks") or {}
-    out["clock"] = pipe.get("clock")
     proc = process_stats()
     if "start_time" in proc:
         proc["uptime_seconds"] = max(0.0, out["time"] - proc["start_time"])
     out["process"] = proc
     from gateway.remote.health import extras  # the fleet view's part: config, clock, disk, agent
 
-    pipe_clock = out["clock"]
     out.update(extras(daemon))
-    if pipe_clock:  # the kernel's view (with the NTP offset) under what the clock watch saw (steps)
-        out["clock"] = {**(out.get("clock") or {}), **pipe_clock}
+    if pipe.get("clock"):  # the kernel's view (with the NTP offset) under what the clock watch saw (steps)
+        out["clock"] = {**(out.get("clock") or {}), **pipe["clock"]}
     return out
 
 
