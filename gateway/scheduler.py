@@ -385,7 +385,9 @@ class InstanceRunner:
 
     async def _main(self) -> None:
         try:
-            cls = load_driver_class(self.inst.manifest)
+            # a driver's libraries (asyncua, bacpypes3, pysnmp ...) take seconds to import: in a
+            # thread, so the loop keeps polling the other drivers and answering stop meanwhile
+            cls = await asyncio.to_thread(load_driver_class, self.inst.manifest)
         except ConfigError as e:
             self._fatal(str(e))
             return

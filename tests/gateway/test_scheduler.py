@@ -274,3 +274,26 @@ def test_backoff_doubles_up_to_its_maximum_with_jitter_and_resets() -> None:
     assert len(waits) > 40, "jittered: gateways cut off together come back apart"
     b.reset()
     assert 0.5 <= b.next() <= 1.0
+
+
+async def test_a_slow_driver_import_does_not_stall_the_loop(td) -> None:  # type: ignore[no-untyped-def]
+    """A driver whose libraries take seconds to import is imported off the loop: the others poll meanwhile."""
+    import sys
+
+    td.IMPORT_GATE.clear()
+    sys.modules.pop("sgtestdrivers.slowimport", None)
+    try:
+        async with running((td.SLOWIMPORT, {"name": "slow", **FAST}), (td.TICK, {"name": "tick", **FAST})) as (
+            sink,
+            (slow, _tick),
+        ):
+            await sink.wait_for(5, point="n")  # the neighbour ran while the import waited
+            assert slow.stats.readings == 0
+            td.IMPORT_GATE.set()
+            async with asyncio.timeout(10):
+                while not any(r.instance == "slow" for r in sink.points("n")):
+                    await sink.wait_for(len(sink.readings) + 1)
+            assert slow.stats.state != "failed", slow.stats.last_error
+    finally:
+        td.IMPORT_GATE.set()
+        sys.modules.pop("sgtestdrivers.slowimport", None)
