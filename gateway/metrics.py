@@ -118,7 +118,10 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     out["process"] = proc
     from gateway.remote.health import extras  # the fleet view's part: config, clock, disk, agent
 
-    out.update(extras(daemon))
+    fleet = extras(daemon)
+    if "config" in fleet:
+        fleet["config"] = {**out["config"], **fleet["config"]}
+    out.update(fleet)
     if pipe.get("clock"):  # the kernel's view (with the NTP offset) under what the clock watch saw (steps)
         out["clock"] = {**(out.get("clock") or {}), **pipe["clock"]}
     return out

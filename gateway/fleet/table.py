@@ -45,7 +45,8 @@ def cells(r: Row, now: float | None = None) -> dict[str, str]:
         state = f"offline, seen {ago(r.last_seen, now)}"
     else:
         state = r.state
-    config = "local file" if r.source == "local file" else f"r{r.revision} pushed" if r.revision else "-"
+    # "local file": what earlier agents said; "local": the running-config block of gateway/metrics.py
+    config = "local file" if r.source in ("local", "local file") else f"r{r.revision} pushed" if r.revision else "-"
     push = r.last_push or {}
     if push.get("state") in ("rolled_back", "rejected") and push.get("revision") not in (None, r.revision):
         config += f" ({push['state']} r{push.get('revision')})"

@@ -80,9 +80,9 @@ def extras(daemon: Any) -> dict[str, Any]:
         out["status_interval"] = cfg.config.metrics.status_interval
     if remote is not None:
         info = remote.info()
-        out["config"] = {"revision": info["running_revision"],
-                         "source": "local file" if info["running_revision"] is None else "pushed",
-                         "sha256": info["config_sha256"], "last_push": remote.last_push()}
+        # beside the summary's own running-config block (gateway/metrics.py), which says which
+        # revision and from where: what the remote side adds is the hash and the last push
+        out["config"] = {"sha256": info["config_sha256"], "last_push": remote.last_push()}
         out["absent"] = sorted(remote.wiring.absent(cfg))
     updater = getattr(remote, "updater", None)
     if updater is not None:
@@ -138,12 +138,18 @@ class HealthPublisher:
         task.add_done_callback(self._tasks.discard)
 
     async def _when_started(self, pipeline: Any, uplinks: list[Any] | None) -> None:
-        # a connect during the pipeline's start: wait (bounded) until the daemon runs it with its drivers
+        # a connect during the pipeline's start: wait (bounded) until the daemon runs it with its
+        # drivers and they are past "starting" (loaded and set up, or failed), so the retained
+        # summary a fleet view holds until the next interval does not show them all starting
         for _ in range(int(START_WAIT / 0.1)):
-            if pipeline is None or (self.daemon.pipeline is pipeline and self.daemon.supervisor is not None):
+            if pipeline is None or (self.daemon.pipeline is pipeline and self._drivers_started()):
                 break
             await asyncio.sleep(0.1)
         await self.publish(uplinks, pipeline)
+
+    def _drivers_started(self) -> bool:
+        supervisor = self.daemon.supervisor
+        return supervisor is not None and all(r.stats.state != "starting" for r in supervisor.runners.values())
 
     async def publish(self, uplinks: list[Any] | None = None, pipeline: Any = None) -> int:
         """Sign the summary once and publish it on each connected MQTT uplink; how many took it."""

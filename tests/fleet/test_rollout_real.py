@@ -65,7 +65,7 @@ async def test_a_broken_canary_stops_the_rollout_then_resume_and_rollback_on_20_
             if await all_online():
                 break
             await asyncio.sleep(1)
-        assert await all_online(), seen
+        assert await all_online(), {n: (g["state"], g["drivers_up"], g.get("down")) for n, g in seen.items()}
 
         doc = tmp_path / "two-meters.yaml"
         doc.write_text(yaml.safe_dump({"uplinks": [{"type": "mqtt", "url": broker.url, "reconnect_max": 2}],
@@ -81,7 +81,7 @@ async def test_a_broken_canary_stops_the_rollout_then_resume_and_rollback_on_20_
         assert "20 not sent" in out and "sensegate rollout resume" in out
         rid = out.split()[1].rstrip(":")
         now = await fleet_json(broker.url)
-        assert all(now[n]["source"] == "local file" for n in names), "no real gateway got it"
+        assert all(now[n]["source"] == "local" for n in names), "no real gateway got it"
         state = json.loads((tmp_path / "rollouts" / f"{rid}.json").read_text())
         assert state["state"] == "halted" and sum(e["state"] == "waiting" for e in state["gateways"].values()) == 20
 
@@ -98,10 +98,10 @@ async def test_a_broken_canary_stops_the_rollout_then_resume_and_rollback_on_20_
         assert "rollback of " + rid in r.stdout and "DONE: 20 ok, 0 failed" in r.stdout, r.stdout
         for _ in range(20):
             now = await fleet_json(broker.url)
-            if all(now[n]["source"] == "local file" and now[n]["drivers_total"] == 1 for n in names):
+            if all(now[n]["source"] == "local" and now[n]["drivers_total"] == 1 for n in names):
                 break
             await asyncio.sleep(0.5)
-        assert all(now[n]["source"] == "local file" and now[n]["drivers_total"] == 1 for n in names), now
+        assert all(now[n]["source"] == "local" and now[n]["drivers_total"] == 1 for n in names), now
         st = await sg("rollout", "status", rid, *common)
         assert "rolled back by rollback-" in st.stdout, st.stdout
     finally:
