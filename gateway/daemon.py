@@ -353,6 +353,15 @@ class Daemon:
         )
 
 
+def no_terminal_libraries() -> None:
+    """A daemon has no terminal: libraries that would load ``readline`` get an ImportError (they
+    treat it as optional). Loading it runs readline's set-up, which calls setenv (LINES, COLUMNS):
+    not safe while another thread reads the environment (glibc's localtime reads TZ, libfaketime
+    reads its settings), and it crashed the daemon in getenv (SIGSEGV) when bacpypes3, importing
+    its console, loaded it in the thread that imports drivers."""
+    sys.modules.setdefault("readline", None)  # type: ignore[arg-type]
+
+
 def run_process(config_path: str | Path) -> int:
     """Run the daemon in this process until it is stopped: ``asyncio.run`` with every wait of
     the exit bounded.
@@ -363,6 +372,7 @@ def run_process(config_path: str | Path) -> int:
     process alive until systemd kills it. Here what is left gets ``LEFTOVER_WAIT``; whatever
     still runs after that is named in the log and the process exits without waiting for it
     (the buffer was closed and committed before; nothing stored is at risk)."""
+    no_terminal_libraries()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     daemon = Daemon(config_path)
