@@ -233,6 +233,7 @@ class MqttSession:
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._subacks: dict[int, asyncio.Future[None]] = {}
         self._sock: Any = None
+        self._fd = -1
         self._misc: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -302,6 +303,7 @@ class MqttSession:
         self._sock = c.socket()
         if self._sock is None:
             raise MqttError("connection closed during connect")
+        self._fd = self._sock.fileno()  # the loop's registrations are by this number, valid after a close
         c.on_socket_close = lambda cl, u, sock: self._detach()
         c.on_socket_register_write = lambda cl, u, sock: self._loop.add_writer(sock, self._write)
         c.on_socket_unregister_write = self._unregister_write
@@ -313,7 +315,11 @@ class MqttSession:
         self._misc = asyncio.create_task(self._misc_loop(), name="mqtt-misc")
 
     def _unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
-        self._loop.remove_writer(sock)
+        # paho may hand over a socket already closed (fd -1): an error here would leave paho's
+        # _sock_close before it calls on_socket_close, and the session would never learn it closed
+        if sock is self._sock and self._fd >= 0:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                self._loop.remove_writer(self._fd)
 
     def _read(self) -> None:
         self.client.loop_read()
@@ -324,18 +330,21 @@ class MqttSession:
     def _drop_socket(self) -> None:
         """Close the client's socket without a DISCONNECT and detach (no awaiting: safe when cancelled)."""
         sock = self.client.socket()
+        self._detach()  # first: the loop forgets the socket while its number is still ours
         if sock is not None:
             with contextlib.suppress(Exception):
                 sock.close()
-        self._detach()
 
     def _detach(self) -> None:
         # also reached from paho's __del__ when a client is collected, possibly with no loop running
         if self._sock is not None:
-            with contextlib.suppress(ValueError, OSError, RuntimeError):
-                self._loop.remove_reader(self._sock)
-                self._loop.remove_writer(self._sock)
+            if self._fd >= 0:  # by number: a closed socket object says -1, and its registrations would stay
+                with contextlib.suppress(ValueError, OSError, RuntimeError):
+                    self._loop.remove_reader(self._fd)
+                with contextlib.suppress(ValueError, OSError, RuntimeError):
+                    self._loop.remove_writer(self._fd)
             self._sock = None
+            self._fd = -1
         if self._misc is not None and self._misc is not asyncio.current_task(self._loop):
             with contextlib.suppress(RuntimeError):  # its loop is already closed
                 self._misc.cancel()
@@ -402,10 +411,11 @@ class MqttSession:
             with contextlib.suppress(Exception):
                 self.client.disconnect()
                 self.client.loop_write()
-        if self._sock is not None:
+        sock = self._sock
+        self._detach()  # first: the loop forgets the socket while its number is still ours
+        if sock is not None:
             with contextlib.suppress(Exception):
-                self._sock.close()
-        self._detach()
+                sock.close()
         if misc is not None:
             misc.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -253,3 +253,29 @@ async def test_a_missing_ca_file_is_named_with_its_fix(tmp_path: Path, caplog: p
     assert said and f"the broker's CA file {missing} does not exist" in said[0], msgs
     assert "sudo sensegate provision --ca BROKER-CA.pem" in said[0]
     assert not any("MQTT port" in msg or "cannot connect to" in msg for msg in msgs), msgs
+
+
+@pytest.mark.parametrize("graceful", [True, False])
+async def test_a_closed_session_leaves_no_registration_on_the_loop(broker: Mosquitto, graceful: bool) -> None:
+    """Closing a session removes its socket from the loop before the socket is closed. Removed
+    after, the closed socket's number (-1) found nothing, the registrations stayed under the old
+    number, and the next session's socket, given that number, had the dead session's writer: its
+    paho raised in on_socket_unregister_write and the new session never learnt it had closed."""
+    from gateway.mqtt import MqttSession, MqttSettings
+
+    loop = asyncio.get_running_loop()
+    selector = loop._selector  # type: ignore[attr-defined]
+    first = MqttSession(MqttSettings.from_url(broker.url))
+    await first.connect()
+    fd = first.client.socket().fileno()
+    assert fd in selector.get_map()
+    await first.close(graceful=graceful)
+    assert fd not in selector.get_map(), "the closed session's socket is still registered on the loop"
+    second = MqttSession(MqttSettings.from_url(broker.url))
+    await second.connect()
+    try:
+        assert second.client.socket().fileno() == fd  # the number came back (lowest free)
+        assert selector.get_map()[fd].data[1] is None or selector.get_map()[fd].data[1]._callback.__self__ is second
+        assert await second.subscribe_each(["x/y"], qos=1)  # it still works
+    finally:
+        await second.close()
