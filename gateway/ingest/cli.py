@@ -45,8 +45,8 @@ def add_parsers(sub: Any) -> None:
     fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="ACTION")
     fleet_sub.required = True
     enrol = fleet_sub.add_parser("enrol", help="bind gateways' public keys (GATEWAY-ID.pub.pem from provision)")
-    enrol.add_argument("keys", nargs="+", metavar="PUB.pem", help="public key files; the gateway id is the file "
-                       "name before .pub.pem unless --gateway is given")
+    enrol.add_argument("keys", nargs="+", metavar="PUB.pem", help="public key files (or directories of "
+                       "*.pub.pem); the gateway id is the file name before .pub.pem unless --gateway is given")
     enrol.add_argument("--gateway", default="", help="the gateway the key(s) belong to")
     enrol.add_argument("--replaces", default="", metavar="KID", help="hex kid of the key this one replaces (rotation)")
     revoke = fleet_sub.add_parser("revoke", help="stop trusting a gateway's key (or all its keys)")
@@ -63,6 +63,37 @@ def add_parsers(sub: Any) -> None:
     report.add_argument("--json", action="store_true")
     for p in (enrol, revoke, keys, report):
         p.add_argument("--db", default=DEFAULT_DB, help="the ingest's database (sqlite:PATH or postgresql://...)")
+    _add_simulate(fleet_sub)
+
+
+def _add_simulate(fleet_sub: Any) -> None:
+    """`sensegate fleet simulate` (gateway/ingest/simulator/)."""
+    p = fleet_sub.add_parser("simulate", help="play N gateways in one process, publishing signed batches")
+    p.add_argument("--gateways", type=int, required=True, help="how many gateways")
+    p.add_argument("--rate", type=float, required=True, help="readings per second, the whole fleet")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT (mosquitto, or a NATS MQTT "
+                   "listener)")
+    p.add_argument("--keys", default="sensegate-sim-keys", help="directory of the gateways' keys (ID.key, ID.pub.pem); "
+                   "made on first use: enrol it with `sensegate fleet enrol --db DB DIR`")
+    p.add_argument("--export-only", action="store_true", help="make the keys and print the enrol command; publish "
+                   "nothing")
+    p.add_argument("--prefix", default="sensegate", help="topic prefix")
+    p.add_argument("--id-prefix", default="sim", help="gateway ids are PREFIX-00001 ...")
+    p.add_argument("--seconds", type=float, default=10.0, help="how long to run")
+    p.add_argument("--readings", type=int, default=0, help="stop after this many readings instead")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between two batches of a gateway")
+    p.add_argument("--connections", type=int, default=0, help="MQTT connections shared by the gateways "
+                   "(default: one per gateway, at most 64)")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="chance per batch of a declared drop before it")
+    p.add_argument("--unclean-rate", type=float, default=0.0, help="chance per batch of an unclean stop")
+    p.add_argument("--resend-rate", type=float, default=0.0, help="chance per batch of a batch sent again")
+    p.add_argument("--forgers", type=int, default=0, help="forgers publishing in enrolled gateways' names")
+    p.add_argument("--lose-tail", type=int, default=0, metavar="N",
+                   help="the first N gateways' last batch never reaches the broker")
+    p.add_argument("--points", type=int, default=4, help="points per gateway")
+    p.add_argument("--seed", type=int, default=None, help="random seed (the same seed, the same events)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--summary", default="", help="write the JSON summary to this file")
 
 
 # -- sensegate ingest ------------------------------------------------------------------------------
@@ -112,7 +143,11 @@ async def _ingest(args: argparse.Namespace) -> int:
 
 
 def fleet_main(args: argparse.Namespace) -> int:
-    """Entry point for `sensegate fleet ...` (simulate comes with the fleet simulator)."""
+    """Entry point for `sensegate fleet ...`."""
+    if args.fleet_command == "simulate":
+        from gateway.ingest.simulator.run import simulate_main
+
+        return simulate_main(args)
     try:
         return asyncio.run(_fleet(args))
     except (NeedsExtra, ValueError) as e:
@@ -137,8 +172,15 @@ async def _fleet(args: argparse.Namespace) -> int:
 
 async def _enrol(storage: Any, args: argparse.Namespace) -> int:
     status = 0
+    files: list[Path] = []
     for name in args.keys:
         path = Path(name)
+        found = sorted(path.glob("*.pub.pem")) if path.is_dir() else [path]  # noqa: ASYNC240 (a local listing)
+        if not found:
+            print(f"{path}: no *.pub.pem in it", file=sys.stderr)
+            status = 1
+        files += found
+    for path in files:
         gateway = args.gateway or path.name.removesuffix(".pem").removesuffix(".pub")
         try:
             pem = await asyncio.to_thread(path.read_text)

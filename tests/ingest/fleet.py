@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -252,3 +253,36 @@ async def publish_until_acked(url: str, topic: str, payload: bytes, within: floa
         while not await publish(url, topic, payload, within=5):
             tries += 1
         return tries
+
+
+async def simulate_cli(*args: str, within: float = 180.0) -> dict[str, Any]:
+    """`sensegate fleet simulate ... --json` as a user runs it; its summary."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "fleet", "simulate", *args, "--json",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(within):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, err.decode()[-3000:]
+    summary: dict[str, Any] = json.loads(out)
+    return summary
+
+
+def check_against_simulator(db: str, summary: dict[str, Any], got: dict[str, StreamLedger]) -> None:
+    """Each simulated gateway's ledger shows what it issued: received, declared dropped, skipped
+    after unclean stops, missing; every reading stored once; every chain link sound."""
+    counts = {g: (n, d) for g, n, d in query(db, "SELECT gateway, count(*), count(DISTINCT seq) FROM readings "
+                                                 "GROUP BY gateway")}
+    for p in summary["gateways"]:
+        g, want = p["gateway"], p["expected"]
+        led = got[g]
+        assert led.stream == p["stream"], g
+        assert (led.readings, led.dropped, led.skipped, led.missing) == \
+            (want["received"], want["dropped"], want["skipped"], want["missing"]), (g, p, led)
+        assert counts.get(g) == (led.readings, led.readings), (g, counts.get(g), led.readings)
+        assert led.chain_ok, (g, led.chain_breaks, led.conflicts)
+        assert led.duplicates >= p["resent"], (g, led.duplicates, p["resent"])
+        assert led.restarts == want["restarts"], (g, led.restarts, want)
