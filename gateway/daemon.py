@@ -226,8 +226,11 @@ class Daemon:
 
         while interval:
             await asyncio.sleep(interval)
-            for up in self.pipeline.uplinks if self.pipeline is not None else []:
-                up.publish_health(summary(self))
+            pipeline = self.pipeline
+            if pipeline is not None and pipeline.uplinks:
+                health = summary(self)  # with "issued": this is the heartbeat (gateway/heartbeat.py)
+                for up in pipeline.uplinks:
+                    await up.publish_health(health, pipeline.key)
 
     def _bootstrap_bytes(self) -> bytes:
         try:

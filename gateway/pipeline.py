@@ -255,7 +255,15 @@ class BufferedPipeline:
                         "sign_errors": self.signing.errors,
                         "last_readings": b.last_batch_readings, "last_bytes": b.last_batch_bytes},
             "uplinks": self.dispatch.stats(),
+            "issued": self.store.issued(),
         }
+
+    async def _last_heartbeat(self) -> None:
+        """Say, signed, how far this stream got before the uplinks go: a receiver then knows that a
+        tail lost on the way is lost, not late (gateway/heartbeat.py)."""
+        health = self.stats()
+        for up in self.uplinks:
+            await up.publish_health(health, self.key, state="offline")
 
     async def close(self, grace: float = 3.0) -> None:
         """Flush for up to ``grace`` seconds, then stop: nothing unsent is lost, it stays buffered.
@@ -270,6 +278,7 @@ class BufferedPipeline:
             if task is not None and not await stop_task(task, (CLOSE_STEP,)):
                 abandon(task, f"pipeline task {task.get_name()} would not stop")
         await settle(self._record_reports(), CLOSE_STEP, "recording the last acknowledgements")
+        await settle(self._last_heartbeat(), CLOSE_STEP, "publishing the last heartbeat")
         await asyncio.gather(*(settle(up.close(), CLOSE_STEP, f"closing uplink {up.name}")
                                for up in self.uplinks))
         await self.store.close()

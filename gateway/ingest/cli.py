@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.ingest.contract import DEFAULT_TAIL_GRACE
 from gateway.ingest.stores import DEFAULT_DB, NeedsExtra, open_storage
 
 log = logging.getLogger("sensegate.ingest")
@@ -34,6 +35,9 @@ def add_parsers(sub: Any) -> None:
     ing.add_argument("--fetch", type=int, default=64, help="messages per fetch and per transaction")
     ing.add_argument("--db-timeout", type=float, default=20.0, help="seconds before a silent database counts as down")
     ing.add_argument("--key-grace", type=float, default=30.0, help="days a replaced key still verifies")
+    ing.add_argument("--tail-grace", type=float, default=DEFAULT_TAIL_GRACE, help="seconds after a heartbeat "
+                     "before the readings it says had left the gateway and that never arrived count as missing "
+                     "(in the metrics)")
     ing.add_argument("--ca", default="", help="MQTT: CA file for mqtts://")
     ing.add_argument("--cert", default="", help="MQTT: client certificate")
     ing.add_argument("--key", default="", help="MQTT: client key")
@@ -61,6 +65,8 @@ def add_parsers(sub: Any) -> None:
     report = fleet_sub.add_parser("report", help="per gateway: received, dropped, skipped, missing, chain, verdict")
     report.add_argument("--gateway", default="")
     report.add_argument("--json", action="store_true")
+    report.add_argument("--grace", type=float, default=DEFAULT_TAIL_GRACE, help="seconds after a heartbeat before "
+                        "the readings it says had left the gateway and that never arrived count as missing")
     for p in (enrol, revoke, keys, report):
         p.add_argument("--db", default=DEFAULT_DB, help="the ingest's database (sqlite:PATH or postgresql://...)")
     _add_simulate(fleet_sub)
@@ -90,6 +96,8 @@ def _add_simulate(fleet_sub: Any) -> None:
     p.add_argument("--forgers", type=int, default=0, help="forgers publishing in enrolled gateways' names")
     p.add_argument("--lose-tail", type=int, default=0, metavar="N",
                    help="the first N gateways' last batch never reaches the broker")
+    p.add_argument("--heartbeat", type=float, default=10.0, help="seconds between a gateway's signed heartbeats "
+                   "(0: only one, at the end)")
     p.add_argument("--points", type=int, default=4, help="points per gateway")
     p.add_argument("--seed", type=int, default=None, help="random seed (the same seed, the same events)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -121,8 +129,8 @@ async def _ingest(args: argparse.Namespace) -> int:
                              ("username", args.username), ("password", args.password)) if v}
     source = open_source(args.broker, prefix=args.prefix, client_id=args.name, **tls)
     metrics = IngestMetrics(worker=args.name)
-    worker = Worker(source, storage, WorkerSettings(fetch=max(1, args.fetch), grace=args.key_grace * 86400),
-                    metrics)
+    worker = Worker(source, storage, WorkerSettings(fetch=max(1, args.fetch), grace=args.key_grace * 86400,
+                                                    tail_grace=args.tail_grace, prefix=args.prefix), metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -231,8 +239,9 @@ async def _report(storage: Any, args: argparse.Namespace) -> int:
     from gateway.ingest.ledger import summarize
     from gateway.ingest.report import format_report, report_json
 
-    summaries = summarize(await storage.ledgers(args.gateway or None), await storage.refusals(args.gateway or None))
-    print(json.dumps(report_json(summaries), indent=2) if args.json else format_report(summaries))
+    summaries = summarize(await storage.ledgers(args.gateway or None), await storage.refusals(args.gateway or None),
+                          grace=args.grace)
+    print(json.dumps(report_json(summaries), indent=2) if args.json else format_report(summaries, args.grace))
     return 0 if all(s.verdict() in ("complete", "nothing received") for s in summaries) else 1
 
 

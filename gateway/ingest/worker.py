@@ -22,8 +22,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.ingest.contract import (
+    DEFAULT_TAIL_GRACE,
     BlobChunk,
     Delivery,
+    Heartbeat,
     Refused,
     Source,
     Storage,
@@ -34,12 +36,12 @@ from gateway.ingest.contract import (
 )
 from gateway.ingest.metrics import IngestMetrics
 from gateway.ingest.trust import DEFAULT_GRACE, RegistryTrust
-from gateway.ingest.verify import parse_blob_chunk, topic_parts, verify_batch
+from gateway.ingest.verify import parse_blob_chunk, topic_parts, verify_batch, verify_heartbeat
 from gateway.scheduler import Backoff
 
 log = logging.getLogger("sensegate.ingest")
 STORE_FAILED = "store_failed"  # a quarantine reason: the database refused this message (see detail)
-Item = VerifiedBatch | BlobChunk | Refused | None  # None: a topic the ingest does not store
+Item = VerifiedBatch | BlobChunk | Heartbeat | Refused | None  # None: a topic the ingest does not store
 
 
 @dataclass
@@ -52,6 +54,8 @@ class WorkerSettings:
     stats_every: float = 15.0  # how often the ledger's missing readings are counted
     retry_delay: float = 1.0  # when messages are handed back, the broker waits this long
     grace: float = DEFAULT_GRACE  # how long a replaced key still verifies
+    tail_grace: float = DEFAULT_TAIL_GRACE  # how long a heartbeat's claim waits before it counts as missing
+    prefix: str = "sensegate"  # the gateways' topic prefix
 
 
 class Worker:
@@ -98,11 +102,13 @@ class Worker:
     # -- one fetch -------------------------------------------------------------------------------
 
     def _verify(self, d: Delivery) -> Item:
-        _, kind, _ = topic_parts(d.topic)
+        gateway, kind, _ = topic_parts(d.topic, self.settings.prefix)
         if kind == "batch":
             return verify_batch(d.topic, d.data, self.trust, d.received_ns)
         if kind == "blob":
             return parse_blob_chunk(d.topic, d.data, d.received_ns)
+        if kind == "status":
+            return verify_heartbeat(d.topic, gateway, d.data, self.trust, d.received_ns)
         return None
 
     async def _handle(self, deliveries: Sequence[Delivery], stop: asyncio.Event) -> None:
@@ -228,7 +234,8 @@ class Worker:
                 await self._refresh_trust()
             if now >= self._next_stats:
                 self._next_stats = now + self.settings.stats_every
-                self.metrics.gateways_missing, self.metrics.readings_missing = await self.storage.missing()
+                self.metrics.gateways_missing, self.metrics.readings_missing = await self.storage.missing(
+                    self.settings.tail_grace)
         except StorageUnavailable:
             pass  # the next store finds out, and hands its messages back
 
@@ -240,6 +247,8 @@ def _work(items: Sequence[Item]) -> Work:
             work.batches.append(item)
         elif isinstance(item, BlobChunk):
             work.chunks.append(item)
+        elif isinstance(item, Heartbeat):
+            work.heartbeats.append(item)
         elif isinstance(item, Refused):
             work.refused.append(item)
     return work

@@ -12,9 +12,12 @@ a new one implements ``Uplink`` (mypy checks it where the pipeline builds it, in
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.wire import Batch
+
+if TYPE_CHECKING:
+    from gateway.keys import Signer
 
 
 class BatchCarrier(Protocol):
@@ -91,10 +94,13 @@ class BlobCarrier(Protocol):
 
 
 class HealthPublisher(Protocol):
-    """Publishes the gateway's health summary (gateway.metrics.summary) where the transport can."""
+    """Publishes the gateway's heartbeat (the health summary, gateway.metrics.summary, signed with
+    the device key: gateway/heartbeat.py) where the transport can."""
 
-    def publish_health(self, health: dict[str, Any]) -> bool:
-        """Publish it; False when this uplink cannot now (offline, or no place for it)."""
+    async def publish_health(self, health: dict[str, Any], key: Signer | None, state: str = "online") -> bool:
+        """Sign it with ``key`` (off the loop) and publish it; False when this uplink cannot now
+        (offline, or no place for it). ``state`` "offline": the last heartbeat of a clean stop,
+        which takes the place of the plain offline status."""
 
 
 class Uplink(BatchCarrier, UplinkCounters, BlobCarrier, HealthPublisher, Protocol):

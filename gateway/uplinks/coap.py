@@ -18,7 +18,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiocoap
 import cbor2
@@ -27,6 +27,9 @@ from gateway import coap
 from gateway.config.schema import CoapUplink as CoapUplinkConfig
 from gateway.scheduler import Backoff, NodeTracker
 from gateway.wire import Batch
+
+if TYPE_CHECKING:
+    from gateway.keys import Signer
 
 log = logging.getLogger("sensegate.uplink.coap")
 
@@ -159,8 +162,8 @@ class CoapUplink:
         """None: a CoAP-only gateway takes pushes on its own CoAP resource (remote.coap_listen)."""
         return None
 
-    def publish_health(self, health: dict[str, Any]) -> bool:
-        """CoAP has no retained status to refresh: health goes out over MQTT uplinks only."""
+    async def publish_health(self, health: dict[str, Any], key: Signer | None, state: str = "online") -> bool:
+        """CoAP has no retained status to refresh: the heartbeat goes out over MQTT uplinks only."""
         return False
 
     # -- blobs -------------------------------------------------------------------------------

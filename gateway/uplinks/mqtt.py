@@ -9,14 +9,19 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
+from gateway import heartbeat
 from gateway.config.schema import MqttUplink as MqttUplinkConfig
 from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, insecurities, node_topic, status_topic
 from gateway.scheduler import Backoff, NodeTracker
+from gateway.signedjson import seal_async
 from gateway.wire import Batch
+
+if TYPE_CHECKING:
+    from gateway.keys import Signer
 
 log = logging.getLogger("sensegate.uplink.mqtt")
 BLOB_CHUNK = 64 * 1024
@@ -57,6 +62,7 @@ class MqttUplink:
         self.topic = batch_topic(cfg.topic_prefix, gateway_id)
         self.status = status_topic(cfg.topic_prefix, gateway_id)
         self._session: MqttSession | None = None
+        self._farewell = False  # the last heartbeat (state offline) went out: close publishes no plain one
         self._inflight: dict[int, tuple[Batch, float]] = {}
         self._task: asyncio.Task[None] | None = None
         self.boot = 0
@@ -92,16 +98,17 @@ class MqttUplink:
             log.warning("%s: %s; %s", self.name, warning, fix)
         self._task = asyncio.create_task(self._run(), name=f"uplink:{self.name}")
 
-    def _status(self, state: str, health: dict[str, Any] | None = None) -> bytes:
-        body: dict[str, Any] = {"state": state, "gateway": self.gateway_id, "boot": self.boot,
-                                "ts": round(time.time(), 3)}
-        if health is not None:
-            body["health"] = health
-        return json.dumps(body, default=str).encode()
+    def _status(self, state: str) -> bytes:
+        return json.dumps(heartbeat.status(state, self.gateway_id, self.boot), default=str).encode()
 
-    def publish_health(self, health: dict[str, Any]) -> bool:
-        """Refresh the retained online status with the health summary (gateway.metrics.summary)."""
-        return self.publish(self.status, self._status("online", health), retain=True)
+    async def publish_health(self, health: dict[str, Any], key: Signer | None, state: str = "online") -> bool:
+        """Refresh the retained status with the health summary, signed: the heartbeat (with
+        ``state`` "offline", the last one, in place of the plain offline status at close)."""
+        body = heartbeat.status(state, self.gateway_id, self.boot, health)
+        payload = await seal_async(body, key, self.gateway_id, heartbeat.KIND)
+        sent = self.publish(self.status, payload, retain=True)
+        self._farewell = self._farewell or (sent and state == "offline")
+        return sent
 
     async def _run(self) -> None:
         backoff = Backoff(1.0, self.cfg.reconnect_max)
@@ -208,7 +215,7 @@ class MqttUplink:
         with contextlib.suppress(ValueError):
             self.nodes.listeners.remove(self._node_changed)
         session = self._session
-        if session is not None:
+        if session is not None and not self._farewell:  # (a last heartbeat said offline already)
             with contextlib.suppress(Exception):  # sent ahead of DISCONNECT, so the broker keeps it
                 session.client.publish(self.status, self._status("offline"), qos=1, retain=True)
         if self._task is not None:

@@ -233,3 +233,48 @@ async def test_a_partition_dropped_for_retention_is_made_again(tmp_path: Path, p
         await storage.close()
     assert report.readings == 5
     assert query(pg_dsn, "SELECT count(*) FROM readings") == [(5,)]
+
+
+async def test_heartbeats_in_the_ledger_and_a_schema_1_database_upgraded(tmp_path: Path, db_url: str) -> None:
+    """A database made before the heartbeat (schema 1) gets its columns at the next open, keeps
+    its ledgers, and then records heartbeats: a tail they claim and that never came is missing."""
+    from gateway.ingest.ledger import HEARTBEAT_COLUMNS
+
+    feed = GatewayFeed(tmp_path)
+    storage = await _storage(db_url)
+    try:
+        trust = await _enrolled(storage, feed)
+        async with feed.open():
+            batches = await _verified(feed, trust, await feed.batches(2, readings=5))
+        await storage.store(c.Work(batches=batches))
+    finally:
+        await storage.close()
+    downgrade = [f"ALTER TABLE ledger DROP COLUMN {name}" for name, _ in HEARTBEAT_COLUMNS]
+    downgrade.append("UPDATE ingest_schema SET version = 1")
+    if db_url.startswith("sqlite:"):
+        import sqlite3
+
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:"))
+        conn.executescript(";".join(downgrade))
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(db_url) as pg:
+            for sql in downgrade:
+                pg.execute(sql)  # type: ignore[arg-type]
+    storage = await _storage(db_url)
+    try:
+        (led,) = await storage.ledgers()
+        assert (led.readings, led.hb_last_seq, led.claims) == (10, 0, [])
+        assert query(db_url, "SELECT version FROM ingest_schema") == [(2,)]
+        past = now_ns() - 3_600 * 10**9
+        beat = c.Heartbeat(feed.gateway, led.stream, 1, 25, 4, 26, past, past)  # 11..25 left an hour ago
+        report = await storage.store(c.Work(heartbeats=[beat]))
+        assert report.heartbeats == 1
+        (led,) = await storage.ledgers()
+        assert (led.hb_last_seq, led.hb_held_from, led.missing_ranges()) == (25, 26, [(11, 25)])
+        assert await storage.missing(300.0) == (1, 15)
+        assert await storage.missing(7_200.0) == (0, 0)
+    finally:
+        await storage.close()

@@ -14,7 +14,10 @@ The events a fleet has, modelled on the gateway's store:
   may not have left, and the restart skips a reserved block of reading numbers (declared
   ``unclean_stop``) and of batch numbers, as gateway/store/numbers.py does after a kill -9;
 * a re-send: a batch published again (a PUBACK that never came);
-* a forger: a gateway id's batches signed with a key nobody enrolled.
+* a forger: a gateway id's batches (and heartbeats) signed with a key nobody enrolled.
+
+Every gateway also has its heartbeat (gateway/heartbeat.py): the signed status saying how far it
+has numbered, the same message the daemon publishes.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway import senml, wire
+from gateway import heartbeat, senml, signedjson, wire
 from gateway.batcher import Batcher
 from gateway.config.schema import BatchSection
 from gateway.driver_api import Reading
-from gateway.keys import PrivateKey, generate, load_private_key, private_pem, public_pem
+from gateway.keys import PrivateKey, as_signer, generate, load_private_key, private_pem, public_pem
 from gateway.store import NewBatch
 from gateway.wire import UNCLEAN_STOP
 
@@ -110,9 +113,11 @@ class SimGateway:
         self.id = gateway_id
         self.claims = claims or gateway_id
         self.batcher = Batcher(key, self.claims, BatchSection(max_readings=max_readings))
+        self.signer = as_signer(key)
         self.buf = SimBuffer(rng.getrandbits(63))
         self.rng = rng
         self.topic = f"{prefix}/{self.claims}/batch"
+        self.status_topic = f"{prefix}/{self.claims}/status"
         self.encoder = senml.RecordEncoder()
         self.points = [f"p{i}" for i in range(max(1, points))]
         self.produced = Produced(gateway_id, self.buf.stream)
@@ -161,6 +166,16 @@ class SimGateway:
         p.batches += 1
         p.readings += max(0, b.count)
         p.last_bseq = max(p.last_bseq, b.bseq)
+
+    def heartbeat(self, last_seq: int | None = None) -> bytes:
+        """The signed heartbeat now: what the daemon's MQTT uplink publishes, retained, on the
+        status topic (a forger may claim a ``last_seq``). Published batches count as handed off."""
+        buf = self.buf
+        last = buf.next_seq - 1 if last_seq is None else last_seq
+        held = min(buf.batched_upto + 1, last + 1)
+        issued = heartbeat.Issued(buf.stream, buf.boot, last, buf.next_bseq - 1, held)
+        body = heartbeat.status("online", self.claims, buf.boot, {"issued": issued.to_json()})
+        return signedjson.seal(body, self.signer, self.claims, heartbeat.KIND)
 
     def withhold(self, b: wire.Batch) -> None:
         """``b`` never reaches the broker (the tail a heartbeat reveals)."""

@@ -3,11 +3,12 @@
 Every gateway makes one batch per ``interval`` seconds holding the readings it issued since its
 last one (``rate`` is the whole fleet's readings per second, spread evenly), the gateways'
 turns staggered across the interval. At each turn a gateway may first declare a drop, stop
-uncleanly or send a recent batch again, each with its probability. A forger takes turns like a
-gateway, in its victim's name. At the end every gateway sends what it still holds (a clean
-stop), except the ``lose_tail`` first ones, whose last batch never reaches the broker, and the
-simulator waits for every PUBACK. The summary says per gateway what it issued and what its
-ledger must show (``Produced.expected``).
+uncleanly or send a recent batch again, each with its probability, and every ``heartbeat``
+seconds it publishes its signed heartbeat. A forger takes turns like a gateway, in its victim's
+name. At the end every gateway sends what it still holds, except the ``lose_tail`` first ones,
+whose last batch never reaches the broker, then its heartbeat (forgers a forged one, claiming
+readings their victim never issued), and the simulator waits for every PUBACK. The summary
+says per gateway what it issued and what its ledger must show (``Produced.expected``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Options:
     resend_rate: float = 0.0
     forgers: int = 0
     lose_tail: int = 0
+    heartbeat: float = 10.0  # seconds between two heartbeats of a gateway (0: only the last one)
     points: int = 4
     seed: int | None = None
 
@@ -65,6 +67,7 @@ class Forger:
     gw: SimGateway
     index: int
     batches: int = 0
+    heartbeats: int = 0
 
 
 @dataclass
@@ -103,6 +106,7 @@ async def simulate(opts: Options, fleet: Fleet, mqtt: MqttFleet, stop: asyncio.E
     started = time.monotonic()
     last = [started] * len(everyone)
     last_ns = [time.time_ns()] * len(everyone)
+    beat = [started + rng.uniform(0, opts.heartbeat) for _ in everyone] if opts.heartbeat else []
     issued = 0
     k = 0
     while not stop.is_set():
@@ -135,6 +139,9 @@ async def simulate(opts: Options, fleet: Fleet, mqtt: MqttFleet, stop: asyncio.E
             if forger is not None:
                 forger.batches += len(out)
             await _send(mqtt, index, g, out)
+            if beat and forger is None and now >= beat[j]:
+                beat[j] = now + opts.heartbeat
+                await mqtt.publish(index, g.status_topic, g.heartbeat(), retain=True)
         k += 1
         delay = started + k * TICK - time.monotonic()
         if delay > 0:
@@ -151,6 +158,11 @@ async def simulate(opts: Options, fleet: Fleet, mqtt: MqttFleet, stop: asyncio.E
         if i < opts.lose_tail and left:
             g.withhold(left.pop())
         await _send(mqtt, i, g, left)
+        await mqtt.publish(i, g.status_topic, g.heartbeat(), retain=True)
+    for f in fleet.forgers:  # a forged heartbeat: readings its victim never issued, "lost"
+        await mqtt.publish(f.index, f.gw.status_topic, f.gw.heartbeat(last_seq=f.gw.buf.next_seq + 10_000),
+                           retain=True)
+        f.heartbeats += 1
     drained = await mqtt.drain(120.0)
     return summary(opts, fleet, mqtt, elapsed, drained)
 
@@ -163,8 +175,10 @@ def summary(opts: Options, fleet: Fleet, mqtt: MqttFleet, elapsed: float, draine
     issued = sum(p.last_seq for p in produced)
     return {
         "gateways": [p.to_json() for p in produced],
-        "forgers": [{"id": f.gw.id, "claims": f.gw.claims, "batches": f.batches} for f in fleet.forgers],
-        "totals": {**total, "issued": issued, "forged_batches": sum(f.batches for f in fleet.forgers)},
+        "forgers": [{"id": f.gw.id, "claims": f.gw.claims, "batches": f.batches, "heartbeats": f.heartbeats}
+                    for f in fleet.forgers],
+        "totals": {**total, "issued": issued, "forged_batches": sum(f.batches for f in fleet.forgers),
+                   "forged_heartbeats": sum(f.heartbeats for f in fleet.forgers)},
         "seconds": elapsed,
         "readings_per_s": issued / elapsed if elapsed > 0 else 0.0,
         "messages_acked": mqtt.acked,
@@ -186,7 +200,8 @@ def options(args: argparse.Namespace) -> Options:
     return Options(args.gateways, args.rate, args.broker, Path(args.keys), args.prefix, args.id_prefix, args.seconds,
                    args.readings, args.interval, connections, drop_rate=args.drop_rate,
                    unclean_rate=args.unclean_rate, resend_rate=args.resend_rate, forgers=args.forgers,
-                   lose_tail=min(args.lose_tail, args.gateways), points=args.points, seed=args.seed)
+                   lose_tail=min(args.lose_tail, args.gateways), heartbeat=args.heartbeat, points=args.points,
+                   seed=args.seed)
 
 
 def simulate_main(args: argparse.Namespace) -> int:

@@ -72,7 +72,7 @@ class MqttSource:
 
     async def _run(self) -> None:
         backoff = Backoff(0.5, 10.0)
-        topics = [f"{self.prefix}/+/batch", f"{self.prefix}/+/blob/+"]
+        topics = [f"{self.prefix}/+/batch", f"{self.prefix}/+/blob/+", f"{self.prefix}/+/status"]  # status: heartbeats
         while True:
             session = MqttSession(self.settings)
             session.client.manual_ack_set(True)  # PUBACK after the commit, not when paho hands the message over

@@ -29,7 +29,7 @@ from gateway.ingest.contract import (
     StoreReport,
     Work,
 )
-from gateway.ingest.ledger import LEDGER_COLUMNS, Link, StreamLedger
+from gateway.ingest.ledger import HEARTBEAT_COLUMNS, LEDGER_COLUMNS, Link, StreamLedger
 from gateway.ingest.stores.common import assemble, enrol_record, month_bounds, months_of, parse_revoke
 
 try:
@@ -39,7 +39,7 @@ except ImportError as e:  # pragma: no cover - the fleet extra is missing
     raise ImportError("PostgreSQL needs the fleet extra: pip install 'sensegate[fleet]'") from e
 
 log = logging.getLogger("sensegate.ingest.postgres")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the heartbeat's ledger columns (ledger.HEARTBEAT_COLUMNS)
 _SCHEMA_LOCK = 0x5E4E5E6A7E  # pg_advisory_xact_lock key: one worker creates the schema at a time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -219,10 +219,12 @@ class PostgresStorage:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             await conn.execute(SCHEMA)
             row = await (await conn.execute("SELECT max(version) FROM ingest_schema")).fetchone()
-            if row is None or row[0] is None:
-                await conn.execute("INSERT INTO ingest_schema VALUES (%s)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
+            if row is not None and row[0] is not None and row[0] > SCHEMA_VERSION:
                 raise RuntimeError(f"the database has ingest schema {row[0]}; this sensegate knows {SCHEMA_VERSION}")
+            for name, sql_type in HEARTBEAT_COLUMNS:
+                await conn.execute(f"ALTER TABLE ledger ADD COLUMN IF NOT EXISTS {name} {sql_type}")
+            await conn.execute("DELETE FROM ingest_schema")
+            await conn.execute("INSERT INTO ingest_schema VALUES (%s)", (SCHEMA_VERSION,))
 
     async def close(self) -> None:
         async with self._lock:
@@ -428,15 +430,14 @@ class PostgresStorage:
                      else conn.execute(sql + " GROUP BY 1, 2"))
         return {(r[0], r[1]): int(r[2]) for r in await cur.fetchall()}
 
-    async def missing(self) -> tuple[int, int]:
-        result: tuple[int, int] = await self._op(self._missing)
-        return result
+    async def missing(self, grace: float) -> tuple[int, int]:
+        rows: list[StreamLedger] = await self._op(self._maybe_missing)
+        return ledger.count_missing(rows, grace)
 
     @staticmethod
-    async def _missing(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
-        row = await (await conn.execute("SELECT count(DISTINCT gateway), coalesce(sum(missing), 0) FROM ledger "
-                                        "WHERE missing > 0")).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+    async def _maybe_missing(conn: psycopg.AsyncConnection[Any]) -> list[StreamLedger]:
+        cur = await conn.execute(f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger WHERE {ledger.MAYBE_MISSING}")
+        return [ledger.from_row(r) for r in await cur.fetchall()]
 
 
 def _ns(t: datetime | None) -> int:

@@ -27,11 +27,11 @@ from gateway.ingest.contract import (
     StoreReport,
     Work,
 )
-from gateway.ingest.ledger import LEDGER_COLUMNS, Link, StreamLedger
+from gateway.ingest.ledger import HEARTBEAT_COLUMNS, LEDGER_COLUMNS, Link, StreamLedger
 from gateway.ingest.stores.common import assemble, enrol_record, parse_revoke
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the heartbeat's ledger columns (ledger.HEARTBEAT_COLUMNS)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ingest_schema (version INTEGER NOT NULL);
@@ -102,8 +102,16 @@ class SqliteStorage:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
-        if db.execute("SELECT max(version) FROM ingest_schema").fetchone()[0] is None:
-            db.execute("INSERT INTO ingest_schema VALUES (?)", (SCHEMA_VERSION,))
+        version = db.execute("SELECT max(version) FROM ingest_schema").fetchone()[0]
+        if version is not None and version > SCHEMA_VERSION:
+            db.close()
+            raise StorageUnavailable(f"{self.url} has ingest schema {version}; this sensegate knows {SCHEMA_VERSION}")
+        have = {r[1] for r in db.execute("PRAGMA table_info(ledger)")}
+        for name, sql_type in HEARTBEAT_COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE ledger ADD COLUMN {name} {sql_type}")
+        db.execute("DELETE FROM ingest_schema")
+        db.execute("INSERT INTO ingest_schema VALUES (?)", (SCHEMA_VERSION,))
         self._db = db
 
     async def close(self) -> None:
@@ -259,11 +267,10 @@ class SqliteStorage:
 
         return await self._run(read)
 
-    async def missing(self) -> tuple[int, int]:
-        def read() -> tuple[int, int]:
+    async def missing(self, grace: float) -> tuple[int, int]:
+        def read() -> list[StreamLedger]:
             assert self._db is not None
-            n, total = self._db.execute("SELECT count(DISTINCT gateway), coalesce(sum(missing), 0) FROM ledger "
-                                        "WHERE missing > 0").fetchone()
-            return int(n), int(total)
+            return [ledger.from_row(r) for r in self._db.execute(
+                f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger WHERE {ledger.MAYBE_MISSING}")]
 
-        return await self._run(read)
+        return ledger.count_missing(await self._run(read), grace)
