@@ -41,12 +41,14 @@ async def test_fifty_simulated_gateways_through_mosquitto_into_sqlite(tmp_path: 
             got = await wait_complete(db, want, within=90)
             check_against_simulator(db, summary, got)
             quarantined = query(db, "SELECT gateway, reason, count(*) FROM quarantine GROUP BY 1, 2")
-            assert sum(n for _, _, n in quarantined) == t["forged_batches"], quarantined
-            assert {r for _, r, _ in quarantined} == {"unknown_key"}, quarantined
+            by_reason = {r: sum(n for _, r2, n in quarantined if r2 == r) for _, r, _ in quarantined}
+            assert by_reason == {"unknown_key": t["forged_batches"], "bad_heartbeat": t["forged_heartbeats"]}, \
+                quarantined
             assert {g for g, _, _ in quarantined} == {f["claims"] for f in summary["forgers"]}, quarantined
             status, out = await fleet_cli("report", "--db", db)
             assert status == 0 and "fleet: 50 gateways (50 complete)" in out, out
             assert f"unknown_key {t['forged_batches']}" in out.splitlines()[-1], out
+            assert "missing" not in out.split("fleet:")[0], out  # no gateway: the forged heartbeats count for nothing
         finally:
             assert await worker.stop() == 0, worker.text()[-2000:]
 
