@@ -76,9 +76,11 @@ def _add_simulate(fleet_sub: Any) -> None:
     """`sensegate fleet simulate` (gateway/ingest/simulator/)."""
     p = fleet_sub.add_parser("simulate", help="play N gateways in one process, publishing signed batches")
     p.add_argument("--gateways", type=int, required=True, help="how many gateways")
-    p.add_argument("--rate", type=float, required=True, help="readings per second, the whole fleet")
+    p.add_argument("--rate", type=float, required=True, help="readings per second, the whole fleet (0: as fast as "
+                   "the broker takes them, --batch-readings per batch)")
+    p.add_argument("--batch-readings", type=int, default=100, help="with --rate 0: readings per batch")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://HOST:PORT (mosquitto, or a NATS MQTT "
-                   "listener)")
+                   "listener); several, comma-separated, spread the gateways over them")
     p.add_argument("--keys", default="sensegate-sim-keys", help="directory of the gateways' keys (ID.key, ID.pub.pem); "
                    "made on first use: enrol it with `sensegate fleet enrol --db DB DIR`")
     p.add_argument("--export-only", action="store_true", help="make the keys and print the enrol command; publish "

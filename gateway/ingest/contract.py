@@ -147,6 +147,8 @@ class VerifiedBatch:
     received_ns: int
     topic: str
     message: bytes  # the signed bytes, kept for the quarantine should it conflict with a stored batch
+    ts_min: int = 0  # the oldest and newest reading's time (0, 0 with no readings)
+    ts_max: int = 0
 
     @property
     def count(self) -> int:

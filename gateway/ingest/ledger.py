@@ -238,7 +238,8 @@ def _apply(led: StreamLedger, b: VerifiedBatch, links: dict[int, Link], out: Pla
     led.readings += len(fresh)
     led.duplicate_readings += again
     if fresh:
-        led.last_reading_ns = max(led.last_reading_ns, max(r.ts_ns for r in fresh))
+        newest = b.ts_max if len(fresh) == b.count else max(r.ts_ns for r in fresh)
+        led.last_reading_ns = max(led.last_reading_ns, newest)
     return fresh
 
 

@@ -84,7 +84,9 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
         readings = senml.decode_pack(pack, first)
         if len(readings) != last - first + 1:
             raise senml.SenmlError(f"pack holds {len(readings)} records but sq says {last - first + 1}")
-        if readings and not 0 <= min(r.ts_ns for r in readings) <= max(r.ts_ns for r in readings) <= MAX_TS_NS:
+        times = [r.ts_ns for r in readings]
+        lo, hi = (min(times), max(times)) if times else (0, 0)
+        if not 0 <= lo <= hi <= MAX_TS_NS:
             raise senml.SenmlError("a reading's time is before 1970 or after 9999")
     except (senml.SenmlError, ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as e:
         return refuse(MALFORMED, f"signed by {claimed}'s key but not a valid batch: {e}", claimed, kid)
@@ -95,7 +97,7 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
         gateway=claimed, kid=kid, stream=h["st"], boot=h["bo"], bseq=h["bs"], prev=h["pv"],
         digest=hashlib.sha256(data).digest(), first_seq=first, last_seq=last,
         drops=tuple((a, b, r) for a, b, r in h["dr"]), blob_drops=tuple((s, r) for s, r in h["bd"]),
-        readings=readings, received_ns=received_ns, topic=topic, message=data,
+        readings=readings, received_ns=received_ns, topic=topic, message=data, ts_min=lo, ts_max=hi,
     )
 
 

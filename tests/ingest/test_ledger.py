@@ -25,8 +25,9 @@ def _batch(bseq: int, first: int, last: int, prev: bytes, drops: tuple[tuple[int
     readings = [DecodedReading(s, "gw-a", "t", 1_795_000_000_000_000_000 + s, float(s), "Cel", 0, 2, "v")
                 for s in range(first, last + 1)]
     digest = hashlib.sha256(repr((bseq, first, last, prev, drops, boot)).encode() + salt).digest()
+    times = [r.ts_ns for r in readings] or [0]
     return VerifiedBatch(GW, b"k" * 16, 7, boot, bseq, prev, digest, first, last, drops, (), readings,
-                         1_000 + bseq, f"sensegate/{GW}/batch", b"")
+                         1_000 + bseq, f"sensegate/{GW}/batch", b"", min(times), max(times))
 
 
 def history(seed: int) -> tuple[list[VerifiedBatch], set[int], int]:

@@ -1,8 +1,9 @@
 """The simulated fleet's MQTT: a few connections carrying many gateways' topics, QoS 1, re-sent
 until acknowledged.
 
-Gateway ``i`` always publishes over connection ``i % connections``, so its batches reach the
-broker in the order it made them. A message counts as delivered when its PUBACK comes; a
+Gateway ``i`` always publishes over connection ``i % connections`` (connection ``j`` goes to
+broker URL ``j % len(urls)``: the nodes of a cluster), so its batches reach the broker in the
+order it made them. A message counts as delivered when its PUBACK comes; a
 connection that drops is made again and everything it had not had acknowledged is published
 again, as the gateway's uplink does (the ingest stores such a re-send once). Each connection
 holds at most ``window`` messages unacknowledged; ``publish`` waits for room. MQTT 3.1.1, the
@@ -96,10 +97,10 @@ class _Connection:
 class MqttFleet:
     """``connections`` MQTT sessions shared by a simulated fleet."""
 
-    def __init__(self, url: str, connections: int, window: int = 256, **tls: str) -> None:
+    def __init__(self, urls: list[str], connections: int, window: int = 256, **tls: str) -> None:
         tag = f"sensegate-sim-{os.getpid()}"
-        self.conns = [_Connection(MqttSettings.from_url(url, client_id=f"{tag}-{i}", protocol="3.1.1", **tls),
-                                  window) for i in range(max(1, connections))]
+        self.conns = [_Connection(MqttSettings.from_url(urls[i % len(urls)], client_id=f"{tag}-{i}", protocol="3.1.1",
+                                                        **tls), window) for i in range(max(1, connections))]
 
     async def open(self, within: float = 30.0) -> None:
         """Connect every session; MqttError when the broker does not take them within ``within`` s."""

@@ -40,8 +40,8 @@ class Options:
     """What `sensegate fleet simulate` was asked for."""
 
     gateways: int
-    rate: float  # readings per second, the whole fleet
-    broker: str = "mqtt://127.0.0.1:1883"
+    rate: float  # readings per second, the whole fleet (0: unpaced, ``batch_readings`` per batch)
+    broker: str = "mqtt://127.0.0.1:1883"  # or several, comma-separated: the gateways spread over them
     keys: Path = Path("sensegate-sim-keys")
     prefix: str = "sensegate"
     id_prefix: str = "sim"
@@ -56,6 +56,7 @@ class Options:
     forgers: int = 0
     lose_tail: int = 0
     heartbeat: float = 10.0  # seconds between two heartbeats of a gateway (0: only the last one)
+    batch_readings: int = 100  # unpaced: readings in each batch
     points: int = 4
     seed: int | None = None
 
@@ -99,7 +100,8 @@ async def simulate(opts: Options, fleet: Fleet, mqtt: MqttFleet, stop: asyncio.E
     gws, rng = fleet.gateways, fleet.rng
     everyone: list[tuple[int, SimGateway, Forger | None]] = [(i, g, None) for i, g in enumerate(gws)]
     everyone += [(f.index, f.gw, f) for f in fleet.forgers]
-    slots = max(1, round(opts.interval / TICK))
+    paced = opts.rate > 0
+    slots = max(1, round(opts.interval / TICK)) if paced else 1
     per_s = opts.rate / len(gws)
     cap = max(1.0, per_s * opts.interval * 2)  # a simulator behind schedule issues less, never bigger batches
     owed = [0.0] * len(everyone)
@@ -115,10 +117,13 @@ async def simulate(opts: Options, fleet: Fleet, mqtt: MqttFleet, stop: asyncio.E
             break
         for j in range(k % slots, len(everyone), slots):
             index, g, forger = everyone[j]
-            owed[j] = min(cap, owed[j] + per_s * (now - last[j]))
-            last[j] = now
-            n = int(owed[j])
-            owed[j] -= n
+            if paced:
+                owed[j] = min(cap, owed[j] + per_s * (now - last[j]))
+                last[j] = now
+                n = int(owed[j])
+                owed[j] -= n
+            else:
+                n = opts.batch_readings
             out: list[wire.Batch] = []
             g.read(n, last_ns[j], now_ns)
             last_ns[j] = now_ns
@@ -143,7 +148,7 @@ async def simulate(opts: Options, fleet: Fleet, mqtt: MqttFleet, stop: asyncio.E
                 beat[j] = now + opts.heartbeat
                 await mqtt.publish(index, g.status_topic, g.heartbeat(), retain=True)
         k += 1
-        delay = started + k * TICK - time.monotonic()
+        delay = started + k * TICK - time.monotonic() if paced else 0
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -151,7 +156,8 @@ async def simulate(opts: Options, fleet: Fleet, mqtt: MqttFleet, stop: asyncio.E
     elapsed = time.monotonic() - started
     for i, g in enumerate(gws):  # a clean stop: what is left goes out
         if i < opts.lose_tail:
-            g.read(max(1, math.ceil(per_s * opts.interval)), time.time_ns() - 1_000_000, time.time_ns())
+            n = math.ceil(per_s * opts.interval) if paced else opts.batch_readings
+            g.read(max(1, n), time.time_ns() - 1_000_000, time.time_ns())
         left = []
         while (b := g.batch()) is not None:
             left.append(b)
@@ -200,8 +206,8 @@ def options(args: argparse.Namespace) -> Options:
     return Options(args.gateways, args.rate, args.broker, Path(args.keys), args.prefix, args.id_prefix, args.seconds,
                    args.readings, args.interval, connections, drop_rate=args.drop_rate,
                    unclean_rate=args.unclean_rate, resend_rate=args.resend_rate, forgers=args.forgers,
-                   lose_tail=min(args.lose_tail, args.gateways), heartbeat=args.heartbeat, points=args.points,
-                   seed=args.seed)
+                   lose_tail=min(args.lose_tail, args.gateways), heartbeat=args.heartbeat,
+                   batch_readings=max(1, args.batch_readings), points=args.points, seed=args.seed)
 
 
 def simulate_main(args: argparse.Namespace) -> int:
@@ -238,7 +244,7 @@ def simulate_main(args: argparse.Namespace) -> int:
 
 
 async def _run(opts: Options, fleet: Fleet) -> dict[str, Any]:
-    mqtt = MqttFleet(opts.broker, opts.connections)
+    mqtt = MqttFleet([u.strip() for u in opts.broker.split(",") if u.strip()], opts.connections)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -30,7 +30,12 @@ def months_of(work: Work) -> Iterator[datetime]:
     """The first instant (UTC) of every month a reading of ``work`` falls in."""
     days: set[int] = set()
     for b in work.batches:
-        days.update(r.ts_ns // DAY_NS for r in b.readings)
+        if not b.readings:
+            continue
+        if b.ts_min // DAY_NS == b.ts_max // DAY_NS:  # nearly always: one day
+            days.add(b.ts_min // DAY_NS)
+        else:
+            days.update(r.ts_ns // DAY_NS for r in b.readings)
     seen: set[tuple[int, int]] = set()
     for d in sorted(days):
         t = datetime.fromtimestamp(d * 86_400, UTC)

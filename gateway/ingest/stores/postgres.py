@@ -1,4 +1,5 @@
-"""The PostgreSQL back-end (psycopg 3): readings by COPY into a table partitioned by month.
+"""The PostgreSQL back-end (psycopg 3): readings by binary COPY (gateway/ingest/stores/pgcopy.py)
+into a table partitioned by month.
 
 One transaction per fetch: lock the ledger rows of the (gateway, stream)s in it (sorted, so two
 workers never deadlock), read the stored neighbours of its batches, decide (``ledger.plan``),
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.ingest import ledger, rows
+from gateway.ingest import ledger
 from gateway.ingest.contract import (
     BAD_BLOB,
     BlobChunk,
@@ -30,6 +31,7 @@ from gateway.ingest.contract import (
     Work,
 )
 from gateway.ingest.ledger import HEARTBEAT_COLUMNS, LEDGER_COLUMNS, Link, StreamLedger
+from gateway.ingest.stores import pgcopy
 from gateway.ingest.stores.common import assemble, enrol_record, month_bounds, months_of, parse_revoke
 
 try:
@@ -171,6 +173,7 @@ class PostgresStorage:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self._partitions: set[str] = set()
+        self._copy = pgcopy.ReadingsCopy()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -283,11 +286,8 @@ class PostgresStorage:
                         await copy.write_row((b.gateway, b.stream, b.bseq, b.digest, b.prev, b.first_seq,
                                               b.last_seq, b.boot, b.kid, ts(b.received_ns)))
             if plan.readings:
-                async with cur.copy(f"COPY readings (gateway, stream, seq, ts, {', '.join(rows.COLUMNS)}) "
-                                    "FROM STDIN") as copy:
-                    for b, fresh in plan.readings:
-                        for r in fresh:
-                            await copy.write_row((b.gateway, b.stream, r.seq, ts(r.ts_ns), *rows.values(r)))
+                async with cur.copy(f"COPY readings ({', '.join(pgcopy.COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+                    await copy.write(self._copy.encode(plan.readings))
             if plan.ledgers:
                 sets = ", ".join(f"{c} = %s" for c in LEDGER_COLUMNS[2:])
                 await cur.executemany(f"UPDATE ledger SET {sets} WHERE gateway = %s AND stream = %s",
