@@ -190,18 +190,26 @@ async def _enrol(storage: Any, args: argparse.Namespace) -> int:
             print(f"{path}: no *.pub.pem in it", file=sys.stderr)
             status = 1
         files += found
+    keys: list[tuple[Path, str, str]] = []
     for path in files:
         gateway = args.gateway or path.name.removesuffix(".pem").removesuffix(".pub")
         try:
-            pem = await asyncio.to_thread(path.read_text)
+            keys.append((path, gateway, await asyncio.to_thread(path.read_text)))
         except (OSError, UnicodeDecodeError) as e:
             print(f"{path}: cannot read: {e}", file=sys.stderr)
             status = 1
-            continue
-        try:
-            rec = await storage.enrol(gateway, pem, bytes.fromhex(args.replaces) if args.replaces else b"")
-        except ValueError as e:
-            print(f"{path}: {e}", file=sys.stderr)
+    if args.replaces:  # a rotation: one key, replacing one
+        results: list[Any] = []
+        for _, gateway, pem in keys:
+            try:
+                results.append(await storage.enrol(gateway, pem, bytes.fromhex(args.replaces)))
+            except ValueError as e:
+                results.append(str(e))
+    else:  # a fleet's export: one transaction
+        results = await storage.enrol_many([(gateway, pem) for _, gateway, pem in keys]) if keys else []
+    for (path, gateway, _), rec in zip(keys, results, strict=True):
+        if isinstance(rec, str):
+            print(f"{path}: {rec}", file=sys.stderr)
             status = 1
             continue
         what = f", replacing {args.replaces}" if args.replaces else ""

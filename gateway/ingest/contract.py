@@ -248,6 +248,10 @@ class Storage(Protocol):
     async def enrol(self, gateway: str, public_pem: str, replaces: bytes = b"") -> KeyRecord:
         """Bind a key to a gateway (ValueError if it is bound to another one)."""
 
+    async def enrol_many(self, keys: Sequence[tuple[str, str]]) -> list[KeyRecord | str]:
+        """Bind many (gateway, public PEM) in one transaction (a fleet's provisioning export);
+        per key its record, or why it was not bound."""
+
     async def revoke(self, gateway: str, kid: bytes | None, reason: str) -> int:
         """Revoke one key of a gateway, or all its keys; returns how many."""
 

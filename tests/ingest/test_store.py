@@ -278,3 +278,20 @@ async def test_heartbeats_in_the_ledger_and_a_schema_1_database_upgraded(tmp_pat
         assert await storage.missing(7_200.0) == (0, 0)
     finally:
         await storage.close()
+
+
+async def test_a_fleets_keys_enrolled_in_one_transaction(tmp_path: Path, db_url: str) -> None:
+    feeds = [GatewayFeed(tmp_path, f"gw-{i}") for i in range(40)]
+    storage = await _storage(db_url)
+    try:
+        await storage.enrol("gw-0", feeds[0].pub.read_text())
+        keys = [(f.gateway, f.pub.read_text()) for f in feeds]
+        keys += [("gw-x", feeds[1].pub.read_text()), ("gw-y", "not a key"), ("gw-2", feeds[2].pub.read_text())]
+        got = await storage.enrol_many(keys)
+        assert all(isinstance(r, c.KeyRecord) for r in got[:40])  # gw-0 again: already its own, fine
+        assert "already bound to gateway 'gw-1'" in str(got[40]) and isinstance(got[41], str)
+        assert isinstance(got[42], c.KeyRecord)  # the same key for the same gateway twice: one row
+        snapshot = await storage.registry(0)
+        assert snapshot is not None and sorted(r.gateway for r in snapshot[1]) == sorted(f.gateway for f in feeds)
+    finally:
+        await storage.close()

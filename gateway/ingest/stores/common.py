@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from gateway.config.schema import _ID as GATEWAY_ID
@@ -24,6 +24,29 @@ def enrol_record(gateway: str, pem: str) -> KeyRecord:
     except KeyFileError as e:
         raise ValueError(str(e)) from None
     return KeyRecord(key_id(key), gateway, alg_of(key), public_pem(key).decode(), time.time_ns())
+
+
+def records_to_enrol(keys: Sequence[tuple[str, str]], bound: dict[bytes, str]) -> tuple[list[KeyRecord | str],
+                                                                                        list[KeyRecord]]:
+    """For ``enrol_many``: each key's record or why not (``bound``: kid -> gateway, as stored,
+    updated here), and the records to insert."""
+    out: list[KeyRecord | str] = []
+    new: list[KeyRecord] = []
+    for gateway, pem in keys:
+        try:
+            rec = enrol_record(gateway, pem)
+        except ValueError as e:
+            out.append(str(e))
+            continue
+        have = bound.get(rec.kid)
+        if have is not None and have != gateway:
+            out.append(f"key {rec.kid.hex()} is already bound to gateway {have!r}; a key speaks for one gateway only")
+            continue
+        if have is None:
+            bound[rec.kid] = gateway
+            new.append(rec)
+        out.append(rec)
+    return out, new
 
 
 def months_of(work: Work) -> Iterator[datetime]:

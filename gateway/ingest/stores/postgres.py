@@ -32,7 +32,14 @@ from gateway.ingest.contract import (
 )
 from gateway.ingest.ledger import HEARTBEAT_COLUMNS, LEDGER_COLUMNS, Link, StreamLedger
 from gateway.ingest.stores import pgcopy
-from gateway.ingest.stores.common import assemble, enrol_record, month_bounds, months_of, parse_revoke
+from gateway.ingest.stores.common import (
+    assemble,
+    enrol_record,
+    month_bounds,
+    months_of,
+    parse_revoke,
+    records_to_enrol,
+)
 
 try:
     import psycopg
@@ -391,6 +398,23 @@ class PostgresStorage:
                     raise ValueError(f"gateway {gateway!r} has no key {replaces.hex()} to replace")
             await conn.execute("UPDATE registry_version SET version = version + 1")
         return rec
+
+    async def enrol_many(self, keys: Sequence[tuple[str, str]]) -> list[KeyRecord | str]:
+        out: list[KeyRecord | str] = await self._op(self._enrol_many, keys)
+        return out
+
+    @staticmethod
+    async def _enrol_many(conn: psycopg.AsyncConnection[Any], keys: Sequence[tuple[str, str]]) -> list[KeyRecord | str]:
+        async with conn.transaction():
+            await conn.execute("SELECT version FROM registry_version FOR UPDATE")
+            cur = await conn.execute("SELECT kid, gateway FROM gateway_keys")
+            bound = {bytes(k): g for k, g in await cur.fetchall()}
+            out, new = records_to_enrol(keys, bound)
+            async with conn.cursor() as c:
+                await c.executemany("INSERT INTO gateway_keys (kid, gateway, alg, public_pem) VALUES (%s, %s, %s, %s)",
+                                    [(r.kid, r.gateway, r.alg, r.public_pem) for r in new])
+            await conn.execute("UPDATE registry_version SET version = version + 1")
+        return out
 
     async def revoke(self, gateway: str, kid: bytes | None, reason: str) -> int:
         n: int = await self._op(self._revoke, gateway, kid, reason)

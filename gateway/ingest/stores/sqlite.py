@@ -28,7 +28,7 @@ from gateway.ingest.contract import (
     Work,
 )
 from gateway.ingest.ledger import HEARTBEAT_COLUMNS, LEDGER_COLUMNS, Link, StreamLedger
-from gateway.ingest.stores.common import assemble, enrol_record, parse_revoke
+from gateway.ingest.stores.common import assemble, enrol_record, parse_revoke, records_to_enrol
 
 T = TypeVar("T")
 SCHEMA_VERSION = 2  # 2: the heartbeat's ledger columns (ledger.HEARTBEAT_COLUMNS)
@@ -231,6 +231,17 @@ class SqliteStorage:
                     raise ValueError(f"gateway {gateway!r} has no key {replaces.hex()} to replace")
             db.execute("UPDATE registry_version SET version = version + 1")
             return rec
+
+        return await self._run(self._tx, enrol)
+
+    async def enrol_many(self, keys: Sequence[tuple[str, str]]) -> list[KeyRecord | str]:
+        def enrol(db: sqlite3.Connection) -> list[KeyRecord | str]:
+            bound = {bytes(k): g for k, g in db.execute("SELECT kid, gateway FROM gateway_keys")}
+            out, new = records_to_enrol(keys, bound)
+            db.executemany("INSERT INTO gateway_keys (kid, gateway, alg, public_pem, enrolled_ns) "
+                           "VALUES (?, ?, ?, ?, ?)", [(r.kid, r.gateway, r.alg, r.public_pem, r.enrolled_ns) for r in new])
+            db.execute("UPDATE registry_version SET version = version + 1")
+            return out
 
         return await self._run(self._tx, enrol)
 
