@@ -238,8 +238,9 @@ class SqliteStorage:
         def enrol(db: sqlite3.Connection) -> list[KeyRecord | str]:
             bound = {bytes(k): g for k, g in db.execute("SELECT kid, gateway FROM gateway_keys")}
             out, new = records_to_enrol(keys, bound)
+            rows_ = [(r.kid, r.gateway, r.alg, r.public_pem, r.enrolled_ns) for r in new]
             db.executemany("INSERT INTO gateway_keys (kid, gateway, alg, public_pem, enrolled_ns) "
-                           "VALUES (?, ?, ?, ?, ?)", [(r.kid, r.gateway, r.alg, r.public_pem, r.enrolled_ns) for r in new])
+                           "VALUES (?, ?, ?, ?, ?)", rows_)
             db.execute("UPDATE registry_version SET version = version + 1")
             return out
 
