@@ -132,6 +132,7 @@ class Worker:
         t0 = time.monotonic()
         report = await self.storage.store(work)
         self.metrics.stored(report, time.monotonic() - t0)
+        self.metrics.committed(work.batches, time.time_ns())
         self.metrics.storage_up = True
         return report
 
