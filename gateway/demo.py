@@ -320,4 +320,5 @@ def _ingest_db(args: argparse.Namespace, workdir: Path) -> str:
         return ""
     if args.ingest == "-":
         return f"sqlite:{workdir / 'ingest.db'}"
-    return args.ingest if args.ingest.startswith(("sqlite:", "postgresql://", "postgres://")) else f"sqlite:{args.ingest}"
+    url: str = args.ingest
+    return url if url.startswith(("sqlite:", "postgresql://", "postgres://")) else f"sqlite:{url}"
