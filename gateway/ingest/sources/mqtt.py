@@ -63,6 +63,9 @@ class MqttSource:
         self.connected = asyncio.Event()
 
     async def open(self) -> None:
+        log.info("mqtt: the broker keeps batches for this ingest's session while it is away or behind, up to its "
+                 "limit (mosquitto: max_queued_messages, 1000 unless raised), then drops them silently and the "
+                 "ledger shows them missing; raise it (docs/ingest.md, Quick start)")
         self._task = asyncio.create_task(self._run(), name="ingest-mqtt")
         try:  # the first session: the broker must know our subscription before gateways publish
             async with asyncio.timeout(15):
