@@ -444,8 +444,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             for g, s in r["sizes"].items():
                 lines.append(f"  {int(g):>6,} gateways: {s['rss_idle_mib']:.1f} / {s['rss_after_1_mib']:.1f} / "
                              f"{s['rss_after_2_mib']:.1f}  ({s['batches']:,.0f} batches of {s['batch_readings']})")
-            lines.append(f"  per enrolled gateway: {r['kib_per_gateway']:.2f} KiB (idle); growth from a second backlog: "
-                         f"{r['growth_mib_per_backlog']:+.1f} MiB at most")
+            lines.append(f"  per enrolled gateway: {r['kib_per_gateway']:.2f} KiB (idle); growth from a second "
+                         f"backlog: {r['growth_mib_per_backlog']:+.1f} MiB at most")
         if "reading_p50_ms" in r:
             lines.append("")
             lines.append(f"{name}: {r['gateways']:,} gateways, {r['offered_readings_per_s']:,.0f} readings/s offered "
