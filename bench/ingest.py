@@ -13,7 +13,8 @@ prefix, durable consumer and database.
   workers, the three nats-servers, and the postmaster with all its children), per stored
   reading. NATS's CPU while the backlog was published (taking the gateways' MQTT, replicating)
   is its own column. ``capacity`` is 2 cores divided by the CPU a stored reading costs in all:
-  the rate if the components had this machine's two cores to themselves.
+  the rate if the components had this machine's two cores to themselves; ``with NATS in`` adds
+  NATS's cost of taking the reading from the gateway (both happen at once in a running fleet).
 * ``memory``: one worker's RSS at 100, 1,000 and 10,000 enrolled gateways, before any batch,
   after a first backlog and after a second as large (growth with the number of batches).
 * ``latency``: 200 gateways at a steady 20,000 readings/s, each sending a batch a second (100
@@ -277,6 +278,8 @@ def throughput(site: Site, name: str, gateways: int, batch: int, readings: int) 
         pre = preload(site, name, keys, gateways, readings, batch)
         total += pre["readings"]
         run = drain(site, db, name, workers, pre["readings"])
+        run["capacity_with_publish_readings_per_s"] = CORES * 1e6 / max(run["us_per_reading"]["total"]
+                                                                        + pre["nats_in_us"], 1e-9)
         out[f"{workers}w"] = {**run, **{k: v for k, v in pre.items() if k != "readings"}}
     in_ledger, rows, missing = ledger_totals(db)
     out["ratio_2w_1w"] = out["2w"]["readings_per_s"] / out["1w"]["readings_per_s"]
@@ -412,7 +415,7 @@ def cost_model(big: dict[str, Any], small: dict[str, Any]) -> dict[str, tuple[fl
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = []
     head = ("scenario", "gateways", "rd/batch", "1 worker r/s", "2 workers r/s", "2w/1w", "worker us/r", "NATS us/r",
-            "PG us/r", "total us/r", "capacity r/s", "NATS in us/r", "worker MiB", "load")
+            "PG us/r", "total us/r", "capacity r/s", "NATS in us/r", "with NATS in", "worker MiB", "load")
     rows = [head]
     for name, r in results.items():
         if "1w" not in r:
@@ -423,6 +426,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                      f"{two['readings_per_s']:,.0f}", f"{r['ratio_2w_1w']:.2f}", f"{us['workers']:.1f}",
                      f"{us['nats']:.1f}", f"{us['postgres']:.1f}", f"{us['total']:.1f}",
                      f"{two['capacity_readings_per_s']:,.0f}", f"{two['nats_in_us']:.1f}",
+                     f"{two['capacity_with_publish_readings_per_s']:,.0f}",
                      f"{max(one['worker_rss_mib'], two['worker_rss_mib']):.1f}",
                      f"{one['load_avg']:.1f}/{two['load_avg']:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
