@@ -28,6 +28,7 @@ from gateway.mqtt import MqttError, MqttSession
 from gateway.receiver import KeyBindings, Receiver
 from gateway.receiver.cli import format_summary
 from gateway.receiver.mqtt import receiver_settings, receiver_topics, topic_gateway
+from gateway.testing.procs import stop_process
 
 GATEWAY_ID = "demo-gw-1"
 
@@ -183,14 +184,8 @@ class DemoIngest:
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(20):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await stop_process(proc)
 
 
 async def run_demo(workdir: Path, seconds: float, pkcs11: bool = False, ingest_db: str = "") -> int:

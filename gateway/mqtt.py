@@ -31,6 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 if TYPE_CHECKING:
     from gateway.config.schema import MqttUplink as MqttUplinkConfig
+    from gateway.scheduler import Backoff
 
 log = logging.getLogger("sensegate.mqtt")
 
@@ -345,6 +346,23 @@ class MqttSession:
                 await misc
 
 
+async def connect_retrying(make: Callable[[], MqttSession], backoff: Backoff,
+                           on_error: Callable[[MqttError], None] | None = None) -> MqttSession:
+    """A connected session: each try a new one from ``make``, waiting ``backoff`` between tries
+    (each failure given to ``on_error``); the backoff is reset once the broker takes one."""
+    while True:
+        session = make()
+        try:
+            await session.connect()
+        except MqttError as e:
+            if on_error is not None:
+                on_error(e)
+            await asyncio.sleep(backoff.next())
+            continue
+        backoff.reset()
+        return session
+
+
 async def subscribe_forever(
     settings: MqttSettings,
     topic_filters: list[str],
@@ -362,15 +380,7 @@ async def subscribe_forever(
 
     wait = Backoff(*backoff)
     while True:
-        session = MqttSession(settings, on_message=on_message)
-        try:
-            await session.connect()
-        except MqttError as e:
-            if on_error is not None:
-                on_error(e)
-            await asyncio.sleep(wait.next())
-            continue
-        wait.reset()
+        session = await connect_retrying(lambda: MqttSession(settings, on_message=on_message), wait, on_error)
         for topic_filter in topic_filters:
             session.client.subscribe(topic_filter, qos=1)
         if connected is not None:

@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from gateway.mqtt import MqttError, MqttSession, MqttSettings
+from gateway.mqtt import MqttError, MqttSession, MqttSettings, connect_retrying
 from gateway.scheduler import Backoff
 
 log = logging.getLogger("sensegate.simulate")
@@ -52,16 +52,8 @@ class _Connection:
     async def run(self) -> None:
         backoff = Backoff(0.2, 5.0)
         while True:
-            session = MqttSession(self.settings, on_publish=self._on_publish)
-            session.client.max_inflight_messages_set(self.window)
-            session.client.max_queued_messages_set(0)
-            try:
-                await session.connect()
-            except MqttError as e:
-                log.warning("simulate: %s; retrying", e)
-                await asyncio.sleep(backoff.next())
-                continue
-            backoff.reset()
+            session = await connect_retrying(self._session, backoff,
+                                             lambda e: log.warning("simulate: %s; retrying", e))
             again = list(self.unacked.values())  # what the last connection left unacknowledged
             self.unacked.clear()
             self.session = session
@@ -77,6 +69,12 @@ class _Connection:
                 await session.close(graceful=False)
             log.warning("simulate: connection %s lost; re-sending %d unacknowledged", self.settings.client_id,
                         len(self.unacked))
+
+    def _session(self) -> MqttSession:
+        session = MqttSession(self.settings, on_publish=self._on_publish)
+        session.client.max_inflight_messages_set(self.window)
+        session.client.max_queued_messages_set(0)
+        return session
 
     def _send(self, topic: str, payload: bytes, retain: bool) -> None:
         assert self.session is not None
