@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -30,3 +32,18 @@ def test_signing_bench_tiny(tmp_path: Path) -> None:
     assert {"PEM ed25519", "PEM es256", "SoftHSM2 es256", "SoftHSM2 ed25519"} <= results.keys()
     assert all(results[k]["signatures"] >= 3 for k in ("SoftHSM2 es256", "SoftHSM2 ed25519"))
     assert "ceiling readings/s" in r.stdout
+
+
+@pytest.mark.slow
+def test_ingest_bench_tiny(tmp_path: Path) -> None:
+    """bench/ingest.py runs its three kinds of scenario (a NATS cluster, PostgreSQL, the simulator,
+    workers) and prints its tables; what it stored is checked against what was published."""
+    out = tmp_path / "ingest.json"
+    r = subprocess.run([sys.executable, "-m", "bench", "--group", "ingest", "--tiny", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads(out.read_text())["results"]
+    t = results["throughput_tiny"]
+    assert t["verified_ok"] and t["stored_rows"] == 40_000 and t["2w"]["us_per_reading"]["workers"] > 0, t
+    assert results["latency_tiny"]["stored_readings_per_s"] > 0 and results["memory_tiny"]["sizes"]
+    assert "2 workers r/s" in r.stdout and "worker RSS MiB" in r.stdout
