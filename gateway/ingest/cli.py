@@ -45,7 +45,8 @@ def add_parsers(sub: Any) -> None:
     ing.add_argument("--password", default="")
     ing.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
-    fleet = sub.add_parser("fleet", help="the ingest's registry and ledgers: enrol keys, revoke, report; simulate a fleet")
+    fleet = sub.add_parser("fleet", help="the ingest's registry and ledgers: enrol keys, revoke, report; "
+                           "simulate a fleet")
     fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="ACTION")
     fleet_sub.required = True
     enrol = fleet_sub.add_parser("enrol", help="bind gateways' public keys (GATEWAY-ID.pub.pem from provision)")
