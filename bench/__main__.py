@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(e.g. a git worktree of an older commit): rows NAME@base, same machine, same run")
     p.add_argument("--group", default="gateway", choices=("gateway", "ingest"),
                    help="gateway: the daemon's scenarios (the default); ingest: the fleet ingest's (bench/ingest.py: "
-                   "throughput_1k, throughput_10k, throughput_10k_small, memory, latency; results in "
+                   "throughput_1k, throughput_10k, throughput_10k_small, memory, latency, latency_5k; results in "
                    "bench/results/ingest.json)")
     args = p.parse_args(argv)
     if args.group == "ingest":
