@@ -39,6 +39,13 @@ async def _verified(feed: GatewayFeed, trust: RegistryTrust, datas: list[bytes])
     return out
 
 
+async def _enrolled_batches(storage: Any, feed: GatewayFeed, n: int, readings: int = 5) -> list[c.VerifiedBatch]:
+    """Enrol ``feed`` and make ``n`` verified batches of its own buffer."""
+    trust = await _enrolled(storage, feed)
+    async with feed.open():
+        return await _verified(feed, trust, await feed.batches(n, readings=readings))
+
+
 async def _enrolled(storage: Any, *feeds: GatewayFeed) -> RegistryTrust:
     for f in feeds:
         await storage.enrol(f.gateway, f.pub.read_text())
@@ -51,9 +58,7 @@ async def test_redelivered_batches_insert_nothing_and_the_ledger_is_complete(tmp
     feed = GatewayFeed(tmp_path)
     storage = await _storage(db_url)
     try:
-        trust = await _enrolled(storage, feed)
-        async with feed.open():
-            batches = await _verified(feed, trust, await feed.batches(6, readings=4))
+        batches = await _enrolled_batches(storage, feed, 6, readings=4)
         first = await storage.store(c.Work(batches=batches[:4]))
         assert (first.batches, first.readings, first.duplicates) == (4, 16, 0)
         again = await storage.store(c.Work(batches=batches))  # a crash before the ack: all of it comes again
@@ -220,9 +225,7 @@ async def test_a_partition_dropped_for_retention_is_made_again(tmp_path: Path, p
     feed = GatewayFeed(tmp_path)
     storage = await _storage(pg_dsn)
     try:
-        trust = await _enrolled(storage, feed)
-        async with feed.open():
-            first, second = await _verified(feed, trust, await feed.batches(2))
+        first, second = await _enrolled_batches(storage, feed, 2)
         await storage.store(c.Work(batches=[first]))
         [(name,)] = query(pg_dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                                    "WHERE c.relkind = 'r'")
@@ -243,9 +246,7 @@ async def test_heartbeats_in_the_ledger_and_a_schema_1_database_upgraded(tmp_pat
     feed = GatewayFeed(tmp_path)
     storage = await _storage(db_url)
     try:
-        trust = await _enrolled(storage, feed)
-        async with feed.open():
-            batches = await _verified(feed, trust, await feed.batches(2, readings=5))
+        batches = await _enrolled_batches(storage, feed, 2)
         await storage.store(c.Work(batches=batches))
     finally:
         await storage.close()
