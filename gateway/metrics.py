@@ -113,6 +113,8 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     out["batches"] = pipe.get("batches")
     out["uplinks"] = pipe.get("uplinks") or {}
     out["clock"] = pipe.get("clock")
+    if pipe.get("issued") is not None:
+        out["issued"] = pipe["issued"]  # how far the buffer has numbered: the heartbeat's (gateway/heartbeat.py)
     proc = process_stats()
     if "start_time" in proc:
         proc["uptime_seconds"] = max(0.0, out["time"] - proc["start_time"])
