@@ -112,7 +112,6 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     out["buffer"] = pipe.get("buffer")
     out["batches"] = pipe.get("batches")
     out["uplinks"] = pipe.get("uplinks") or {}
-    out["clock"] = pipe.get("clock")
     if pipe.get("issued") is not None:
         out["issued"] = pipe["issued"]  # how far the buffer has numbered: the heartbeat's (gateway/heartbeat.py)
     proc = process_stats()
@@ -121,10 +120,9 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     out["process"] = proc
     from gateway.remote.health import extras  # the fleet view's part: config, clock, disk, agent
 
-    pipe_clock = out["clock"]
     out.update(extras(daemon))
-    if pipe_clock:  # the kernel's view (with the NTP offset) under what the clock watch saw (steps)
-        out["clock"] = {**(out.get("clock") or {}), **pipe_clock}
+    if pipe.get("clock"):  # the kernel's view (with the NTP offset) under what the clock watch saw (steps)
+        out["clock"] = {**(out.get("clock") or {}), **pipe["clock"]}
     return out
 
 

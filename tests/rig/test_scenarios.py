@@ -398,7 +398,9 @@ async def test_clock_jump(rig_spec: RigSpec, rig_report: RigReport, result: Scen
     why_not = ClockJump.unavailable_reason()
     if why_not:
         pytest.skip(why_not)
-    names = [d.name for d in rig_spec.devices if d.driver != "ble"]
+    # the OPC UA device stamps its values with its own server's clock (the test process's true
+    # time, which libfaketime does not move): a test of the gateway's clock leaves it out
+    names = [d.name for d in rig_spec.devices if d.driver not in ("ble", "opcua")]
     async with RigRun(rig_spec, tmp_path, devices=names) as rig:
         note_skipped(rig, result, rig_report.skipped_devices)
         assert rig.receiver is not None

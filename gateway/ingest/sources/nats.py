@@ -19,6 +19,7 @@ message goes to one of them, and comes back to another if it is not acknowledged
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ STREAM = "$MQTT_msgs"  # nats-server's stream of MQTT QoS 1/2 messages (server/m
 SUBJECT_PREFIX = "$MQTT.msgs."
 DURABLE = "sensegate-ingest"
 FILL = 0.05  # once a message is there, how long a fetch waits for more to fill its transaction
+OPEN_WITHIN = 60.0  # seconds a starting worker waits for JetStream to answer (leader elections)
 
 
 def subject_topic(subject: str) -> str:
@@ -86,8 +88,22 @@ class NatsSource:
             connect_timeout=5, error_cb=self._error, disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected)
         js = self._nc.jetstream(timeout=10)
-        await self._ensure(js)
-        self._sub = await js.pull_subscribe_bind(self.durable, stream=STREAM)
+        # a cluster that is electing its JetStream leaders (a node just restarted) answers 503
+        # "temporarily unavailable" or not at all for a while, even where a stream has its quorum
+        # again: a worker starting then waits for it (bounded), it does not fail
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + OPEN_WITHIN
+        while True:
+            try:
+                await self._ensure(js)
+                self._sub = await js.pull_subscribe_bind(self.durable, stream=STREAM)
+                return
+            except (nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
+                    nats.errors.NoRespondersError) as e:
+                if loop.time() >= give_up:
+                    raise
+                log.warning("nats: JetStream not ready (%s); trying again", e)
+                await asyncio.sleep(1.0)
 
     async def _ensure(self, js: Any) -> None:
         """The stream (as nats-server makes it) and our durable consumer, made when missing."""

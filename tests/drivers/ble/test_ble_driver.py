@@ -179,7 +179,8 @@ async def test_unreadable_adverts_are_counted_in_metrics_and_logged_once_per_dev
             await h.sink.wait_for(1, node=node, point="temperature", within=WITHIN)
             assert [r.value for r in h.sink.points("battery", node)] == [93, 93, 93]
             assert h.runner.stats.extra["partly_decoded"] == 6
-            summary = metrics.summary(SimpleNamespace(cfg=None, nodes=h.nodes, pipeline=None,
+            summary = metrics.summary(SimpleNamespace(cfg=None, nodes=h.nodes, pipeline=None, remote=None,
+                                                   config_path="gw.yaml",
                                                    supervisor=SimpleNamespace(runners={"ble": h.runner})))
             assert summary["drivers"]["ble"]["events"]["partly_decoded"] == 6
             text = metrics.render(summary)
