@@ -8,10 +8,11 @@ RIG_ARGS ?= --soak-seconds 60
 RIG_OUT ?= out/rig
 DEB_OUT ?= dist
 
-.PHONY: help demo test lint typecheck pytest rig bench deps venv test-venv clean deb fuzz arm64-check image image-check
+.PHONY: help demo demo-ingest test lint typecheck pytest rig bench deps venv test-venv clean deb fuzz arm64-check image image-check
 
 help:
 	@echo "make demo   - simulated devices + local mosquitto + daemon + receiver, verified batches"
+	@echo "make demo-ingest - the same, with the embedded fleet ingest storing every reading (SQLite) and its report"
 	@echo "make test   - the full suite: lint, type check, tests against real services"
 	@echo "make lint   - ruff (with ASYNC rules) and mypy on gateway/"
 	@echo "make rig    - the rig scenarios on RIG=sim (or RIG=hil/rigs/bench-pi.yaml); report in out/rig/"
@@ -46,6 +47,10 @@ deps:
 demo: venv
 	@hil/system-deps.sh demo
 	$(BIN)/sensegate demo
+
+demo-ingest: venv
+	@hil/system-deps.sh demo
+	$(BIN)/sensegate demo --ingest
 
 lint: test-venv
 	$(BIN)/ruff check gateway drivers hil tests bench

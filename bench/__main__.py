@@ -579,7 +579,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results/latest.json")
     p.add_argument("--baseline-root", default="", help="also run each scenario with the daemon of this checkout "
                    "(e.g. a git worktree of an older commit): rows NAME@base, same machine, same run")
+    p.add_argument("--group", default="gateway", choices=("gateway", "ingest"),
+                   help="gateway: the daemon's scenarios (the default); ingest: the fleet ingest's (bench/ingest.py: "
+                   "throughput_1k, throughput_10k, throughput_10k_small, memory, latency, latency_5k; results in "
+                   "bench/results/ingest.json)")
     args = p.parse_args(argv)
+    if args.group == "ingest":
+        from bench import ingest
+
+        return ingest.main(args)
     chosen = scenarios(args.seconds, args.tiny)
     if args.only:
         chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}

@@ -17,12 +17,45 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from gateway import wire
 from gateway.config.schema import BatchSection
 from gateway.keys import PrivateKey, key_id
-from gateway.store import NewBatch, Unbatched
+from gateway.store import NewBatch
+
+
+class Waiting(Protocol):
+    """What waits to be batched, as the batch step reads it: the store's ``Unbatched`` (inside
+    the store's transaction), or a simulated gateway's memory (gateway/ingest/simulator.py)."""
+
+    stream: int
+    boot: int
+    next_seq: int  # the next reading number (readings below it are numbered)
+    next_bseq: int
+    last_hash: bytes
+    batched_upto: int  # reading numbers up to here are in batches (or declared)
+
+    def segments(self) -> Iterator[tuple[int, int, bytes]]:
+        """(first_seq, last_seq, encoded records) of what is not yet batched, in order."""
+        ...
+
+    def drops(self, before: int) -> list[tuple[int, int, str]]:
+        """Undeclared drop ranges that start before reading number ``before``, in order."""
+        ...
+
+    def blob_drops(self, limit: int) -> list[tuple[bytes, str]]:
+        """Undeclared blob drops: (sha256, reason)."""
+        ...
+
+    def clock(self, first: int, last: int) -> list[wire.ClockEpoch]:
+        """The clock epochs readings ``first``..``last`` were stamped in, in order."""
+        ...
+
+    def clock_steps(self, limit: int) -> list[wire.ClockStep]:
+        """Clock steps not yet declared, oldest first."""
+        ...
 
 
 class Batcher:
@@ -42,7 +75,7 @@ class Batcher:
             self.key, self.kid = key, key_id(key.public_key())
         self.kr = kr
 
-    def next_batch(self, waiting: Unbatched) -> NewBatch | None:
+    def next_batch(self, waiting: Waiting) -> NewBatch | None:
         """The next batch from what waits, signed; None when there is nothing to send."""
         parts: list[bytes] = []
         first = last = 0
@@ -83,7 +116,7 @@ class Batcher:
 
 
 def _cut(parts: list[bytes], first: int, epochs: list[wire.ClockEpoch],
-         waiting: Unbatched) -> tuple[list[bytes], int, int, list[wire.ClockEpoch]]:
+         waiting: Waiting) -> tuple[list[bytes], int, int, list[wire.ClockEpoch]]:
     """Fewer segments, so that the batch spans at most MAX_DECLARED clock epochs (at least one
     segment; one whose readings span more has its extra epochs folded into the last one kept:
     a clock changing that often within one commit cannot be told apart reading by reading)."""

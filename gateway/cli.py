@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulated devices + local broker + daemon + receiver")
     demo.add_argument("--seconds", type=float, default=15.0, help="how long to run (0: until Ctrl-C)")
     demo.add_argument("--dir", default="", help="work directory (default: a temporary one)")
+    demo.add_argument("--ingest", nargs="?", const="-", default="", metavar="sqlite:PATH",
+                      help="also run the embedded fleet ingest on the demo's broker, storing every reading (in the "
+                      "work directory, or in PATH to keep it), and end with its `fleet report`")
     demo.add_argument("--pkcs11", action="store_true",
                       help="keep the device key on a SoftHSM2 token (a simulated secure element), signing ES256")
 

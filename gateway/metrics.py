@@ -112,6 +112,8 @@ def summary(daemon: _Daemon) -> dict[str, Any]:
     out["buffer"] = pipe.get("buffer")
     out["batches"] = pipe.get("batches")
     out["uplinks"] = pipe.get("uplinks") or {}
+    if pipe.get("issued") is not None:
+        out["issued"] = pipe["issued"]  # how far the buffer has numbered: the heartbeat's (gateway/heartbeat.py)
     proc = process_stats()
     if "start_time" in proc:
         proc["uptime_seconds"] = max(0.0, out["time"] - proc["start_time"])

@@ -32,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 if TYPE_CHECKING:
     from gateway.config.schema import MqttUplink as MqttUplinkConfig
+    from gateway.scheduler import Backoff
 
 log = logging.getLogger("sensegate.mqtt")
 
@@ -50,6 +51,11 @@ def batch_topic(prefix: str, gateway: str) -> str:
 
 def status_topic(prefix: str, gateway: str) -> str:
     return f"{prefix}/{gateway}/status"
+
+
+def health_topic(prefix: str, gateway: str) -> str:
+    """Retained: the last signed health summary (not overwritten by the last will)."""
+    return f"{prefix}/{gateway}/health"
 
 
 def keys_topic(prefix: str, gateway: str) -> str:
@@ -422,6 +428,23 @@ class MqttSession:
                 await misc
 
 
+async def connect_retrying(make: Callable[[], MqttSession], backoff: Backoff,
+                           on_error: Callable[[MqttError], None] | None = None) -> MqttSession:
+    """A connected session: each try a new one from ``make``, waiting ``backoff`` between tries
+    (each failure given to ``on_error``); the backoff is reset once the broker takes one."""
+    while True:
+        session = make()
+        try:
+            await session.connect()
+        except MqttError as e:
+            if on_error is not None:
+                on_error(e)
+            await asyncio.sleep(backoff.next())
+            continue
+        backoff.reset()
+        return session
+
+
 async def subscribe_forever(
     settings: MqttSettings,
     topic_filters: list[str],
@@ -440,15 +463,7 @@ async def subscribe_forever(
 
     wait = Backoff(*backoff)
     while True:
-        session = MqttSession(settings, on_message=on_message)
-        try:
-            await session.connect()
-        except MqttError as e:
-            if on_error is not None:
-                on_error(e)
-            await asyncio.sleep(wait.next())
-            continue
-        wait.reset()
+        session = await connect_retrying(lambda: MqttSession(settings, on_message=on_message), wait, on_error)
         try:
             await session.subscribe_each(topic_filters, qos)
             if connected is not None:

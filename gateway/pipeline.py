@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,8 @@ class BufferedPipeline:
         self._task: asyncio.Task[None] | None = None
         self._resumed = False  # the store's outbox is taken up (at start, or once the store opened)
         self.last_acked: tuple[int, float | None] = (0, None)  # batch number and time of the last acknowledgement
+        # the last signed heartbeat of a clean stop (set by gateway/remote/health.py's HealthPublisher)
+        self.last_word: Callable[[], Awaitable[object]] | None = None
 
     @property
     def uplink(self) -> Uplink:
@@ -261,6 +264,7 @@ class BufferedPipeline:
                         "last_acked": self.last_acked[0] or None, "last_acked_at": self.last_acked[1]},
             "uplinks": self.dispatch.stats(),
             "clock": self.store.clock.snapshot(),
+            "issued": self.store.issued(),
         }
 
     async def close(self, grace: float = 3.0) -> None:
@@ -276,6 +280,8 @@ class BufferedPipeline:
             if task is not None and not await stop_task(task, (CLOSE_STEP,)):
                 abandon(task, f"pipeline task {task.get_name()} would not stop")
         await settle(self._record_reports(), CLOSE_STEP, "recording the last acknowledgements")
+        if self.last_word is not None:  # signed, how far this stream got: a tail lost on the way is lost, not late
+            await settle(self.last_word(), CLOSE_STEP, "publishing the last heartbeat")
         await asyncio.gather(*(settle(up.close(), CLOSE_STEP, f"closing uplink {up.name}")
                                for up in self.uplinks))
         await self.store.close()

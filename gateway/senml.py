@@ -24,8 +24,7 @@ import hashlib
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 
@@ -225,9 +224,9 @@ class SenmlError(ValueError):
     """A pack that is not SenML as we write it."""
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedReading:
-    """A reading as a receiver sees it, with its sequence number."""
+class DecodedReading(NamedTuple):
+    """A reading as a receiver sees it, with its sequence number (a tuple: a receiver makes one
+    per record, and a tuple is the cheapest object there is to make)."""
 
     seq: int
     node: str
@@ -260,6 +259,9 @@ class DecodedReading:
 
 _KIND_TYPES: dict[str, tuple[type, ...]] = {
     "v": (int, float), "vs": (str,), "vb": (bool,), "vd": (bytes,), "loc": (str,), "blob": (str,)}
+
+
+_new = tuple.__new__  # a DecodedReading without the call of its __new__ (one per record)
 
 
 def decode_pack(pack: Any, first_seq: int) -> list[DecodedReading]:
@@ -342,7 +344,7 @@ def _walk(pack: Any, first_seq: int, out: list[DecodedReading] | None, ts_out: l
                 ts_out.append(ts)
             if out is not None:
                 node, _, point = name.partition("/")
-                out.append(DecodedReading(first_seq + i, node, point, ts, value, unit, q, p, kind, extra))
+                out.append(_new(DecodedReading, (first_seq + i, node, point, ts, value, unit, q, p, kind, extra)))
     return len(pack)
 
 

@@ -7,8 +7,9 @@ The path of a message, in ``gateway.ingest.worker``:
    objects: the topic and the bytes a gateway published. Nothing is acknowledged yet.
 2. ``gateway.ingest.verify`` checks each one: the COSE signature with the key that a
    ``TrustLookup`` says is bound to the gateway the batch names, the topic against the header,
-   the header and the SenML pack. The result is a ``VerifiedBatch``, a ``BlobChunk`` or a
-   ``Refused`` (with its reason).
+   the header and the SenML pack. The result is a ``VerifiedBatch``, a ``BlobChunk``, a
+   ``Heartbeat`` (a gateway's signed status: how far it has numbered) or a ``Refused`` (with
+   its reason).
 3. A ``Storage`` writes a ``Work`` (what one fetch produced) in ONE transaction: the readings,
    the batch log, each gateway's completeness ledger, blobs and the quarantine. It is
    idempotent: storing the same batch again inserts nothing and counts a duplicate.
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from gateway.wire import ClockEpoch, ClockStep
 
 CONTRACT_VERSION = 1
+DEFAULT_TAIL_GRACE = 300.0  # seconds after a heartbeat's claim arrived before what it claims counts as missing
 
 # Why a message was refused (the ``reason`` of a ``Refused`` and of a quarantine row)
 UNKNOWN_KEY = "unknown_key"  # its kid is not enrolled for any gateway: forged
@@ -43,8 +45,9 @@ TOPIC_MISMATCH = "topic_mismatch"  # the topic names another gateway than the si
 MALFORMED = "malformed"  # not a COSE_Sign1 batch, or signed but not a valid batch
 CONFLICT = "conflict"  # a batch number seen before with other content (chain break)
 BAD_BLOB = "bad_blob"  # blob chunks that are malformed or do not add up to their hash
+BAD_HEARTBEAT = "bad_heartbeat"  # a status signed as a heartbeat that does not verify (see the detail)
 REFUSAL_REASONS = (UNKNOWN_KEY, WRONG_GATEWAY, REVOKED, REPLACED, BAD_SIGNATURE, TOPIC_MISMATCH,
-                   MALFORMED, CONFLICT, BAD_BLOB)
+                   MALFORMED, CONFLICT, BAD_BLOB, BAD_HEARTBEAT)
 
 
 class StorageUnavailable(Exception):
@@ -147,6 +150,8 @@ class VerifiedBatch:
     message: bytes  # the signed bytes, kept for the quarantine should it conflict with a stored batch
     clock: tuple[ClockEpoch, ...] = ()  # the clock epochs its readings were stamped in ("ck")
     steps: tuple[ClockStep, ...] = ()  # clock steps it declares ("cj")
+    ts_min: int = 0  # the oldest and newest reading's time (0, 0 with no readings)
+    ts_max: int = 0
 
     @property
     def count(self) -> int:
@@ -164,6 +169,25 @@ class BlobChunk:
     content_type: str
     data: bytes
     received_ns: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A gateway's signed heartbeat (gateway/heartbeat.py): how far its stream has numbered."""
+
+    gateway: str
+    stream: int
+    boot: int
+    last_seq: int  # highest reading number issued
+    last_bseq: int
+    held_from: int  # lowest reading number the gateway still holds unacknowledged
+    sent_ns: int  # the gateway's clock
+    received_ns: int  # when the broker stored it (or it arrived here)
+
+    @property
+    def handed_off(self) -> int:
+        """Every reading number up to here left the gateway: received or declared, or lost on the way."""
+        return min(self.last_seq, self.held_from - 1)
 
 
 @dataclass(frozen=True)
@@ -186,9 +210,10 @@ class Work:
     batches: list[VerifiedBatch] = field(default_factory=list)
     chunks: list[BlobChunk] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
+    heartbeats: list[Heartbeat] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.batches) + len(self.chunks) + len(self.refused)
+        return len(self.batches) + len(self.chunks) + len(self.refused) + len(self.heartbeats)
 
 
 @dataclass
@@ -200,6 +225,7 @@ class StoreReport:
     duplicates: int = 0  # batches stored before (re-sends, replays, re-deliveries): nothing inserted
     refused: dict[str, int] = field(default_factory=dict)  # quarantined, by reason
     blobs: int = 0  # blobs completed and verified
+    heartbeats: int = 0  # heartbeats taken into the ledger
     gaps: dict[str, int] = field(default_factory=dict)  # gateway -> readings missing, after this commit
     time_uncertain: int = 0  # new readings stamped on a clock their gateway did not call synchronised
     time_redated: int = 0  # such readings (new or stored before) given a corrected time
@@ -227,6 +253,10 @@ class Storage(Protocol):
     async def enrol(self, gateway: str, public_pem: str, replaces: bytes = b"") -> KeyRecord:
         """Bind a key to a gateway (ValueError if it is bound to another one)."""
 
+    async def enrol_many(self, keys: Sequence[tuple[str, str]]) -> list[KeyRecord | str]:
+        """Bind many (gateway, public PEM) in one transaction (a fleet's provisioning export);
+        per key its record, or why it was not bound."""
+
     async def revoke(self, gateway: str, kid: bytes | None, reason: str) -> int:
         """Revoke one key of a gateway, or all its keys; returns how many."""
 
@@ -236,5 +266,6 @@ class Storage(Protocol):
     async def refusals(self, gateway: str | None = None) -> dict[tuple[str, str], int]:
         """Quarantined messages counted by (claimed gateway, reason)."""
 
-    async def missing(self) -> tuple[int, int]:
-        """Gateways with readings unaccounted for, and how many readings, as of the last commits."""
+    async def missing(self, grace: float) -> tuple[int, int]:
+        """Gateways with readings unaccounted for, and how many readings: the holes as of the
+        last commits, and the tails heartbeats claimed more than ``grace`` seconds ago."""

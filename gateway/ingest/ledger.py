@@ -10,25 +10,33 @@ order in which batches arrive and which worker takes them do not change the outc
 * a chain link is checked when both of its batches are stored, by whichever arrives second;
 * readings are inserted only for numbers not yet received (a reading is stored once);
 * every reading number is received, declared dropped (with its reason), declared skipped after
-  an unclean stop, or missing: the holes between 1 and the highest number accounted for;
+  an unclean stop, or missing: the holes between 1 and the highest number accounted for, and
+  the *tail*: numbers a signed heartbeat said had left the gateway (gateway/heartbeat.py) more
+  than a grace period ago, and that neither arrived nor were declared;
 * readings stamped on a clock their gateway did not call synchronised are counted (``uncertain``)
   and re-dated when they can be (``redated``): gateway/ingest/clock.py.
+
+A heartbeat's claim ("everything up to N has left me") is kept with the time it first reached
+the broker, so a gateway that keeps sending heartbeats does not push its own deadline back:
+``claims`` holds the rising claims with their first arrival, at most MAX_CLAIMS of them.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.ingest import clock
 from gateway.ingest.clock import KnownEpoch, Span, TimePlan
-from gateway.ingest.contract import CONFLICT, Refused, StoreReport, VerifiedBatch, Work
+from gateway.ingest.contract import CONFLICT, DEFAULT_TAIL_GRACE, Heartbeat, Refused, StoreReport, VerifiedBatch, Work
 from gateway.receiver.state import Ranges
 from gateway.senml import DecodedReading
 from gateway.wire import UNCLEAN_STOP
 
 Key = tuple[str, int]  # (gateway, stream)
+MAX_CLAIMS = 16
 
 
 def ranges_json(r: Ranges) -> str:
@@ -72,20 +80,43 @@ class StreamLedger:
     last_reading_ns: int = 0  # newest reading timestamp stored
     uncertain: Ranges = field(default_factory=Ranges)  # stored, stamped on an unsynchronised clock
     redated: Ranges = field(default_factory=Ranges)  # of those, given a corrected time
+    # from the newest heartbeat (gateway/heartbeat.py)
+    hb_last_seq: int = 0  # highest reading number issued
+    hb_last_bseq: int = 0
+    hb_held_from: int = 0  # lowest number still on the gateway, unacknowledged
+    hb_boot: int = 0
+    hb_sent_ns: int = 0  # the gateway's clock
+    hb_seen_ns: int = 0  # when it reached the broker
+    claims: list[list[int]] = field(default_factory=list)  # [[handed off up to, first seen ns], ...], rising
 
     @property
     def key(self) -> Key:
         return (self.gateway, self.stream)
 
-    def missing_ranges(self) -> list[tuple[int, int]]:
-        """Numbers neither received nor declared, from 1 to the highest accounted for."""
+    def due(self, at_ns: int | None = None, grace: float = DEFAULT_TAIL_GRACE) -> int:
+        """The highest number heartbeats said had left the gateway ``grace`` seconds before ``at_ns`` (now)."""
+        limit = (time.time_ns() if at_ns is None else at_ns) - int(grace * 1e9)
+        return max((upto for upto, seen in self.claims if seen <= limit), default=0)
+
+    def missing_ranges(self, at_ns: int | None = None, grace: float = DEFAULT_TAIL_GRACE) -> list[tuple[int, int]]:
+        """Numbers neither received nor declared: the holes from 1 to the highest accounted for,
+        and the tail up to what heartbeats said had left the gateway ``grace`` seconds ago."""
         holes = self.covered.holes()
         if self.covered.r and self.covered.r[0][0] > 1:
             holes.insert(0, (1, self.covered.r[0][0] - 1))
+        due = self.due(at_ns, grace)
+        if due > self.last_seq:
+            holes.append((self.last_seq + 1, due))
         return holes
+
+    def pending(self, at_ns: int | None = None, grace: float = DEFAULT_TAIL_GRACE) -> int:
+        """Numbers the newest heartbeat says were issued, not yet received and not (yet) missing:
+        still on the gateway, or left it less than ``grace`` seconds ago."""
+        return max(0, self.hb_last_seq - max(self.last_seq, self.due(at_ns, grace)))
 
     @property
     def missing(self) -> int:
+        """Missing now, with the default grace."""
         return sum(b - a + 1 for a, b in self.missing_ranges())
 
     @property
@@ -135,7 +166,7 @@ class Plan:
 
 def keys_of(work: Work) -> list[Key]:
     """The ledger rows a transaction must lock, in the one order every worker uses."""
-    return sorted({(b.gateway, b.stream) for b in work.batches})
+    return sorted({(b.gateway, b.stream) for b in work.batches} | {(h.gateway, h.stream) for h in work.heartbeats})
 
 
 def links_needed(work: Work) -> list[tuple[str, int, int]]:
@@ -172,6 +203,11 @@ def plan(work: Work, ledgers: dict[Key, StreamLedger], links: dict[Key, dict[int
         out.report.time_uncertain += uncertain
         out.report.time_redated += redated
         out.readings += [(b, fresh, sp) for (b, fresh), sp in zip(batches, spans, strict=True) if fresh]
+    for h in work.heartbeats:
+        led = ledgers.setdefault((h.gateway, h.stream), StreamLedger(h.gateway, h.stream))
+        changed[led.key] = led
+        _heartbeat(led, h)
+        out.report.heartbeats += 1
     out.ledgers = list(changed.values())
     for led in out.ledgers:
         out.report.gaps[led.gateway] = out.report.gaps.get(led.gateway, 0) + led.missing
@@ -222,8 +258,28 @@ def _apply(led: StreamLedger, b: VerifiedBatch, links: dict[int, Link], out: Pla
     led.readings += len(fresh)
     led.duplicate_readings += again
     if fresh:
-        led.last_reading_ns = max(led.last_reading_ns, max(r.ts_ns for r in fresh))
+        newest = b.ts_max if len(fresh) == b.count else max(r.ts_ns for r in fresh)
+        led.last_reading_ns = max(led.last_reading_ns, newest)
     return fresh
+
+
+def _heartbeat(led: StreamLedger, h: Heartbeat) -> None:
+    """Take a heartbeat: the newest says how far the stream got; each adds its claim."""
+    if (h.last_seq, h.sent_ns) >= (led.hb_last_seq, led.hb_sent_ns):
+        led.hb_last_seq, led.hb_last_bseq, led.hb_held_from = h.last_seq, h.last_bseq, h.held_from
+        led.hb_boot, led.hb_sent_ns = h.boot, h.sent_ns
+    led.hb_seen_ns = max(led.hb_seen_ns, h.received_ns)
+    claim(led.claims, h.handed_off, h.received_ns)
+
+
+def claim(claims: list[list[int]], upto: int, seen_ns: int) -> None:
+    """Add "everything up to ``upto`` had left, as of ``seen_ns``": keep, for each number, the
+    earliest time a claim covered it (claims rising in both), at most MAX_CLAIMS; dropping the
+    oldest claim only delays when its numbers count as missing, never hastens it."""
+    if upto <= 0 or any(u >= upto and s <= seen_ns for u, s in claims):
+        return
+    claims[:] = sorted([c for c in claims if not (c[0] <= upto and c[1] >= seen_ns)] + [[upto, seen_ns]])
+    del claims[:-MAX_CLAIMS]
 
 
 def _link(led: StreamLedger, sound: bool) -> None:
@@ -256,6 +312,9 @@ class GatewaySummary:
     last_reading_ns: int = 0
     time_uncertain: int = 0  # readings stamped on a clock the gateway did not call synchronised
     time_redated: int = 0  # of them, given a corrected time
+    pending: int = 0  # issued per the heartbeat, not yet received, not yet missing
+    issued: int = 0  # highest reading number its newest heartbeat gave (of any stream)
+    heartbeat_ns: int = 0  # when its newest heartbeat reached the broker
 
     def verdict(self) -> str:
         if self.chain_breaks or self.conflicts:
@@ -265,9 +324,12 @@ class GatewaySummary:
         return "complete" if self.streams else "nothing received"
 
 
-def summarize(ledgers: Iterable[StreamLedger], refusals: dict[tuple[str, str], int]) -> list[GatewaySummary]:
-    """Per gateway (sorted by id), every stream added up, with the refusals in its name."""
+def summarize(ledgers: Iterable[StreamLedger], refusals: dict[tuple[str, str], int], at_ns: int | None = None,
+              grace: float = DEFAULT_TAIL_GRACE) -> list[GatewaySummary]:
+    """Per gateway (sorted by id), every stream added up, with the refusals in its name; the
+    tails heartbeats claimed count as missing ``grace`` seconds after they arrived (``at_ns``: now)."""
     out: dict[str, GatewaySummary] = {}
+    at_ns = time.time_ns() if at_ns is None else at_ns
     for led in ledgers:
         g = out.setdefault(led.gateway, GatewaySummary(led.gateway))
         g.streams += 1
@@ -277,8 +339,11 @@ def summarize(ledgers: Iterable[StreamLedger], refusals: dict[tuple[str, str], i
         for reason, n in led.drop_reasons.items():
             g.drop_reasons[reason] = g.drop_reasons.get(reason, 0) + n
         g.skipped += led.skipped
-        holes = led.missing_ranges()
+        holes = led.missing_ranges(at_ns, grace)
         g.missing += sum(b - a + 1 for a, b in holes)
+        g.pending += led.pending(at_ns, grace)
+        if led.hb_seen_ns > g.heartbeat_ns:
+            g.heartbeat_ns, g.issued = led.hb_seen_ns, led.hb_last_seq
         g.missing_ranges += [(led.stream, a, b) for a, b in holes]
         g.duplicates += led.duplicates
         g.restarts += led.restarts
@@ -300,7 +365,31 @@ def summarize(ledgers: Iterable[StreamLedger], refusals: dict[tuple[str, str], i
 LEDGER_COLUMNS = ("gateway", "stream", "received", "covered", "unclean", "boots", "readings", "batches",
                   "duplicates", "duplicate_readings", "dropped", "drop_reasons", "chain_links", "chain_breaks",
                   "conflicts", "max_bseq", "kid", "first_seen_ns", "last_seen_ns", "last_reading_ns", "missing",
-                  "uncertain", "redated")
+                  "uncertain", "redated", "covered_upto", "hb_last_seq", "hb_last_bseq", "hb_held_from", "hb_boot",
+                  "hb_sent_ns", "hb_seen_ns", "claims", "claimed_upto")
+# added in schema 2 (the heartbeat), with their SQL type; the back-ends add them to older databases
+HEARTBEAT_COLUMNS = (("covered_upto", "bigint NOT NULL DEFAULT 0"), ("hb_last_seq", "bigint NOT NULL DEFAULT 0"),
+                     ("hb_last_bseq", "bigint NOT NULL DEFAULT 0"), ("hb_held_from", "bigint NOT NULL DEFAULT 0"),
+                     ("hb_boot", "bigint NOT NULL DEFAULT 0"), ("hb_sent_ns", "bigint NOT NULL DEFAULT 0"),
+                     ("hb_seen_ns", "bigint NOT NULL DEFAULT 0"), ("claims", "text NOT NULL DEFAULT '[]'"),
+                     ("claimed_upto", "bigint NOT NULL DEFAULT 0"))
+
+
+MAYBE_MISSING = "missing > 0 OR claimed_upto > covered_upto"
+"""The ledger rows that may have readings missing now (a WHERE clause every back-end runs)."""
+
+
+def count_missing(rows: Iterable[StreamLedger], grace: float) -> tuple[int, int]:
+    """Gateways with readings missing now, and how many readings (``rows``: MAYBE_MISSING's)."""
+    gateways: set[str] = set()
+    total = 0
+    now = time.time_ns()
+    for led in rows:
+        n = sum(b - a + 1 for a, b in led.missing_ranges(now, grace))
+        if n:
+            gateways.add(led.gateway)
+            total += n
+    return len(gateways), total
 
 
 def to_row(led: StreamLedger) -> tuple[object, ...]:
@@ -309,14 +398,19 @@ def to_row(led: StreamLedger) -> tuple[object, ...]:
             ranges_json(led.unclean), ranges_json(led.boots), led.readings, led.batches, led.duplicates,
             led.duplicate_readings, led.dropped, json.dumps(led.drop_reasons, sort_keys=True), led.chain_links,
             led.chain_breaks, led.conflicts, led.max_bseq, led.kid, led.first_seen_ns, led.last_seen_ns,
-            led.last_reading_ns, led.missing, ranges_json(led.uncertain), ranges_json(led.redated))
+            led.last_reading_ns, led.missing, ranges_json(led.uncertain), ranges_json(led.redated), led.last_seq,
+            led.hb_last_seq, led.hb_last_bseq, led.hb_held_from, led.hb_boot, led.hb_sent_ns, led.hb_seen_ns,
+            json.dumps(led.claims, separators=(",", ":")),
+            max((c[0] for c in led.claims), default=0))
 
 
 def from_row(row: tuple[object, ...] | list[object]) -> StreamLedger:
-    """A ledger from its columns in LEDGER_COLUMNS order (``missing`` is derived, not read)."""
+    """A ledger from its columns in LEDGER_COLUMNS order (``missing``, ``covered_upto`` and
+    ``claimed_upto`` are derived, not read)."""
     (gateway, stream, received, covered, unclean, boots, readings, batches, duplicates, duplicate_readings,
      dropped, drop_reasons, chain_links, chain_breaks, conflicts, max_bseq, kid, first_seen, last_seen,
-     last_reading, _missing, uncertain, redated) = row
+     last_reading, _missing, uncertain, redated, _covered_upto, hb_last_seq, hb_last_bseq, hb_held_from, hb_boot,
+     hb_sent, hb_seen, claims, _claimed_upto) = row
     reasons = drop_reasons if isinstance(drop_reasons, dict) else json.loads(str(drop_reasons or "{}"))
     return StreamLedger(
         gateway=str(gateway), stream=int(str(stream)), received=ranges_from(str(received)),
@@ -328,6 +422,9 @@ def from_row(row: tuple[object, ...] | list[object]) -> StreamLedger:
         kid=bytes(kid) if isinstance(kid, bytes | bytearray | memoryview) else b"",
         first_seen_ns=_int(first_seen), last_seen_ns=_int(last_seen), last_reading_ns=_int(last_reading),
         uncertain=ranges_from(str(uncertain)), redated=ranges_from(str(redated)),
+        hb_last_seq=_int(hb_last_seq), hb_last_bseq=_int(hb_last_bseq), hb_held_from=_int(hb_held_from),
+        hb_boot=_int(hb_boot), hb_sent_ns=_int(hb_sent), hb_seen_ns=_int(hb_seen),
+        claims=[[int(u), int(t)] for u, t in json.loads(str(claims or "[]"))],
     )
 
 

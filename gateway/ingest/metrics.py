@@ -6,12 +6,43 @@ missing readings are read from the database, so every worker reports the fleet's
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import __version__
-from gateway.ingest.contract import StoreReport
-from gateway.metrics import MetricsServer, _Family, process_stats
+from gateway.ingest.contract import StoreReport, VerifiedBatch
+from gateway.metrics import MetricsServer, _Family, _num, process_stats
+
+AGE_BOUNDS = tuple(round(0.001 * 2 ** (k / 2), 6) for k in range(44))  # 1 ms ... 49 min, each ~1.41x the last
+
+
+class Histogram:
+    """Counts of seconds in AGE_BOUNDS buckets (a Prometheus histogram)."""
+
+    def __init__(self) -> None:
+        self._bounds_ns = [int(b * 1e9) for b in AGE_BOUNDS]
+        self.counts = [0] * (len(AGE_BOUNDS) + 1)  # the last: above every bound
+        self.sum_ns = 0
+
+    def observe_ns(self, values: Iterable[int]) -> None:
+        counts, bounds, total = self.counts, self._bounds_ns, 0
+        for v in values:
+            counts[bisect.bisect_left(bounds, v)] += 1
+            total += v
+        self.sum_ns += total
+
+    def lines(self, name: str, help_: str) -> list[str]:
+        out = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+        running = 0
+        for bound, n in zip(AGE_BOUNDS, self.counts, strict=False):
+            running += n
+            out.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
+        running += self.counts[-1]
+        out += [f'{name}_bucket{{le="+Inf"}} {running}', f"{name}_sum {_num(self.sum_ns / 1e9)}",
+                f"{name}_count {running}"]
+        return out
 
 
 @dataclass
@@ -37,6 +68,16 @@ class IngestMetrics:
     lag_seconds: float = 0.0
     gateways_missing: int = 0  # gateways whose ledger has readings unaccounted for
     readings_missing: int = 0
+    reading_age: Histogram = field(default_factory=Histogram)  # a reading's time -> its commit
+    batch_age: Histogram = field(default_factory=Histogram)  # a batch's newest reading -> its commit
+    heartbeats: int = 0
+
+    def committed(self, batches: Iterable[VerifiedBatch], at_ns: int) -> None:
+        """How old the readings of a committed transaction's batches were (re-deliveries too)."""
+        for b in batches:
+            if b.readings:
+                self.reading_age.observe_ns(at_ns - r.ts_ns for r in b.readings)
+                self.batch_age.observe_ns((at_ns - b.ts_max,))
 
     def stored(self, report: StoreReport, seconds: float) -> None:
         self.batches += report.batches
@@ -47,6 +88,7 @@ class IngestMetrics:
         self.blobs += report.blobs
         for reason, n in report.refused.items():
             self.refused[reason] = self.refused.get(reason, 0) + n
+        self.heartbeats += report.heartbeats
         self.transactions += 1
         self.store_seconds += seconds
 
@@ -93,11 +135,18 @@ class IngestMetrics:
             "Gateways whose ledger has readings neither received nor declared.", self.gateways_missing)
         fam("sensegate_ingest_ledger_readings_missing", "gauge",
             "Readings neither received nor declared, over every gateway.", self.readings_missing)
+        fam("sensegate_ingest_heartbeats_total", "counter", "Gateway heartbeats taken into the ledger.",
+            self.heartbeats)
         proc = process_stats()
         fam("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", proc.get("rss_bytes"))
         fam("process_cpu_seconds_total", "counter", "Total user and system CPU time in seconds.",
             proc.get("cpu_seconds"))
-        return "\n".join(line for f in fams if f.samples for line in f.lines()) + "\n"
+        lines = [line for f in fams if f.samples for line in f.lines()]
+        lines += self.reading_age.lines("sensegate_ingest_reading_age_seconds",
+                                        "From a reading's timestamp to the commit that stored it.")
+        lines += self.batch_age.lines("sensegate_ingest_batch_age_seconds",
+                                      "From a batch's newest reading to the commit that stored it.")
+        return "\n".join(lines) + "\n"
 
 
 class IngestMetricsServer(MetricsServer):

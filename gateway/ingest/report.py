@@ -1,9 +1,10 @@
 """`sensegate fleet report`: the ledger per gateway and the fleet's totals, for people and scripts.
 
-Verdicts: ``complete`` (every reading number up to the highest accounted for was received,
-declared dropped with a reason, or declared skipped after an unclean stop; every chain link
-checked was sound), ``missing`` (some numbers are none of those: lost on the way, or not yet
-arrived), ``broken`` (a batch does not chain to its neighbour, or a batch number came twice with
+Verdicts: ``complete`` (every reading number up to the highest accounted for, and up to what
+the gateway's heartbeat said had left it more than the grace period ago, was received, declared
+dropped with a reason, or declared skipped after an unclean stop; every chain link checked was
+sound), ``missing`` (some numbers are none of those: lost on the way, or not yet arrived),
+``broken`` (a batch does not chain to its neighbour, or a batch number came twice with
 different content: the gateway's history was altered or its key misused), ``nothing received``
 (only refused messages name this gateway).
 """
@@ -33,8 +34,8 @@ def _chain(s: GatewaySummary) -> str:
     return f"ok ({s.chain_links} links)"
 
 
-def format_report(summaries: list[GatewaySummary]) -> str:
-    """One line per gateway, then the fleet's totals."""
+def format_report(summaries: list[GatewaySummary], grace: float = 300.0) -> str:
+    """One line per gateway, then the fleet's totals (``grace``: the tail grace, for the notes)."""
     head = f"{'GATEWAY':<24} {'RECEIVED':>10} {'DROPPED':>8} {'SKIPPED':>8} {'MISSING':>8}  {'CHAIN':<22} " \
            f"{'LAST SEEN':<21} VERDICT"
     lines = [head]
@@ -47,6 +48,10 @@ def format_report(summaries: list[GatewaySummary]) -> str:
             shown = ", ".join(f"{a}-{b}" if a != b else f"{a}" for _, a, b in s.missing_ranges[:5])
             more = f" and {len(s.missing_ranges) - 5} more ranges" if len(s.missing_ranges) > 5 else ""
             lines.append(f"{'':<24}   missing: {shown}{more}")
+        if s.heartbeat_ns:
+            lines.append(f"{'':<24}   heartbeat {when(s.heartbeat_ns)}: issued up to {s.issued}"
+                         + (f"; {s.pending} not received yet (on the gateway, or left it less than {grace:g}s "
+                            "ago)" if s.pending else ""))
         if s.refused:
             lines.append(f"{'':<24}   refused: {_reasons(s.refused)} (in the quarantine)")
         if s.time_uncertain:
@@ -56,7 +61,7 @@ def format_report(summaries: list[GatewaySummary]) -> str:
     verdicts = ", ".join(f"{t['verdicts'][v]} {v}" for v in VERDICTS if t["verdicts"][v])
     lines.append("")
     lines.append(f"fleet: {t['gateways']} gateways ({verdicts or 'none'}); {t['readings']} readings received, "
-                 f"{t['dropped']} dropped, {t['skipped']} skipped, {t['missing']} missing; "
+                 f"{t['dropped']} dropped, {t['skipped']} skipped, {t['missing']} missing, {t['pending']} pending; "
                  f"refused: {t['refused_total']}" + (f" ({_reasons(t['refused'])})" if t["refused"] else ""))
     return "\n".join(lines)
 
@@ -73,6 +78,8 @@ def gateway_json(s: GatewaySummary) -> dict[str, Any]:
         "refused": s.refused, "last_seen": when(s.last_seen_ns), "last_reading": when(s.last_reading_ns),
         "time": {"uncertain": s.time_uncertain, "redated": s.time_redated,
                  "still_uncertain": s.time_uncertain - s.time_redated},
+        "pending": s.pending, "heartbeat": {"received": when(s.heartbeat_ns), "issued": s.issued} if s.heartbeat_ns
+        else None,
     }
 
 
@@ -88,6 +95,7 @@ def totals(summaries: list[GatewaySummary]) -> dict[str, Any]:
         "skipped": sum(s.skipped for s in summaries), "missing": sum(s.missing for s in summaries),
         "time_uncertain": sum(s.time_uncertain for s in summaries),
         "time_redated": sum(s.time_redated for s in summaries),
+        "pending": sum(s.pending for s in summaries),
         "chain_breaks": sum(s.chain_breaks + s.conflicts for s in summaries),
         "refused": refused, "refused_total": sum(refused.values()),
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from gateway import wire
 from gateway.ingest.contract import REPLACED, REVOKED, UNKNOWN_KEY, WRONG_GATEWAY, KeyRecord, Untrusted
 from gateway.ingest.report import when
 from gateway.keys import KeyFileError, PublicKey, public_key_from_pem
@@ -46,4 +47,11 @@ class RegistryTrust:
                 key = self._keys[kid] = public_key_from_pem(rec.public_pem.encode(), f"key {kid.hex()}")
             except KeyFileError as e:  # enrol checks keys, so only a damaged row gets here
                 return Untrusted(UNKNOWN_KEY, str(e))
+        return key
+
+    def lookup(self, gateway: str, kid: bytes, at: wire.Position | None = None) -> PublicKey | wire.Untrusted:
+        """The same answer as the wire format's ``KeyLookup`` (for signed JSON: the heartbeat)."""
+        key = self.key_for(gateway, kid)
+        if isinstance(key, Untrusted):
+            return wire.Untrusted(key.detail, forged=key.reason == WRONG_GATEWAY, revoked=key.reason == REVOKED)
         return key

@@ -9,38 +9,45 @@ valid batch (docs/wire-format.md); the topic names the same gateway as the signe
 from __future__ import annotations
 
 import hashlib
+import json
 
 import cbor2
 
-from gateway import cose, senml
+from gateway import cose, senml, signedjson
+from gateway.heartbeat import KIND, Issued
 from gateway.ingest.contract import (
     BAD_BLOB,
+    BAD_HEARTBEAT,
     BAD_SIGNATURE,
     MALFORMED,
     TOPIC_MISMATCH,
     BlobChunk,
+    Heartbeat,
     Refused,
     TrustLookup,
     Untrusted,
     VerifiedBatch,
 )
-from gateway.wire import parse_header
+from gateway.wire import KeyLookup, parse_header
 
 MAX_BLOB_CHUNKS = 4096
 MAX_TS_NS = 253_402_300_799 * 10**9  # 9999-12-31T23:59:59Z: beyond it no database keeps a timestamp
 INT64 = 2**63 - 1  # batch, stream, boot and reading numbers are stored as bigint
 
 
-def topic_parts(topic: str) -> tuple[str, str, str]:
+def topic_parts(topic: str, prefix: str = "") -> tuple[str, str, str]:
     """``<prefix>/<gw>/batch`` -> (gw, "batch", ""); ``.../<gw>/blob/<sha>`` -> (gw, "blob", sha);
-    anything else -> ("", "", "")."""
+    with the ``prefix`` known, ``<prefix>/<gw>/status`` -> (gw, "status", "") (other statuses,
+    a node's or a config push's, end in ``status`` too); anything else -> ("", "", "")."""
     parts = topic.split("/")
     if len(parts) >= 3 and parts[-1] == "batch":
         return parts[-2], "batch", ""
     if len(parts) >= 4 and parts[-2] == "blob":
         return parts[-3], "blob", parts[-1]
-    if len(parts) >= 3 and parts[-1] == "status":
-        return parts[-2], "status", ""
+    if prefix and topic.startswith(prefix + "/") and topic.endswith("/status"):
+        rest = topic[len(prefix) + 1:].split("/")
+        if len(rest) == 2:
+            return rest[0], "status", ""
     return "", "", ""
 
 
@@ -77,7 +84,9 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
         readings = senml.decode_pack(pack, first)
         if len(readings) != last - first + 1:
             raise senml.SenmlError(f"pack holds {len(readings)} records but sq says {last - first + 1}")
-        if readings and not 0 <= min(r.ts_ns for r in readings) <= max(r.ts_ns for r in readings) <= MAX_TS_NS:
+        times = [r.ts_ns for r in readings]
+        lo, hi = (min(times), max(times)) if times else (0, 0)
+        if not 0 <= lo <= hi <= MAX_TS_NS:
             raise senml.SenmlError("a reading's time is before 1970 or after 9999")
     except (senml.SenmlError, ValueError, TypeError, KeyError, cbor2.CBORDecodeError) as e:
         return refuse(MALFORMED, f"signed by {claimed}'s key but not a valid batch: {e}", claimed, kid)
@@ -89,7 +98,7 @@ def verify_batch(topic: str, data: bytes, trust: TrustLookup, received_ns: int) 
         digest=hashlib.sha256(data).digest(), first_seq=first, last_seq=last,
         drops=tuple((a, b, r) for a, b, r in h["dr"]), blob_drops=tuple((s, r) for s, r in h["bd"]),
         readings=readings, received_ns=received_ns, topic=topic, message=data, clock=tuple(head.ck),
-        steps=tuple(head.cj),
+        steps=tuple(head.cj), ts_min=lo, ts_max=hi,
     )
 
 
@@ -105,3 +114,32 @@ def parse_blob_chunk(topic: str, data: bytes, received_ns: int) -> BlobChunk | R
     except (ValueError, TypeError, cbor2.CBORDecodeError) as e:
         return Refused(BAD_BLOB, f"malformed blob chunk: {e}", topic, gateway, b"", data, received_ns)
     return BlobChunk(gateway, sha, index, count, ctype, chunk, received_ns)
+
+
+def verify_heartbeat(topic: str, gateway: str, data: bytes, trust: KeyLookup, received_ns: int
+                     ) -> Heartbeat | Refused | None:
+    """A gateway's status message: its heartbeat when signed by a key bound to ``gateway`` (the
+    topic's), Refused when it is signed but does not verify, None when it is not a heartbeat
+    (an unsigned status: the broker's last will, a gateway without a device key or too old to
+    sign; or a status without ``issued``: a gateway whose buffer is not open)."""
+    try:
+        body = json.loads(data) if len(data) <= signedjson.MAX_SIGNED * 2 else None
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or signedjson.FIELD not in body:
+        return None
+    checked = signedjson.check(body, trust, gateway, KIND)
+    if not checked.verified:
+        return Refused(BAD_HEARTBEAT, checked.reason, topic, gateway, b"", data, received_ns)
+    health = checked.body.get("health")
+    if not isinstance(health, dict) or health.get("issued") is None:
+        return None
+    try:
+        issued = Issued.from_json(health["issued"])
+        sent = checked.body.get("ts")
+        sent_ns = int(sent * 1e9) if isinstance(sent, int | float) and 0 <= sent < MAX_TS_NS / 1e9 else 0
+    except ValueError as e:
+        return Refused(MALFORMED, f"a heartbeat signed by {gateway}'s key but not valid: {e}", topic, gateway, b"",
+                       data, received_ns)
+    return Heartbeat(gateway, issued.stream, issued.boot, issued.last_seq, issued.last_bseq, issued.held_from,
+                     sent_ns, received_ns)

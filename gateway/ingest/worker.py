@@ -10,6 +10,10 @@ the outage once when it starts and once when it ends.
 A message that fails to store for any other reason (a bug, data the database refuses) is found
 by storing the fetch one message at a time; that message alone goes to the quarantine with the
 error, and the rest are stored. Nothing is dropped without a row saying why.
+
+While the database commits one fetch, the worker takes and verifies the next (one transaction at
+a time, each fetch acknowledged after its own commit), so one worker keeps its core busy while
+the database works.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.ingest.contract import (
+    DEFAULT_TAIL_GRACE,
     BlobChunk,
     Delivery,
+    Heartbeat,
     Refused,
     Source,
     Storage,
@@ -34,12 +40,12 @@ from gateway.ingest.contract import (
 )
 from gateway.ingest.metrics import IngestMetrics
 from gateway.ingest.trust import DEFAULT_GRACE, RegistryTrust
-from gateway.ingest.verify import parse_blob_chunk, topic_parts, verify_batch
+from gateway.ingest.verify import parse_blob_chunk, topic_parts, verify_batch, verify_heartbeat
 from gateway.scheduler import Backoff
 
 log = logging.getLogger("sensegate.ingest")
 STORE_FAILED = "store_failed"  # a quarantine reason: the database refused this message (see detail)
-Item = VerifiedBatch | BlobChunk | Refused | None  # None: a topic the ingest does not store
+Item = VerifiedBatch | BlobChunk | Heartbeat | Refused | None  # None: a topic the ingest does not store
 
 
 @dataclass
@@ -52,6 +58,8 @@ class WorkerSettings:
     stats_every: float = 15.0  # how often the ledger's missing readings are counted
     retry_delay: float = 1.0  # when messages are handed back, the broker waits this long
     grace: float = DEFAULT_GRACE  # how long a replaced key still verifies
+    tail_grace: float = DEFAULT_TAIL_GRACE  # how long a heartbeat's claim waits before it counts as missing
+    prefix: str = "sensegate"  # the gateways' topic prefix
 
 
 class Worker:
@@ -78,6 +86,18 @@ class Worker:
                 return
             self.ready.set()
             log.info("ingest: taking batches from %s into %s", self.source.name, self.storage.url)
+            await self._loop(stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.source.close()
+            with contextlib.suppress(Exception):
+                await self.storage.close()
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        """Fetch and verify the next messages while the database commits the last ones (one
+        transaction at a time; each fetch acknowledged only after its own commit)."""
+        pending: asyncio.Task[StorageUnavailable | None] | None = None
+        try:
             while not stop.is_set():
                 await self._housekeeping()
                 try:
@@ -87,78 +107,88 @@ class Worker:
                     continue
                 self.metrics.source_up = True
                 self.metrics.lag_messages, self.metrics.lag_seconds = self.source.lag()
+                items = [self._verify(d) for d in deliveries]
+                if pending is not None:
+                    down, pending = await pending, None
+                    if down is not None:  # the database went away: this fetch goes back too
+                        await self._hand_back(down, deliveries)
+                        await self._until_storage(stop, self._refresh_trust)
+                        continue
                 if deliveries:
-                    await self._handle(deliveries, stop)
+                    pending = asyncio.create_task(self._commit(deliveries, items), name="ingest-commit")
         finally:
-            with contextlib.suppress(Exception):
-                await self.source.close()
-            with contextlib.suppress(Exception):
-                await self.storage.close()
+            if pending is not None:  # commit and acknowledge what it holds before stopping
+                with contextlib.suppress(Exception):
+                    await pending
 
     # -- one fetch -------------------------------------------------------------------------------
 
     def _verify(self, d: Delivery) -> Item:
-        _, kind, _ = topic_parts(d.topic)
+        gateway, kind, _ = topic_parts(d.topic, self.settings.prefix)
         if kind == "batch":
             return verify_batch(d.topic, d.data, self.trust, d.received_ns)
         if kind == "blob":
             return parse_blob_chunk(d.topic, d.data, d.received_ns)
+        if kind == "status":
+            return verify_heartbeat(d.topic, gateway, d.data, self.trust, d.received_ns)
         return None
 
-    async def _handle(self, deliveries: Sequence[Delivery], stop: asyncio.Event) -> None:
-        items = [self._verify(d) for d in deliveries]
+    async def _commit(self, deliveries: Sequence[Delivery], items: list[Item]) -> StorageUnavailable | None:
+        """Store one fetch and acknowledge it; when the database is away, hand it back to the
+        broker and return why (the caller waits for the database)."""
         try:
-            await self._store(_work(items))
+            try:
+                await self._store(_work(items))
+            except StorageUnavailable:
+                raise
+            except Exception as e:  # not the database being away: find the message it is about
+                log.error("ingest: storing %d messages failed (%s: %s); storing them one by one", len(items),
+                          type(e).__name__, e)
+                await self._one_by_one(deliveries, items)
         except StorageUnavailable as e:
-            await self._storage_down(e, deliveries, stop)
-            return
-        except Exception as e:  # not the database being away: find the message it is about
-            log.error("ingest: storing %d messages failed (%s: %s); storing them one by one", len(items),
-                      type(e).__name__, e)
-            if not await self._one_by_one(deliveries, items, stop):
-                return
+            await self._hand_back(e, deliveries)
+            return e
         self.metrics.ignored += sum(1 for i in items if i is None)
         for d in deliveries:
             with contextlib.suppress(Exception):  # a lost ack means a re-delivery, which stores nothing
                 await d.ack()
+        return None
 
     async def _store(self, work: Work) -> StoreReport:
         t0 = time.monotonic()
         report = await self.storage.store(work)
         self.metrics.stored(report, time.monotonic() - t0)
+        self.metrics.committed(work.batches, time.time_ns())
         self.metrics.storage_up = True
         return report
 
-    async def _one_by_one(self, deliveries: Sequence[Delivery], items: list[Item], stop: asyncio.Event) -> bool:
+    async def _one_by_one(self, deliveries: Sequence[Delivery], items: list[Item]) -> None:
         """Store each message alone; one the database refuses goes to the quarantine with the error.
-        False when the database went away meanwhile (the messages were handed back)."""
+        Raises StorageUnavailable when the database went away meanwhile."""
         for d, item in zip(deliveries, items, strict=True):
             try:
-                try:
-                    await self._store(_work([item]))
-                except StorageUnavailable:
-                    raise
-                except Exception as e:
-                    log.error("ingest: message on %s cannot be stored (%s: %s); quarantined", d.topic,
-                              type(e).__name__, e)
-                    await self._store(Work(refused=[Refused(STORE_FAILED, f"{type(e).__name__}: {e}"[:2000], d.topic,
-                                                            topic_parts(d.topic)[0], b"", d.data, d.received_ns)]))
-            except StorageUnavailable as e:
-                await self._storage_down(e, deliveries, stop)
-                return False
-        return True
+                await self._store(_work([item]))
+            except StorageUnavailable:
+                raise
+            except Exception as e:
+                log.error("ingest: message on %s cannot be stored (%s: %s); quarantined", d.topic,
+                          type(e).__name__, e)
+                await self._store(Work(refused=[Refused(STORE_FAILED, f"{type(e).__name__}: {e}"[:2000], d.topic,
+                                                        topic_parts(d.topic)[0], b"", d.data, d.received_ns)]))
 
     # -- outages -------------------------------------------------------------------------------
 
-    async def _storage_down(self, e: StorageUnavailable, deliveries: Sequence[Delivery], stop: asyncio.Event) -> None:
+    async def _hand_back(self, e: StorageUnavailable, deliveries: Sequence[Delivery]) -> None:
+        """Give messages back to the broker (another worker may take them) while the database is away."""
         self.metrics.store_failures += 1
         self.metrics.storage_up = False
         for d in deliveries:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # not handed back: the broker re-delivers after its ack wait
                 await d.retry(self.settings.retry_delay)
         self.metrics.handed_back += len(deliveries)
-        log.warning("ingest: %s; %d messages handed back to the broker; retrying with backoff", e, len(deliveries))
-        await self._until_storage(stop, self._refresh_trust)
+        if deliveries:
+            log.warning("ingest: %s; %d messages handed back to the broker; retrying with backoff", e,
+                        len(deliveries))
 
     async def _until_storage(self, stop: asyncio.Event, probe: Callable[[], Awaitable[None]]) -> bool:
         """Call ``probe`` until the database answers (True) or ``stop`` is set (False)."""
@@ -228,7 +258,8 @@ class Worker:
                 await self._refresh_trust()
             if now >= self._next_stats:
                 self._next_stats = now + self.settings.stats_every
-                self.metrics.gateways_missing, self.metrics.readings_missing = await self.storage.missing()
+                self.metrics.gateways_missing, self.metrics.readings_missing = await self.storage.missing(
+                    self.settings.tail_grace)
         except StorageUnavailable:
             pass  # the next store finds out, and hands its messages back
 
@@ -240,6 +271,8 @@ def _work(items: Sequence[Item]) -> Work:
             work.batches.append(item)
         elif isinstance(item, BlobChunk):
             work.chunks.append(item)
+        elif isinstance(item, Heartbeat):
+            work.heartbeats.append(item)
         elif isinstance(item, Refused):
             work.refused.append(item)
     return work

@@ -9,7 +9,10 @@ in the state directory, and the agent's version and update state.
 ``heartbeat``) and publishes it retained on ``<prefix>/<gw>/status`` (where the last will says
 ``offline``) and on ``<prefix>/<gw>/health`` (which the will leaves alone: the last health and
 last-seen time of a gateway that vanished). It publishes every ``metrics.status_interval`` and
-at every connect, so a broker that lost its retained messages has them again at once.
+at every connect, so a broker that lost its retained messages has them again at once. This one
+message is also the gateway's heartbeat (gateway/heartbeat.py): the summary's ``issued`` says
+how far the buffer has numbered, and a clean stop of a pipeline publishes a last one, ``offline``,
+with the final numbers (``farewell``), in place of the plain offline status.
 """
 
 from __future__ import annotations
@@ -23,20 +26,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway import heartbeat
 from gateway.bounded import stop_task
-from gateway.mqtt import status_topic
 from gateway.signedjson import seal_async
 
 log = logging.getLogger("sensegate.health")
-KIND = "heartbeat"
+KIND = heartbeat.KIND
 CLOSE_WAIT = 2.0
 START_WAIT = 10.0  # a connect during a pipeline start: the publication waits this long for the drivers
 CLOCK_EVERY = 30.0  # seconds between two adjtimex readings
-
-
-def health_topic(prefix: str, gateway: str) -> str:
-    """Retained: the last signed health summary (not overwritten by the last will)."""
-    return f"{prefix}/{gateway}/health"
 
 
 _clock_cache: tuple[float, dict[str, Any]] = (-CLOCK_EVERY, {})
@@ -116,7 +114,9 @@ class HealthPublisher:
         self._closed = False
 
     def attach(self, pipeline: Any) -> None:
-        """Publish at once whenever one of the pipeline's MQTT uplinks (re)connects."""
+        """Publish at once whenever one of the pipeline's MQTT uplinks (re)connects, and the last
+        word when the pipeline closes."""
+        pipeline.last_word = lambda: self.farewell(pipeline)
         for up in getattr(pipeline, "uplinks", []):
             if up.downlink is None:  # CoAP: no retained status to refresh
                 continue
@@ -151,7 +151,7 @@ class HealthPublisher:
         supervisor = self.daemon.supervisor
         return supervisor is not None and all(r.stats.state != "starting" for r in supervisor.runners.values())
 
-    async def publish(self, uplinks: list[Any] | None = None, pipeline: Any = None) -> int:
+    async def publish(self, uplinks: list[Any] | None = None, pipeline: Any = None, state: str = "online") -> int:
         """Sign the summary once and publish it on each connected MQTT uplink; how many took it."""
         async with self._lock:
             pipeline = pipeline or getattr(self.daemon, "pipeline", None)
@@ -160,18 +160,23 @@ class HealthPublisher:
             if not ups or not any(u.connected for u in ups) or cfg is None:
                 return 0
             health = self.summary(self.daemon)
+            if pipeline is not None and pipeline is not getattr(self.daemon, "pipeline", None):
+                issued = pipeline.stats().get("issued")  # a pipeline closing on a reload: its own numbers
+                health.pop("issued", None)
+                if issued is not None:
+                    health["issued"] = issued
             gw = cfg.config.gateway.id
-            body = {"state": "online", "gateway": gw, "boot": ups[0].boot,
-                    "ts": round(time.time(), 3), "health": plain(health)}
+            body = heartbeat.status(state, gw, ups[0].boot, plain(health))
             payload = await seal_async(body, getattr(pipeline, "key", None), gw, KIND)
-            sent = 0
-            for up in ups:
-                down = up.downlink
-                ok = down.publish(status_topic(down.topic_prefix, gw), payload, retain=True)
-                ok = down.publish(health_topic(down.topic_prefix, gw), payload, retain=True) and ok
-                sent += ok
+            sent = sum(1 for up in ups if up.publish_health(payload, state))
             self.published += sent
             return sent
+
+    async def farewell(self, pipeline: Any) -> int:
+        """The clean stop's last heartbeat: ``offline``, with the numbers the pipeline ends on
+        (called by the pipeline after its last acknowledgements are recorded, before its uplinks
+        close; the uplinks then send no plain offline status)."""
+        return await self.publish(None, pipeline, state="offline")
 
     async def close(self) -> None:
         """Stop the publications started by connects (bounded); start no more."""

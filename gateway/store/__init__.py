@@ -27,6 +27,7 @@ from pathlib import Path
 from gateway.clock import ClockWatch
 from gateway.config.schema import BatchSection, BufferSection
 from gateway.driver_api import Reading
+from gateway.heartbeat import Issued
 from gateway.store import salvage
 from gateway.store.db import Database, StoreError, StoreStats
 from gateway.store.intake import ClockMark, Inserted, Intake
@@ -219,6 +220,17 @@ class Store:
     @property
     def boot(self) -> int:
         return self.numbers.boot
+
+    def issued(self) -> dict[str, int] | None:
+        """How far this stream has numbered and what it still holds (the heartbeat's ``issued``,
+        gateway/heartbeat.py); None before the file is open. Everything below ``held_from`` is
+        in a batch the broker acknowledged, or declared in one."""
+        n = self.numbers
+        if not n.meta:
+            return None
+        last = n.next_seq - 1
+        held = min(self.stats.oldest_seq or last + 1, n.batched_upto + 1)
+        return Issued(n.stream, n.boot, last, self.next_bseq - 1, held).to_json()
 
     @property
     def next_bseq(self) -> int:

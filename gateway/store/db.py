@@ -71,6 +71,7 @@ class StoreStats:
     readings: int = 0  # committed, not yet acknowledged
     bytes: int = 0
     oldest_ns: int = 0
+    oldest_seq: int = 0  # the lowest reading number the buffer still holds (0: none); the heartbeat's held_from
     last_batch_readings: int = 0
     last_batch_bytes: int = 0
     dead_letters: int = 0
@@ -83,19 +84,20 @@ class StoreStats:
 
     def recount(self, conn: sqlite3.Connection) -> None:
         """Count what the segments hold (once, at open)."""
-        n, nbytes, oldest = conn.execute(
-            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), COALESCE(SUM(nbytes), 0), MIN(created_ns) FROM segments"
-        ).fetchone()
-        self.readings, self.bytes, self.oldest_ns = n, nbytes, oldest or 0
+        n, nbytes = conn.execute(
+            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0), COALESCE(SUM(nbytes), 0) FROM segments").fetchone()
+        self.readings, self.bytes = n, nbytes
+        self.refresh_oldest(conn)
 
     def refresh_oldest(self, conn: sqlite3.Connection) -> None:
-        """The oldest segment's commit time (an index lookup, not a scan). Segments of released
-        batches not yet deleted count for up to a second: the figure is for metrics and errs old."""
+        """The oldest segment's commit time and first reading number (an index lookup, not a
+        scan). Segments of released batches not yet deleted count for up to a second: the figures
+        are for metrics and the heartbeat, and err old."""
         if self.readings <= 0:
-            self.oldest_ns = 0
+            self.oldest_ns = self.oldest_seq = 0
             return
-        row = conn.execute("SELECT created_ns FROM segments ORDER BY first_seq LIMIT 1").fetchone()
-        self.oldest_ns = row[0] if row else 0
+        row = conn.execute("SELECT created_ns, first_seq FROM segments ORDER BY first_seq LIMIT 1").fetchone()
+        self.oldest_ns, self.oldest_seq = (row[0], row[1]) if row else (0, 0)
 
 
 class Database:

@@ -185,7 +185,7 @@ class Outbox:
             self._released_stats(batch)
             out.append(True)
         if self.stats.readings <= 0:
-            self.stats.oldest_ns = 0
+            self.stats.oldest_ns = self.stats.oldest_seq = 0
         if self.released and self.flusher is None:
             self.flusher = asyncio.create_task(self._flush_later(), name="buffer-ack-flush")
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
@@ -53,3 +54,15 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise ProcessLookupError(f"no VmHWM for process {pid}")
+
+
+async def stop_process(proc: asyncio.subprocess.Process, within: float = 20.0) -> int:
+    """SIGTERM a child process, SIGKILL it if it has not ended within ``within`` seconds; its status."""
+    if proc.returncode is None:
+        proc.terminate()
+        try:
+            async with asyncio.timeout(within):
+                return await proc.wait()
+        except TimeoutError:
+            proc.kill()
+    return await proc.wait()

@@ -12,7 +12,7 @@ a new one implements ``Uplink`` (mypy checks it where the pipeline builds it, in
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.wire import Batch
 
@@ -95,10 +95,13 @@ class BlobCarrier(Protocol):
 
 
 class HealthPublisher(Protocol):
-    """Publishes the gateway's health summary (gateway.metrics.summary) where the transport can."""
+    """Publishes the gateway's signed status, the heartbeat (the health summary with ``issued``,
+    signed by gateway/remote/health.py: gateway/heartbeat.py), where the transport can."""
 
-    def publish_health(self, health: dict[str, Any]) -> bool:
-        """Publish it; False when this uplink cannot now (offline, or no place for it)."""
+    def publish_health(self, payload: bytes, state: str = "online") -> bool:
+        """Publish the signed status retained; False when this uplink cannot now (offline, or no
+        place for it). ``state`` "offline": the last one of a clean stop, which takes the place
+        of the plain offline status."""
 
 
 class Uplink(BatchCarrier, UplinkCounters, BlobCarrier, HealthPublisher, Protocol):

@@ -160,8 +160,8 @@ class CoapUplink:
         """None: a CoAP-only gateway takes pushes on its own CoAP resource (remote.coap_listen)."""
         return None
 
-    def publish_health(self, health: dict[str, Any]) -> bool:
-        """CoAP has no retained status to refresh: health goes out over MQTT uplinks only."""
+    def publish_health(self, payload: bytes, state: str = "online") -> bool:
+        """CoAP has no retained status to refresh: the heartbeat goes out over MQTT uplinks only."""
         return False
 
     # -- blobs -------------------------------------------------------------------------------

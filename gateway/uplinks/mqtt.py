@@ -13,8 +13,18 @@ from typing import Any
 
 import cbor2
 
+from gateway import heartbeat
 from gateway.config.schema import MqttUplink as MqttUplinkConfig
-from gateway.mqtt import MqttError, MqttSession, MqttSettings, batch_topic, insecurities, node_topic, status_topic
+from gateway.mqtt import (
+    MqttError,
+    MqttSession,
+    MqttSettings,
+    batch_topic,
+    health_topic,
+    insecurities,
+    node_topic,
+    status_topic,
+)
 from gateway.scheduler import Backoff, NodeTracker
 from gateway.wire import Batch
 
@@ -58,6 +68,7 @@ class MqttUplink:
         self.topic = batch_topic(cfg.topic_prefix, gateway_id)
         self.status = status_topic(cfg.topic_prefix, gateway_id)
         self._session: MqttSession | None = None
+        self._farewell = False  # the last heartbeat (state offline) went out: close publishes no plain one
         self._inflight: dict[int, tuple[Batch, float]] = {}
         self._task: asyncio.Task[None] | None = None
         self.boot = 0
@@ -93,16 +104,17 @@ class MqttUplink:
             log.warning("%s: %s; %s", self.name, warning, fix)
         self._task = asyncio.create_task(self._run(), name=f"uplink:{self.name}")
 
-    def _status(self, state: str, health: dict[str, Any] | None = None) -> bytes:
-        body: dict[str, Any] = {"state": state, "gateway": self.gateway_id, "boot": self.boot,
-                                "ts": round(time.time(), 3)}
-        if health is not None:
-            body["health"] = health
-        return json.dumps(body, default=str).encode()
+    def _status(self, state: str) -> bytes:
+        return json.dumps(heartbeat.status(state, self.gateway_id, self.boot), default=str).encode()
 
-    def publish_health(self, health: dict[str, Any]) -> bool:
-        """Refresh the retained online status with the health summary (gateway.metrics.summary)."""
-        return self.publish(self.status, self._status("online", health), retain=True)
+    def publish_health(self, payload: bytes, state: str = "online") -> bool:
+        """Refresh the retained status and health topics with the signed health summary (the
+        heartbeat, made by gateway/remote/health.py); with ``state`` "offline", the last one,
+        in place of the plain offline status at close."""
+        sent = self.publish(self.status, payload, retain=True)
+        sent = self.publish(health_topic(self.cfg.topic_prefix, self.gateway_id), payload, retain=True) and sent
+        self._farewell = self._farewell or (sent and state == "offline")
+        return sent
 
     async def _run(self) -> None:
         backoff = Backoff(1.0, self.cfg.reconnect_max)
@@ -211,7 +223,7 @@ class MqttUplink:
         with contextlib.suppress(ValueError):
             self.nodes.listeners.remove(self._node_changed)
         session = self._session
-        if session is not None:
+        if session is not None and not self._farewell:  # (a last heartbeat said offline already)
             with contextlib.suppress(Exception):  # sent ahead of DISCONNECT, so the broker keeps it
                 session.client.publish(self.status, self._status("offline"), qos=1, retain=True)
         if self._task is not None:

@@ -19,6 +19,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from gateway.testing.procs import stop_process
+
 ENTERPRISE = "1.3.6.1.4.1.99999"
 SNMPD = "/usr/sbin/snmpd"
 # override name -> (net-snmp override type, initial value)
@@ -161,14 +163,8 @@ class SnmpAgent:
     async def stop(self) -> None:
         """Stop snmpd (SIGTERM, then SIGKILL after 5 s); the port stays reserved for a restart."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await stop_process(proc, within=5)
 
     async def close(self) -> None:
         """Stop and remove the temporary directory."""

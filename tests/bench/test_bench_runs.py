@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 
 
@@ -42,3 +44,18 @@ def test_edge_savings_pair_each_deadband_run_with_its_plain_run() -> None:
     assert got["m"]["uplink_bytes_per_s_ratio"] == 0.1 and got["m"]["readings_per_s_after"] == 5.0
     # an MQTT 5 QoS 1 PUBLISH of a 1,000-byte batch on sensegate/gw-1/batch: 1 + 2 + 2 + 20 + 2 + 1
     assert _mqtt_framing("gw-1", 1000) == 28
+
+
+@pytest.mark.slow
+def test_ingest_bench_tiny(tmp_path: Path) -> None:
+    """bench/ingest.py runs its three kinds of scenario (a NATS cluster, PostgreSQL, the simulator,
+    workers) and prints its tables; what it stored is checked against what was published."""
+    out = tmp_path / "ingest.json"
+    r = subprocess.run([sys.executable, "-m", "bench", "--group", "ingest", "--tiny", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads(out.read_text())["results"]
+    t = results["throughput_tiny"]
+    assert t["verified_ok"] and t["stored_rows"] == 40_000 and t["2w"]["us_per_reading"]["workers"] > 0, t
+    assert results["latency_tiny"]["stored_readings_per_s"] > 0 and results["memory_tiny"]["sizes"]
+    assert "2 workers r/s" in r.stdout and "worker RSS MiB" in r.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -110,3 +111,22 @@ def test_demo_shows_verified_batches(tmp_path: Path) -> None:
     assert "boiler-room/temperature" in r.stdout
     assert "meter-1/power_total" in r.stdout, "the simulated Modbus energy meter delivers"
     assert "SHA-256 verified" in r.stdout, "a camera image arrives with a verified hash"
+
+
+def test_demo_with_the_embedded_ingest_ends_with_a_complete_report(tmp_path: Path) -> None:
+    """`sensegate demo --ingest` (make demo-ingest): the embedded ingest stores the demo gateway's
+    readings in SQLite and its `fleet report` says complete, heartbeat included."""
+    db = tmp_path / "kept.db"
+    r = subprocess.run([*SG, "demo", "--seconds", "4", "--dir", str(tmp_path / "w"), "--ingest", str(db)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = r.stdout.split("$ sensegate fleet report", 1)[1]
+    line = next(x for x in report.splitlines() if x.startswith("demo-gw-1"))
+    assert line.endswith("complete") and "heartbeat" in report, report
+    received = int(line.split()[1])
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT count(*), count(DISTINCT seq) FROM readings").fetchone()
+    finally:
+        conn.close()
+    assert rows == (received, received) and received > 0, (rows, received)

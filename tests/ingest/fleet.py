@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -81,7 +82,7 @@ class Proc:
 class Gateway(Proc):
     """`sensegate run` with the sim driver publishing to ``url`` (MQTT 3.1.1, QoS 1)."""
 
-    def __init__(self, root: Path, gateway: str, url: str, interval: str = "20ms") -> None:
+    def __init__(self, root: Path, gateway: str, url: str, interval: str = "20ms", heartbeat: float = 60.0) -> None:
         self.gateway = gateway
         self.state = root / gateway
         init_key(self.state / "keys")
@@ -91,6 +92,7 @@ class Gateway(Proc):
             "gateway": {"id": gateway, "state_dir": str(self.state)},
             "uplinks": [{"type": "mqtt", "url": url, "protocol": "3.1.1", "reconnect_max": 2}],
             "batch": {"max_age": "100ms"},
+            "metrics": {"status_interval": heartbeat},
             "drivers": [{"driver": "sim", "name": "sim", "interval": interval, "jitter": 0,
                          "points": [{"name": "n", "pattern": "counter"}, {"name": "t", "unit": "Cel"}]}],
         }
@@ -252,3 +254,38 @@ async def publish_until_acked(url: str, topic: str, payload: bytes, within: floa
         while not await publish(url, topic, payload, within=5):
             tries += 1
         return tries
+
+
+async def simulate_cli(*args: str, within: float = 180.0) -> dict[str, Any]:
+    """`sensegate fleet simulate ... --json` as a user runs it; its summary."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", "fleet", "simulate", *args, "--json",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(within):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode == 0, err.decode()[-3000:]
+    summary: dict[str, Any] = json.loads(out)
+    return summary
+
+
+def check_against_simulator(db: str, summary: dict[str, Any], got: dict[str, StreamLedger]) -> None:
+    """Each simulated gateway's ledger shows what it issued: received, declared dropped, skipped
+    after unclean stops, missing (its heartbeats taken at their word at once: no grace); every
+    reading stored once; every chain link sound."""
+    counts = {g: (n, d) for g, n, d in query(db, "SELECT gateway, count(*), count(DISTINCT seq) FROM readings "
+                                                 "GROUP BY gateway")}
+    for p in summary["gateways"]:
+        g, want = p["gateway"], p["expected"]
+        led = got[g]
+        assert led.stream == p["stream"], g
+        missing = sum(b - a + 1 for a, b in led.missing_ranges(grace=0))  # every heartbeat's claim due now
+        assert (led.readings, led.dropped, led.skipped, missing) == \
+            (want["received"], want["dropped"], want["skipped"], want["missing"]), (g, p, led)
+        assert counts.get(g) == (led.readings, led.readings), (g, counts.get(g), led.readings)
+        assert led.chain_ok, (g, led.chain_breaks, led.conflicts)
+        assert led.duplicates >= p["resent"], (g, led.duplicates, p["resent"])
+        assert led.restarts == want["restarts"], (g, led.restarts, want)

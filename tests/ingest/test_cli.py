@@ -11,8 +11,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.ingest.contract import StoreReport
+from gateway.ingest.contract import StoreReport, VerifiedBatch
 from gateway.ingest.metrics import IngestMetrics, IngestMetricsServer
+from gateway.senml import DecodedReading
 from tests.ingest.fleet import fleet_cli
 from tests.ingest.helpers import GatewayFeed
 
@@ -52,6 +53,9 @@ async def test_metrics_are_valid_prometheus_text_on_the_endpoint() -> None:
     m = IngestMetrics(worker="w1")
     m.stored(StoreReport(batches=3, readings=30, duplicates=1, refused={"revoked": 2}), 0.25)
     m.lag_messages, m.readings_missing = 7, 4
+    readings = [DecodedReading(i, "n", "t", 10**18 + i * 10**9, 1.0, None, 0, 2, "v") for i in range(1, 4)]
+    m.committed([VerifiedBatch("gw", b"", 1, 1, 1, bytes(32), bytes(32), 1, 3, (), (), readings, 0, "", b"",
+                               10**18 + 10**9, 10**18 + 3 * 10**9)], 10**18 + 4 * 10**9)  # 3, 2 and 1 s old
     server = IngestMetricsServer(m)
     await server.apply(True, "127.0.0.1:0")
 
@@ -76,3 +80,8 @@ async def test_metrics_are_valid_prometheus_text_on_the_endpoint() -> None:
     assert samples[("sensegate_ingest_refused_total", (("reason", "revoked"),))] == 2
     assert samples[("sensegate_ingest_lag_messages", ())] == 7
     assert samples[("sensegate_ingest_ledger_readings_missing", ())] == 4
+    age = "sensegate_ingest_reading_age_seconds"
+    assert samples[(f"{age}_count", ())] == 3 and samples[(f"{age}_sum", ())] == 6.0
+    assert samples[(f"{age}_bucket", (("le", "1.024"),))] == 1 and samples[(f"{age}_bucket", (("le", "2.048"),))] == 2
+    assert samples[(f"{age}_bucket", (("le", "+Inf"),))] == 3
+    assert samples[("sensegate_ingest_batch_age_seconds_count", ())] == 1

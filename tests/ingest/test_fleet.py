@@ -22,6 +22,7 @@ from tests.ingest.fleet import (
     Ingest,
     check_exactly_once,
     fleet_cli,
+    ledgers,
     publish_until_acked,
     query,
     wait_complete,
@@ -101,6 +102,11 @@ async def produce_then_check(run: Run, seconds: float, fault: Callable[[Run], Aw
     want = {g.gateway: await g.stop_delivered() for g in run.gateways}
     got = await wait_complete(run.db, want, within=90)
     verdicts = check_exactly_once(run.db, want, got)
+    async with asyncio.timeout(30):  # each daemon's last heartbeat (retained, signed) came through the broker too
+        while not all(led.hb_last_seq == want[g][1] and led.hb_held_from == want[g][1] + 1
+                      for g, led in got.items() if g in want):
+            await asyncio.sleep(0.3)
+            got = await ledgers(run.db)
     assert all(v.issued > 200 for v in verdicts), [(v.gateway, v.issued) for v in verdicts]
     assert query(run.db, "SELECT count(*) FROM quarantine") == [(0,)], query(run.db, "SELECT reason, detail FROM "
                                                                                     "quarantine LIMIT 5")

@@ -6,13 +6,14 @@ missing, and every reading of an unsynchronised clock ends up with the same corr
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gateway.ingest import clock, ledger
-from gateway.ingest.contract import CONFLICT, VerifiedBatch, Work
+from gateway.ingest.contract import CONFLICT, Heartbeat, VerifiedBatch, Work
 from gateway.receiver.core import UNCLEAN_STOP
 from gateway.senml import DecodedReading
 from gateway.wire import ClockEpoch, correction
@@ -25,8 +26,9 @@ def _batch(bseq: int, first: int, last: int, prev: bytes, drops: tuple[tuple[int
     readings = [DecodedReading(s, "gw-a", "t", 1_795_000_000_000_000_000 + s, float(s), "Cel", 0, 2, "v")
                 for s in range(first, last + 1)]
     digest = hashlib.sha256(repr((bseq, first, last, prev, drops, boot, ck)).encode() + salt).digest()
+    times = [r.ts_ns for r in readings] or [0]
     return VerifiedBatch(GW, b"k" * 16, 7, boot, bseq, prev, digest, first, last, drops, (), readings,
-                         1_000 + bseq, f"sensegate/{GW}/batch", b"", ck)
+                         1_000 + bseq, f"sensegate/{GW}/batch", b"", ck, ts_min=min(times), ts_max=max(times))
 
 
 def history(seed: int) -> tuple[list[VerifiedBatch], set[int], int]:
@@ -196,3 +198,58 @@ def test_rows_round_trip() -> None:
     got, _, _, _ = run([batches])
     again = ledger.from_row(ledger.to_row(got))
     assert ledger.to_row(again) == ledger.to_row(got)
+
+
+# -- the heartbeat and the tail ------------------------------------------------------------------
+
+S = 1_000_000_000  # one second in ns
+
+
+def _hb(last: int, held: int, seen_s: int, sent_s: int | None = None) -> Heartbeat:
+    return Heartbeat(GW, 7, 1, last, last // 5, held, (seen_s if sent_s is None else sent_s) * S, seen_s * S)
+
+
+def _apply(batches: list[VerifiedBatch], beats: list[Heartbeat]) -> ledger.StreamLedger:
+    ledgers: dict[ledger.Key, ledger.StreamLedger] = {}
+    ledger.plan(Work(batches=batches, heartbeats=beats), ledgers, {})
+    return ledgers[(GW, 7)]
+
+
+def test_a_tail_the_heartbeat_says_had_left_is_missing_after_the_grace_and_pending_before() -> None:
+    led = _apply([_batch(1, 1, 10, bytes(32))], [_hb(25, 21, seen_s=100)])  # 11..20 left, 21..25 on the gateway
+    assert led.missing_ranges(at_ns=100 * S + 299 * S) == [] and led.pending(at_ns=399 * S) == 15
+    assert led.missing_ranges(at_ns=400 * S) == [(11, 20)] and led.pending(at_ns=400 * S) == 5
+    assert ledger.summarize([led], {}, at_ns=400 * S)[0].verdict() == "missing"
+    assert ledger.summarize([led], {}, at_ns=400 * S, grace=301)[0].verdict() == "complete"
+
+
+def test_a_heartbeat_alone_makes_a_ledger_and_a_gateway_that_keeps_beating_does_not_move_its_deadline() -> None:
+    beats = [_hb(40, 41, seen_s=100 + 60 * i) for i in range(10)]  # nothing ever arrived
+    led = _apply([], beats)
+    assert led.claims == [[40, 100 * S]] and led.hb_last_seq == 40
+    assert led.missing_ranges(at_ns=400 * S) == [(1, 40)] and led.readings == 0
+
+
+def test_an_older_heartbeat_arriving_late_changes_nothing_it_should_not() -> None:
+    late, new = _hb(30, 31, seen_s=200, sent_s=150), _hb(50, 51, seen_s=210, sent_s=200)
+    a, b = _apply([], [new, late]), _apply([], [late, new])
+    assert ledger.to_row(a) == ledger.to_row(b)
+    assert a.hb_last_seq == 50 and a.claims == [[30, 200 * S], [50, 210 * S]]
+
+
+@given(st.lists(st.tuples(st.integers(1, 500), st.integers(0, 50), st.integers(0, 10_000)), max_size=60),
+       st.randoms(use_true_random=False), st.integers(0, 20_000))
+def test_claims_keep_the_earliest_time_each_number_was_claimed(beats: list[tuple[int, int, int]], rnd: random.Random,
+                                                                 at: int) -> None:
+    claims: list[list[int]] = []
+    order = beats[:]
+    rnd.shuffle(order)
+    for upto, _, seen in order:
+        ledger.claim(claims, upto, seen)
+    assert len(claims) <= ledger.MAX_CLAIMS
+    assert claims == sorted(claims) and all(a[1] < b[1] for a, b in itertools.pairwise(claims))
+    exact = max((u for u, _, s in beats if s <= at), default=0)
+    kept = max((u for u, s in claims if s <= at), default=0)
+    assert kept <= exact, "a claim is never due earlier than it was made"
+    if len(beats) <= ledger.MAX_CLAIMS:
+        assert kept == exact

@@ -39,6 +39,13 @@ async def _verified(feed: GatewayFeed, trust: RegistryTrust, datas: list[bytes])
     return out
 
 
+async def _enrolled_batches(storage: Any, feed: GatewayFeed, n: int, readings: int = 5) -> list[c.VerifiedBatch]:
+    """Enrol ``feed`` and make ``n`` verified batches of its own buffer."""
+    trust = await _enrolled(storage, feed)
+    async with feed.open():
+        return await _verified(feed, trust, await feed.batches(n, readings=readings))
+
+
 async def _enrolled(storage: Any, *feeds: GatewayFeed) -> RegistryTrust:
     for f in feeds:
         await storage.enrol(f.gateway, f.pub.read_text())
@@ -51,9 +58,7 @@ async def test_redelivered_batches_insert_nothing_and_the_ledger_is_complete(tmp
     feed = GatewayFeed(tmp_path)
     storage = await _storage(db_url)
     try:
-        trust = await _enrolled(storage, feed)
-        async with feed.open():
-            batches = await _verified(feed, trust, await feed.batches(6, readings=4))
+        batches = await _enrolled_batches(storage, feed, 6, readings=4)
         first = await storage.store(c.Work(batches=batches[:4]))
         assert (first.batches, first.readings, first.duplicates) == (4, 16, 0)
         again = await storage.store(c.Work(batches=batches))  # a crash before the ack: all of it comes again
@@ -220,9 +225,7 @@ async def test_a_partition_dropped_for_retention_is_made_again(tmp_path: Path, p
     feed = GatewayFeed(tmp_path)
     storage = await _storage(pg_dsn)
     try:
-        trust = await _enrolled(storage, feed)
-        async with feed.open():
-            first, second = await _verified(feed, trust, await feed.batches(2))
+        first, second = await _enrolled_batches(storage, feed, 2)
         await storage.store(c.Work(batches=[first]))
         [(name,)] = query(pg_dsn, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
                                    "WHERE c.relkind = 'r'")
@@ -233,3 +236,63 @@ async def test_a_partition_dropped_for_retention_is_made_again(tmp_path: Path, p
         await storage.close()
     assert report.readings == 5
     assert query(pg_dsn, "SELECT count(*) FROM readings") == [(5,)]
+
+
+async def test_heartbeats_in_the_ledger_and_a_schema_1_database_upgraded(tmp_path: Path, db_url: str) -> None:
+    """A database made before the heartbeat (schema 1) gets its columns at the next open, keeps
+    its ledgers, and then records heartbeats: a tail they claim and that never came is missing."""
+    from gateway.ingest.ledger import HEARTBEAT_COLUMNS
+
+    feed = GatewayFeed(tmp_path)
+    storage = await _storage(db_url)
+    try:
+        batches = await _enrolled_batches(storage, feed, 2)
+        await storage.store(c.Work(batches=batches))
+    finally:
+        await storage.close()
+    downgrade = [f"ALTER TABLE ledger DROP COLUMN {name}" for name, _ in HEARTBEAT_COLUMNS]
+    downgrade.append("UPDATE ingest_schema SET version = 1")
+    if db_url.startswith("sqlite:"):
+        import sqlite3
+
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:"))
+        conn.executescript(";".join(downgrade))
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(db_url) as pg:
+            for sql in downgrade:
+                pg.execute(sql)  # type: ignore[arg-type]
+    storage = await _storage(db_url)
+    try:
+        (led,) = await storage.ledgers()
+        assert (led.readings, led.hb_last_seq, led.claims) == (10, 0, [])
+        assert query(db_url, "SELECT version FROM ingest_schema") == [(2,)]
+        past = now_ns() - 3_600 * 10**9
+        beat = c.Heartbeat(feed.gateway, led.stream, 1, 25, 4, 26, past, past)  # 11..25 left an hour ago
+        report = await storage.store(c.Work(heartbeats=[beat]))
+        assert report.heartbeats == 1
+        (led,) = await storage.ledgers()
+        assert (led.hb_last_seq, led.hb_held_from, led.missing_ranges()) == (25, 26, [(11, 25)])
+        assert await storage.missing(300.0) == (1, 15)
+        assert await storage.missing(7_200.0) == (0, 0)
+    finally:
+        await storage.close()
+
+
+async def test_a_fleets_keys_enrolled_in_one_transaction(tmp_path: Path, db_url: str) -> None:
+    feeds = [GatewayFeed(tmp_path, f"gw-{i}") for i in range(40)]
+    storage = await _storage(db_url)
+    try:
+        await storage.enrol("gw-0", feeds[0].pub.read_text())
+        keys = [(f.gateway, f.pub.read_text()) for f in feeds]
+        keys += [("gw-x", feeds[1].pub.read_text()), ("gw-y", "not a key"), ("gw-2", feeds[2].pub.read_text())]
+        got = await storage.enrol_many(keys)
+        assert all(isinstance(r, c.KeyRecord) for r in got[:40])  # gw-0 again: already its own, fine
+        assert "already bound to gateway 'gw-1'" in str(got[40]) and isinstance(got[41], str)
+        assert isinstance(got[42], c.KeyRecord)  # the same key for the same gateway twice: one row
+        snapshot = await storage.registry(0)
+        assert snapshot is not None and sorted(r.gateway for r in snapshot[1]) == sorted(f.gateway for f in feeds)
+    finally:
+        await storage.close()

@@ -3,6 +3,7 @@ misrouted and malformed messages are refused with their reason, and hostile byte
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import cbor2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import heartbeat, signedjson
+from gateway.heartbeat import KIND, Issued
 from gateway.ingest import contract as c
 from gateway.ingest.stores.common import enrol_record
 from gateway.ingest.trust import RegistryTrust
-from gateway.ingest.verify import parse_blob_chunk, verify_batch
+from gateway.ingest.verify import parse_blob_chunk, topic_parts, verify_batch, verify_heartbeat
+from gateway.keys import as_signer
 from tests.ingest.helpers import GatewayFeed, now_ns
 
 
@@ -113,3 +117,72 @@ async def test_numbers_beyond_the_database_are_refused(tmp_path: Path) -> None:
     forged = cose.encode_sign1(protected, msg.payload, cose.sign(a.key, protected, msg.payload))
     got = verify_batch(a.topic, forged, _trust(a), now_ns())
     assert isinstance(got, c.Refused) and got.reason == c.MALFORMED and "sequence range" in got.detail, got
+
+
+# -- heartbeats --------------------------------------------------------------------------------
+
+
+def _beat(feed: GatewayFeed, issued: dict[str, object], kind: str = KIND, gateway: str = "") -> bytes:
+    body = heartbeat.status("online", gateway or feed.gateway, 3, {"issued": issued})
+    return signedjson.seal(body, as_signer(feed.key), gateway or feed.gateway, kind)
+
+
+ISSUED = {"stream": 7, "boot": 3, "last_seq": 120, "last_bseq": 9, "held_from": 101}
+
+
+def test_a_heartbeat_verifies_and_says_how_far_the_stream_got(tmp_path: Path) -> None:
+    a = GatewayFeed(tmp_path, "gw-a")
+    got = verify_heartbeat("sensegate/gw-a/status", "gw-a", _beat(a, ISSUED), _trust(a), 5)
+    assert isinstance(got, c.Heartbeat), got
+    assert (got.stream, got.last_seq, got.held_from, got.handed_off, got.received_ns) == (7, 120, 101, 100, 5)
+
+
+def test_statuses_that_are_not_heartbeats_are_ignored(tmp_path: Path) -> None:
+    a = GatewayFeed(tmp_path, "gw-a")
+    plain = json.dumps(heartbeat.status("offline", "gw-a", 3)).encode()  # the broker's last will
+    no_issued = signedjson.seal(heartbeat.status("online", "gw-a", 3, {}), as_signer(a.key), "gw-a", KIND)
+    for data in (plain, no_issued, b"not json", b"[1, 2]", b"\xff"):
+        assert verify_heartbeat("sensegate/gw-a/status", "gw-a", data, _trust(a), 1) is None
+
+
+def test_forged_altered_and_misdirected_heartbeats_are_refused(tmp_path: Path) -> None:
+    a, z = GatewayFeed(tmp_path, "gw-a"), GatewayFeed(tmp_path, "gw-z")
+    trust = _trust(a, z)
+    forged = _beat(GatewayFeed(tmp_path / "x", "gw-a"), ISSUED)  # a key nobody enrolled
+    stolen = _beat(z, ISSUED, gateway="gw-a")  # gw-z's key speaking for gw-a
+    body = json.loads(_beat(a, ISSUED))
+    body["health"]["issued"]["last_seq"] = 10**6  # altered after signing
+    altered = json.dumps(body).encode()
+    config_status = _beat(a, ISSUED, kind="config-status")
+    for data in (forged, stolen, altered, config_status):
+        got = verify_heartbeat("sensegate/gw-a/status", "gw-a", data, trust, 1)
+        assert isinstance(got, c.Refused) and got.reason == c.BAD_HEARTBEAT, got
+    got = verify_heartbeat("sensegate/gw-z/status", "gw-z", _beat(a, ISSUED), trust, 1)  # on another's topic
+    assert isinstance(got, c.Refused) and got.reason == c.BAD_HEARTBEAT
+    bad = _beat(a, {**ISSUED, "held_from": 500})
+    got = verify_heartbeat("sensegate/gw-a/status", "gw-a", bad, trust, 1)
+    assert isinstance(got, c.Refused) and got.reason == c.MALFORMED and "held_from" in got.detail
+
+
+def test_only_a_gateways_own_status_topic_is_a_heartbeat() -> None:
+    assert topic_parts("sensegate/gw-a/status", "sensegate") == ("gw-a", "status", "")
+    assert topic_parts("city/east/gw-a/status", "city/east") == ("gw-a", "status", "")
+    for topic in ("sensegate/gw-a/config/status", "sensegate/gw-a/nodes/n1/status", "other/gw-a/status"):
+        assert topic_parts(topic, "sensegate")[1] != "status", topic
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=6), max_leaves=25))
+def test_hostile_issued_members_are_refused_never_raised(obj: object) -> None:
+    try:
+        issued = Issued.from_json(obj)
+    except ValueError:
+        return
+    assert 1 <= issued.held_from <= issued.last_seq + 1
+
+
+@given(st.binary(max_size=512) | st.text(max_size=200).map(str.encode))
+def test_hostile_status_bytes_never_raise(data: bytes) -> None:
+    got = verify_heartbeat("sensegate/gw-a/status", "gw-a", data, RegistryTrust([]), 1)
+    assert got is None or isinstance(got, c.Refused)

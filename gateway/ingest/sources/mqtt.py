@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.mqtt import MqttError, MqttSession, MqttSettings
+from gateway.mqtt import MqttSession, MqttSettings, connect_retrying
 from gateway.scheduler import Backoff
 
 log = logging.getLogger("sensegate.ingest.mqtt")
@@ -63,6 +63,9 @@ class MqttSource:
         self.connected = asyncio.Event()
 
     async def open(self) -> None:
+        log.info("mqtt: the broker keeps batches for this ingest's session while it is away or behind, up to its "
+                 "limit (mosquitto: max_queued_messages, 1000 unless raised), then drops them silently and the "
+                 "ledger shows them missing; raise it (docs/ingest.md, Quick start)")
         self._task = asyncio.create_task(self._run(), name="ingest-mqtt")
         try:  # the first session: the broker must know our subscription before gateways publish
             async with asyncio.timeout(15):
@@ -72,18 +75,9 @@ class MqttSource:
 
     async def _run(self) -> None:
         backoff = Backoff(0.5, 10.0)
-        topics = [f"{self.prefix}/+/batch", f"{self.prefix}/+/blob/+"]
+        topics = [f"{self.prefix}/+/batch", f"{self.prefix}/+/blob/+", f"{self.prefix}/+/status"]  # status: heartbeats
         while True:
-            session = MqttSession(self.settings)
-            session.client.manual_ack_set(True)  # PUBACK after the commit, not when paho hands the message over
-            session.client.on_message = lambda c, u, msg, s=session: self._on_message(s, msg)
-            try:
-                await session.connect()
-            except MqttError as e:
-                log.warning("mqtt: %s; retrying", e)
-                await asyncio.sleep(backoff.next())
-                continue
-            backoff.reset()
+            session = await connect_retrying(self._new_session, backoff, lambda e: log.warning("mqtt: %s; retrying", e))
             for t in topics:
                 session.client.subscribe(t, qos=1)
             self._session = session
@@ -98,6 +92,12 @@ class MqttSource:
             if self._reconnect_after:
                 await asyncio.sleep(self._reconnect_after)
                 self._reconnect_after = 0.0
+
+    def _new_session(self) -> MqttSession:
+        session = MqttSession(self.settings)
+        session.client.manual_ack_set(True)  # PUBACK after the commit, not when paho hands the message over
+        session.client.on_message = lambda c, u, msg, s=session: self._on_message(s, msg)
+        return session
 
     def _on_message(self, session: MqttSession, msg: Any) -> None:
         self._queue.put_nowait(MqttDelivery(msg.topic, bytes(msg.payload), time.time_ns(), msg.mid, session, self))

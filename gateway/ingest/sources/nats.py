@@ -39,6 +39,7 @@ log = logging.getLogger("sensegate.ingest.nats")
 STREAM = "$MQTT_msgs"  # nats-server's stream of MQTT QoS 1/2 messages (server/mqtt.go mqttStreamName)
 SUBJECT_PREFIX = "$MQTT.msgs."
 DURABLE = "sensegate-ingest"
+FILL = 0.05  # once a message is there, how long a fetch waits for more to fill its transaction
 OPEN_WITHIN = 60.0  # seconds a starting worker waits for JetStream to answer (leader elections)
 
 
@@ -132,10 +133,18 @@ class NatsSource:
             max_ack_pending=self.max_ack_pending))
 
     async def fetch(self, max_messages: int, wait: float) -> Sequence[NatsDelivery]:
+        """The first message (waiting up to ``wait``), then what else is there within FILL seconds:
+        nats-py's fetch of N would wait up to ``wait`` for all N, which a trickle of batches turns
+        into ``wait`` of latency each."""
         try:
-            msgs = await self._sub.fetch(batch=max_messages, timeout=wait)
+            msgs = await self._sub.fetch(batch=1, timeout=wait)
         except TimeoutError:  # nothing within ``wait`` (nats-py raises its own subclass, or the builtin)
             return []
+        if max_messages > 1:
+            try:
+                msgs += await self._sub.fetch(batch=max_messages - 1, timeout=FILL)
+            except TimeoutError:
+                pass
         now = time.time_ns()
         out = []
         for m in msgs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from gateway.config.schema import _ID as GATEWAY_ID
@@ -26,11 +26,39 @@ def enrol_record(gateway: str, pem: str) -> KeyRecord:
     return KeyRecord(key_id(key), gateway, alg_of(key), public_pem(key).decode(), time.time_ns())
 
 
+def records_to_enrol(keys: Sequence[tuple[str, str]], bound: dict[bytes, str]) -> tuple[list[KeyRecord | str],
+                                                                                        list[KeyRecord]]:
+    """For ``enrol_many``: each key's record or why not (``bound``: kid -> gateway, as stored,
+    updated here), and the records to insert."""
+    out: list[KeyRecord | str] = []
+    new: list[KeyRecord] = []
+    for gateway, pem in keys:
+        try:
+            rec = enrol_record(gateway, pem)
+        except ValueError as e:
+            out.append(str(e))
+            continue
+        have = bound.get(rec.kid)
+        if have is not None and have != gateway:
+            out.append(f"key {rec.kid.hex()} is already bound to gateway {have!r}; a key speaks for one gateway only")
+            continue
+        if have is None:
+            bound[rec.kid] = gateway
+            new.append(rec)
+        out.append(rec)
+    return out, new
+
+
 def months_of(work: Work) -> Iterator[datetime]:
     """The first instant (UTC) of every month a reading of ``work`` falls in."""
     days: set[int] = set()
     for b in work.batches:
-        days.update(r.ts_ns // DAY_NS for r in b.readings)
+        if not b.readings:
+            continue
+        if b.ts_min // DAY_NS == b.ts_max // DAY_NS:  # nearly always: one day
+            days.add(b.ts_min // DAY_NS)
+        else:
+            days.update(r.ts_ns // DAY_NS for r in b.readings)
     seen: set[tuple[int, int]] = set()
     for d in sorted(days):
         t = datetime.fromtimestamp(d * 86_400, UTC)

@@ -1,4 +1,5 @@
-"""The PostgreSQL back-end (psycopg 3): readings by COPY into a table partitioned by month.
+"""The PostgreSQL back-end (psycopg 3): readings by binary COPY (gateway/ingest/stores/pgcopy.py)
+into a table partitioned by month.
 
 One transaction per fetch: lock the ledger rows of the (gateway, stream)s in it (sorted, so two
 workers never deadlock), read the stored neighbours of its batches, decide (``ledger.plan``),
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.ingest import clock, ledger, rows
+from gateway.ingest import clock, ledger
 from gateway.ingest.clock import KnownEpoch
 from gateway.ingest.contract import (
     BAD_BLOB,
@@ -30,8 +31,16 @@ from gateway.ingest.contract import (
     StoreReport,
     Work,
 )
-from gateway.ingest.ledger import LEDGER_COLUMNS, Link, StreamLedger
-from gateway.ingest.stores.common import assemble, enrol_record, month_bounds, months_of, parse_revoke
+from gateway.ingest.ledger import HEARTBEAT_COLUMNS, LEDGER_COLUMNS, Link, StreamLedger
+from gateway.ingest.stores import pgcopy
+from gateway.ingest.stores.common import (
+    assemble,
+    enrol_record,
+    month_bounds,
+    months_of,
+    parse_revoke,
+    records_to_enrol,
+)
 from gateway.wire import ClockEpoch
 
 try:
@@ -41,7 +50,8 @@ except ImportError as e:  # pragma: no cover - the fleet extra is missing
     raise ImportError("PostgreSQL needs the fleet extra: pip install 'sensegate[fleet]'") from e
 
 log = logging.getLogger("sensegate.ingest.postgres")
-SCHEMA_VERSION = 2  # 2: readings' time (time_uncertain, ts_fixed), the ledger's uncertain/redated, clock tables
+SCHEMA_VERSION = 2  # 2: readings' time (time_uncertain, ts_fixed), the ledger's uncertain/redated, clock tables,
+# and the heartbeat's ledger columns (ledger.HEARTBEAT_COLUMNS)
 _SCHEMA_LOCK = 0x5E4E5E6A7E  # pg_advisory_xact_lock key: one worker creates the schema at a time
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -186,7 +196,8 @@ ALTER TABLE readings ADD COLUMN IF NOT EXISTS time_uncertain boolean NOT NULL DE
     ADD COLUMN IF NOT EXISTS ts_fixed timestamptz;
 ALTER TABLE ledger ADD COLUMN IF NOT EXISTS uncertain text NOT NULL DEFAULT '[]',
     ADD COLUMN IF NOT EXISTS redated text NOT NULL DEFAULT '[]';
-"""
+ALTER TABLE ledger """
+UPGRADE += ",\n    ".join(f"ADD COLUMN IF NOT EXISTS {name} {sql_type}" for name, sql_type in HEARTBEAT_COLUMNS) + ";\n"
 
 _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError)
 _RETRY = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.LockNotAvailable)
@@ -195,11 +206,6 @@ _RETRY = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.
 def ts(ns: int) -> datetime:
     """A reading's timestamp at PostgreSQL's precision (microseconds, rounded down)."""
     return _EPOCH + timedelta(microseconds=ns // 1000)
-
-
-def ts_shifted(ns: int, shift_ns: int) -> datetime:
-    """A corrected time as the re-dating UPDATE computes it: ``ts`` plus the shift in microseconds."""
-    return _EPOCH + timedelta(microseconds=ns // 1000 + shift_ns // 1000)
 
 
 class PostgresStorage:
@@ -212,6 +218,7 @@ class PostgresStorage:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self._partitions: set[str] = set()
+        self._copy = pgcopy.ReadingsCopy()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -366,12 +373,8 @@ class PostgresStorage:
                         await copy.write_row((b.gateway, b.stream, b.bseq, b.digest, b.prev, b.first_seq,
                                               b.last_seq, b.boot, b.kid, ts(b.received_ns)))
             if plan.readings:
-                async with cur.copy(f"COPY readings (gateway, stream, seq, ts, {', '.join(rows.COLUMNS)}, "
-                                    "time_uncertain, ts_fixed) FROM STDIN") as copy:
-                    for b, fresh, spans in plan.readings:
-                        for r, uncertain, shift in clock.timed(fresh, spans):
-                            await copy.write_row((b.gateway, b.stream, r.seq, ts(r.ts_ns), *rows.values(r), uncertain,
-                                                  None if shift is None else ts_shifted(r.ts_ns, shift)))
+                async with cur.copy(f"COPY readings ({', '.join(pgcopy.COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+                    await copy.write(self._copy.encode(plan.readings))
             if plan.ledgers:
                 sets = ", ".join(f"{c} = %s" for c in LEDGER_COLUMNS[2:])
                 await cur.executemany(f"UPDATE ledger SET {sets} WHERE gateway = %s AND stream = %s",
@@ -476,6 +479,23 @@ class PostgresStorage:
             await conn.execute("UPDATE registry_version SET version = version + 1")
         return rec
 
+    async def enrol_many(self, keys: Sequence[tuple[str, str]]) -> list[KeyRecord | str]:
+        out: list[KeyRecord | str] = await self._op(self._enrol_many, keys)
+        return out
+
+    @staticmethod
+    async def _enrol_many(conn: psycopg.AsyncConnection[Any], keys: Sequence[tuple[str, str]]) -> list[KeyRecord | str]:
+        async with conn.transaction():
+            await conn.execute("SELECT version FROM registry_version FOR UPDATE")
+            cur = await conn.execute("SELECT kid, gateway FROM gateway_keys")
+            bound = {bytes(k): g for k, g in await cur.fetchall()}
+            out, new = records_to_enrol(keys, bound)
+            async with conn.cursor() as c:
+                await c.executemany("INSERT INTO gateway_keys (kid, gateway, alg, public_pem) VALUES (%s, %s, %s, %s)",
+                                    [(r.kid, r.gateway, r.alg, r.public_pem) for r in new])
+            await conn.execute("UPDATE registry_version SET version = version + 1")
+        return out
+
     async def revoke(self, gateway: str, kid: bytes | None, reason: str) -> int:
         n: int = await self._op(self._revoke, gateway, kid, reason)
         return n
@@ -514,15 +534,14 @@ class PostgresStorage:
                      else conn.execute(sql + " GROUP BY 1, 2"))
         return {(r[0], r[1]): int(r[2]) for r in await cur.fetchall()}
 
-    async def missing(self) -> tuple[int, int]:
-        result: tuple[int, int] = await self._op(self._missing)
-        return result
+    async def missing(self, grace: float) -> tuple[int, int]:
+        rows: list[StreamLedger] = await self._op(self._maybe_missing)
+        return ledger.count_missing(rows, grace)
 
     @staticmethod
-    async def _missing(conn: psycopg.AsyncConnection[Any]) -> tuple[int, int]:
-        row = await (await conn.execute("SELECT count(DISTINCT gateway), coalesce(sum(missing), 0) FROM ledger "
-                                        "WHERE missing > 0")).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+    async def _maybe_missing(conn: psycopg.AsyncConnection[Any]) -> list[StreamLedger]:
+        cur = await conn.execute(f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger WHERE {ledger.MAYBE_MISSING}")
+        return [ledger.from_row(r) for r in await cur.fetchall()]
 
 
 def _ns(t: datetime | None) -> int:

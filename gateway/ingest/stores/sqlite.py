@@ -29,13 +29,14 @@ from gateway.ingest.contract import (
     StoreReport,
     Work,
 )
-from gateway.ingest.ledger import LEDGER_COLUMNS, Link, StreamLedger
-from gateway.ingest.stores.common import assemble, enrol_record, parse_revoke
+from gateway.ingest.ledger import HEARTBEAT_COLUMNS, LEDGER_COLUMNS, Link, StreamLedger
+from gateway.ingest.stores.common import assemble, enrol_record, parse_revoke, records_to_enrol
 from gateway.wire import ClockEpoch
 
 T = TypeVar("T")
 log = logging.getLogger("sensegate.ingest.sqlite")
-SCHEMA_VERSION = 2  # 2: readings' time (time_uncertain, ts_fixed_ns), the ledger's uncertain/redated, clock tables
+SCHEMA_VERSION = 2  # 2: readings' time (time_uncertain, ts_fixed_ns), the ledger's uncertain/redated, clock tables,
+# and the heartbeat's ledger columns (ledger.HEARTBEAT_COLUMNS)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ingest_schema (version INTEGER NOT NULL);
@@ -88,9 +89,10 @@ CREATE TABLE IF NOT EXISTS clock_steps (
     since_ns INTEGER NOT NULL, wall_before_ns INTEGER NOT NULL, wall_after_ns INTEGER NOT NULL,
     first_seq INTEGER NOT NULL, PRIMARY KEY (gateway, stream, boot, mono_ns));
 """
-# columns added since schema 1: (table, column, definition)
+# columns added since schema 1 (all in schema 2): (table, column, definition)
 ADDED = [("readings", "time_uncertain", "INTEGER NOT NULL DEFAULT 0"), ("readings", "ts_fixed_ns", "INTEGER"),
          ("ledger", "uncertain", "TEXT NOT NULL DEFAULT '[]'"), ("ledger", "redated", "TEXT NOT NULL DEFAULT '[]'")]
+ADDED += [("ledger", name, sql_type) for name, sql_type in HEARTBEAT_COLUMNS]
 
 
 class SqliteStorage:
@@ -289,6 +291,18 @@ class SqliteStorage:
 
         return await self._run(self._tx, enrol)
 
+    async def enrol_many(self, keys: Sequence[tuple[str, str]]) -> list[KeyRecord | str]:
+        def enrol(db: sqlite3.Connection) -> list[KeyRecord | str]:
+            bound = {bytes(k): g for k, g in db.execute("SELECT kid, gateway FROM gateway_keys")}
+            out, new = records_to_enrol(keys, bound)
+            rows_ = [(r.kid, r.gateway, r.alg, r.public_pem, r.enrolled_ns) for r in new]
+            db.executemany("INSERT INTO gateway_keys (kid, gateway, alg, public_pem, enrolled_ns) "
+                           "VALUES (?, ?, ?, ?, ?)", rows_)
+            db.execute("UPDATE registry_version SET version = version + 1")
+            return out
+
+        return await self._run(self._tx, enrol)
+
     async def revoke(self, gateway: str, kid: bytes | None, reason: str) -> int:
         where, args = parse_revoke(gateway, kid, "?")
 
@@ -322,11 +336,10 @@ class SqliteStorage:
 
         return await self._run(read)
 
-    async def missing(self) -> tuple[int, int]:
-        def read() -> tuple[int, int]:
+    async def missing(self, grace: float) -> tuple[int, int]:
+        def read() -> list[StreamLedger]:
             assert self._db is not None
-            n, total = self._db.execute("SELECT count(DISTINCT gateway), coalesce(sum(missing), 0) FROM ledger "
-                                        "WHERE missing > 0").fetchone()
-            return int(n), int(total)
+            return [ledger.from_row(r) for r in self._db.execute(
+                f"SELECT {', '.join(LEDGER_COLUMNS)} FROM ledger WHERE {ledger.MAYBE_MISSING}")]
 
-        return await self._run(read)
+        return ledger.count_missing(await self._run(read), grace)
