@@ -78,8 +78,13 @@ class MqttSource:
         topics = [f"{self.prefix}/+/batch", f"{self.prefix}/+/blob/+", f"{self.prefix}/+/status"]  # status: heartbeats
         while True:
             session = await connect_retrying(self._new_session, backoff, lambda e: log.warning("mqtt: %s; retrying", e))
-            for t in topics:
-                session.client.subscribe(t, qos=1)
+            # ready only once the broker has acknowledged the subscriptions: a gateway started
+            # after "taking batches" must not publish into a session the broker has no filter for
+            if not await session.subscribe_each(topics, qos=1):
+                log.warning("mqtt: the broker did not acknowledge the subscriptions; connecting again")
+                await session.close(graceful=False)
+                await asyncio.sleep(backoff.next())
+                continue
             self._session = session
             self.connected.set()
             try:
