@@ -410,22 +410,56 @@ class MqttSession:
         self.close_reason = str(rc)
         self._detach()
 
-    async def close(self, graceful: bool = True) -> None:
-        """Disconnect (sending DISCONNECT when graceful, so no last will is published)."""
+    async def close(self, graceful: bool = True, within: float = 1.0) -> None:
+        """Disconnect (sending DISCONNECT when graceful, so no last will is published); a graceful
+        close waits up to ``within`` seconds for what is queued to go out and the broker to close."""
         misc = self._misc
-        if graceful and self._sock is not None:
-            with contextlib.suppress(Exception):
-                self.client.disconnect()
-                self.client.loop_write()
-        sock = self._sock
-        self._detach()  # first: the loop forgets the socket while its number is still ours
-        if sock is not None:
-            with contextlib.suppress(Exception):
-                sock.close()
-        if misc is not None:
-            misc.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await misc
+        try:
+            if graceful and self._sock is not None:
+                await self._disconnect(within)
+        finally:  # also when cancelled: no socket, registration or keepalive task is left behind
+            sock = self._sock
+            self._detach()  # first: the loop forgets the socket while its number is still ours
+            if sock is not None:
+                with contextlib.suppress(Exception):
+                    sock.close()
+            if misc is not None:
+                misc.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await misc
+
+    async def _disconnect(self, within: float) -> None:
+        """Send what is queued, then DISCONNECT, then read until the broker closes (bounded).
+
+        paho closes its socket as soon as the DISCONNECT is written, while the broker is still
+        answering the last publishes (the farewell heartbeat's PUBACKs). The kernel answers those
+        with a reset, and mosquitto, failing to write a PUBACK, drops the client before reading the
+        DISCONNECT it already holds (it logs "disconnected due to out of memory": its PUBACK
+        failure code is MOSQ_ERR_NOMEM's 1) and publishes the last will over the final status. A
+        second descriptor keeps the connection open, our side half-closed, until the broker's end."""
+        try:
+            keep: socket.socket | None = socket.socket(fileno=os.dup(self._fd))
+        except OSError:
+            keep = None
+        try:
+            try:
+                queued = self.client.disconnect() == paho.MQTT_ERR_SUCCESS  # the loop's writer sends it after the rest
+            except Exception:  # paho's or the loop's: the close goes on without it
+                queued = False
+            if not queued:
+                return
+            async with asyncio.timeout(within):
+                await self.closed.wait()  # paho closed its socket once the DISCONNECT was written
+                if keep is not None:
+                    keep.setblocking(False)
+                    keep.shutdown(socket.SHUT_WR)
+                    while await self._loop.sock_recv(keep, 65536):
+                        pass  # the broker's last answers, unread by anyone: its close follows
+        except (TimeoutError, OSError):
+            pass  # a broker that does not close: ours closes now all the same
+        finally:
+            if keep is not None:
+                keep.close()
 
 
 async def connect_retrying(make: Callable[[], MqttSession], backoff: Backoff,

@@ -279,3 +279,40 @@ async def test_a_closed_session_leaves_no_registration_on_the_loop(broker: Mosqu
         assert await second.subscribe_each(["x/y"], qos=1)  # it still works
     finally:
         await second.close()
+
+
+
+async def _retained(url: str, topic: str) -> bytes:
+    """The message the broker retains on ``topic``, as a new subscriber gets it."""
+    from gateway.mqtt import MqttSession, MqttSettings
+
+    got: list[bytes] = []
+    reader = MqttSession(MqttSettings.from_url(url), on_message=lambda m: got.append(bytes(m.payload)))
+    await reader.connect()
+    try:
+        assert await reader.subscribe_each([topic], qos=1)
+        await until(lambda: bool(got))
+    finally:
+        await reader.close()
+    return got[-1]
+
+
+async def test_a_clean_close_right_after_publishing_is_not_taken_for_a_lost_connection(broker: Mosquitto) -> None:
+    """The last publishes go out just before the DISCONNECT (the farewell heartbeat); the broker
+    still answers them with PUBACKs. A socket closed at once is reset by the kernel when those
+    arrive, and mosquitto, failing to write a PUBACK, drops the client before it reads the
+    DISCONNECT already received ("disconnected due to out of memory") and publishes the last
+    will over the final status. The close keeps reading until the broker has closed."""
+    from gateway.mqtt import MqttSession, MqttSettings
+
+    topic, will = "t/gw-close/status", b"offline (last will)"
+    for attempt in range(3):
+        session = MqttSession(MqttSettings.from_url(broker.url, client_id="gw-close"), will=(topic, will))
+        await session.connect()
+        last = b""
+        for i in range(20):  # paho's in-flight window: PUBACKs still coming when the DISCONNECT is written
+            last = b"%d:%d:" % (attempt, i) + b"x" * 2000
+            session.client.publish(topic, last, qos=1, retain=True)
+        await session.close()
+        got = await _retained(broker.url, topic)
+        assert got == last, f"attempt {attempt}: the retained status is {got[:24]!r}, not the last published"
