@@ -180,9 +180,19 @@ class MqttReceiver:
                 await self.changed.wait()
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[MqttReceiver]:
+    async def running(self, within: float = 20.0) -> AsyncIterator[MqttReceiver]:
+        """Subscribed (the broker acknowledged) before the body runs: a gateway started in it
+        misses nothing. Without the wait a TLS handshake let the gateway publish first."""
         self._task = asyncio.create_task(self._run())
         try:
+            subscribed = asyncio.create_task(self.connected.wait())
+            await asyncio.wait({self._task, subscribed}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+            if not subscribed.done():
+                subscribed.cancel()
+                await asyncio.gather(subscribed, return_exceptions=True)
+                if self._task.done():
+                    self._task.result()  # raises what stopped it
+                raise AssertionError(f"the receiver did not subscribe within {within:g} s")
             yield self
         finally:
             self._task.cancel()
