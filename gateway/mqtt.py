@@ -418,11 +418,7 @@ class MqttSession:
             if graceful and self._sock is not None:
                 await self._disconnect(within)
         finally:  # also when cancelled: no socket, registration or keepalive task is left behind
-            sock = self._sock
-            self._detach()  # first: the loop forgets the socket while its number is still ours
-            if sock is not None:
-                with contextlib.suppress(Exception):
-                    sock.close()
+            self._drop_socket()
             if misc is not None:
                 misc.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
